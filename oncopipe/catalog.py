@@ -1,0 +1,94 @@
+"""Glue table definitions of the curated datasets, as data.
+
+The data lake stack turns them into ``AWS::Glue::Table`` resources and the local mode
+creates the same tables in the emulated catalog, so a dataset is described once. Later
+stages add their tables here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oncopipe import layout
+
+JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
+TEXT_INPUT = "org.apache.hadoop.mapred.TextInputFormat"
+HIVE_TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One curated dataset: its prefix in the curated bucket, format and columns."""
+
+    name: str
+    prefix: str
+    description: str
+    columns: tuple[Column, ...]
+    serde: str
+    input_format: str
+    output_format: str
+    classification: str
+
+
+SAMPLES = TableSpec(
+    name="samples",
+    prefix=layout.CURATED_SAMPLES,
+    description="Pseudonymised sample sheet rows of every accepted sample sheet (JSON Lines).",
+    columns=(
+        Column("patient_key", "string", "pseudonymous patient key (HMAC of the source id)"),
+        Column("sample", "string", "sample id from the sample sheet"),
+        Column("type", "string", "tumour or normal"),
+        Column("fastq_1", "string", "ingest key of read 1"),
+        Column("fastq_2", "string", "ingest key of read 2"),
+        Column("lane", "string", "sequencing lane"),
+        Column("library", "string", "library id (read group LB)"),
+        Column("platform", "string", "sequencing platform (read group PL)"),
+        Column("dicom", "string", "ingest prefix of the patient's DICOM series, if any"),
+        Column("notes", "string", "ingest key of the patient's clinical note, if any"),
+        Column("note_date", "string", "ISO date of the note, if any"),
+        Column("source_line", "int", "line of the row in the sample sheet"),
+        Column("samplesheet", "string", "ingest key of the sample sheet"),
+        Column("run_id", "string", "run that accepted the sample sheet"),
+    ),
+    serde=JSON_SERDE,
+    input_format=TEXT_INPUT,
+    output_format=HIVE_TEXT_OUTPUT,
+    classification="json",
+)
+
+#: Every curated table, by name.
+TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES,)}
+
+
+def database_name(project: str, env: str) -> str:
+    """Return the Glue database of the curated zone (Glue names allow only a-z0-9_)."""
+    return f"{project}_{env}_curated".replace("-", "_")
+
+
+def glue_table_input(spec: TableSpec, bucket: str) -> dict[str, object]:
+    """Return the Glue ``TableInput`` of a dataset in the API's shape (boto3 / CFN)."""
+    return {
+        "Name": spec.name,
+        "Description": spec.description,
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"classification": spec.classification, "EXTERNAL": "TRUE"},
+        "StorageDescriptor": {
+            "Columns": [
+                {"Name": c.name, "Type": c.type, "Comment": c.comment} for c in spec.columns
+            ],
+            "Location": f"s3://{bucket}/{spec.prefix}",
+            "InputFormat": spec.input_format,
+            "OutputFormat": spec.output_format,
+            "SerdeInfo": {"SerializationLibrary": spec.serde},
+        },
+    }

@@ -1,0 +1,202 @@
+"""Deployment configuration: ``cdk.json`` context -> one frozen, validated dataclass.
+
+Pure Python (no ``aws_cdk``): the stacks and the local mode read the same file through it,
+so local bucket names and cloud settings come from one place.
+
+The context key ``oncopipe:environments`` holds one object per environment; ``-c env=NAME``
+selects one (default ``oncopipe:default-env``). Every key is required, unknown keys are
+refused, and each error names the environment, the key and what is allowed, so a typo
+fails synth instead of deploying a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENVIRONMENTS_KEY = "oncopipe:environments"
+DEFAULT_ENV_KEY = "oncopipe:default-env"
+
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)  # fmt: skip
+_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
+_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+
+
+class ConfigurationError(ValueError):
+    """The cdk.json configuration is invalid; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """One deployment environment (dev, prod)."""
+
+    name: str
+    #: Short lower-case project name, used in resource names of the local mode and tags.
+    project: str
+    #: Protect the stateful stack from `cdk destroy` / stack deletion.
+    termination_protection: bool
+    #: IAM role names made Lake Formation administrators (besides the CDK deploy role).
+    lake_formation_admin_role_names: tuple[str, ...]
+    #: Raw FASTQ/BAM move to STANDARD_IA after this many days (S3 needs >= 30).
+    raw_data_infrequent_access_days: int
+    #: ... and to GLACIER_IR after this many days (must be later than the IA transition).
+    raw_data_glacier_days: int
+    #: Old object versions are deleted this many days after they stop being current.
+    noncurrent_version_expiration_days: int
+    #: Retention of every log group the stacks create.
+    log_retention_days: int
+    #: CIDR of the VPC (private isolated subnets only).
+    vpc_cidr: str
+    #: Number of availability zones for subnets and interface endpoints.
+    max_azs: int
+    #: Athena refuses queries that would scan more than this many bytes.
+    athena_bytes_scanned_cutoff: int
+    #: Set the account-wide Glue Data Catalog encryption (one owner per account/region).
+    manage_glue_catalog_encryption: bool
+    #: Reserved concurrency of each ingest Lambda function.
+    lambda_reserved_concurrency: int
+
+    @property
+    def prefix(self) -> str:
+        """``<project>-<env>``: construct-ID and stack-name prefix."""
+        return f"{self.project}-{self.name}"
+
+
+def _expect(env: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int in Python; refuse it where a number is wanted.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.{key}: expected {what}, got {value!r}"
+        )
+    return value
+
+
+def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
+    """Return the validated configuration of one environment.
+
+    Raises:
+        ConfigurationError: a key is missing, unknown, of the wrong type or out of range.
+    """
+    expected = [f.name for f in fields(EnvConfig) if f.name != "name"]
+    missing = [k for k in expected if k not in raw]
+    unknown = sorted(set(raw) - set(expected))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown keys: {', '.join(unknown)} (allowed: {', '.join(expected)})")
+        raise ConfigurationError(f"{ENVIRONMENTS_KEY}.{env}: " + "; ".join(parts))
+
+    def num(key: str, low: int, high: int) -> int:
+        value = _expect(env, key, raw[key], int, "an integer")
+        if not low <= value <= high:
+            raise ConfigurationError(
+                f"{ENVIRONMENTS_KEY}.{env}.{key}: {value} is outside {low}..{high}"
+            )
+        return int(value)
+
+    project = _expect(env, "project", raw["project"], str, "a string")
+    if not _PROJECT_RE.match(project):
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.project: {project!r} must be 2-21 characters of "
+            "lower-case letters, digits and '-', starting with a letter"
+        )
+    admins = _expect(env, "lake_formation_admin_role_names", raw["lake_formation_admin_role_names"], list, "a list of IAM role names")  # noqa: E501
+    for role in admins:
+        if not isinstance(role, str) or not _ROLE_NAME_RE.match(role):
+            raise ConfigurationError(
+                f"{ENVIRONMENTS_KEY}.{env}.lake_formation_admin_role_names: {role!r} is not "
+                "an IAM role name"
+            )
+    ia = num("raw_data_infrequent_access_days", 30, 3650)
+    glacier = num("raw_data_glacier_days", 31, 36500)
+    if glacier <= ia:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.raw_data_glacier_days ({glacier}) must be later than "
+            f"raw_data_infrequent_access_days ({ia})"
+        )
+    retention = _expect(env, "log_retention_days", raw["log_retention_days"], int, "an integer")
+    if retention not in LOG_RETENTION_DAYS:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.log_retention_days: {retention} is not one of "
+            f"{', '.join(map(str, LOG_RETENTION_DAYS))}"
+        )
+    cidr = _expect(env, "vpc_cidr", raw["vpc_cidr"], str, "a CIDR string such as 10.40.0.0/16")
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError as e:
+        raise ConfigurationError(f"{ENVIRONMENTS_KEY}.{env}.vpc_cidr: {e}") from e
+    if not 16 <= network.prefixlen <= 24 or not network.is_private:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.vpc_cidr: {cidr} must be a private range from /16 to /24"
+        )
+    return EnvConfig(
+        name=env,
+        project=project,
+        termination_protection=_expect(
+            env, "termination_protection", raw["termination_protection"], bool, "true or false"
+        ),
+        lake_formation_admin_role_names=tuple(admins),
+        raw_data_infrequent_access_days=ia,
+        raw_data_glacier_days=glacier,
+        noncurrent_version_expiration_days=num("noncurrent_version_expiration_days", 1, 36500),
+        log_retention_days=retention,
+        vpc_cidr=cidr,
+        max_azs=num("max_azs", 2, 6),
+        athena_bytes_scanned_cutoff=num("athena_bytes_scanned_cutoff", 10_000_000, 10**15),
+        manage_glue_catalog_encryption=_expect(
+            env,
+            "manage_glue_catalog_encryption",
+            raw["manage_glue_catalog_encryption"],
+            bool,
+            "true or false",
+        ),
+        lambda_reserved_concurrency=num("lambda_reserved_concurrency", 1, 1000),
+    )
+
+
+def load_config(context: Mapping[str, Any], selected: str | None) -> EnvConfig:
+    """Return the configuration of the selected environment from the cdk.json context.
+
+    Raises:
+        ConfigurationError: no environments, or the selected one does not exist.
+    """
+    environments = context.get(ENVIRONMENTS_KEY)
+    if not isinstance(environments, Mapping) or not environments:
+        raise ConfigurationError(f"cdk.json context has no {ENVIRONMENTS_KEY} object")
+    name = selected or context.get(DEFAULT_ENV_KEY)
+    if not name:
+        raise ConfigurationError(
+            f"no environment selected: pass -c env=NAME (one of {', '.join(environments)})"
+        )
+    if name not in environments:
+        raise ConfigurationError(
+            f"unknown environment {name!r}: choose one of {', '.join(environments)}"
+        )
+    return parse_env_config(str(name), environments[name])
+
+
+def read_cdk_json(path: str | None = None) -> dict[str, Any]:
+    """Return the ``context`` object of the repository's cdk.json (found from this file)."""
+    import json
+    from pathlib import Path
+
+    file = Path(path) if path else Path(__file__).resolve().parent.parent / "cdk.json"
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigurationError(f"{file}: not found") from e
+    except json.JSONDecodeError as e:
+        raise ConfigurationError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    context = document.get("context", {})
+    if not isinstance(context, dict):
+        raise ConfigurationError(f"{file}: 'context' must be an object")
+    return context

@@ -1,0 +1,43 @@
+"""Exceptions of the runtime library.
+
+Every message names the file (object key) and, where there is one, the record, and
+never carries PHI: no patient identifiers, no note text, no DICOM tag values.
+"""
+
+from __future__ import annotations
+
+
+class OncopipeError(Exception):
+    """Base class of every error oncopipe raises on purpose."""
+
+
+class ConfigError(OncopipeError):
+    """A setting is missing or invalid; the message names the key and the allowed values."""
+
+
+class InputError(OncopipeError):
+    """An input object cannot be processed; it belongs in quarantine with this reason.
+
+    Attributes:
+        source: the object key or path of the offending input.
+        reason_code: a short machine-readable code (``unknown-type``, ``invalid-samplesheet``...).
+    """
+
+    reason_code = "invalid-input"
+
+    def __init__(self, source: str, message: str, *, details: list[str] | None = None) -> None:
+        self.source = source
+        self.details = list(details or [])
+        super().__init__(f"{source}: {message}")
+
+
+class UnknownObjectError(InputError):
+    """The router cannot tell what an ingest object is, so no stage can take it."""
+
+    reason_code = "unknown-type"
+
+
+class MissingPatientError(InputError):
+    """An object cannot be tied to a patient (no sample sheet row, no patient header)."""
+
+    reason_code = "no-patient"

@@ -1,0 +1,57 @@
+"""Events that start the ingest flow, in the shapes the adapters receive them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from oncopipe.errors import OncopipeError
+from oncopipe.runs import validate_run_id
+from oncopipe.storage import ObjectRef
+
+
+class EventError(OncopipeError):
+    """An event is not an S3 "Object Created" event the router understands."""
+
+
+def object_created(event: Mapping[str, Any]) -> ObjectRef:
+    """Return the object an EventBridge "Object Created" event (S3 source) refers to.
+
+    Raises:
+        EventError: another event type, or fields missing.
+    """
+    if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
+        raise EventError(
+            f"expected an aws.s3 'Object Created' event, got source={event.get('source')!r} "
+            f"detail-type={event.get('detail-type')!r}"
+        )
+    try:
+        detail = event["detail"]
+        obj = detail["object"]
+        return ObjectRef(
+            bucket=str(detail["bucket"]["name"]),
+            key=str(obj["key"]),
+            etag=str(obj.get("etag", "")).strip('"'),
+            size=int(obj.get("size", 0)),
+            version_id=obj.get("version-id"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise EventError(f"malformed Object Created event: missing or bad field {e}") from e
+
+
+def run_id_for(event: Mapping[str, Any]) -> str:
+    """Return the run an ingest event belongs to.
+
+    An explicit ``run_id`` (the local worker, a replay) wins. Otherwise uploads are grouped
+    into one run per UTC day of the event (``ingest-YYYYMMDD``): a duplicate delivery of
+    the same event then finds its manifest and changes nothing.
+    """
+    explicit = event.get("run_id")
+    if explicit:
+        return validate_run_id(str(explicit))
+    time = str(event.get("time", ""))
+    try:
+        moment = datetime.fromisoformat(time.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise EventError(f"event has no usable 'time' ({time!r}) and no run_id") from e
+    return f"ingest-{moment:%Y%m%d}"

@@ -1,0 +1,281 @@
+"""The ingest router core: classify an uploaded object and route it.
+
+What it does for one ingest object (one item of the ``route`` step):
+
+- sample sheet: validated against the objects it names; a valid sheet becomes a
+  pseudonymised sample table in the curated zone (no source patient ids) and its samples
+  are returned for the stage branches; an invalid one is quarantined with every problem.
+- FASTQ, DICOM, note: checked to be what its prefix says, then recorded as received;
+  the stages pick them up (from the sample sheet, or their own branch).
+- anything else, or a file whose content contradicts its prefix: quarantined with the
+  reason. The original stays in the ingest bucket; nothing is written to curated.
+
+Every outcome is committed by the item's manifest, so a duplicate event is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote_plus
+
+from oncopipe import layout
+from oncopipe.errors import InputError, MissingPatientError, UnknownObjectError
+from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.runs import item_slug
+from oncopipe.samplesheet import parse_samplesheet, pseudonymised_records
+from oncopipe.storage import ObjectRef, ObjectStore
+
+logger = logging.getLogger(__name__)
+
+STEP = "route"
+#: Bump when the routing rules change, so a re-run re-routes instead of skipping.
+RULES_VERSION = 1
+SNIFF_BYTES = 4096
+MAX_SAMPLESHEET_BYTES = 5 * 1024 * 1024
+
+KIND_SAMPLESHEET = "samplesheet"
+KIND_FASTQ = "fastq"
+KIND_DICOM = "dicom"
+KIND_NOTE = "note"
+
+FASTQ_SUFFIXES = (".fastq.gz", ".fq.gz")
+NOTE_SUFFIXES = (".txt",)
+
+
+def classify(key: str, head: bytes, size: int) -> str:
+    """Return the kind of an ingest object from its key and first bytes.
+
+    Raises:
+        UnknownObjectError: the key is under no known prefix or has an unexpected suffix.
+        InputError: the object is empty, or its content contradicts its prefix.
+    """
+    lower = key.lower()
+    if size == 0:
+        raise InputError(key, "the object is empty (0 bytes)")
+    if lower.startswith(layout.INGEST_SAMPLESHEETS):
+        if not lower.endswith(".csv"):
+            raise UnknownObjectError(key, "sample sheets must be .csv files")
+        if b"\x00" in head:
+            raise InputError(key, "a sample sheet must be text, this object has NUL bytes")
+        return KIND_SAMPLESHEET
+    if lower.startswith(layout.INGEST_FASTQ):
+        if not lower.endswith(FASTQ_SUFFIXES):
+            raise UnknownObjectError(key, "FASTQ files must be gzip-compressed .fastq.gz/.fq.gz")
+        if not head.startswith(b"\x1f\x8b"):
+            raise InputError(key, "named .fastq.gz but not gzip-compressed (no gzip magic)")
+        return KIND_FASTQ
+    if lower.startswith(layout.INGEST_DICOM):
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise InputError(
+                key, "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)"
+            )
+        return KIND_DICOM
+    if lower.startswith(layout.INGEST_NOTES):
+        if not lower.endswith(NOTE_SUFFIXES):
+            raise UnknownObjectError(key, "clinical notes must be UTF-8 .txt files")
+        if b"\x00" in head:
+            raise InputError(key, "a clinical note must be text, this object has NUL bytes")
+        return KIND_NOTE
+    raise UnknownObjectError(
+        key,
+        "no stage takes objects under this prefix; expected one of "
+        f"{layout.INGEST_SAMPLESHEETS}, {layout.INGEST_FASTQ}, {layout.INGEST_DICOM}, "
+        f"{layout.INGEST_NOTES}",
+    )
+
+
+def reason_document(
+    ref: ObjectRef, run_id: str, step: str, reason_code: str, message: str, details: Sequence[str]
+) -> dict[str, Any]:
+    """Return the reason document written beside a quarantined object (no PHI)."""
+    return {
+        "run_id": run_id,
+        "step": step,
+        "reason_code": reason_code,
+        "message": message,
+        "details": list(details),
+        "source": ref.as_dict(),
+        "quarantined_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def write_quarantine(
+    writer: ItemWriter,
+    buckets: layout.Buckets,
+    ref: ObjectRef,
+    run_id: str,
+    step: str,
+    error: InputError,
+) -> dict[str, Any]:
+    """Copy a rejected object to quarantine with its reason; return the item summary."""
+    writer.copy(ref, buckets.quarantine, layout.quarantine_key(run_id, ref.key))
+    writer.put_json(
+        buckets.quarantine,
+        layout.quarantine_reason_key(run_id, ref.key),
+        reason_document(ref, run_id, step, error.reason_code, str(error), error.details),
+    )
+    logger.info("quarantined %s: %s", ref.key, error.reason_code)
+    return {"status": "quarantined", "reason_code": error.reason_code, "reason": str(error)}
+
+
+def _split_s3_uri(value: str, default_bucket: str) -> tuple[str, str]:
+    if value.startswith("s3://"):
+        bucket, _, key = value[5:].partition("/")
+        return bucket, key
+    return default_bucket, value
+
+
+@dataclass(frozen=True)
+class Router:
+    """Routes ingest objects for one deployment (buckets, store, pseudonymisation)."""
+
+    store: ObjectStore
+    buckets: layout.Buckets
+    patient_key: Callable[[str], str]
+
+    def resolve(self, ref: ObjectRef) -> ObjectRef | None:
+        """Return the current reference of an event's object, or None if it is gone.
+
+        Event keys may arrive URL-encoded (spaces as '+'); the decoded key is tried when
+        the key as given does not exist. The version and ETag come from S3, not the event.
+        """
+        found = self.store.head(ref.bucket, ref.key)
+        if found is None and unquote_plus(ref.key) != ref.key:
+            found = self.store.head(ref.bucket, unquote_plus(ref.key))
+        return found
+
+    def context(self, run_id: str) -> StepContext:
+        return StepContext(
+            store=self.store,
+            manifest_bucket=self.buckets.curated,
+            run_id=run_id,
+            step=STEP,
+            params={"rules_version": RULES_VERSION},
+        )
+
+    def route(self, ref: ObjectRef, run_id: str) -> ItemResult:
+        """Route one ingest object; return the item result (its summary says the outcome).
+
+        Input problems never raise: they end in quarantine. Infrastructure errors (S3
+        unreachable, access denied) do raise, leave no manifest, and are retried.
+        """
+
+        def work(writer: ItemWriter) -> Mapping[str, Any]:
+            head = self.store.get_range(ref.bucket, ref.key, min(SNIFF_BYTES, ref.size))
+            try:
+                kind = classify(ref.key, head, ref.size)
+                summary: dict[str, Any] = {"kind": kind}
+                if kind == KIND_SAMPLESHEET:
+                    summary.update(self._accept_samplesheet(writer, ref, run_id))
+                else:
+                    summary["status"] = "received"
+                return summary
+            except InputError as e:
+                kind_guess = ref.key.split("/", 1)[0] if "/" in ref.key else "unknown"
+                return {"kind": kind_guess} | write_quarantine(
+                    writer, self.buckets, ref, run_id, STEP, e
+                )
+
+        return process_item(self.context(run_id), ref.key, [ref], work)
+
+    def _accept_samplesheet(
+        self, writer: ItemWriter, ref: ObjectRef, run_id: str
+    ) -> dict[str, Any]:
+        if ref.size > MAX_SAMPLESHEET_BYTES:
+            raise InputError(ref.key, f"sample sheet larger than {MAX_SAMPLESHEET_BYTES} bytes")
+        data = self.store.get_bytes(ref.bucket, ref.key, ref.version_id)
+
+        def exists(value: str) -> bool:
+            bucket, key = _split_s3_uri(value, self.buckets.ingest)
+            return bool(key) and self.store.exists(bucket, key)
+
+        def prefix_exists(value: str) -> bool:
+            bucket, key = _split_s3_uri(value, self.buckets.ingest)
+            return bool(key) and self.store.prefix_exists(bucket, key.rstrip("/") + "/")
+
+        # An invalid sheet raises SampleSheetError (an InputError): quarantined by route().
+        sheet = parse_samplesheet(data, source=ref.key, exists=exists, prefix_exists=prefix_exists)
+        try:
+            records = pseudonymised_records(sheet, self.patient_key, run_id=run_id)
+        except ValueError as e:  # an id the key function refuses (blank after stripping)
+            raise MissingPatientError(ref.key, str(e)) from e
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+        out = writer.put(
+            self.buckets.curated,
+            f"{layout.CURATED_SAMPLES}{run_id}/{item_slug(ref.key)}.jsonl",
+            body,
+            content_type="application/x-ndjson",
+        )
+        return {
+            "status": "accepted",
+            "samples": [
+                {k: r[k] for k in ("sample", "type", "patient_key", "fastq_1", "fastq_2")}
+                for r in records
+            ],
+            "referenced_keys": sheet.referenced_keys(),
+            "sample_table": out.key,
+        }
+
+    def quarantine_orphans(
+        self, run_id: str, received: Mapping[str, ObjectRef], accepted_sheets: Sequence[Mapping[str, Any]]
+    ) -> list[ItemResult]:
+        """Quarantine FASTQ files that no accepted sample sheet names.
+
+        A FASTQ file carries no patient: only a sample sheet row ties it to one. Such
+        files cannot be processed and are quarantined as ``no-patient`` (step
+        ``reconcile``), so that nothing is silently left behind.
+        """
+        named: set[str] = set()
+        for summary in accepted_sheets:
+            named.update(summary.get("referenced_keys", []))
+        ctx = StepContext(
+            store=self.store,
+            manifest_bucket=self.buckets.curated,
+            run_id=run_id,
+            step="reconcile",
+            params={"rules_version": RULES_VERSION},
+        )
+        results = []
+        for key, ref in sorted(received.items()):
+            if not key.startswith(layout.INGEST_FASTQ) or key in named:
+                continue
+            error = MissingPatientError(
+                key, "no accepted sample sheet names this FASTQ file, so it has no patient"
+            )
+
+            def work(writer: ItemWriter, ref: ObjectRef = ref, error: InputError = error) -> Any:
+                return {"kind": KIND_FASTQ} | write_quarantine(
+                    writer, self.buckets, ref, run_id, "reconcile", error
+                )
+
+            results.append(process_item(ctx, key, [ref], work))
+        return results
+
+
+def route_error_to_quarantine(
+    store: ObjectStore,
+    buckets: layout.Buckets,
+    ref: ObjectRef,
+    run_id: str,
+    error_name: str,
+    step: str = "route-failed",
+) -> ItemResult:
+    """Quarantine an object whose routing failed unexpectedly (the state machine's Catch).
+
+    Only the error's type is recorded: an unexpected error's text is not known to be free
+    of PHI.
+    """
+    error = InputError(ref.key, f"routing failed with {error_name}; see the execution history")
+    error.reason_code = "processing-error"
+    ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id, step=step)
+    return process_item(
+        ctx,
+        ref.key,
+        [ref],
+        lambda writer: write_quarantine(writer, buckets, ref, run_id, step, error),
+    )

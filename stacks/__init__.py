@@ -1,0 +1,1 @@
+"""Infrastructure: the CDK stacks and constructs of oncopipe."""

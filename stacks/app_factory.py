@@ -1,0 +1,66 @@
+"""Builds the oncopipe CDK app: used by ``app.py`` and by the tests, so both check the same."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aws_cdk import App, Tags, Validations
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+
+from oncopipe.deployment import EnvConfig, load_config
+from stacks.data_lake_stack import DataLakeStack
+from stacks.ingest_stack import IngestStack
+from stacks.nag import acknowledge_inline_policies
+from stacks.network_stack import NetworkStack
+
+
+@dataclass(frozen=True)
+class OncopipeApp:
+    app: App
+    config: EnvConfig
+    lake: DataLakeStack
+    network: NetworkStack
+    ingest: IngestStack
+
+
+def build_app(
+    app: App | None = None, *, context: Mapping[str, Any] | None = None
+) -> OncopipeApp:
+    """Return the app with every stack of the selected environment and both nag packs.
+
+    ``context`` (tests) is merged into the app context; the environment comes from the
+    ``env`` context key (``-c env=prod``) or ``oncopipe:default-env``.
+
+    Raises:
+        ConfigurationError: the cdk.json configuration is invalid.
+    """
+    app = app or App(context=dict(context or {}))
+    raw_context = {
+        key: app.node.try_get_context(key)
+        for key in ("oncopipe:environments", "oncopipe:default-env")
+    }
+    config = load_config(raw_context, app.node.try_get_context("env"))
+    prefix = f"Oncopipe-{config.name}"
+    # Stacks are environment-agnostic: synth makes no AWS call (no AZ lookup).
+    lake = DataLakeStack(app, f"{prefix}-DataLake", config=config)
+    network = NetworkStack(
+        app, f"{prefix}-Network", config=config, log_key=lake.platform_key
+    )
+    ingest = IngestStack(
+        app,
+        f"{prefix}-Ingest",
+        config=config,
+        lake=lake,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+    )
+    for stack in (lake, network, ingest):
+        acknowledge_inline_policies(stack)
+        Tags.of(stack).add("project", config.project)
+        Tags.of(stack).add("environment", config.name)
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    return OncopipeApp(
+        app=app, config=config, lake=lake, network=network, ingest=ingest
+    )

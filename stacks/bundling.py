@@ -1,0 +1,114 @@
+"""Lambda packaging without Docker.
+
+``PythonFunction`` bundles in a container; there is no Docker engine on the build
+machines. :func:`lambda_code` packages a handler folder, the shared ``oncopipe`` library and
+the handler's pinned ``requirements.txt`` (installed by pip as manylinux wheels for the
+Lambda runtime) with a local bundler. The asset hash is computed from those sources, so
+it is the same on every machine and changes exactly when the deployed code would.
+Tests skip bundling with the context ``aws:cdk:bundling-stacks: []``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsii
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import aws_lambda as lambda_
+
+from stacks.paths import LAMBDAS_DIR, LIBRARY_DIR
+
+#: The Lambda runtime every function uses, and the wheel tags pip must fetch for it.
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+PYTHON_VERSION = "3.14"
+PLATFORM = "manylinux2014_x86_64"
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
+
+
+def _source_files(handler_dir: Path) -> list[Path]:
+    files = [p for p in LIBRARY_DIR.rglob("*.py")] + [
+        p
+        for p in handler_dir.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    return sorted(files)
+
+
+def source_hash(handler_dir: Path) -> str:
+    """Return the SHA-256 over the files that go into a function's bundle."""
+    digest = hashlib.sha256(f"{RUNTIME.name}|{PLATFORM}".encode())
+    for path in _source_files(handler_dir):
+        digest.update(str(path.relative_to(LIBRARY_DIR.parent)).encode("utf-8"))
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@jsii.implements(ILocalBundling)
+class PipLocalBundling:
+    """Copies the handler and library and pip-installs the handler's requirements."""
+
+    def __init__(self, handler_dir: Path) -> None:
+        self.handler_dir = handler_dir
+
+    def try_bundle(self, output_dir: str, *, image: DockerImage, **_: object) -> bool:
+        out = Path(output_dir)
+        requirements = self.handler_dir / "requirements.txt"
+        if requirements.exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-compile",
+                    "--only-binary=:all:",
+                    "--implementation",
+                    "cp",
+                    "--python-version",
+                    PYTHON_VERSION,
+                    "--platform",
+                    PLATFORM,
+                    "--target",
+                    str(out),
+                    "-r",
+                    str(requirements),
+                ],
+                check=True,
+            )
+        shutil.copytree(
+            LIBRARY_DIR, out / "oncopipe", ignore=_IGNORED, dirs_exist_ok=True
+        )
+        shutil.copytree(
+            self.handler_dir,
+            out / "lambdas" / self.handler_dir.name,
+            ignore=_IGNORED,
+            dirs_exist_ok=True,
+        )
+        (out / "lambdas" / "__init__.py").touch()
+        return True
+
+
+def lambda_code(handler_name: str) -> lambda_.Code:
+    """Return the code asset of ``lambdas/<handler_name>`` (handler ``lambdas.<name>.handler``).
+
+    Raises:
+        FileNotFoundError: the handler folder does not exist.
+    """
+    handler_dir = LAMBDAS_DIR / handler_name
+    if not (handler_dir / "handler.py").is_file():
+        raise FileNotFoundError(f"{handler_dir}/handler.py not found")
+    return lambda_.Code.from_asset(
+        str(handler_dir),
+        asset_hash_type=AssetHashType.CUSTOM,
+        asset_hash=source_hash(handler_dir),
+        bundling=BundlingOptions(
+            image=RUNTIME.bundling_image,
+            local=PipLocalBundling(handler_dir),
+        ),
+    )

@@ -1,0 +1,1 @@
+"""L3 constructs: one per capability."""

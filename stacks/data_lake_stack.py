@@ -1,0 +1,456 @@
+"""The stateful stack: keys, buckets, catalog, Athena, Lake Formation, the pseudonym secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import (
+    ArnFormat,
+    Duration,
+    Fn,
+    RemovalPolicy,
+    Stack,
+    aws_athena as athena,
+    aws_glue as glue,
+    aws_iam as iam,
+    aws_kms as kms,
+    aws_lakeformation as lakeformation,
+    aws_s3 as s3,
+    aws_secretsmanager as secretsmanager,
+)
+from constructs import Construct
+
+from oncopipe import catalog, layout
+from oncopipe.deployment import EnvConfig
+from stacks.components.secure_bucket import SecureBucket
+from stacks.nag import acknowledge
+
+
+class DataLakeStack(Stack):
+    """Everything that holds data and must outlive the compute stacks (RETAIN).
+
+    Creates:
+        - KMS customer-managed keys with rotation: ``ingest_key`` (ingest and quarantine,
+          PHI), ``curated_key`` (curated zone), ``platform_key`` (artifacts, logs, queues,
+          the pseudonym secret).
+        - Buckets ``ingest`` (events to EventBridge), ``quarantine``, ``curated``,
+          ``artifacts`` from :class:`SecureBucket`, and ``access_logs`` for their server
+          access logs.
+        - The Glue database of the curated zone and a table per dataset
+          (:mod:`oncopipe.catalog`).
+        - An Athena workgroup with enforced, KMS-encrypted results in ``artifacts``.
+        - Lake Formation: administrators, the curated location registered with a
+          dedicated role, and ``analyst_role`` granted read on the curated database only.
+        - The Secrets Manager secret of the pseudonymisation key.
+
+    Grants: ``analyst_role`` may query through Athena and Lake Formation; it has no S3
+    access to ingest or quarantine.
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: EnvConfig, **kwargs: Any
+    ):
+        super().__init__(
+            scope,
+            construct_id,
+            termination_protection=config.termination_protection,
+            **kwargs,
+        )
+        self.config = config
+        self.ingest_key = self._key("IngestKey", "ingest and quarantine zones (PHI)")
+        self.curated_key = self._key("CuratedKey", "curated zone (de-identified)")
+        self.platform_key = self._key(
+            "PlatformKey", "artifacts, logs, queues and secrets"
+        )
+        self._allow_logs_service(self.platform_key)
+
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            # S3 server access logging delivers only to SSE-S3 target buckets.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireAccessLogs",
+                    expiration=Duration.days(config.log_retention_days),
+                    noncurrent_version_expiration=Duration.days(1),
+                )
+            ],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        acknowledge(
+            self.access_logs,
+            "AwsSolutions-S1",
+            "This is the access-log target bucket; logging it into itself would loop.",
+        )
+        acknowledge(
+            self.access_logs,
+            "HIPAA.Security-S3BucketLoggingEnabled",
+            "This is the access-log target bucket; logging it into itself would loop.",
+        )
+        acknowledge(
+            self.access_logs,
+            "HIPAA.Security-S3BucketReplicationEnabled",
+            "Access logs are an audit copy kept in-region; they hold no primary data.",
+        )
+        acknowledge(
+            self.access_logs,
+            "HIPAA.Security-S3DefaultEncryptionKMS",
+            "S3 server access log delivery supports only SSE-S3 on the target bucket.",
+        )
+
+        common = {
+            "access_logs": self.access_logs,
+            "noncurrent_version_expiration_days": config.noncurrent_version_expiration_days,
+            "infrequent_access_days": config.raw_data_infrequent_access_days,
+            "glacier_days": config.raw_data_glacier_days,
+        }
+        self.ingest = SecureBucket(
+            self,
+            "Ingest",
+            encryption_key=self.ingest_key,
+            raw_prefixes=layout.RAW_SEQUENCE_PREFIXES_INGEST,
+            event_bridge=True,
+            **common,
+        ).bucket
+        self.quarantine = SecureBucket(
+            self, "Quarantine", encryption_key=self.ingest_key, **common
+        ).bucket
+        self.curated = SecureBucket(
+            self,
+            "Curated",
+            encryption_key=self.curated_key,
+            raw_prefixes=layout.RAW_SEQUENCE_PREFIXES_CURATED,
+            **common,
+        ).bucket
+        self.artifacts = SecureBucket(
+            self, "Artifacts", encryption_key=self.platform_key, **common
+        ).bucket
+        for bucket in (self.ingest, self.quarantine, self.curated, self.artifacts):
+            acknowledge(
+                bucket,
+                "HIPAA.Security-S3BucketReplicationEnabled",
+                (
+                    "Single-region deployment: versioning and RETAIN protect the data; "
+                    "cross-region replication of PHI needs a second region the user chooses."
+                ),
+            )
+
+        self.pseudonym_secret = secretsmanager.Secret(
+            self,
+            "PseudonymSecret",
+            description="HMAC key of the pseudonymous patient key (64 hex characters)",
+            encryption_key=self.platform_key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64,
+                exclude_punctuation=True,
+                exclude_uppercase=True,
+                include_space=False,
+                exclude_characters="ghijklmnopqrstuvwxyz",
+            ),
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        acknowledge(
+            self.pseudonym_secret,
+            "AwsSolutions-SMG4",
+            (
+                "Rotating the pseudonymisation key would give every patient a new key and "
+                "break joins across modalities and runs; it must stay fixed."
+            ),
+        )
+        acknowledge(
+            self.pseudonym_secret,
+            "HIPAA.Security-SecretsManagerRotationEnabled",
+            (
+                "Rotating the pseudonymisation key would give every patient a new key and "
+                "break joins across modalities and runs; it must stay fixed."
+            ),
+        )
+
+        self.database_name = catalog.database_name(config.project, config.name)
+        self._catalog()
+        self._athena()
+        self._lake_formation()
+
+    def export_bucket(self, consumer: Stack, bucket: s3.IBucket, key: kms.IKey) -> s3.IBucket:
+        """Return ``bucket`` as seen from ``consumer``, through an export with a stable name.
+
+        The automatic export names of cross-stack references embed hashes; a named export
+        keeps the policy findings of grants on it (``<export>/*``) nameable one by one.
+        """
+        name = f"{self.stack_name}-{self.get_logical_id(bucket.node.default_child)}Arn"  # type: ignore[arg-type]
+        arn = self.export_value(bucket.bucket_arn, name=name)
+        return s3.Bucket.from_bucket_attributes(
+            consumer, f"{bucket.node.scope.node.id}Bucket", bucket_arn=arn, encryption_key=key  # type: ignore[union-attr]
+        )
+
+    # -- keys --------------------------------------------------------------------------------
+    def _key(self, construct_id: str, purpose: str) -> kms.Key:
+        return kms.Key(
+            self,
+            construct_id,
+            description=f"oncopipe {self.config.name}: {purpose}",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+    def _allow_logs_service(self, key: kms.Key) -> None:
+        """Let CloudWatch Logs use the key for this account's log groups only."""
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "kms:Encrypt*",
+                    "kms:Decrypt*",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:Describe*",
+                ],
+                principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": self.format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
+
+    # -- catalog -----------------------------------------------------------------------------
+    def _catalog(self) -> None:
+        self.database = glue.CfnDatabase(
+            self,
+            "CuratedDatabase",
+            catalog_id=self.account,
+            database_input=glue.CfnDatabase.DatabaseInputProperty(
+                name=self.database_name,
+                description="oncopipe curated zone: de-identified, query-able features",
+            ),
+        )
+        self.tables: dict[str, glue.CfnTable] = {}
+        for spec in catalog.TABLES.values():
+            table = glue.CfnTable(
+                self,
+                f"Table{spec.name.title().replace('_', '')}",
+                catalog_id=self.account,
+                database_name=self.database_name,
+                table_input=catalog.glue_table_input(spec, self.curated.bucket_name),
+            )
+            table.node.add_dependency(self.database)
+            self.tables[spec.name] = table
+        if self.config.manage_glue_catalog_encryption:
+            glue.CfnDataCatalogEncryptionSettings(
+                self,
+                "CatalogEncryption",
+                catalog_id=self.account,
+                data_catalog_encryption_settings=glue.CfnDataCatalogEncryptionSettings.DataCatalogEncryptionSettingsProperty(
+                    encryption_at_rest=glue.CfnDataCatalogEncryptionSettings.EncryptionAtRestProperty(
+                        catalog_encryption_mode="SSE-KMS",
+                        sse_aws_kms_key_id=self.curated_key.key_id,
+                    ),
+                    connection_password_encryption=glue.CfnDataCatalogEncryptionSettings.ConnectionPasswordEncryptionProperty(
+                        return_connection_password_encrypted=True,
+                        kms_key_id=self.curated_key.key_id,
+                    ),
+                ),
+            )
+
+    # -- athena ------------------------------------------------------------------------------
+    def _athena(self) -> None:
+        self.workgroup = athena.CfnWorkGroup(
+            self,
+            "AnalyticsWorkGroup",
+            name=f"{self.config.prefix}-analytics",
+            description="oncopipe analysts: enforced settings, KMS-encrypted results",
+            state="ENABLED",
+            recursive_delete_option=False,
+            work_group_configuration=athena.CfnWorkGroup.WorkGroupConfigurationProperty(
+                enforce_work_group_configuration=True,
+                publish_cloud_watch_metrics_enabled=True,
+                bytes_scanned_cutoff_per_query=self.config.athena_bytes_scanned_cutoff,
+                engine_version=athena.CfnWorkGroup.EngineVersionProperty(
+                    selected_engine_version="Athena engine version 3"
+                ),
+                result_configuration=athena.CfnWorkGroup.ResultConfigurationProperty(
+                    output_location=self.artifacts.s3_url_for_object(
+                        layout.ARTIFACTS_ATHENA_RESULTS
+                    ),
+                    encryption_configuration=athena.CfnWorkGroup.EncryptionConfigurationProperty(
+                        encryption_option="SSE_KMS", kms_key=self.platform_key.key_arn
+                    ),
+                ),
+            ),
+        )
+        self.workgroup.apply_removal_policy(RemovalPolicy.RETAIN)
+
+    # -- lake formation ----------------------------------------------------------------------
+    def _lake_formation(self) -> None:
+        synthesizer_role = getattr(
+            self.synthesizer, "cloud_formation_execution_role_arn", None
+        )
+        admins = [
+            iam.Role.from_role_name(self, f"LakeAdmin{i}", name).role_arn
+            for i, name in enumerate(self.config.lake_formation_admin_role_names)
+        ]
+        if synthesizer_role:
+            # The deploy role must administer Lake Formation to create the grants below.
+            admins.append(Fn.sub(synthesizer_role))
+        settings = lakeformation.CfnDataLakeSettings(
+            self,
+            "LakeSettings",
+            admins=[
+                lakeformation.CfnDataLakeSettings.DataLakePrincipalProperty(
+                    data_lake_principal_identifier=arn
+                )
+                for arn in admins
+            ],
+            # Only explicit Lake Formation grants, not IAM-only access, for new tables.
+            create_database_default_permissions=[],
+            create_table_default_permissions=[],
+        )
+
+        self.lake_location_role = iam.Role(
+            self,
+            "LakeLocationRole",
+            assumed_by=iam.ServicePrincipal("lakeformation.amazonaws.com"),
+            description="Lake Formation reads the curated zone on behalf of granted principals",
+        )
+        self.curated.grant_read(self.lake_location_role)
+        location_policy = self.lake_location_role.node.find_child("DefaultPolicy")
+        curated_objects = f"<{self.get_logical_id(self.curated.node.default_child)}.Arn>/*"  # type: ignore[arg-type]
+        for finding, reason in {
+            "Action::s3:GetObject*": "Lake Formation reads curated objects for granted queries.",
+            "Action::s3:GetBucket*": "Lake Formation reads curated bucket metadata.",
+            "Action::s3:List*": "Lake Formation lists the curated bucket for granted queries.",
+            f"Resource::{curated_objects}": "Every object of the curated bucket, read only.",
+        }.items():
+            acknowledge(location_policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        location = lakeformation.CfnResource(
+            self,
+            "CuratedLocation",
+            resource_arn=self.curated.bucket_arn,
+            use_service_linked_role=False,
+            role_arn=self.lake_location_role.role_arn,
+        )
+        location.node.add_dependency(settings)
+
+        self.analyst_role = iam.Role(
+            self,
+            "AnalystRole",
+            assumed_by=iam.AccountPrincipal(self.account),
+            description="Analysts: Athena queries on the curated database, nothing raw",
+            max_session_duration=Duration.hours(4),
+        )
+        workgroup_arn = self.format_arn(
+            service="athena", resource="workgroup", resource_name=self.workgroup.ref
+        )
+        self.analyst_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "athena:StartQueryExecution",
+                    "athena:StopQueryExecution",
+                    "athena:GetQueryExecution",
+                    "athena:GetQueryResults",
+                    "athena:GetQueryResultsStream",
+                    "athena:ListQueryExecutions",
+                    "athena:GetWorkGroup",
+                ],
+                resources=[workgroup_arn],
+            )
+        )
+        self.analyst_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "glue:GetDatabase",
+                    "glue:GetTable",
+                    "glue:GetTables",
+                    "glue:GetPartitions",
+                ],
+                resources=[
+                    self.format_arn(service="glue", resource="catalog"),
+                    self.format_arn(
+                        service="glue",
+                        resource="database",
+                        resource_name=self.database_name,
+                    ),
+                    self.format_arn(
+                        service="glue",
+                        resource="table",
+                        resource_name=f"{self.database_name}/*",
+                    ),
+                ],
+            )
+        )
+        self.analyst_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["lakeformation:GetDataAccess"], resources=["*"]
+            )
+        )
+        self.artifacts.grant_read_write(
+            self.analyst_role, f"{layout.ARTIFACTS_ATHENA_RESULTS}*"
+        )
+        policy = self.analyst_role.node.find_child("DefaultPolicy")
+        for finding, reason in {
+            "Resource::*": (
+                "lakeformation:GetDataAccess has no resource-level permissions; Lake "
+                "Formation grants decide which tables the role reads."
+            ),
+            f"Resource::arn:<AWS::Partition>:glue:<AWS::Region>:<AWS::AccountId>:table/{self.database_name}/*": (  # noqa: E501
+                "Table metadata of the curated database only; row access is decided by Lake "
+                "Formation grants."
+            ),
+            "Action::s3:GetObject*": "CDK grant_read_write on the athena-results/ prefix only.",
+            "Action::s3:GetBucket*": "CDK grant_read_write on the athena-results/ prefix only.",
+            "Action::s3:List*": "CDK grant_read_write on the athena-results/ prefix only.",
+            "Action::s3:DeleteObject*": "CDK grant_read_write on the athena-results/ prefix only.",
+            "Action::s3:Abort*": "CDK grant_read_write on the athena-results/ prefix only.",
+            "Action::kms:GenerateDataKey*": "Encrypts Athena results with the platform key.",
+            "Action::kms:ReEncrypt*": "Encrypts Athena results with the platform key.",
+            f"Resource::<{self.get_logical_id(self.artifacts.node.default_child)}.Arn>/athena-results/*": (  # type: ignore[arg-type] # noqa: E501
+                "Athena query results of this role, under the athena-results/ prefix only."
+            ),
+        }.items():
+            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+
+        database_grant = lakeformation.CfnPrincipalPermissions(
+            self,
+            "AnalystDatabaseGrant",
+            principal=lakeformation.CfnPrincipalPermissions.DataLakePrincipalProperty(
+                data_lake_principal_identifier=self.analyst_role.role_arn
+            ),
+            resource=lakeformation.CfnPrincipalPermissions.ResourceProperty(
+                database=lakeformation.CfnPrincipalPermissions.DatabaseResourceProperty(
+                    catalog_id=self.account, name=self.database_name
+                )
+            ),
+            permissions=["DESCRIBE"],
+            permissions_with_grant_option=[],
+        )
+        tables_grant = lakeformation.CfnPrincipalPermissions(
+            self,
+            "AnalystTablesGrant",
+            principal=lakeformation.CfnPrincipalPermissions.DataLakePrincipalProperty(
+                data_lake_principal_identifier=self.analyst_role.role_arn
+            ),
+            resource=lakeformation.CfnPrincipalPermissions.ResourceProperty(
+                table=lakeformation.CfnPrincipalPermissions.TableResourceProperty(
+                    catalog_id=self.account,
+                    database_name=self.database_name,
+                    table_wildcard={},
+                )
+            ),
+            permissions=["SELECT", "DESCRIBE"],
+            permissions_with_grant_option=[],
+        )
+        for grant in (database_grant, tables_grant):
+            grant.node.add_dependency(settings)
+            grant.node.add_dependency(self.database)

@@ -1,0 +1,286 @@
+"""Event-driven ingest: S3 -> EventBridge -> one state machine execution per object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import (
+    Duration,
+    Stack,
+    aws_ec2 as ec2,
+    aws_events as events,
+    aws_events_targets as targets,
+    aws_iam as iam,
+    aws_s3 as s3,
+    aws_stepfunctions as sfn,
+    aws_stepfunctions_tasks as tasks,
+)
+from constructs import Construct
+
+from oncopipe.deployment import EnvConfig
+from stacks.components.log_group import encrypted_log_group
+from stacks.components.stage_function import StageFunction, encrypted_queue
+from stacks.data_lake_stack import DataLakeStack
+from stacks.nag import acknowledge
+
+#: Python exception names of transient failures worth retrying inside the state machine.
+TRANSIENT_ERRORS = [
+    "ClientError",
+    "EndpointConnectionError",
+    "ReadTimeoutError",
+    "ConnectionError",
+]
+
+
+class IngestStack(Stack):
+    """Routes every object uploaded to the ingest bucket.
+
+    Creates:
+        - ``router``: the ingest router function (:mod:`lambdas.ingest_router`), which
+          classifies the object, validates sample sheets and quarantines what no stage
+          can take, writing a manifest per object.
+        - ``quarantine_on_error``: the catch-all (:mod:`lambdas.ingest_quarantine`) that
+          quarantines an object whose routing failed after retries.
+        - ``state_machine``: Route -> Outcome (quarantined: a failed execution a user sees;
+          accepted sample sheet / received data: success). Later stages add branches to
+          :attr:`outcome`. Logs (ALL, KMS) and X-Ray on.
+        - An EventBridge rule for "Object Created" in the ingest bucket starting one
+          execution per object, with retries and a KMS-encrypted dead-letter queue.
+
+    Grants: the router reads ingest and writes curated and quarantine; the catch-all
+    reads ingest and writes curated (manifests) and quarantine. Nothing else reads ingest.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        lake: DataLakeStack,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
+        quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
+        curated = lake.export_bucket(self, lake.curated, lake.curated_key)
+        environment = {
+            "INGEST_BUCKET": ingest.bucket_name,
+            "QUARANTINE_BUCKET": quarantine.bucket_name,
+            "CURATED_BUCKET": curated.bucket_name,
+            "ARTIFACTS_BUCKET": lake.artifacts.bucket_name,
+        }
+        common: dict[str, Any] = {
+            "key": lake.platform_key,
+            "vpc": vpc,
+            "subnets": subnets,
+            "reserved_concurrency": config.lambda_reserved_concurrency,
+            "log_retention_days": config.log_retention_days,
+        }
+        self.router = StageFunction(
+            self,
+            "Router",
+            handler="ingest_router",
+            description="oncopipe: classify, validate and route an ingest object",
+            environment={
+                **environment,
+                "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+            },
+            **common,
+        )
+        ingest.grant_read(self.router.role)
+        curated.grant_read_write(self.router.role)
+        quarantine.grant_read_write(self.router.role)
+        # Secret.grant_read would add this role to the key policy of the stateful stack,
+        # a dependency cycle; the same access, granted on the role's side:
+        self.router.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[lake.pseudonym_secret.secret_arn],
+            )
+        )
+        lake.platform_key.grant_decrypt(self.router.role)
+
+        self.quarantine_on_error = StageFunction(
+            self,
+            "QuarantineOnError",
+            handler="ingest_quarantine",
+            description="oncopipe: quarantine an ingest object whose routing failed",
+            environment=environment,
+            **common,
+        )
+        ingest.grant_read(self.quarantine_on_error.role)
+        curated.grant_read_write(self.quarantine_on_error.role)
+        quarantine.grant_read_write(self.quarantine_on_error.role)
+        for fn in (self.router, self.quarantine_on_error):
+            _acknowledge_bucket_grants(fn, ingest=ingest, writable=(curated, quarantine))
+
+        self.state_machine = self._state_machine(config, lake)
+
+        self.rule_dead_letters = encrypted_queue(
+            self, "RuleDeadLetters", key=lake.platform_key
+        )
+        self.rule = events.Rule(
+            self,
+            "IngestObjectCreated",
+            description="Start the ingest state machine for every object created in ingest",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={"bucket": {"name": [lake.ingest.bucket_name]}},
+            ),
+            targets=[
+                targets.SfnStateMachine(
+                    self.state_machine,
+                    dead_letter_queue=self.rule_dead_letters,
+                    retry_attempts=8,
+                    max_event_age=Duration.hours(24),
+                )
+            ],
+        )
+
+    def _state_machine(
+        self, config: EnvConfig, lake: DataLakeStack
+    ) -> sfn.StateMachine:
+        route = tasks.LambdaInvoke(
+            self,
+            "Route",
+            lambda_function=self.router.function,
+            comment="Classify, validate (sample sheets) and route the object",
+            payload=sfn.TaskInput.from_json_path_at("$"),
+            result_selector={"result.$": "$.Payload"},
+            result_path="$.route",
+            retry_on_service_exceptions=True,
+        )
+        route.add_retry(
+            errors=TRANSIENT_ERRORS,
+            interval=Duration.seconds(5),
+            max_attempts=3,
+            backoff_rate=2.0,
+            jitter_strategy=sfn.JitterType.FULL,
+        )
+        quarantine = tasks.LambdaInvoke(
+            self,
+            "QuarantineAfterError",
+            lambda_function=self.quarantine_on_error.function,
+            comment="Routing failed after retries: keep the object in quarantine with why",
+            payload=sfn.TaskInput.from_object(
+                {
+                    "event": sfn.JsonPath.object_at("$"),
+                    "error": sfn.JsonPath.object_at("$.error"),
+                }
+            ),
+            result_path="$.quarantine",
+            retry_on_service_exceptions=True,
+        )
+        quarantine.add_retry(
+            errors=TRANSIENT_ERRORS, interval=Duration.seconds(5), max_attempts=3
+        )
+        routing_failed = sfn.Fail(
+            self,
+            "RoutingFailed",
+            error="RoutingFailed",
+            cause_path="$.error.Error",
+            comment="The object could not be routed; it is in quarantine",
+        )
+        route.add_catch(
+            quarantine.next(routing_failed),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+
+        rejected = sfn.Fail(
+            self,
+            "InputQuarantined",
+            error="InputQuarantined",
+            cause_path="$.route.result.reason",
+            comment="Invalid input: copied to quarantine with a reason document",
+        )
+        self.outcome = (
+            sfn.Choice(self, "Outcome")
+            .when(
+                sfn.Condition.string_equals("$.route.result.status", "quarantined"),
+                rejected,
+            )
+            .when(
+                sfn.Condition.string_equals("$.route.result.status", "accepted"),
+                sfn.Succeed(self, "SampleSheetAccepted", comment="Samples registered"),
+            )
+            .otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
+        )
+        logs_group = encrypted_log_group(
+            self,
+            "StateMachineLogs",
+            key=lake.platform_key,
+            retention_days=config.log_retention_days,
+        )
+        machine = sfn.StateMachine(
+            self,
+            "IngestStateMachine",
+            definition_body=sfn.DefinitionBody.from_chainable(route.next(self.outcome)),
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            timeout=Duration.hours(1),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(
+                destination=logs_group,
+                level=sfn.LogLevel.ALL,
+                include_execution_data=False,
+            ),
+            comment="oncopipe ingest: route each uploaded object",
+        )
+        policy = machine.role.node.find_child("DefaultPolicy")
+        for finding, reason in {
+            "Resource::*": (
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
+                "resource-level scoping."
+            ),
+            f"Resource::<{_logical(self.router.function)}.Arn>:*": (
+                "Invoke any version/alias of the router function (CDK LambdaInvoke)."
+            ),
+            f"Resource::<{_logical(self.quarantine_on_error.function)}.Arn>:*": (
+                "Invoke any version/alias of the quarantine function (CDK LambdaInvoke)."
+            ),
+        }.items():
+            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        return machine
+
+
+def _logical(construct: Construct) -> str:
+    """Return the logical ID of a construct's CloudFormation resource (for a nag finding)."""
+    child = construct.node.default_child
+    assert child is not None
+    return Stack.of(construct).get_logical_id(child)  # type: ignore[arg-type]
+
+
+def _objects(bucket: s3.IBucket) -> str:
+    """Return how cdk-nag names the objects of an exported bucket in a finding."""
+    resolved = Stack.of(bucket).resolve(bucket.bucket_arn)
+    return f"Resource::{resolved['Fn::ImportValue']}/*"
+
+
+def _acknowledge_bucket_grants(
+    fn: StageFunction, *, ingest: s3.IBucket, writable: tuple[s3.IBucket, ...]
+) -> None:
+    """Acknowledge the wildcard findings that CDK bucket/key grants produce, one by one."""
+    policy = fn.role.node.find_child("DefaultPolicy")
+    reasons = {
+        _objects(ingest): "Reads the uploaded object it routes (ingest zone, read only).",
+        **{
+            _objects(b): "Writes manifests, sample tables and quarantine copies; deletes only "
+            "a failed item's partial outputs."
+            for b in writable
+        },
+        "Action::s3:GetObject*": "CDK bucket grant: object reads of the granted buckets only.",
+        "Action::s3:GetBucket*": "CDK bucket grant: bucket metadata of the granted buckets only.",
+        "Action::s3:List*": "CDK bucket grant: listing the granted buckets only.",
+        "Action::s3:DeleteObject*": (
+            "Deletes a failed item's partial outputs in the granted buckets only."
+        ),
+        "Action::s3:Abort*": "CDK bucket grant: aborts multipart uploads in granted buckets.",
+        "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
+        "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted buckets.",
+    }
+    for finding, reason in reasons.items():
+        acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)

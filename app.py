@@ -8,6 +8,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from stacks.app_factory import build_app  # noqa: E402
+from stacks.app_factory import build_app
 
 build_app().app.synth()

@@ -72,9 +72,7 @@ class EnvConfig:
 def _expect(env: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     # bool is an int in Python; refuse it where a number is wanted.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigurationError(
-            f"{ENVIRONMENTS_KEY}.{env}.{key}: expected {what}, got {value!r}"
-        )
+        raise ConfigurationError(f"{ENVIRONMENTS_KEY}.{env}.{key}: expected {what}, got {value!r}")
     return value
 
 
@@ -109,7 +107,13 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
             f"{ENVIRONMENTS_KEY}.{env}.project: {project!r} must be 2-21 characters of "
             "lower-case letters, digits and '-', starting with a letter"
         )
-    admins = _expect(env, "lake_formation_admin_role_names", raw["lake_formation_admin_role_names"], list, "a list of IAM role names")  # noqa: E501
+    admins = _expect(
+        env,
+        "lake_formation_admin_role_names",
+        raw["lake_formation_admin_role_names"],
+        list,
+        "a list of IAM role names",
+    )
     for role in admins:
         if not isinstance(role, str) or not _ROLE_NAME_RE.match(role):
             raise ConfigurationError(
@@ -142,7 +146,11 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         name=env,
         project=project,
         termination_protection=_expect(
-            env, "termination_protection", raw["termination_protection"], bool, "true or false"
+            env,
+            "termination_protection",
+            raw["termination_protection"],
+            bool,
+            "true or false",
         ),
         lake_formation_admin_role_names=tuple(admins),
         raw_data_infrequent_access_days=ia,

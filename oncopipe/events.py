@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
 from oncopipe.errors import OncopipeError
 from oncopipe.runs import validate_run_id
 from oncopipe.storage import ObjectRef
@@ -31,9 +32,10 @@ def object_created(event: Mapping[str, Any]) -> ObjectRef:
         return ObjectRef(
             bucket=str(detail["bucket"]["name"]),
             key=str(obj["key"]),
-            etag=str(obj.get("etag", "")).strip('"'),
+            # AWS sends "etag"; some emulators send "eTag".
+            etag=str(obj.get("etag", obj.get("eTag", ""))).strip('"'),
             size=int(obj.get("size", 0)),
-            version_id=obj.get("version-id"),
+            version_id=obj.get("version-id") if obj.get("version-id") != "null" else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EventError(f"malformed Object Created event: missing or bad field {e}") from e

@@ -19,13 +19,19 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
 from oncopipe import layout
 from oncopipe.errors import InputError, MissingPatientError, UnknownObjectError
-from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.manifest import (
+    MANIFEST_ROOT,
+    ItemResult,
+    ItemWriter,
+    StepContext,
+    process_item,
+)
 from oncopipe.runs import item_slug
 from oncopipe.samplesheet import parse_samplesheet, pseudonymised_records
 from oncopipe.storage import ObjectRef, ObjectStore
@@ -36,6 +42,13 @@ STEP = "route"
 #: Bump when the routing rules change, so a re-run re-routes instead of skipping.
 RULES_VERSION = 1
 SNIFF_BYTES = 4096
+#: Python exception names of transient failures: retried before the catch-all quarantines.
+TRANSIENT_ERRORS = (
+    "ClientError",
+    "EndpointConnectionError",
+    "ReadTimeoutError",
+    "ConnectionError",
+)
 MAX_SAMPLESHEET_BYTES = 5 * 1024 * 1024
 
 KIND_SAMPLESHEET = "samplesheet"
@@ -72,7 +85,8 @@ def classify(key: str, head: bytes, size: int) -> str:
     if lower.startswith(layout.INGEST_DICOM):
         if len(head) < 132 or head[128:132] != b"DICM":
             raise InputError(
-                key, "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)"
+                key,
+                "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)",
             )
         return KIND_DICOM
     if lower.startswith(layout.INGEST_NOTES):
@@ -90,7 +104,12 @@ def classify(key: str, head: bytes, size: int) -> str:
 
 
 def reason_document(
-    ref: ObjectRef, run_id: str, step: str, reason_code: str, message: str, details: Sequence[str]
+    ref: ObjectRef,
+    run_id: str,
+    step: str,
+    reason_code: str,
+    message: str,
+    details: Sequence[str],
 ) -> dict[str, Any]:
     """Return the reason document written beside a quarantined object (no PHI)."""
     return {
@@ -100,7 +119,7 @@ def reason_document(
         "message": message,
         "details": list(details),
         "source": ref.as_dict(),
-        "quarantined_at": datetime.now(timezone.utc).isoformat(),
+        "quarantined_at": datetime.now(UTC).isoformat(),
     }
 
 
@@ -120,7 +139,11 @@ def write_quarantine(
         reason_document(ref, run_id, step, error.reason_code, str(error), error.details),
     )
     logger.info("quarantined %s: %s", ref.key, error.reason_code)
-    return {"status": "quarantined", "reason_code": error.reason_code, "reason": str(error)}
+    return {
+        "status": "quarantined",
+        "reason_code": error.reason_code,
+        "reason": str(error),
+    }
 
 
 def _split_s3_uri(value: str, default_bucket: str) -> tuple[str, str]:
@@ -221,18 +244,21 @@ class Router:
             "sample_table": out.key,
         }
 
-    def quarantine_orphans(
-        self, run_id: str, received: Mapping[str, ObjectRef], accepted_sheets: Sequence[Mapping[str, Any]]
-    ) -> list[ItemResult]:
-        """Quarantine FASTQ files that no accepted sample sheet names.
+    def reconcile(self, run_id: str) -> list[ItemResult]:
+        """Quarantine the FASTQ files of a run that no accepted sample sheet names.
 
-        A FASTQ file carries no patient: only a sample sheet row ties it to one. Such
-        files cannot be processed and are quarantined as ``no-patient`` (step
-        ``reconcile``), so that nothing is silently left behind.
+        A FASTQ file carries no patient: only a sample sheet row ties it to one. Files
+        still unnamed when the run's sheets are in cannot be processed; they are
+        quarantined as ``no-patient`` (step ``reconcile``), so nothing is silently left
+        behind. Reads the run's route manifests, so it can run any time, and again.
         """
+        routed = []
+        for key in self.store.list_keys(self.buckets.curated, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"):
+            routed.append(json.loads(self.store.get_bytes(self.buckets.curated, key)))
         named: set[str] = set()
-        for summary in accepted_sheets:
-            named.update(summary.get("referenced_keys", []))
+        for document in routed:
+            if document.get("summary", {}).get("status") == "accepted":
+                named.update(document["summary"].get("referenced_keys", []))
         ctx = StepContext(
             store=self.store,
             manifest_bucket=self.buckets.curated,
@@ -241,11 +267,16 @@ class Router:
             params={"rules_version": RULES_VERSION},
         )
         results = []
-        for key, ref in sorted(received.items()):
-            if not key.startswith(layout.INGEST_FASTQ) or key in named:
+        for document in sorted(routed, key=lambda d: str(d.get("item"))):
+            summary = document.get("summary", {})
+            if summary.get("kind") != KIND_FASTQ or summary.get("status") != "received":
                 continue
+            if document["item"] in named:
+                continue
+            ref = ObjectRef(**document["inputs"][0])
             error = MissingPatientError(
-                key, "no accepted sample sheet names this FASTQ file, so it has no patient"
+                ref.key,
+                "no accepted sample sheet names this FASTQ file, so it has no patient",
             )
 
             def work(writer: ItemWriter, ref: ObjectRef = ref, error: InputError = error) -> Any:
@@ -253,7 +284,7 @@ class Router:
                     writer, self.buckets, ref, run_id, "reconcile", error
                 )
 
-            results.append(process_item(ctx, key, [ref], work))
+            results.append(process_item(ctx, ref.key, [ref], work))
         return results
 
 

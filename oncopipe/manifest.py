@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from oncopipe.runs import code_version, item_slug, params_hash, validate_run_id
@@ -57,7 +57,11 @@ class ItemWriter:
         self.outputs: list[ObjectRef] = []
 
     def put(
-        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
     ) -> ObjectRef:
         ref = self._ctx.store.put_bytes(
             bucket, key, data, tags=self._ctx.tags, content_type=content_type
@@ -151,7 +155,7 @@ def process_item(
             summary=existing.get("summary", {}),
             seconds=0.0,
         )
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     writer = ItemWriter(ctx)
     try:
@@ -171,7 +175,7 @@ def process_item(
         "params_hash": params_hash(ctx.params),
         "code_version": code_version(),
         "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "seconds": round(seconds, 3),
         "summary": summary,
     }

@@ -27,8 +27,8 @@ KEY_PATTERN = re.compile(r"^pk-[a-z2-7]{16}$")
 MIN_SECRET_BYTES = 32
 
 #: Environment variables read by :func:`load_secret` (the adapters' contract).
-SECRET_ARN_ENV = "PSEUDONYM_SECRET_ARN"
-SECRET_VALUE_ENV = "ONCOPIPE_PSEUDONYM_SECRET"
+SECRET_ARN_ENV = "PSEUDONYM_SECRET_ARN"  # noqa: S105 - a variable name
+SECRET_VALUE_ENV = "ONCOPIPE_PSEUDONYM_SECRET"  # noqa: S105 - a variable name
 
 
 def patient_key(secret: bytes, source_patient_id: str) -> str:
@@ -71,10 +71,18 @@ def secret_from_string(value: str) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def _secret_from_secrets_manager(secret_id: str) -> bytes:
+def _secret_from_secrets_manager(
+    secret_id: str,
+    endpoint_url: str | None,
+    region: str | None,
+    credentials: tuple[str, str] | None,
+) -> bytes:
     import boto3
 
-    client: Any = boto3.client("secretsmanager")
+    kwargs: dict[str, Any] = {"endpoint_url": endpoint_url, "region_name": region}
+    if credentials:  # an explicit environment (the local mode) brings its own credentials
+        kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = credentials
+    client: Any = boto3.client("secretsmanager", **kwargs)
     value = client.get_secret_value(SecretId=secret_id)["SecretString"]
     return secret_from_string(value)
 
@@ -90,7 +98,13 @@ def load_secret(environ: dict[str, str] | None = None) -> bytes:
     """
     env = os.environ if environ is None else environ
     if env.get(SECRET_ARN_ENV):
-        return _secret_from_secrets_manager(env[SECRET_ARN_ENV])
+        key_pair = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"))
+        return _secret_from_secrets_manager(
+            env[SECRET_ARN_ENV],
+            env.get("AWS_ENDPOINT_URL"),
+            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            key_pair if environ is not None and all(key_pair) else None,  # type: ignore[arg-type]
+        )
     if env.get(SECRET_VALUE_ENV):
         return secret_from_string(env[SECRET_VALUE_ENV])
     raise ConfigError(

@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def new_run_id(prefix: str = "run", now: datetime | None = None) -> str:
     """Return a new run ID such as ``run-20261129T034000Z-3fa9c1`` (sortable by time)."""
-    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{prefix}-{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 

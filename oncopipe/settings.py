@@ -28,7 +28,12 @@ class StageSettings:
             ConfigError: a variable is missing or empty; the message lists all of them.
         """
         env = os.environ if environ is None else environ
-        names = ("INGEST_BUCKET", "QUARANTINE_BUCKET", "CURATED_BUCKET", "ARTIFACTS_BUCKET")
+        names = (
+            "INGEST_BUCKET",
+            "QUARANTINE_BUCKET",
+            "CURATED_BUCKET",
+            "ARTIFACTS_BUCKET",
+        )
         missing = [n for n in names if not env.get(n)]
         if missing:
             raise ConfigError(f"missing environment variables: {', '.join(missing)}")

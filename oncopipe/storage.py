@@ -76,7 +76,11 @@ class ObjectStore:
         try:
             meta = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if e.response.get("Error", {}).get("Code") in {
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            }:
                 return None
             raise
         checksum = meta.get("ChecksumSHA256")
@@ -111,9 +115,7 @@ class ObjectStore:
         """Return the first ``length`` bytes (for content sniffing without a full read)."""
         if length <= 0:
             return b""
-        body = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")[
-            "Body"
-        ]
+        body = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")["Body"]
         try:
             return bytes(body.read())
         finally:
@@ -159,7 +161,13 @@ class ObjectStore:
         )
 
     def copy(
-        self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *, tags: Mapping[str, str]
+        self,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        tags: Mapping[str, str],
     ) -> None:
         """Server-side copy (multipart above 5 GB, handled by boto3) with new tags."""
         self.client.copy(

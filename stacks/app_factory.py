@@ -25,9 +25,7 @@ class OncopipeApp:
     ingest: IngestStack
 
 
-def build_app(
-    app: App | None = None, *, context: Mapping[str, Any] | None = None
-) -> OncopipeApp:
+def build_app(app: App | None = None, *, context: Mapping[str, Any] | None = None) -> OncopipeApp:
     """Return the app with every stack of the selected environment and both nag packs.
 
     ``context`` (tests) is merged into the app context; the environment comes from the
@@ -45,9 +43,7 @@ def build_app(
     prefix = f"Oncopipe-{config.name}"
     # Stacks are environment-agnostic: synth makes no AWS call (no AZ lookup).
     lake = DataLakeStack(app, f"{prefix}-DataLake", config=config)
-    network = NetworkStack(
-        app, f"{prefix}-Network", config=config, log_key=lake.platform_key
-    )
+    network = NetworkStack(app, f"{prefix}-Network", config=config, log_key=lake.platform_key)
     ingest = IngestStack(
         app,
         f"{prefix}-Ingest",
@@ -61,6 +57,4 @@ def build_app(
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
     Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
-    return OncopipeApp(
-        app=app, config=config, lake=lake, network=network, ingest=ingest
-    )
+    return OncopipeApp(app=app, config=config, lake=lake, network=network, ingest=ingest)

@@ -17,10 +17,15 @@ import sys
 from pathlib import Path
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
-from aws_cdk import aws_lambda as lambda_
+from aws_cdk import (
+    AssetHashType,
+    BundlingOptions,
+    DockerImage,
+    ILocalBundling,
+    aws_lambda as lambda_,
+)
 
-from stacks.paths import LAMBDAS_DIR, LIBRARY_DIR
+from stacks.paths import BUILD_DIR, LAMBDAS_DIR, LIBRARY_DIR
 
 #: The Lambda runtime every function uses, and the wheel tags pip must fetch for it.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -31,11 +36,50 @@ _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
 
 def _source_files(handler_dir: Path) -> list[Path]:
     files = [p for p in LIBRARY_DIR.rglob("*.py")] + [
-        p
-        for p in handler_dir.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        p for p in handler_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     ]
     return sorted(files)
+
+
+def _installed_requirements(requirements: Path) -> Path:
+    """Return a folder with the pinned requirements installed for the Lambda runtime.
+
+    Cached under ``.build/lambda-deps/<hash of the file and target>``, so repeated synths
+    and functions with the same requirements pay for pip once.
+    """
+    digest = hashlib.sha256(requirements.read_bytes() + f"{PYTHON_VERSION}{PLATFORM}".encode())
+    target = BUILD_DIR / "lambda-deps" / digest.hexdigest()[:16]
+    if (target / ".complete").exists():
+        return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-compile",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            PYTHON_VERSION,
+            "--platform",
+            PLATFORM,
+            "--target",
+            str(staging),
+            "-r",
+            str(requirements),
+        ],
+        check=True,
+    )
+    (staging / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
 def source_hash(handler_dir: Path) -> str:
@@ -58,32 +102,9 @@ class PipLocalBundling:
         out = Path(output_dir)
         requirements = self.handler_dir / "requirements.txt"
         if requirements.exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--no-compile",
-                    "--only-binary=:all:",
-                    "--implementation",
-                    "cp",
-                    "--python-version",
-                    PYTHON_VERSION,
-                    "--platform",
-                    PLATFORM,
-                    "--target",
-                    str(out),
-                    "-r",
-                    str(requirements),
-                ],
-                check=True,
-            )
-        shutil.copytree(
-            LIBRARY_DIR, out / "oncopipe", ignore=_IGNORED, dirs_exist_ok=True
-        )
+            shutil.copytree(_installed_requirements(requirements), out, dirs_exist_ok=True)
+            (out / ".complete").unlink(missing_ok=True)
+        shutil.copytree(LIBRARY_DIR, out / "oncopipe", ignore=_IGNORED, dirs_exist_ok=True)
         shutil.copytree(
             self.handler_dir,
             out / "lambdas" / self.handler_dir.name,

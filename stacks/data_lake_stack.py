@@ -47,9 +47,7 @@ class DataLakeStack(Stack):
     access to ingest or quarantine.
     """
 
-    def __init__(
-        self, scope: Construct, construct_id: str, *, config: EnvConfig, **kwargs: Any
-    ):
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvConfig, **kwargs: Any):
         super().__init__(
             scope,
             construct_id,
@@ -59,9 +57,7 @@ class DataLakeStack(Stack):
         self.config = config
         self.ingest_key = self._key("IngestKey", "ingest and quarantine zones (PHI)")
         self.curated_key = self._key("CuratedKey", "curated zone (de-identified)")
-        self.platform_key = self._key(
-            "PlatformKey", "artifacts, logs, queues and secrets"
-        )
+        self.platform_key = self._key("PlatformKey", "artifacts, logs, queues and secrets")
         self._allow_logs_service(self.platform_key)
 
         self.access_logs = s3.Bucket(
@@ -186,7 +182,10 @@ class DataLakeStack(Stack):
         name = f"{self.stack_name}-{self.get_logical_id(bucket.node.default_child)}Arn"  # type: ignore[arg-type]
         arn = self.export_value(bucket.bucket_arn, name=name)
         return s3.Bucket.from_bucket_attributes(
-            consumer, f"{bucket.node.scope.node.id}Bucket", bucket_arn=arn, encryption_key=key  # type: ignore[union-attr]
+            consumer,
+            f"{bucket.node.scope.node.id}Bucket",
+            bucket_arn=arn,
+            encryption_key=key,  # type: ignore[union-attr]
         )
 
     # -- keys --------------------------------------------------------------------------------
@@ -294,9 +293,7 @@ class DataLakeStack(Stack):
 
     # -- lake formation ----------------------------------------------------------------------
     def _lake_formation(self) -> None:
-        synthesizer_role = getattr(
-            self.synthesizer, "cloud_formation_execution_role_arn", None
-        )
+        synthesizer_role = getattr(self.synthesizer, "cloud_formation_execution_role_arn", None)
         admins = [
             iam.Role.from_role_name(self, f"LakeAdmin{i}", name).role_arn
             for i, name in enumerate(self.config.lake_formation_admin_role_names)
@@ -391,13 +388,9 @@ class DataLakeStack(Stack):
             )
         )
         self.analyst_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["lakeformation:GetDataAccess"], resources=["*"]
-            )
+            iam.PolicyStatement(actions=["lakeformation:GetDataAccess"], resources=["*"])
         )
-        self.artifacts.grant_read_write(
-            self.analyst_role, f"{layout.ARTIFACTS_ATHENA_RESULTS}*"
-        )
+        self.artifacts.grant_read_write(self.analyst_role, f"{layout.ARTIFACTS_ATHENA_RESULTS}*")
         policy = self.analyst_role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (

@@ -18,18 +18,11 @@ from aws_cdk import (
 from constructs import Construct
 
 from oncopipe.deployment import EnvConfig
+from oncopipe.ingest import TRANSIENT_ERRORS
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.nag import acknowledge
-
-#: Python exception names of transient failures worth retrying inside the state machine.
-TRANSIENT_ERRORS = [
-    "ClientError",
-    "EndpointConnectionError",
-    "ReadTimeoutError",
-    "ConnectionError",
-]
 
 
 class IngestStack(Stack):
@@ -97,7 +90,10 @@ class IngestStack(Stack):
         # a dependency cycle; the same access, granted on the role's side:
         self.router.role.add_to_policy(
             iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                actions=[
+                    "secretsmanager:GetSecretValue",
+                    "secretsmanager:DescribeSecret",
+                ],
                 resources=[lake.pseudonym_secret.secret_arn],
             )
         )
@@ -119,9 +115,7 @@ class IngestStack(Stack):
 
         self.state_machine = self._state_machine(config, lake)
 
-        self.rule_dead_letters = encrypted_queue(
-            self, "RuleDeadLetters", key=lake.platform_key
-        )
+        self.rule_dead_letters = encrypted_queue(self, "RuleDeadLetters", key=lake.platform_key)
         self.rule = events.Rule(
             self,
             "IngestObjectCreated",
@@ -141,9 +135,7 @@ class IngestStack(Stack):
             ],
         )
 
-    def _state_machine(
-        self, config: EnvConfig, lake: DataLakeStack
-    ) -> sfn.StateMachine:
+    def _state_machine(self, config: EnvConfig, lake: DataLakeStack) -> sfn.StateMachine:
         route = tasks.LambdaInvoke(
             self,
             "Route",
@@ -155,7 +147,7 @@ class IngestStack(Stack):
             retry_on_service_exceptions=True,
         )
         route.add_retry(
-            errors=TRANSIENT_ERRORS,
+            errors=list(TRANSIENT_ERRORS),
             interval=Duration.seconds(5),
             max_attempts=3,
             backoff_rate=2.0,
@@ -176,7 +168,7 @@ class IngestStack(Stack):
             retry_on_service_exceptions=True,
         )
         quarantine.add_retry(
-            errors=TRANSIENT_ERRORS, interval=Duration.seconds(5), max_attempts=3
+            errors=list(TRANSIENT_ERRORS), interval=Duration.seconds(5), max_attempts=3
         )
         routing_failed = sfn.Fail(
             self,

@@ -62,16 +62,12 @@ class NetworkStack(Stack):
             restrict_default_security_group=True,
             flow_logs={
                 "All": ec2.FlowLogOptions(
-                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(
-                        flow_log_group
-                    ),
+                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
                     traffic_type=ec2.FlowLogTrafficType.ALL,
                 )
             },
         )
-        self.private_subnets = ec2.SubnetSelection(
-            subnet_type=ec2.SubnetType.PRIVATE_ISOLATED
-        )
+        self.private_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         self.vpc.add_gateway_endpoint(
             "S3",
             service=ec2.GatewayVpcEndpointAwsService.S3,

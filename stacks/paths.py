@@ -7,3 +7,4 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_DIR = REPO_ROOT / "oncopipe"
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
+BUILD_DIR = REPO_ROOT / ".build"

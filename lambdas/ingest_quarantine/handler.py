@@ -33,4 +33,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return {"run_id": run_id, "key": ref.key, "status": "gone", "error": error_name}
     result = route_error_to_quarantine(STORE, SETTINGS.buckets, current, run_id, error_name)
     logger.info("quarantined after error", extra={"key": ref.key, "error": error_name})
-    return {"run_id": run_id, "key": ref.key, "manifest": result.manifest_key, **result.summary}
+    return {
+        "run_id": run_id,
+        "key": ref.key,
+        "manifest": result.manifest_key,
+        **result.summary,
+    }

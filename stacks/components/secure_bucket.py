@@ -48,17 +48,14 @@ class SecureBucket(Construct):
         rules = [
             s3.LifecycleRule(
                 id="ExpireNoncurrentVersions",
-                noncurrent_version_expiration=Duration.days(
-                    noncurrent_version_expiration_days
-                ),
+                noncurrent_version_expiration=Duration.days(noncurrent_version_expiration_days),
                 abort_incomplete_multipart_upload_after=Duration.days(7),
             )
         ]
         for prefix in raw_prefixes:
             rules.append(
                 s3.LifecycleRule(
-                    id="RawSequence"
-                    + "".join(p.title() for p in prefix.strip("/").split("/")),
+                    id="RawSequence" + "".join(p.title() for p in prefix.strip("/").split("/")),
                     prefix=prefix,
                     transitions=[
                         s3.Transition(

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aws_cdk import Duration, aws_ec2 as ec2, aws_iam as iam, aws_kms as kms
-from aws_cdk import aws_lambda as lambda_, aws_sqs as sqs
+from aws_cdk import (
+    Duration,
+    aws_ec2 as ec2,
+    aws_iam as iam,
+    aws_kms as kms,
+    aws_lambda as lambda_,
+    aws_sqs as sqs,
+)
 from constructs import Construct
 
 from stacks.bundling import RUNTIME, lambda_code
@@ -63,7 +69,7 @@ class StageFunction(Construct):
         environment: Mapping[str, str],
         reserved_concurrency: int,
         log_retention_days: int,
-        timeout: Duration = Duration.minutes(2),
+        timeout_seconds: int = 120,
         memory_mb: int = 512,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -87,7 +93,7 @@ class StageFunction(Construct):
             code=lambda_code(handler),
             handler=f"lambdas.{handler}.handler.lambda_handler",
             role=self.role,
-            timeout=timeout,
+            timeout=Duration.seconds(timeout_seconds),
             memory_size=memory_mb,
             environment={
                 **environment,

@@ -1,0 +1,64 @@
+# oncopipe — one entry per habit. Every target installs what it needs on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CDK := node_modules/.bin/cdk
+ENV ?= dev
+# jsii warns at length about Node 20's end of life; the CDK works on it.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 20
+export CDK_DISABLE_VERSION_CHECK := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup test test-fast demo lint synth bench lock clean help
+
+help:
+	@echo "make setup  - virtualenv (.venv, pinned) and the pinned CDK CLI (node_modules)"
+	@echo "make test   - the whole test suite (unit, adapters, infrastructure, local e2e)"
+	@echo "make demo   - embedded local mode on the sample cohort, ends with a summary"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
+	@echo "make synth  - cdk synth with both cdk-nag packs (ENV=dev|prod)"
+	@echo "make bench  - benchmarks (printed ratios)"
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	@set -e; trap '$(PY) -m oncopipe local down >/dev/null 2>&1 || true' EXIT; \
+	$(PY) -m oncopipe local up --env $(ENV); \
+	$(PY) -m oncopipe local run; \
+	$(PY) -m oncopipe local status
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy oncopipe stacks lambdas app.py
+
+synth: setup
+	$(CDK) synth --quiet -c env=$(ENV)
+
+bench: setup
+	$(PY) benchmarks/synth_time.py
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt
+
+clean:
+	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""A warm "Lambda container" for the local worker: ``python -m oncopipe.local.lambda_runtime``.
+
+It imports one handler module (``lambdas.ingest_router.handler``), then reads one JSON
+event per line on stdin and answers one JSON line on the original stdout:
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"Error": <exception type>,
+"Cause": <message>}}`` — the shape Step Functions gives a failed Lambda task. Whatever
+the handler prints or logs goes to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class LocalContext:
+    """The attributes of the Lambda context object that handlers and Powertools read."""
+
+    function_name: str
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = ""
+    invoked_function_arn: str = ""
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+    function_version: str = "$LATEST"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m oncopipe.local.lambda_runtime MODULE", file=sys.stderr)
+        return 2
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # the handler's prints and logs go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, repo_root)
+    module = importlib.import_module(argv[1])
+    handler = module.lambda_handler
+    name = argv[1].split(".")[-2]
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        request_id = str(uuid.uuid4())
+        context = LocalContext(
+            function_name=name,
+            aws_request_id=request_id,
+            invoked_function_arn=f"arn:aws:lambda:local:000000000000:function:{name}",
+        )
+        response: dict[str, Any]
+        try:
+            response = {"ok": True, "result": handler(event, context)}
+        except Exception as e:  # noqa: BLE001 - reported to the caller like Lambda does
+            response = {
+                "ok": False,
+                "error": {"Error": type(e).__name__, "Cause": str(e)},
+            }
+        out.write(json.dumps(response, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

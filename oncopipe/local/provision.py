@@ -1,0 +1,165 @@
+"""Create, on an S3-compatible endpoint, the resources the stacks define.
+
+Names come from the cdk.json configuration (:func:`oncopipe.layout.local_bucket_names`,
+:func:`oncopipe.catalog.database_name`). Every call is idempotent: running ``local up``
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from oncopipe import catalog
+from oncopipe.layout import Buckets, local_bucket_names
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    buckets: Buckets
+    queue_url: str
+    dead_letter_queue_url: str
+    secret_arn: str
+    database: str
+
+
+def _client(service: str, kwargs: dict[str, Any]) -> Any:
+    return boto3.client(service, **kwargs)  # type: ignore[call-overload]
+
+
+def provision(project: str, env: str, client_kwargs: dict[str, Any]) -> Provisioned:
+    """Create buckets, KMS keys, the ingest event route, the catalog and the secret.
+
+    Returns:
+        The names and URLs created (or found).
+    """
+    region = client_kwargs["region_name"]
+    s3 = _client("s3", client_kwargs)
+    kms = _client("kms", client_kwargs)
+    sqs = _client("sqs", client_kwargs)
+    events = _client("events", client_kwargs)
+    glue = _client("glue", client_kwargs)
+    secretsmanager = _client("secretsmanager", client_kwargs)
+    base = f"{project}-{env}"
+
+    keys = {zone: _key(kms, f"alias/{base}-{zone}") for zone in ("ingest", "curated", "platform")}
+    buckets = local_bucket_names(project, env)
+    zone_keys = {
+        buckets.ingest: keys["ingest"],
+        buckets.quarantine: keys["ingest"],
+        buckets.curated: keys["curated"],
+        buckets.artifacts: keys["platform"],
+    }
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for name, key_id in zone_keys.items():
+        if name not in existing:
+            create: dict[str, Any] = {"Bucket": name}
+            if region != "us-east-1":
+                create["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            s3.create_bucket(**create)
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_encryption(
+            Bucket=name,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": key_id,
+                        },
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+        )
+        s3.put_public_access_block(
+            Bucket=name,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
+
+    # S3 -> EventBridge -> SQS, the local worker's view of the state machine's rule.
+    dlq_url = sqs.create_queue(QueueName=f"{base}-ingest-events-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    queue_url = sqs.create_queue(
+        QueueName=f"{base}-ingest-events",
+        Attributes={
+            "VisibilityTimeout": "900",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=buckets.ingest,
+        NotificationConfiguration={"EventBridgeConfiguration": {}},
+    )
+    rule = f"{base}-ingest-object-created"
+    events.put_rule(
+        Name=rule,
+        EventPattern=json.dumps(
+            {
+                "source": ["aws.s3"],
+                "detail-type": ["Object Created"],
+                "detail": {"bucket": {"name": [buckets.ingest]}},
+            }
+        ),
+        State="ENABLED",
+    )
+    events.put_targets(Rule=rule, Targets=[{"Id": "local-worker", "Arn": queue_arn}])
+
+    database = catalog.database_name(project, env)
+    try:
+        glue.create_database(DatabaseInput={"Name": database})
+    except glue.exceptions.AlreadyExistsException:
+        pass
+    for spec in catalog.TABLES.values():
+        table_input = catalog.glue_table_input(spec, buckets.curated)
+        try:
+            glue.create_table(DatabaseName=database, TableInput=table_input)
+        except glue.exceptions.AlreadyExistsException:
+            glue.update_table(DatabaseName=database, TableInput=table_input)
+
+    secret_name = f"{base}/pseudonym-key"
+    try:
+        secret_arn = secretsmanager.describe_secret(SecretId=secret_name)["ARN"]
+    except secretsmanager.exceptions.ResourceNotFoundException:
+        secret_arn = secretsmanager.create_secret(
+            Name=secret_name,
+            KmsKeyId=keys["platform"],
+            SecretString=secrets.token_hex(32),
+            Description="HMAC key of the pseudonymous patient key (local mode)",
+        )["ARN"]
+    return Provisioned(
+        buckets=buckets,
+        queue_url=queue_url,
+        dead_letter_queue_url=dlq_url,
+        secret_arn=secret_arn,
+        database=database,
+    )
+
+
+def _key(kms: Any, alias: str) -> str:
+    """Return the key id behind ``alias``, creating a rotating key when there is none."""
+    for page in kms.get_paginator("list_aliases").paginate():
+        for entry in page.get("Aliases", []):
+            if entry["AliasName"] == alias and entry.get("TargetKeyId"):
+                return str(entry["TargetKeyId"])
+    key_id = str(kms.create_key(Description=f"oncopipe local {alias}")["KeyMetadata"]["KeyId"])
+    kms.enable_key_rotation(KeyId=key_id)
+    kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+    return key_id

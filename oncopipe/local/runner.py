@@ -1,0 +1,216 @@
+"""``oncopipe local up|run|status|down``: the orchestration behind the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from oncopipe.deployment import load_config, read_cdk_json
+from oncopipe.ingest import Router
+from oncopipe.local import provision, server
+from oncopipe.local.state import DEFAULT_REGION, LocalState, home
+from oncopipe.local.worker import Execution, IngestFlow, consume
+from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.pseudonym import keyer, load_secret
+from oncopipe.sample_data import CohortFiles
+from oncopipe.storage import ObjectStore
+
+
+def up(env: str | None, *, port: int | None = None, external: bool = False) -> LocalState:
+    """Start the embedded endpoint (unless ``external``) and create the resources.
+
+    ``external=True`` provisions the endpoint of the standard AWS configuration
+    (``AWS_ENDPOINT_URL``, profile, region) instead of starting moto.
+    """
+    config = load_config(read_cdk_json(), env)
+    try:
+        existing = LocalState.load()
+    except Exception:  # noqa: BLE001 - no usable state: start fresh
+        existing = None
+    if existing and existing.server_pid and server.is_running(existing.server_pid):
+        return existing
+    pid: int | None = None
+    endpoint: str | None = None
+    if external:
+        region = boto3.session.Session().region_name or DEFAULT_REGION
+    else:
+        region = DEFAULT_REGION
+        pid, endpoint = server.start_server(home() / "logs" / "moto.log", port)
+    probe = LocalState(
+        env=config.name,
+        project=config.project,
+        region=region,
+        endpoint_url=endpoint,
+        server_pid=pid,
+        buckets=None,  # type: ignore[arg-type]
+        queue_url="",
+        dead_letter_queue_url="",
+        secret_arn="",
+        database="",
+    )
+    made = provision.provision(config.project, config.name, probe.client_kwargs())
+    state = LocalState(
+        env=config.name,
+        project=config.project,
+        region=region,
+        endpoint_url=endpoint,
+        server_pid=pid,
+        buckets=made.buckets,
+        queue_url=made.queue_url,
+        dead_letter_queue_url=made.dead_letter_queue_url,
+        secret_arn=made.secret_arn,
+        database=made.database,
+    )
+    state.save()
+    return state
+
+
+def down() -> bool:
+    """Stop the embedded endpoint and forget the state; return True if one was running."""
+    try:
+        state = LocalState.load()
+    except Exception:  # noqa: BLE001 - nothing to stop
+        return False
+    running = bool(state.server_pid and server.is_running(state.server_pid))
+    if state.server_pid:
+        server.stop_server(state.server_pid)
+    LocalState.clear()
+    return running
+
+
+@dataclass
+class StepSummary:
+    """One row of the run summary: a step and the kind of item it handled."""
+
+    step: str
+    kind: str
+    items: int = 0
+    succeeded: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    outputs: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    rows: list[StepSummary]
+    executions: list[Execution] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def quarantined(self) -> int:
+        return sum(r.quarantined for r in self.rows)
+
+
+def summarize(store: ObjectStore, bucket: str, run_id: str) -> list[StepSummary]:
+    """Return the run summary, read from the run's manifests (the commit records)."""
+    rows: dict[tuple[str, str], StepSummary] = {}
+    for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/{run_id}/"):
+        document: dict[str, Any] = json.loads(store.get_bytes(bucket, key))
+        summary = document.get("summary", {})
+        step, kind = str(document["step"]), str(summary.get("kind", "-"))
+        row = rows.setdefault((step, kind), StepSummary(step=step, kind=kind))
+        row.items += 1
+        if summary.get("status") == "quarantined":
+            row.quarantined += 1
+        else:
+            row.succeeded += 1
+        row.outputs += len(document.get("outputs", []))
+        row.seconds += float(document.get("seconds", 0.0))
+    return [rows[k] for k in sorted(rows)]
+
+
+def clients(state: LocalState) -> tuple[ObjectStore, Any]:
+    """Return the object store and SQS client of the local state's endpoint."""
+    kwargs = state.client_kwargs()
+    store = ObjectStore(boto3.client("s3", **kwargs))  # type: ignore[call-overload]
+    return store, boto3.client("sqs", **kwargs)  # type: ignore[call-overload]
+
+
+def run(
+    state: LocalState,
+    cohort: CohortFiles | None,
+    run_id: str,
+    *,
+    idle_timeout: float = 20.0,
+    progress: Any = None,
+) -> RunReport:
+    """Upload a cohort (data first, sample sheets last), process every event, reconcile.
+
+    With ``cohort=None`` nothing is uploaded: the worker drains the events already queued
+    (uploads made by hand or another tool) until the queue is idle for ``idle_timeout``.
+    ``progress`` is a ``rich.progress.Progress`` or None.
+    """
+    started = time.perf_counter()
+    store, sqs = clients(state)
+    flow = IngestFlow(state)
+    executions: list[Execution] = []
+    task = None
+    if progress is not None:
+        total = len(cohort.all_keys) if cohort else None
+        task = progress.add_task("routing ingest objects", total=total)
+
+    def advance(_: Execution) -> None:
+        if progress is not None and task is not None:
+            progress.advance(task)
+
+    try:
+        if cohort is None:
+            executions += consume(
+                sqs, state.queue_url, flow, run_id=run_id, expected_keys=None,
+                idle_timeout=idle_timeout, on_execution=advance,
+            )  # fmt: skip
+        else:
+            # Data first, then the sample sheets, which are validated against the data.
+            for batch in (cohort.data_keys, cohort.samplesheet_keys):
+                for key in batch:
+                    store.client.put_object(
+                        Bucket=state.buckets.ingest,
+                        Key=key,
+                        Body=(cohort.root / key).read_bytes(),
+                    )
+                executions += consume(
+                    sqs, state.queue_url, flow, run_id=run_id, expected_keys=set(batch),
+                    idle_timeout=idle_timeout, on_execution=advance,
+                )  # fmt: skip
+    finally:
+        flow.close()
+    # Reconcile: FASTQ files no accepted sheet names have no patient -> quarantine.
+    router = Router(
+        store=store,
+        buckets=state.buckets,
+        patient_key=keyer(load_secret(state.handler_env())),
+    )
+    router.reconcile(run_id)
+    return RunReport(
+        run_id=run_id,
+        rows=summarize(store, state.buckets.curated, run_id),
+        executions=executions,
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def bucket_counts(state: LocalState) -> dict[str, int]:
+    """Return the number of objects in each zone bucket."""
+    store, _ = clients(state)
+    counts = {}
+    for zone in ("ingest", "quarantine", "curated", "artifacts"):
+        name = getattr(state.buckets, zone)
+        counts[zone] = sum(1 for _ in store.list_keys(name))
+    return counts
+
+
+def runs(state: LocalState) -> dict[str, int]:
+    """Return the run IDs found in the manifests, with their number of manifests."""
+    store, _ = clients(state)
+    found: dict[str, int] = defaultdict(int)
+    for key in store.list_keys(state.buckets.curated, f"{MANIFEST_ROOT}/"):
+        found[key.split("/")[1]] += 1
+    return dict(found)

@@ -1,0 +1,178 @@
+"""The local worker: consumes ingest events and runs the ingest flow of the state machine.
+
+Each Lambda handler runs in its own subprocess (:mod:`oncopipe.local.lambda_runtime`), so
+it meets the same contract as in AWS: an event in, a JSON result or an error type out,
+its environment from :meth:`LocalState.handler_env`. The flow below is the state
+machine's definition (``stacks/ingest_stack.py``) step for step: Route, retried on
+transient errors; on failure QuarantineAfterError then RoutingFailed; else Outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from oncopipe.ingest import TRANSIENT_ERRORS
+from oncopipe.local.state import LocalState, home
+
+ROUTER_MODULE = "lambdas.ingest_router.handler"
+QUARANTINE_MODULE = "lambdas.ingest_quarantine.handler"
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass(frozen=True)
+class Invocation:
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] = field(default_factory=dict)
+
+
+class HandlerProcess:
+    """One warm handler subprocess, invoked one event at a time."""
+
+    def __init__(self, module: str, env: dict[str, str], log: IO[bytes]) -> None:
+        self.module = module
+        full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "oncopipe.local.lambda_runtime", module],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=full_env,
+            cwd=str(REPO_ROOT),
+            text=True,
+            bufsize=1,
+        )
+
+    def invoke(self, event: dict[str, Any]) -> Invocation:
+        """Send one event; return the handler's result or error.
+
+        Raises:
+            RuntimeError: the subprocess died (its log under ``.oncopipe/local/logs``).
+        """
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(event) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"{self.module} exited with {self._process.wait()}; see {home() / 'logs'}"
+            )
+        answer = json.loads(line)
+        return Invocation(
+            ok=answer["ok"],
+            result=answer.get("result") or {},
+            error=answer.get("error") or {},
+        )
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of the ingest flow for one object, as Step Functions would report it."""
+
+    key: str
+    status: str  # SUCCEEDED / FAILED
+    outcome: str  # the terminal state's name
+    route: dict[str, Any]
+    seconds: float
+
+
+class IngestFlow:
+    """The ingest state machine, run locally against the handler subprocesses."""
+
+    def __init__(self, state: LocalState, retry_delay: float = 0.5) -> None:
+        logs = home() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._log = (logs / "handlers.log").open("ab")
+        env = state.handler_env()
+        self.router = HandlerProcess(ROUTER_MODULE, env, self._log)
+        self.quarantine = HandlerProcess(QUARANTINE_MODULE, env, self._log)
+        self.retry_delay = retry_delay
+
+    def execute(self, event: dict[str, Any]) -> Execution:
+        started = time.perf_counter()
+        key = str(event.get("detail", {}).get("object", {}).get("key", "?"))
+        attempt = 0
+        while True:
+            attempt += 1
+            route = self.router.invoke(event)
+            if route.ok or route.error.get("Error") not in TRANSIENT_ERRORS or attempt >= 3:
+                break
+            time.sleep(self.retry_delay * 2 ** (attempt - 1))
+        if not route.ok:
+            failed = {**event, "error": route.error}  # the ASL: result_path $.error
+            self.quarantine.invoke({"event": failed, "error": route.error})
+            return Execution(
+                key,
+                "FAILED",
+                "RoutingFailed",
+                {"error": route.error},
+                time.perf_counter() - started,
+            )
+        status = route.result.get("status")
+        if status == "quarantined":
+            outcome, result = "InputQuarantined", "FAILED"
+        elif status == "accepted":
+            outcome, result = "SampleSheetAccepted", "SUCCEEDED"
+        else:
+            outcome, result = "Received", "SUCCEEDED"
+        return Execution(key, result, outcome, route.result, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.router.close()
+        self.quarantine.close()
+        self._log.close()
+
+
+def consume(
+    sqs: Any,
+    queue_url: str,
+    flow: IngestFlow,
+    *,
+    run_id: str,
+    expected_keys: set[str] | None,
+    idle_timeout: float,
+    on_execution: Callable[[Execution], None] = lambda e: None,
+) -> list[Execution]:
+    """Process ingest events until every expected key was seen, or the queue stays idle.
+
+    Each event gets ``run_id`` (as a replay through the state machine would). A message
+    is deleted only after its flow finished, so a crash leaves it for the next worker.
+    """
+    executions: list[Execution] = []
+    pending = set(expected_keys) if expected_keys is not None else None
+    idle_since = time.monotonic()
+    while True:
+        if pending is not None and not pending:
+            return executions
+        if time.monotonic() - idle_since > idle_timeout:
+            return executions
+        messages = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+        if messages:
+            idle_since = time.monotonic()
+        for message in messages:
+            event = json.loads(message["Body"])
+            event["run_id"] = run_id
+            execution = flow.execute(event)
+            executions.append(execution)
+            if pending is not None:
+                pending.discard(execution.key)
+            on_execution(execution)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

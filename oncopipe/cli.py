@@ -200,15 +200,7 @@ def _print_report(report: object, state: object) -> None:
 
     assert isinstance(report, RunReport) and isinstance(state, LocalState)
     table = Table(title=f"run {report.run_id}")
-    for column in (
-        "step",
-        "kind",
-        "items",
-        "succeeded",
-        "quarantined",
-        "outputs",
-        "seconds",
-    ):
+    for column in ("step", "kind", "items", "ok", "quarantined", "outputs", "seconds"):
         table.add_column(column, justify="left" if column in ("step", "kind") else "right")
     for row in report.rows:
         table.add_row(
@@ -223,6 +215,8 @@ def _print_report(report: object, state: object) -> None:
         for execution in rejected:
             reason = execution.route.get("reason") or execution.route.get("error", {}).get("Error")
             console.print(f"  {execution.outcome}: {reason}", highlight=False, markup=False)
+            for detail in execution.route.get("details", [])[:8]:
+                console.print(f"      {detail}", highlight=False, markup=False)
     console.print(
         f"{len(report.executions)} ingest events in {report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/"

@@ -103,6 +103,17 @@ def classify(key: str, head: bytes, size: int) -> str:
     )
 
 
+def kind_from_prefix(key: str) -> str:
+    """Return the kind an object's prefix announces (``unknown`` under no known prefix)."""
+    prefixes = {
+        layout.INGEST_SAMPLESHEETS: KIND_SAMPLESHEET,
+        layout.INGEST_FASTQ: KIND_FASTQ,
+        layout.INGEST_DICOM: KIND_DICOM,
+        layout.INGEST_NOTES: KIND_NOTE,
+    }
+    return next((kind for p, kind in prefixes.items() if key.lower().startswith(p)), "unknown")
+
+
 def reason_document(
     ref: ObjectRef,
     run_id: str,
@@ -143,6 +154,7 @@ def write_quarantine(
         "status": "quarantined",
         "reason_code": error.reason_code,
         "reason": str(error),
+        "details": list(error.details),
     }
 
 
@@ -199,8 +211,7 @@ class Router:
                     summary["status"] = "received"
                 return summary
             except InputError as e:
-                kind_guess = ref.key.split("/", 1)[0] if "/" in ref.key else "unknown"
-                return {"kind": kind_guess} | write_quarantine(
+                return {"kind": kind_from_prefix(ref.key)} | write_quarantine(
                     writer, self.buckets, ref, run_id, STEP, e
                 )
 

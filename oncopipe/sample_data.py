@@ -118,10 +118,32 @@ def generate(out: Path, *, patients: int = 3, reads: int = 200, seed: int = 7) -
     writer = csv.DictWriter(sheet, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    # A sheet with one problem per row (a complete header, so every row is checked).
     broken = io.StringIO()
-    broken.write("patient,sample,type,fastq_1\n")  # fastq_2 column missing
-    broken.write(f"{rows[0]['patient']},{rows[0]['sample']},tumor,{rows[0]['fastq_1']}\n")
-    broken.write(f"{rows[0]['patient']},{rows[0]['sample']},metastasis,fastq/missing.fastq.gz\n")
+    bad = csv.DictWriter(broken, fieldnames=list(rows[0]), lineterminator="\n")
+    bad.writeheader()
+    first = rows[0]
+    bad.writerow({**first, "type": "tumor"})  # valid on its own...
+    bad.writerow({**first, "fastq_1": rows[1]["fastq_1"], "fastq_2": rows[1]["fastq_2"]})  # dup
+    bad.writerow(
+        {
+            **first,
+            "sample": "P900-T",
+            "type": "metastasis",
+            "fastq_1": "fastq/P900-T_R1.fastq.gz",
+            "fastq_2": "fastq/P900-T_R2.fastq.gz",
+        }
+    )
+    bad.writerow(
+        {
+            **first,
+            "patient": "",
+            "sample": "P901-N",
+            "type": "normal",
+            "fastq_1": "fastq/missing_R1.fastq.gz",
+            "fastq_2": "fastq/missing_R2.fastq.gz",
+        }
+    )
     sheets = {
         f"{layout.INGEST_SAMPLESHEETS}cohort.csv": sheet.getvalue().encode("utf-8"),
         f"{layout.INGEST_SAMPLESHEETS}broken.csv": broken.getvalue().encode("utf-8"),

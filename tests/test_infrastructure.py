@@ -1,0 +1,265 @@
+"""The synthesized stacks: security baseline, nag packs, cfn-lint and snapshots."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk import App
+from aws_cdk.assertions import Match, Template
+
+from stacks.app_factory import OncopipeApp, build_app
+from tests.conftest import cdk_context
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def synthesized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    outdir = tmp_path_factory.mktemp(f"cdk-{request.param}")
+    built = build_app(App(context=cdk_context(env=request.param), outdir=str(outdir)))
+    assembly = built.app.synth()  # raises when an unacknowledged nag finding remains
+    return built, assembly, outdir
+
+
+def _templates(built: OncopipeApp) -> dict[str, Template]:
+    return {
+        "lake": Template.from_stack(built.lake),
+        "network": Template.from_stack(built.network),
+        "ingest": Template.from_stack(built.ingest),
+    }
+
+
+def test_nag_packs_report_no_unacknowledged_finding(synthesized: Any) -> None:
+    _, _, outdir = synthesized
+    report = Path(outdir) / "validation-report.json"
+    if report.exists():  # written when a plugin reports; every plugin must pass
+        document = json.loads(report.read_text())
+        violations = [v for p in document["pluginReports"] for v in p.get("violations", [])]
+        assert violations == []
+
+
+def test_every_data_bucket_is_kms_versioned_tls_only_and_private(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    lake = Template.from_stack(built.lake)
+    buckets = lake.find_resources("AWS::S3::Bucket")
+    assert len(buckets) == 5
+    for logical_id, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert props["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+        assert bucket["DeletionPolicy"] == "Retain"
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        algorithm = sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        if logical_id.startswith("AccessLogs"):
+            assert algorithm == "AES256"  # the only encryption S3 log delivery supports
+        else:
+            assert algorithm == "aws:kms"
+            assert "KMSMasterKeyID" in sse["ServerSideEncryptionByDefault"]
+            assert "LoggingConfiguration" in props
+    policies = lake.find_resources("AWS::S3::BucketPolicy")
+    tls_denied = {
+        json.dumps(p["Properties"]["Bucket"])
+        for p in policies.values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool") == {
+            "aws:SecureTransport": "false"
+        }
+    }
+    assert len(tls_denied) == 5
+
+
+def test_keys_rotate_and_are_retained(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    keys = Template.from_stack(built.lake).find_resources("AWS::KMS::Key")
+    assert len(keys) == 3
+    for key in keys.values():
+        assert key["Properties"]["EnableKeyRotation"] is True
+        assert key["DeletionPolicy"] == "Retain"
+
+
+def test_ingest_bucket_sends_events_and_raw_data_moves_to_cold_storage(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    config = built.config
+    lake = Template.from_stack(built.lake)
+    lake.has_resource_properties(
+        "AWS::S3::Bucket",
+        {
+            "NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}},
+            "LifecycleConfiguration": {
+                "Rules": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Prefix": "fastq/",
+                                "Transitions": [
+                                    {
+                                        "StorageClass": "STANDARD_IA",
+                                        "TransitionInDays": config.raw_data_infrequent_access_days,
+                                    },
+                                    {
+                                        "StorageClass": "GLACIER_IR",
+                                        "TransitionInDays": config.raw_data_glacier_days,
+                                    },
+                                ],
+                            }
+                        )
+                    ]
+                )
+            },
+        },
+    )
+
+
+def test_no_wildcard_action_on_a_data_bucket(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    for template in _templates(built).values():
+        for policy in template.find_resources("AWS::IAM::Policy").values():
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                actions = statement["Action"]
+                actions = actions if isinstance(actions, list) else [actions]
+                assert "s3:*" not in actions and "*" not in actions, statement
+
+
+def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    ingest_export = f"{built.lake.stack_name}-{built.lake.get_logical_id(built.lake.ingest.node.default_child)}Arn"  # type: ignore[arg-type]  # noqa: E501
+    readers = set()
+    for name, template in _templates(built).items():
+        for logical_id, policy in template.find_resources("AWS::IAM::Policy").items():
+            if ingest_export in json.dumps(policy["Properties"]["PolicyDocument"]):
+                readers.add(f"{name}:{logical_id}")
+    assert readers and all(r.startswith("ingest:Router") or r.startswith("ingest:QuarantineOnError") for r in readers), readers  # noqa: E501
+    lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
+    ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]
+    assert ingest_id not in lake_policies  # the analyst and Lake Formation roles never see it
+
+
+def test_lambdas_are_private_traced_limited_and_have_dead_letters(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    ingest = Template.from_stack(built.ingest)
+    functions = ingest.find_resources("AWS::Lambda::Function")
+    assert len(functions) == 2
+    for fn in functions.values():
+        props = fn["Properties"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["ReservedConcurrentExecutions"] == built.config.lambda_reserved_concurrency
+        assert "VpcConfig" in props and "DeadLetterConfig" in props and "KmsKeyArn" in props
+        assert props["Handler"].startswith("lambdas.") and props["Runtime"].startswith("python3.")
+
+
+def test_state_machine_logs_all_encrypted_and_rule_has_dead_letters(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    ingest = Template.from_stack(built.ingest)
+    ingest.has_resource_properties(
+        "AWS::StepFunctions::StateMachine",
+        {
+            "LoggingConfiguration": Match.object_like({"Level": "ALL"}),
+            "TracingConfiguration": {"Enabled": True},
+        },
+    )
+    ingest.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": Match.object_like(
+                {"source": ["aws.s3"], "detail-type": ["Object Created"]}
+            ),
+            "Targets": [
+                Match.object_like(
+                    {"DeadLetterConfig": Match.any_value(), "RetryPolicy": Match.any_value()}
+                )
+            ],
+        },
+    )
+    for group in ingest.find_resources("AWS::Logs::LogGroup").values():
+        assert "KmsKeyId" in group["Properties"]
+    for queue in ingest.find_resources("AWS::SQS::Queue").values():
+        assert "KmsMasterKeyId" in queue["Properties"]
+
+
+def test_state_machine_branches_on_the_router_outcome(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
+    definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
+    for state in ("Route", "Outcome", "InputQuarantined", "QuarantineAfterError", "RoutingFailed"):
+        assert state in definition
+
+
+def test_network_is_isolated_with_endpoints_and_flow_logs(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    network = Template.from_stack(built.network)
+    network.resource_count_is("AWS::EC2::NatGateway", 0)
+    network.resource_count_is("AWS::EC2::InternetGateway", 0)
+    network.resource_count_is("AWS::EC2::FlowLog", 1)
+    endpoints = network.find_resources("AWS::EC2::VPCEndpoint")
+    names = json.dumps([e["Properties"]["ServiceName"] for e in endpoints.values()])
+    for service in ("s3", "ecr.api", "ecr.dkr", "logs", "sts", "secretsmanager",
+                    "sagemaker.api", "sagemaker.runtime"):  # fmt: skip
+        assert f".{service}" in names, service
+
+
+def test_lake_formation_grants_analysts_the_curated_database_only(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    lake = Template.from_stack(built.lake)
+    grants = lake.find_resources("AWS::LakeFormation::PrincipalPermissions")
+    assert len(grants) == 2
+    for grant in grants.values():
+        resource = json.dumps(grant["Properties"]["Resource"])
+        assert built.lake.database_name in resource
+        assert set(grant["Properties"]["Permissions"]) <= {"SELECT", "DESCRIBE"}
+    lake.has_resource_properties(
+        "AWS::LakeFormation::Resource", {"UseServiceLinkedRole": False}
+    )
+    lake.has_resource_properties(
+        "AWS::Athena::WorkGroup",
+        {
+            "WorkGroupConfiguration": Match.object_like(
+                {
+                    "EnforceWorkGroupConfiguration": True,
+                    "ResultConfiguration": Match.object_like(
+                        {"EncryptionConfiguration": Match.object_like({"EncryptionOption": "SSE_KMS"})}
+                    ),
+                }
+            )
+        },
+    )
+
+
+def test_stateful_stack_termination_protection_follows_config(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    assert built.lake.termination_protection is built.config.termination_protection
+
+
+def test_cfn_lint_finds_no_errors(synthesized: Any) -> None:
+    from cfnlint.api import lint_all
+
+    _, _, outdir = synthesized
+    errors = []
+    for template in sorted(Path(outdir).glob("*.template.json")):
+        for match in lint_all(template.read_text()):
+            if match.rule.id.startswith("E"):
+                errors.append(f"{template.name}: {match}")
+    assert errors == []
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _mask(value: Any) -> Any:
+    """Replace asset hashes (64 hex) so snapshots are stable across machines."""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str):
+        return _HASH.sub("<asset-hash>", value)
+    return value
+
+
+def test_snapshot(synthesized: Any, snapshot: Any) -> None:
+    built, _, _ = synthesized
+    for name, template in _templates(built).items():
+        assert _mask(template.to_json()) == snapshot(name=f"{built.config.name}-{name}")

@@ -2,8 +2,8 @@
 
 A stage writes an item's outputs first and its manifest last, at
 ``_manifests/<run-id>/<step>/<item>.json``. Readers trust only outputs a manifest names.
-A re-run skips an item whose manifest exists and records the same inputs (key, ETag,
-version) and the same parameters hash; an item that failed or was killed has no manifest
+A re-run skips an item whose manifest exists and records the same inputs (bucket, key,
+ETag: the same content; the version is recorded too) and the same parameters hash; an item that failed or was killed has no manifest
 and is done again. A failed item's partial outputs are deleted before the error goes on.
 """
 
@@ -112,7 +112,9 @@ def read_manifest(store: ObjectStore, bucket: str, key: str) -> dict[str, Any] |
 
 
 def _input_identity(refs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-    return sorted((r["bucket"], r["key"], r["etag"], r.get("version_id")) for r in refs)
+    # Content identity, not version: the same bytes uploaded again (a new version with
+    # the same ETag) are not processed again; different bytes are.
+    return sorted((r["bucket"], r["key"], r["etag"]) for r in refs)
 
 
 def manifest_matches(

@@ -1,0 +1,129 @@
+"""The embedded local mode end to end: moto server, S3 -> EventBridge -> SQS, the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def oncopipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"
+    }
+    env.update({"ONCOPIPE_HOME": str(home), "COLUMNS": "160"})
+    result = subprocess.run(
+        [sys.executable, "-m", "oncopipe", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"oncopipe {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    home = tmp_path_factory.mktemp("oncopipe-home")
+    oncopipe(home, "local", "up")
+    state = json.loads((home / "local" / "state.json").read_text())
+    try:
+        yield home, state
+    finally:
+        oncopipe(home, "local", "down", check=False)
+
+
+def s3_client(state: dict[str, Any]) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=state["endpoint_url"], region_name=state["region"],
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[str, Any]]) -> None:
+    home, state = local_mode
+    result = oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")
+    out = result.stdout
+    assert "routing ingest objects" in out and "run e2e-1" in out
+    assert "exports/scanner-dump.bin: no stage takes objects under this prefix" in out
+    assert "notes/empty.txt: the object is empty (0 bytes)" in out
+    assert "samplesheets/broken.csv: 7 problems in the sample sheet" in out
+    assert "line 3, column sample: sample P001-T already appears on line 2" in out
+    assert "MRN-" not in out + result.stderr  # no source patient id on screen
+
+    s3 = s3_client(state)
+    buckets = state["buckets"]
+
+    def keys(bucket: str, prefix: str = "") -> list[str]:
+        response = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in response.get("Contents", []))
+
+    # Quarantine: each rejected object with its reason, including the FASTQ with no patient.
+    quarantined = keys(buckets["quarantine"], "e2e-1/")
+    for key in ("exports/scanner-dump.bin", "notes/empty.txt", "samplesheets/broken.csv",
+                "fastq/UNLISTED-T_R1.fastq.gz"):  # fmt: skip
+        assert f"e2e-1/{key}" in quarantined and f"e2e-1/{key}.reason.json" in quarantined
+    reason = json.loads(
+        s3.get_object(
+            Bucket=buckets["quarantine"], Key="e2e-1/fastq/UNLISTED-T_R1.fastq.gz.reason.json"
+        )["Body"].read()
+    )
+    assert reason["reason_code"] == "no-patient"
+
+    # Curated: the pseudonymised sample table and manifests only, tagged with the run.
+    curated = keys(buckets["curated"])
+    tables = [k for k in curated if k.startswith("cohort/samples/e2e-1/")]
+    assert len(tables) == 1
+    rows = [json.loads(line) for line in s3.get_object(Bucket=buckets["curated"], Key=tables[0])["Body"].read().splitlines()]  # noqa: E501
+    assert len(rows) == 4 and all(r["patient_key"].startswith("pk-") for r in rows)
+    assert len({r["patient_key"] for r in rows}) == 2
+    for key in curated:
+        assert b"MRN-" not in s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
+        tags = s3.get_object_tagging(Bucket=buckets["curated"], Key=key)["TagSet"]
+        assert {"Key": "run-id", "Value": "e2e-1"} in tags
+    manifests = [k for k in curated if k.startswith("_manifests/e2e-1/")]
+    assert len(manifests) == len(keys(buckets["ingest"])) + 1  # one per object + reconcile
+
+    # Glue catalog: the same database and table the stack defines.
+    glue = boto3.client(
+        "glue", endpoint_url=state["endpoint_url"], region_name=state["region"],
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    table = glue.get_table(DatabaseName=state["database"], Name="samples")["Table"]
+    assert table["StorageDescriptor"]["Location"] == f"s3://{buckets['curated']}/cohort/samples/"
+
+
+def test_rerunning_a_finished_run_changes_nothing(local_mode: tuple[Path, dict[str, Any]]) -> None:
+    home, state = local_mode
+    s3 = s3_client(state)
+    bucket = state["buckets"]["curated"]
+
+    def versions() -> list[tuple[str, str]]:
+        response = s3.list_object_versions(Bucket=bucket)
+        return sorted((v["Key"], v["VersionId"]) for v in response.get("Versions", []))
+
+    before = versions()
+    oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")
+    assert versions() == before  # no object rewritten: every item skipped on its manifest
+
+
+def test_status_reports_zones_and_runs(local_mode: tuple[Path, dict[str, Any]]) -> None:
+    home, _ = local_mode
+    out = oncopipe(home, "local", "status").stdout
+    assert "running" in out and "run e2e-1" in out and "quarantine" in out
+
+
+def test_run_without_up_explains_what_to_do(tmp_path: Path) -> None:
+    result = oncopipe(tmp_path, "local", "run", check=False)
+    assert result.returncode == 1
+    assert "run `oncopipe local up` first" in result.stderr

@@ -3,8 +3,9 @@
 A stage writes an item's outputs first and its manifest last, at
 ``_manifests/<run-id>/<step>/<item>.json``. Readers trust only outputs a manifest names.
 A re-run skips an item whose manifest exists and records the same inputs (bucket, key,
-ETag: the same content; the version is recorded too) and the same parameters hash; an item that failed or was killed has no manifest
-and is done again. A failed item's partial outputs are deleted before the error goes on.
+ETag: the same content; the version is recorded too) and the same parameters hash; an
+item that failed or was killed has no manifest and is done again. A failed item's
+partial outputs are deleted before the error goes on.
 """
 
 from __future__ import annotations

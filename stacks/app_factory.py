@@ -25,11 +25,14 @@ class OncopipeApp:
     ingest: IngestStack
 
 
-def build_app(app: App | None = None, *, context: Mapping[str, Any] | None = None) -> OncopipeApp:
+def build_app(
+    app: App | None = None, *, context: Mapping[str, Any] | None = None, nag: bool = True
+) -> OncopipeApp:
     """Return the app with every stack of the selected environment and both nag packs.
 
     ``context`` (tests) is merged into the app context; the environment comes from the
-    ``env`` context key (``-c env=prod``) or ``oncopipe:default-env``.
+    ``env`` context key (``-c env=prod``) or ``oncopipe:default-env``. ``nag=False`` exists
+    for the synth benchmark's baseline only; ``app.py`` always runs both packs.
 
     Raises:
         ConfigurationError: the cdk.json configuration is invalid.
@@ -56,5 +59,6 @@ def build_app(app: App | None = None, *, context: Mapping[str, Any] | None = Non
         acknowledge_inline_policies(stack)
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
-    Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    if nag:
+        Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
     return OncopipeApp(app=app, config=config, lake=lake, network=network, ingest=ingest)

@@ -100,7 +100,7 @@ class DataLakeStack(Stack):
             "S3 server access log delivery supports only SSE-S3 on the target bucket.",
         )
 
-        common = {
+        common: dict[str, Any] = {
             "access_logs": self.access_logs,
             "noncurrent_version_expiration_days": config.noncurrent_version_expiration_days,
             "infrequent_access_days": config.raw_data_infrequent_access_days,
@@ -181,11 +181,10 @@ class DataLakeStack(Stack):
         """
         name = f"{self.stack_name}-{self.get_logical_id(bucket.node.default_child)}Arn"  # type: ignore[arg-type]
         arn = self.export_value(bucket.bucket_arn, name=name)
+        owner = bucket.node.scope
+        assert owner is not None  # a bucket always sits in a construct (its SecureBucket)
         return s3.Bucket.from_bucket_attributes(
-            consumer,
-            f"{bucket.node.scope.node.id}Bucket",
-            bucket_arn=arn,
-            encryption_key=key,  # type: ignore[union-attr]
+            consumer, f"{owner.node.id}Bucket", bucket_arn=arn, encryption_key=key
         )
 
     # -- keys --------------------------------------------------------------------------------

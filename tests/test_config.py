@@ -23,7 +23,7 @@ def test_committed_environments_parse() -> None:
 
 
 def test_unknown_environment_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigurationError, match="unknown environment 'staging'.*dev, prod"):
+    with pytest.raises(ConfigurationError, match=r"unknown environment 'staging'.*dev, prod"):
         load_config(context(), "staging")
 
 

@@ -65,9 +65,8 @@ def test_every_data_bucket_is_kms_versioned_tls_only_and_private(synthesized: An
         json.dumps(p["Properties"]["Bucket"])
         for p in policies.values()
         for s in p["Properties"]["PolicyDocument"]["Statement"]
-        if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool") == {
-            "aws:SecureTransport": "false"
-        }
+        if s["Effect"] == "Deny"
+        and s.get("Condition", {}).get("Bool") == {"aws:SecureTransport": "false"}
     }
     assert len(tls_denied) == 5
 
@@ -132,7 +131,9 @@ def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
         for logical_id, policy in template.find_resources("AWS::IAM::Policy").items():
             if ingest_export in json.dumps(policy["Properties"]["PolicyDocument"]):
                 readers.add(f"{name}:{logical_id}")
-    assert readers and all(r.startswith("ingest:Router") or r.startswith("ingest:QuarantineOnError") for r in readers), readers  # noqa: E501
+    assert readers and all(
+        r.startswith("ingest:Router") or r.startswith("ingest:QuarantineOnError") for r in readers
+    ), readers
     lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
     ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]
     assert ingest_id not in lake_policies  # the analyst and Lake Formation roles never see it
@@ -210,9 +211,7 @@ def test_lake_formation_grants_analysts_the_curated_database_only(synthesized: A
         resource = json.dumps(grant["Properties"]["Resource"])
         assert built.lake.database_name in resource
         assert set(grant["Properties"]["Permissions"]) <= {"SELECT", "DESCRIBE"}
-    lake.has_resource_properties(
-        "AWS::LakeFormation::Resource", {"UseServiceLinkedRole": False}
-    )
+    lake.has_resource_properties("AWS::LakeFormation::Resource", {"UseServiceLinkedRole": False})
     lake.has_resource_properties(
         "AWS::Athena::WorkGroup",
         {
@@ -220,7 +219,11 @@ def test_lake_formation_grants_analysts_the_curated_database_only(synthesized: A
                 {
                     "EnforceWorkGroupConfiguration": True,
                     "ResultConfiguration": Match.object_like(
-                        {"EncryptionConfiguration": Match.object_like({"EncryptionOption": "SSE_KMS"})}
+                        {
+                            "EncryptionConfiguration": Match.object_like(
+                                {"EncryptionOption": "SSE_KMS"}
+                            )
+                        }
                     ),
                 }
             )

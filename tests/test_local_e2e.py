@@ -19,9 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def oncopipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
     env.update({"ONCOPIPE_HOME": str(home), "COLUMNS": "160"})
     result = subprocess.run(
         [sys.executable, "-m", "oncopipe", *args],
@@ -84,7 +82,12 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     curated = keys(buckets["curated"])
     tables = [k for k in curated if k.startswith("cohort/samples/e2e-1/")]
     assert len(tables) == 1
-    rows = [json.loads(line) for line in s3.get_object(Bucket=buckets["curated"], Key=tables[0])["Body"].read().splitlines()]  # noqa: E501
+    rows = [
+        json.loads(line)
+        for line in s3.get_object(Bucket=buckets["curated"], Key=tables[0])["Body"]
+        .read()
+        .splitlines()
+    ]
     assert len(rows) == 4 and all(r["patient_key"].startswith("pk-") for r in rows)
     assert len({r["patient_key"] for r in rows}) == 2
     for key in curated:

@@ -34,7 +34,12 @@ def test_valid_sheet_with_defaults_and_aliases() -> None:
     )
     tumour, normal = parsed.rows
     assert (tumour.type, normal.type) == ("tumour", "normal")
-    assert (tumour.line, tumour.lane, tumour.library, tumour.platform) == (2, "1", "P1-T", "ILLUMINA")
+    assert (tumour.line, tumour.lane, tumour.library, tumour.platform) == (
+        2,
+        "1",
+        "P1-T",
+        "ILLUMINA",
+    )
     assert parsed.patients() == [SECRET_ID]
     assert parsed.referenced_keys()[0] == "fastq/P1-T_R1.fastq.gz"
 

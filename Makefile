@@ -27,7 +27,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	# The repository on the venv's path: `python -m oncopipe` works from any folder.
+	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'oncopipe-repo.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

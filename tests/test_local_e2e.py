@@ -130,3 +130,40 @@ def test_run_without_up_explains_what_to_do(tmp_path: Path) -> None:
     result = oncopipe(tmp_path, "local", "run", check=False)
     assert result.returncode == 1
     assert "run `oncopipe local up` first" in result.stderr
+
+
+def test_local_run_against_the_endpoint_of_the_aws_configuration(tmp_path: Path) -> None:
+    """`local up --external` + `local run` on another S3-compatible endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    from oncopipe.local.server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "someone",
+        "AWS_SECRET_ACCESS_KEY": "else",
+        "AWS_REGION": "us-west-2",
+        "ONCOPIPE_HOME": str(tmp_path),
+        "COLUMNS": "160",
+    }
+    try:
+        for args in (["local", "up", "--external"], ["local", "run", "--patients", "1",
+                                                     "--run-id", "ext-1"]):  # fmt: skip
+            result = subprocess.run(
+                [sys.executable, "-m", "oncopipe", *args],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout + result.stderr
+        assert "run ext-1" in result.stdout
+        s3 = boto3.client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-west-2",
+            aws_access_key_id="someone", aws_secret_access_key="else",
+        )  # fmt: skip
+        tables = s3.list_objects_v2(Bucket="oncopipe-dev-curated", Prefix="cohort/samples/ext-1/")
+        assert tables["KeyCount"] == 1
+    finally:
+        server.stop()

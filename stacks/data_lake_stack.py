@@ -413,36 +413,35 @@ class DataLakeStack(Stack):
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
 
-        database_grant = lakeformation.CfnPrincipalPermissions(
-            self,
-            "AnalystDatabaseGrant",
-            principal=lakeformation.CfnPrincipalPermissions.DataLakePrincipalProperty(
-                data_lake_principal_identifier=self.analyst_role.role_arn
-            ),
-            resource=lakeformation.CfnPrincipalPermissions.ResourceProperty(
-                database=lakeformation.CfnPrincipalPermissions.DatabaseResourceProperty(
-                    catalog_id=self.account, name=self.database_name
-                )
-            ),
-            permissions=["DESCRIBE"],
-            permissions_with_grant_option=[],
+        analyst = lakeformation.CfnPrincipalPermissions.DataLakePrincipalProperty(
+            data_lake_principal_identifier=self.analyst_role.role_arn
         )
-        tables_grant = lakeformation.CfnPrincipalPermissions(
-            self,
-            "AnalystTablesGrant",
-            principal=lakeformation.CfnPrincipalPermissions.DataLakePrincipalProperty(
-                data_lake_principal_identifier=self.analyst_role.role_arn
+        grants = {
+            "AnalystDatabaseGrant": (
+                lakeformation.CfnPrincipalPermissions.ResourceProperty(
+                    database=lakeformation.CfnPrincipalPermissions.DatabaseResourceProperty(
+                        catalog_id=self.account, name=self.database_name
+                    )
+                ),
+                ["DESCRIBE"],
             ),
-            resource=lakeformation.CfnPrincipalPermissions.ResourceProperty(
-                table=lakeformation.CfnPrincipalPermissions.TableResourceProperty(
-                    catalog_id=self.account,
-                    database_name=self.database_name,
-                    table_wildcard={},
-                )
+            "AnalystTablesGrant": (
+                lakeformation.CfnPrincipalPermissions.ResourceProperty(
+                    table=lakeformation.CfnPrincipalPermissions.TableResourceProperty(
+                        catalog_id=self.account, database_name=self.database_name, table_wildcard={}
+                    )
+                ),
+                ["SELECT", "DESCRIBE"],
             ),
-            permissions=["SELECT", "DESCRIBE"],
-            permissions_with_grant_option=[],
-        )
-        for grant in (database_grant, tables_grant):
+        }
+        for construct_id, (resource, permissions) in grants.items():
+            grant = lakeformation.CfnPrincipalPermissions(
+                self,
+                construct_id,
+                principal=analyst,
+                resource=resource,
+                permissions=permissions,
+                permissions_with_grant_option=[],
+            )
             grant.node.add_dependency(settings)
             grant.node.add_dependency(self.database)

@@ -13,7 +13,7 @@ import boto3
 from oncopipe.deployment import load_config, read_cdk_json
 from oncopipe.ingest import Router
 from oncopipe.local import provision, server
-from oncopipe.local.state import DEFAULT_REGION, LocalState, home
+from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
 from oncopipe.local.worker import Execution, IngestFlow, consume
 from oncopipe.manifest import MANIFEST_ROOT
 from oncopipe.pseudonym import keyer, load_secret
@@ -41,19 +41,7 @@ def up(env: str | None, *, port: int | None = None, external: bool = False) -> L
     else:
         region = DEFAULT_REGION
         pid, endpoint = server.start_server(home() / "logs" / "moto.log", port)
-    probe = LocalState(
-        env=config.name,
-        project=config.project,
-        region=region,
-        endpoint_url=endpoint,
-        server_pid=pid,
-        buckets=None,  # type: ignore[arg-type]
-        queue_url="",
-        dead_letter_queue_url="",
-        secret_arn="",
-        database="",
-    )
-    made = provision.provision(config.project, config.name, probe.client_kwargs())
+    made = provision.provision(config.project, config.name, client_kwargs(region, endpoint))
     state = LocalState(
         env=config.name,
         project=config.project,

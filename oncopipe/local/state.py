@@ -68,11 +68,7 @@ class LocalState:
 
     def client_kwargs(self) -> dict[str, Any]:
         """Return boto3 client arguments for this endpoint."""
-        kwargs: dict[str, Any] = {"region_name": self.region}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-            kwargs.update(EMULATOR_CREDENTIALS)
-        return kwargs
+        return client_kwargs(self.region, self.endpoint_url)
 
     def handler_env(self) -> dict[str, str]:
         """Return the environment a stage handler gets in the local mode (its Lambda env)."""
@@ -99,3 +95,12 @@ EMULATOR_CREDENTIALS = {
     "aws_access_key_id": "testing",
     "aws_secret_access_key": "testing",
 }
+
+
+def client_kwargs(region: str, endpoint_url: str | None) -> dict[str, Any]:
+    """Return boto3 client arguments: the embedded endpoint, or the AWS configuration."""
+    kwargs: dict[str, Any] = {"region_name": region}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+        kwargs.update(EMULATOR_CREDENTIALS)
+    return kwargs

@@ -209,7 +209,8 @@ def _print_report(report: object, state: object) -> None:
         )  # fmt: skip
     console.print(table)
     rejected = [e for e in report.executions if e.status == "FAILED"]
-    if rejected:
+    orphans = [r for r in report.reconciled if r.summary.get("status") == "quarantined"]
+    if rejected or orphans:
         console.print("[bold]quarantined[/] (copy and reason in "
                       f"s3://{state.buckets.quarantine}/{report.run_id}/):")  # fmt: skip
         for execution in rejected:
@@ -217,6 +218,8 @@ def _print_report(report: object, state: object) -> None:
             console.print(f"  {execution.outcome}: {reason}", highlight=False, markup=False)
             for detail in execution.route.get("details", [])[:8]:
                 console.print(f"      {detail}", highlight=False, markup=False)
+        for orphan in orphans:
+            console.print(f"  reconcile: {orphan.summary['reason']}", highlight=False, markup=False)
     console.print(
         f"{len(report.executions)} ingest events in {report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/"

@@ -26,7 +26,7 @@ is collected and raised at once as a :class:`SampleSheetError`.
 Privacy: no message ever contains a value of the ``patient`` column. Values of other
 columns are echoed (file keys, sample ids), except where they contain a patient id of the
 sheet, which is then shown as ``<patient id>``. Sample and library ids travel into the
-de-identified zone, so they must not contain the patient id of their row.
+de-identified zone, so they must not contain a patient id of the sheet.
 """
 
 from __future__ import annotations
@@ -156,12 +156,9 @@ class _Redactor:
             else None
         )
 
-    def contains_patient(self, value: str, patient: str) -> bool:
-        """Return True when ``value`` contains ``patient`` as a whole token."""
-        if not patient:
-            return False
-        token = r"(?<![A-Za-z0-9])" + re.escape(patient) + r"(?![A-Za-z0-9])"
-        return re.search(token, value, re.IGNORECASE) is not None
+    def contains_patient(self, value: str) -> bool:
+        """Return True when ``value`` contains a patient id of the sheet as a whole token."""
+        return self._pattern is not None and self._pattern.search(value) is not None
 
     def __call__(self, value: str) -> str:
         return self._pattern.sub(REDACTED, value) if self._pattern else value
@@ -196,9 +193,9 @@ def _read_records(text: str, source: str) -> list[tuple[int, list[str]]]:
     return records
 
 
-def _check_header(header: list[str], raw: list[str]) -> list[SheetIssue]:
+def _check_header(header: list[str], raw: list[str], line: int) -> list[SheetIssue]:
     issues = [
-        SheetIssue(1, column, "required column is missing")
+        SheetIssue(line, column, "required column is missing")
         for column in REQUIRED
         if column not in header
     ]
@@ -206,15 +203,19 @@ def _check_header(header: list[str], raw: list[str]) -> list[SheetIssue]:
     if not any(column in ALLOWED for column in header):
         # Probably a data row where the header should be: its cells may be patient ids.
         issues.append(
-            SheetIssue(1, None, f"the first line names no known column; allowed: {allowed}")
+            SheetIssue(
+                line,
+                None,
+                f"the header row names no known column (is it missing?); allowed: {allowed}",
+            )
         )
         return issues
     for column, name in zip(header, raw, strict=True):
         if column not in ALLOWED:
             shown = name.strip() or "(empty)"
-            issues.append(SheetIssue(1, shown, f"unknown column; allowed: {allowed}"))
+            issues.append(SheetIssue(line, shown, f"unknown column; allowed: {allowed}"))
     for column in sorted({c for c in header if c in ALLOWED and header.count(c) > 1}):
-        issues.append(SheetIssue(1, column, "column appears more than once"))
+        issues.append(SheetIssue(line, column, "column appears more than once"))
     return issues
 
 
@@ -246,9 +247,9 @@ def parse_samplesheet(
     records = _read_records(text, source)
     if not records:
         raise SampleSheetError(source, [SheetIssue(None, None, "the file is empty")])
-    (_, raw_header), body = records[0], records[1:]
+    (header_line, raw_header), body = records[0], records[1:]
     header = [h.strip().lower() for h in raw_header]
-    issues = _check_header(header, raw_header)
+    issues = _check_header(header, raw_header, header_line)
     if issues:
         raise SampleSheetError(source, issues)
     if not body:
@@ -323,7 +324,6 @@ def _check_row(
 ) -> list[SheetIssue]:
     """Return the problems of one row; record its sample and FASTQ keys for later rows."""
     issues: list[SheetIssue] = []
-    patient = values.get("patient", "")
     for column in REQUIRED:
         if not values.get(column):
             what = (
@@ -335,12 +335,12 @@ def _check_row(
 
     sample = values.get("sample", "")
     if sample:
-        if redact.contains_patient(sample, patient):
+        if redact.contains_patient(sample):
             issues.append(
                 SheetIssue(
                     line,
                     "sample",
-                    "sample id contains the patient id; sample ids reach the de-identified "
+                    "sample id contains a patient id; sample ids reach the de-identified "
                     "zone, so choose one without it",
                 )
             )
@@ -358,19 +358,20 @@ def _check_row(
                 SheetIssue(
                     line,
                     "sample",
-                    f"sample {redact(sample)} already appears on line {first_line_of_sample[sample]}",
+                    f"sample {redact(sample)} already appears on line "
+                    f"{first_line_of_sample[sample]}",
                 )
             )
         else:
             first_line_of_sample[sample] = line
 
     library = values.get("library", "")
-    if library and redact.contains_patient(library, patient):
+    if library and redact.contains_patient(library):
         issues.append(
             SheetIssue(
                 line,
                 "library",
-                "library id contains the patient id; it reaches the de-identified zone",
+                "library id contains a patient id; it reaches the de-identified zone",
             )
         )
 

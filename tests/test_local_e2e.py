@@ -57,6 +57,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert "notes/empty.txt: the object is empty (0 bytes)" in out
     assert "samplesheets/broken.csv: 7 problems in the sample sheet" in out
     assert "line 3, column sample: sample P001-T already appears on line 2" in out
+    assert "reconcile: fastq/UNLISTED-T_R1.fastq.gz: no accepted sample sheet names" in out
     assert "MRN-" not in out + result.stderr  # no source patient id on screen
 
     s3 = s3_client(state)

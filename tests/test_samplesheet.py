@@ -2,140 +2,390 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import pytest
 
-from oncopipe.samplesheet import SampleSheetError, parse_samplesheet, pseudonymised_records
+from oncopipe.samplesheet import (
+    SampleSheet,
+    SampleSheetError,
+    SheetIssue,
+    parse_samplesheet,
+    pseudonymised_records,
+)
 
 HEADER = "patient,sample,type,fastq_1,fastq_2"
+FULL_HEADER = HEADER + ",lane,library,platform,dicom,notes,note_date"
 SECRET_ID = "MRN-SECRET-991"
+SOURCE = "samplesheets/s.csv"
 
 
 def sheet(*rows: str, header: str = HEADER) -> str:
     return "\n".join([header, *rows]) + "\n"
 
 
-def problems(text: str | bytes, **kwargs: object) -> list[str]:
+def row(sample: str = "S1", kind: str = "tumour", *extra: str, patient: str = SECRET_ID) -> str:
+    return ",".join(
+        [patient, sample, kind, f"{sample}_R1.fastq.gz", f"{sample}_R2.fastq.gz", *extra]
+    )
+
+
+def parse(text: str | bytes, **kwargs: Callable[[str], bool]) -> SampleSheet:
+    return parse_samplesheet(text, source=SOURCE, **kwargs)
+
+
+def problems(text: str | bytes, **kwargs: Callable[[str], bool]) -> list[str]:
+    """Return the issue strings of a sheet that must fail, checking no message leaks PHI."""
     with pytest.raises(SampleSheetError) as err:
-        parse_samplesheet(text, source="samplesheets/s.csv", **kwargs)  # type: ignore[arg-type]
-    assert SECRET_ID not in str(err.value) and SECRET_ID not in err.value.report()
+        parse(text, **kwargs)
+    assert SECRET_ID.lower() not in str(err.value).lower()
+    assert SECRET_ID.lower() not in err.value.report().lower()
+    assert err.value.details == [str(i) for i in err.value.issues]
     return err.value.details
 
 
+# -- valid sheets ----------------------------------------------------------------------------
+
+
 def test_valid_sheet_with_defaults_and_aliases() -> None:
-    parsed = parse_samplesheet(
-        "\ufeff"
-        + sheet(
+    parsed = parse(
+        sheet(
             f"{SECRET_ID},P1-T,Tumor,fastq/P1-T_R1.fastq.gz,fastq/P1-T_R2.fastq.gz",
             f"{SECRET_ID},P1-N,normal,fastq/P1-N_R1.fq.gz,fastq/P1-N_R2.fq.gz",
+            "MRN-2,P2-T,TUMOUR,fastq/P2-T_R1.fastq.gz,fastq/P2-T_R2.fastq.gz",
         ),
-        source="samplesheets/s.csv",
     )
-    tumour, normal = parsed.rows
-    assert (tumour.type, normal.type) == ("tumour", "normal")
+    tumour, normal, other = parsed.rows
+    assert (tumour.type, normal.type, other.type) == ("tumour", "normal", "tumour")
     assert (tumour.line, tumour.lane, tumour.library, tumour.platform) == (
         2,
         "1",
         "P1-T",
         "ILLUMINA",
     )
-    assert parsed.patients() == [SECRET_ID]
-    assert parsed.referenced_keys()[0] == "fastq/P1-T_R1.fastq.gz"
+    assert (tumour.dicom, tumour.notes, tumour.note_date) == (None, None, None)
+    assert parsed.source == SOURCE
+    assert parsed.patients() == ["MRN-2", SECRET_ID]
+    assert parsed.referenced_keys() == [
+        "fastq/P1-T_R1.fastq.gz",
+        "fastq/P1-T_R2.fastq.gz",
+        "fastq/P1-N_R1.fq.gz",
+        "fastq/P1-N_R2.fq.gz",
+        "fastq/P2-T_R1.fastq.gz",
+        "fastq/P2-T_R2.fastq.gz",
+    ]
+    assert parsed.dicom_prefixes() == []
 
 
-def test_optional_columns_parsed() -> None:
-    parsed = parse_samplesheet(
+@pytest.mark.parametrize(
+    ("given", "normalised"),
+    [("tumour", "tumour"), ("tumor", "tumour"), ("TuMoR", "tumour"), ("NORMAL", "normal")],
+)
+def test_type_aliases(given: str, normalised: str) -> None:
+    assert parse(sheet(row("S1", given))).rows[0].type == normalised
+
+
+def test_optional_columns_headers_whitespace_and_s3_uris() -> None:
+    header = " Patient , SAMPLE,type,Fastq_1,fastq_2,lane,library,platform,DICOM,notes,note_date"
+    seen: list[str] = []
+
+    def exists(key: str) -> bool:
+        seen.append(key)
+        return True
+
+    parsed = parse(
         sheet(
-            "p,S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,2,LIB7,ont,dicom/p/,notes/p.txt,2026-03-01",
-            header=HEADER + ",lane,library,platform,dicom,notes,note_date",
+            f" {SECRET_ID} , S1 ,tumour, s3://other-bucket/run/a_R1.fastq.gz ,a_R2.fastq.gz,"
+            "2,LIB7,ont,dicom/p/,notes/p.txt,2026-03-01",
+            f"{SECRET_ID},S2,normal,b_R1.fastq.gz,b_R2.fastq.gz,,,,dicom/p/,notes/p.txt,",
+            header=header,
         ),
-        source="s.csv",
+        exists=exists,
         prefix_exists=lambda p: p == "dicom/p/",
     )
-    row = parsed.rows[0]
-    assert (row.lane, row.library, row.platform) == ("2", "LIB7", "ONT")
-    assert row.note_date == date(2026, 3, 1) and row.notes == "notes/p.txt"
+    first, second = parsed.rows
+    assert (first.patient, first.sample) == (SECRET_ID, "S1")
+    assert first.fastq_1 == "s3://other-bucket/run/a_R1.fastq.gz"
+    assert (first.lane, first.library, first.platform) == ("2", "LIB7", "ONT")
+    assert first.note_date == date(2026, 3, 1) and first.notes == "notes/p.txt"
+    assert (second.lane, second.library, second.platform, second.note_date) == (
+        "1",
+        "S2",
+        "ILLUMINA",
+        None,
+    )
     assert parsed.dicom_prefixes() == ["dicom/p/"]
+    assert parsed.referenced_keys() == [
+        "s3://other-bucket/run/a_R1.fastq.gz",
+        "a_R2.fastq.gz",
+        "notes/p.txt",
+        "b_R1.fastq.gz",
+        "b_R2.fastq.gz",
+    ]
+    # The callback gets values as written, each distinct one once.
+    assert seen == parsed.referenced_keys()
+
+
+def test_bom_crlf_blank_lines_and_trailing_empty_fields() -> None:
+    text = "\r\n" + HEADER + "\r\n\r\n" + row("S1") + ",,\r\n , , \r\n" + row("S2") + "\r\n"
+    for data in (text.encode("utf-8-sig"), "\ufeff" + text):
+        parsed = parse(data)
+        assert [r.sample for r in parsed.rows] == ["S1", "S2"]
+        # Line numbers count every physical line, blank ones included.
+        assert [r.line for r in parsed.rows] == [4, 6]
+
+
+def test_line_numbers_after_a_quoted_multiline_field() -> None:
+    parsed = parse(
+        sheet(
+            row("S1", "tumour", '"LIB\n1"'),
+            row("S2", "normal", "LIB2"),
+            header=HEADER + ",library",
+        )
+    )
+    assert [r.line for r in parsed.rows] == [2, 4]
+
+
+# -- header problems -------------------------------------------------------------------------
 
 
 def test_missing_and_unknown_columns_are_named() -> None:
     details = problems(f"patient,sample,type,fastq_1,fastq2\n{SECRET_ID},S,tumour,a.fastq.gz,b\n")
-    assert "line 1, column fastq_2: required column is missing" in details
-    assert any(d.startswith("line 1, column fastq2: unknown column") for d in details)
+    assert details[0] == "line 1, column fastq_2: required column is missing"
+    assert details[1].startswith("line 1, column fastq2: unknown column; allowed: patient,")
+    assert "note_date" in details[1]
 
 
-def test_every_row_problem_is_collected_with_line_and_column() -> None:
+def test_every_missing_required_column_is_its_own_issue() -> None:
+    details = problems("patient,lane\nx,1\n")
+    assert details == [
+        f"line 1, column {c}: required column is missing"
+        for c in ("sample", "type", "fastq_1", "fastq_2")
+    ]
+
+
+def test_duplicate_column() -> None:
+    details = problems(sheet(row() + ",x", header=HEADER + ",Sample"))
+    assert details == ["line 1, column sample: column appears more than once"]
+
+
+def test_a_sheet_without_header_does_not_echo_its_first_row() -> None:
+    details = problems(sheet(row("S2"), header=row("S1")))
+    assert "line 1, column patient: required column is missing" in details
+    assert details[-1].startswith(
+        "line 1: the header row names no known column (is it missing?); allowed:"
+    )
+
+
+# -- row problems ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz",
+            "line 2: 4 fields, the header has 11",
+        ),
+        (
+            ",S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column patient: patient is empty: every row needs the source patient id",
+        ),
+        (f"{SECRET_ID},,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,", "line 2, column sample: "),
+        (f"{SECRET_ID},S1,,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,", "line 2, column type: type is"),
+        (f"{SECRET_ID},S1,tumour,,a_R2.fastq.gz,,,,,,", "line 2, column fastq_1: fastq_1 is"),
+        (f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,,,,,,,", "line 2, column fastq_2: fastq_2 is"),
+        (
+            f"{SECRET_ID},-S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column sample: sample ids use 1-64 letters",
+        ),
+        (
+            f"{SECRET_ID},{'S' * 65},tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column sample: sample ids use 1-64 letters",
+        ),
+        (
+            f"{SECRET_ID},S1,relapse,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column type: type 'relapse' is not one of tumour, tumor, normal",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq,a_R2.fastq.gz,,,,,,",
+            "line 2, column fastq_1: a_R1.fastq is not a .fastq.gz or .fq.gz file",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.bam,,,,,,",
+            "line 2, column fastq_2: a_R2.bam is not a .fastq.gz or .fq.gz file",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a.fastq.gz,a.fastq.gz,,,,,,",
+            "line 2, column fastq_2: fastq_2 is the same file as fastq_1",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,s3://b/a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column fastq_1: s3://b/a_R1.fastq.gz is not an s3://bucket/key URI",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,https://x.org/a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column fastq_1: https://x.org/a_R1.fastq.gz: give a key in the ingest",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,SANGER,,,",
+            "line 2, column platform: platform 'SANGER' is not one of ILLUMINA, ONT, PACBIO,",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,2026-13-01",
+            "line 2, column note_date: '2026-13-01' is not a YYYY-MM-DD date",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,20260301",
+            "line 2, column note_date: '20260301' is not a YYYY-MM-DD date",
+        ),
+        (
+            f"{SECRET_ID},{SECRET_ID}-T,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,,,,,",
+            "line 2, column sample: sample id contains a patient id",
+        ),
+        (
+            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,,lib-{SECRET_ID},,,,",
+            "line 2, column library: library id contains a patient id",
+        ),
+    ],
+)
+def test_each_row_problem_names_line_and_column(line: str, expected: str) -> None:
+    details = problems(sheet(line, header=FULL_HEADER))
+    assert len(details) == 1 and details[0].startswith(expected), details
+
+
+def test_every_row_problem_is_collected_in_one_error() -> None:
     details = problems(
         sheet(
-            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz",
+            row("S1"),
             f"{SECRET_ID},S1,tumour,b_R1.fastq.gz,b_R2.fastq.gz",
-            f"{SECRET_ID},S2,metastasis,c_R1.fastq.gz,c_R2.fastq.gz",
-            ",S3,normal,d_R1.fastq.gz,d_R2.fastq.gz",
+            row("S2", "metastasis"),
+            row("S3", "normal", patient=""),
             f"{SECRET_ID},bad id!,normal,e_R1.fastq.gz,e_R2.txt",
-            f"{SECRET_ID},S4,normal,a_R1.fastq.gz,f_R2.fastq.gz",
+            f"{SECRET_ID},S4,normal,S1_R1.fastq.gz,f_R2.fastq.gz",
             f"{SECRET_ID},S5,normal,g.fastq.gz,g.fastq.gz",
             f"{SECRET_ID},S6,normal",
         )
     )
-    expected = [
+    assert details == [
         "line 3, column sample: sample S1 already appears on line 2",
         "line 4, column type: type 'metastasis' is not one of tumour, tumor, normal",
         "line 5, column patient: patient is empty: every row needs the source patient id",
-        "line 6, column sample: sample ids use",
+        "line 6, column sample: sample ids use 1-64 letters, digits, '_', '.', '-', starting "
+        "with a letter or digit",
         "line 6, column fastq_2: e_R2.txt is not a .fastq.gz or .fq.gz file",
-        "line 7, column fastq_1: a_R1.fastq.gz is already used on line 2",
+        "line 7, column fastq_1: S1_R1.fastq.gz is already used on line 2",
         "line 8, column fastq_2: fastq_2 is the same file as fastq_1",
         "line 9: 3 fields, the header has 5",
     ]
-    for message in expected:
-        assert any(d.startswith(message) for d in details), (message, details)
 
 
-def test_files_that_do_not_exist_are_named() -> None:
+def test_files_and_prefixes_that_do_not_exist_are_named() -> None:
     details = problems(
-        sheet(f"{SECRET_ID},S1,tumour,fastq/S1_R1.fastq.gz,fastq/S1_R2.fastq.gz"),
+        sheet(
+            f"{SECRET_ID},S1,tumour,fastq/S1_R1.fastq.gz,fastq/S1_R2.fastq.gz,dicom/p1/,notes/x",
+            header=HEADER + ",dicom,notes",
+        ),
         exists=lambda key: key.endswith("R1.fastq.gz"),
+        prefix_exists=lambda prefix: False,
     )
     assert details == [
-        "line 2, column fastq_2: file fastq/S1_R2.fastq.gz does not exist in the ingest bucket"
+        "line 2, column fastq_2: file fastq/S1_R2.fastq.gz does not exist in the ingest bucket",
+        "line 2, column notes: file notes/x does not exist in the ingest bucket",
+        "line 2, column dicom: no objects under dicom/p1/",
     ]
 
 
-def test_bad_platform_and_date() -> None:
-    details = problems(
-        sheet(
-            f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,SANGER,2026-13-01",
-            header=HEADER + ",platform,note_date",
-        )
-    )
-    assert any(d.startswith("line 2, column platform: platform 'SANGER'") for d in details)
-    assert any(d.startswith("line 2, column note_date: '2026-13-01'") for d in details)
-
-
-def test_empty_header_only_and_not_utf8() -> None:
+def test_empty_header_only_not_utf8_and_unreadable_csv() -> None:
     assert problems("") == ["the file is empty"]
+    assert problems(b"\xef\xbb\xbf \n\n") == ["the file is empty"]
     assert problems(HEADER + "\n\n") == ["no sample rows after the header"]
     assert problems(b"patient,sample\n\xff\xfe\x00") == [
         "not UTF-8 text (byte 15 cannot be decoded)"
     ]
+    huge = sheet(row("S1", "tumour", "x" * 200_000), header=HEADER + ",notes")
+    assert problems(huge)[0].startswith("line 2: not readable as CSV: field larger than")
 
 
-def test_error_report_lists_every_problem_under_the_file() -> None:
+# -- the error -------------------------------------------------------------------------------
+
+
+def test_error_headline_report_and_reason_code() -> None:
     with pytest.raises(SampleSheetError) as err:
-        parse_samplesheet(sheet(f"{SECRET_ID},S1,x,a.fastq.gz,b.fastq.gz"), source="sheets/x.csv")
-    report = err.value.report()
-    assert report.splitlines()[0] == "sheets/x.csv: 1 problem in the sample sheet"
-    assert "line 2, column type" in report
+        parse_samplesheet(sheet(row("S1", "x"), row("S2", "y")), source="sheets/x.csv")
+    assert str(err.value) == "sheets/x.csv: 2 problems in the sample sheet"
+    assert err.value.source == "sheets/x.csv"
     assert err.value.reason_code == "invalid-samplesheet"
+    assert err.value.report().splitlines() == [
+        "sheets/x.csv: 2 problems in the sample sheet",
+        "  line 2, column type: type 'x' is not one of tumour, tumor, normal",
+        "  line 3, column type: type 'y' is not one of tumour, tumor, normal",
+    ]
+    single = SampleSheetError("a.csv", [SheetIssue(None, "sample", "m")])
+    assert str(single) == "a.csv: 1 problem in the sample sheet"
+    assert single.details == ["column sample: m"]
+
+
+def test_patient_id_never_appears_in_messages() -> None:
+    """Patient ids shifted into other columns or inside file keys are hidden too."""
+    other = "MRN-OTHER-123"
+    with pytest.raises(SampleSheetError) as err:
+        parse(
+            sheet(
+                # columns shifted: the patient id lands in `type`
+                f"S1,{SECRET_ID},{SECRET_ID},a_R1.fastq.gz,a_R2.fastq.gz",
+                f"{SECRET_ID},S2,tumour,fastq/{SECRET_ID}_R1.fastq.gz,fastq/{SECRET_ID}_R2.txt",
+                f"{other},S3,normal,fastq/{other.lower()}_R1.fq.gz,fastq/S3_R2.fq.gz",
+                f"{SECRET_ID},S4,normal,c_R1.fastq.gz",
+                f"{SECRET_ID},{SECRET_ID},normal,d_R1.fastq.gz,d_R2.fastq.gz",
+            ),
+            exists=lambda key: False,
+        )
+    messages = str(err.value) + "\n" + err.value.report() + "\n" + repr(err.value.issues)
+    for secret in (SECRET_ID, other):
+        assert secret.lower() not in messages.lower()
+    assert "line 3, column fastq_2: fastq/<patient id>_R2.txt is not a .fastq.gz" in messages
+    assert "file fastq/<patient id>_R1.fq.gz does not exist" in messages
+    assert "type '<patient id>' is not one of" in messages
+
+
+# -- pseudonymised records -------------------------------------------------------------------
 
 
 def test_pseudonymised_records_carry_the_key_not_the_patient() -> None:
-    parsed = parse_samplesheet(
-        sheet(f"{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz"), source="s.csv"
+    parsed = parse(
+        sheet(
+            row("S1", "tumour", "", "", ""),
+            row("S2", "normal", "dicom/x/", "notes/n.txt", "2025-01-31", patient="MRN-2"),
+            header=HEADER + ",dicom,notes,note_date",
+        )
     )
-    records = pseudonymised_records(parsed, lambda p: "pk-" + str(len(p)), run_id="run-1")
-    assert records[0]["patient_key"] == f"pk-{len(SECRET_ID)}"
-    assert "patient" not in records[0]
+    keys: list[str] = []
+
+    def key(patient: str) -> str:
+        keys.append(patient)
+        return f"pk-{len(keys)}"
+
+    records = pseudonymised_records(parsed, key, run_id="run-1")
+    assert keys == [SECRET_ID, "MRN-2"]
+    assert [r["patient_key"] for r in records] == ["pk-1", "pk-2"]
+    assert all("patient" not in r for r in records)
     assert SECRET_ID not in repr(records)
-    assert records[0]["run_id"] == "run-1" and records[0]["source_line"] == 2
+    assert records[1] == {
+        "patient_key": "pk-2",
+        "sample": "S2",
+        "type": "normal",
+        "fastq_1": "S2_R1.fastq.gz",
+        "fastq_2": "S2_R2.fastq.gz",
+        "lane": "1",
+        "library": "S2",
+        "platform": "ILLUMINA",
+        "dicom": "dicom/x/",
+        "notes": "notes/n.txt",
+        "note_date": "2025-01-31",
+        "source_line": 3,
+        "samplesheet": SOURCE,
+        "run_id": "run-1",
+    }
+    assert records[0]["note_date"] is None and records[0]["dicom"] is None

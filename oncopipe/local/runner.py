@@ -15,7 +15,7 @@ from oncopipe.ingest import Router
 from oncopipe.local import provision, server
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
 from oncopipe.local.worker import Execution, IngestFlow, consume
-from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.manifest import MANIFEST_ROOT, ItemResult
 from oncopipe.pseudonym import keyer, load_secret
 from oncopipe.sample_data import CohortFiles
 from oncopipe.storage import ObjectStore
@@ -90,6 +90,7 @@ class RunReport:
     run_id: str
     rows: list[StepSummary]
     executions: list[Execution] = field(default_factory=list)
+    reconciled: list[ItemResult] = field(default_factory=list)
     wall_seconds: float = 0.0
 
     @property
@@ -176,11 +177,12 @@ def run(
         buckets=state.buckets,
         patient_key=keyer(load_secret(state.handler_env())),
     )
-    router.reconcile(run_id)
+    reconciled = router.reconcile(run_id)
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets.curated, run_id),
         executions=executions,
+        reconciled=reconciled,
         wall_seconds=time.perf_counter() - started,
     )
 

@@ -375,6 +375,17 @@ def _check_row(
             )
         )
 
+    for column in ("fastq_1", "fastq_2", "notes", "dicom"):
+        if values.get(column) and redact.contains_patient(values[column]):
+            issues.append(
+                SheetIssue(
+                    line,
+                    column,
+                    f"{redact(values[column])} names the patient id; keys are recorded in the "
+                    "de-identified zone, so rename the file without it",
+                )
+            )
+
     kind = values.get("type", "")
     if kind and kind.lower() not in TYPES:
         issues.append(

@@ -346,7 +346,7 @@ def test_patient_id_never_appears_in_messages() -> None:
     for secret in (SECRET_ID, other):
         assert secret.lower() not in messages.lower()
     assert "line 3, column fastq_2: fastq/<patient id>_R2.txt is not a .fastq.gz" in messages
-    assert "file fastq/<patient id>_R1.fq.gz does not exist" in messages
+    assert "fastq/<patient id>_R1.fq.gz names the patient id" in messages
     assert "type '<patient id>' is not one of" in messages
 
 
@@ -389,3 +389,17 @@ def test_pseudonymised_records_carry_the_key_not_the_patient() -> None:
         "run_id": "run-1",
     }
     assert records[0]["note_date"] is None and records[0]["dicom"] is None
+
+
+def test_file_keys_that_name_the_patient_are_refused() -> None:
+    with pytest.raises(SampleSheetError) as err:
+        parse_samplesheet(
+            "patient,sample,type,fastq_1,fastq_2\n"
+            "MRN-77,S1,tumour,fastq/MRN-77_R1.fastq.gz,fastq/S1_R2.fastq.gz\n",
+            source="s.csv",
+        )
+    assert err.value.details == [
+        "line 2, column fastq_1: fastq/<patient id>_R1.fastq.gz names the patient id; keys are "
+        "recorded in the de-identified zone, so rename the file without it"
+    ]
+    assert "MRN-77" not in err.value.report()

@@ -59,6 +59,7 @@ class DataLakeStack(Stack):
         self.curated_key = self._key("CuratedKey", "curated zone (de-identified)")
         self.platform_key = self._key("PlatformKey", "artifacts, logs, queues and secrets")
         self._allow_logs_service(self.platform_key)
+        self._allow_eventbridge_dead_letters(self.platform_key)
 
         self.access_logs = s3.Bucket(
             self,
@@ -220,6 +221,21 @@ class DataLakeStack(Stack):
                         )
                     }
                 },
+            )
+        )
+
+    def _allow_eventbridge_dead_letters(self, key: kms.Key) -> None:
+        """Let EventBridge write failed events to KMS-encrypted dead-letter queues.
+
+        A rule's dead-letter delivery is made by the EventBridge service, not a role of
+        ours, so the key policy must allow it (for this account's rules only).
+        """
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[iam.ServicePrincipal("events.amazonaws.com")],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
             )
         )
 

@@ -1,0 +1,1 @@
+"""Genomics stage cores: FASTQ validation, alignment, variant calling, variant tables."""

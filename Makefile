@@ -11,7 +11,8 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test test-fast demo lint synth bench lock clean help
+
+.PHONY: tools setup test test-fast demo lint synth bench lock clean help
 
 help:
 	@echo "make setup  - virtualenv (.venv, pinned) and the pinned CDK CLI (node_modules)"
@@ -21,7 +22,17 @@ help:
 	@echo "make synth  - cdk synth with both cdk-nag packs (ENV=dev|prod)"
 	@echo "make bench  - benchmarks (printed ratios)"
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed tools
+
+# Debian tools of the genomics stage (the Batch image pins its own): bwa, samtools, bcftools.
+TOOLS := bwa samtools bcftools
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  echo "installing$$missing (apt)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -66,8 +66,35 @@ SAMPLES = TableSpec(
     classification="json",
 )
 
+VARIANTS = TableSpec(
+    name="variants",
+    prefix=layout.CURATED_GENOMICS_VARIANTS,
+    description="Somatic and germline-filtered variant calls per sample (Parquet, zstd).",
+    columns=(
+        Column("patient_key", "string", "pseudonymous patient key"),
+        Column("sample", "string", "tumour sample id"),
+        Column("chrom", "string", "contig"),
+        Column("pos", "bigint", "1-based position (left-aligned)"),
+        Column("ref", "string", "reference allele"),
+        Column("alt", "string", "alternative allele (one per row)"),
+        Column("qual", "double", "phred-scaled probability the alt reads are errors"),
+        Column("filter", "string", "PASS or the failed filters (germline)"),
+        Column("depth", "int", "read depth in the tumour"),
+        Column("alt_depth", "int", "alt-supporting reads in the tumour"),
+        Column("vaf", "double", "variant allele fraction in the tumour"),
+        Column("genotype", "string", "tumour genotype"),
+        Column("gene", "string", "gene of the panel annotation"),
+        Column("protein_change", "string", "protein change of coding SNVs, e.g. G12C"),
+        Column("run_id", "string", "run that called it"),
+    ),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
+
 #: Every curated table, by name.
-TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES,)}
+TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES, VARIANTS)}
 
 
 def database_name(project: str, env: str) -> str:

@@ -222,7 +222,8 @@ def _print_report(report: object, state: object) -> None:
             console.print(f"  reconcile: {orphan.summary['reason']}", highlight=False, markup=False)
     console.print(
         f"{len(report.executions)} ingest events in {report.wall_seconds:.1f}s; manifests in "
-        f"s3://{state.buckets.curated}/_manifests/{report.run_id}/"
+        f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
+        f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"
     )
 
 

@@ -158,6 +158,18 @@ def write_quarantine(
     }
 
 
+def resolve(store: ObjectStore, ref: ObjectRef) -> ObjectRef | None:
+    """Return the current reference of an event's object, or None if it is gone.
+
+    Event keys may arrive URL-encoded (spaces as '+'); the decoded key is tried when the
+    key as given does not exist. The version and ETag come from S3, not the event.
+    """
+    found = store.head(ref.bucket, ref.key)
+    if found is None and unquote_plus(ref.key) != ref.key:
+        found = store.head(ref.bucket, unquote_plus(ref.key))
+    return found
+
+
 def _split_s3_uri(value: str, default_bucket: str) -> tuple[str, str]:
     if value.startswith("s3://"):
         bucket, _, key = value[5:].partition("/")
@@ -174,20 +186,13 @@ class Router:
     patient_key: Callable[[str], str]
 
     def resolve(self, ref: ObjectRef) -> ObjectRef | None:
-        """Return the current reference of an event's object, or None if it is gone.
-
-        Event keys may arrive URL-encoded (spaces as '+'); the decoded key is tried when
-        the key as given does not exist. The version and ETag come from S3, not the event.
-        """
-        found = self.store.head(ref.bucket, ref.key)
-        if found is None and unquote_plus(ref.key) != ref.key:
-            found = self.store.head(ref.bucket, unquote_plus(ref.key))
-        return found
+        """Return the current reference of an event's object (see :func:`resolve`)."""
+        return resolve(self.store, ref)
 
     def context(self, run_id: str) -> StepContext:
         return StepContext(
             store=self.store,
-            manifest_bucket=self.buckets.curated,
+            manifest_bucket=self.buckets.quarantine,
             run_id=run_id,
             step=STEP,
             params={"rules_version": RULES_VERSION},
@@ -201,7 +206,9 @@ class Router:
         """
 
         def work(writer: ItemWriter) -> Mapping[str, Any]:
-            head = self.store.get_range(ref.bucket, ref.key, min(SNIFF_BYTES, ref.size))
+            head = self.store.get_range(
+                ref.bucket, ref.key, min(SNIFF_BYTES, ref.size), ref.version_id
+            )
             try:
                 kind = classify(ref.key, head, ref.size)
                 summary: dict[str, Any] = {"kind": kind}
@@ -264,15 +271,20 @@ class Router:
         behind. Reads the run's route manifests, so it can run any time, and again.
         """
         routed = []
-        for key in self.store.list_keys(self.buckets.curated, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"):
-            routed.append(json.loads(self.store.get_bytes(self.buckets.curated, key)))
+        for key in self.store.list_keys(
+            self.buckets.quarantine, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
+        ):
+            routed.append(json.loads(self.store.get_bytes(self.buckets.quarantine, key)))
         named: set[str] = set()
         for document in routed:
             if document.get("summary", {}).get("status") == "accepted":
-                named.update(document["summary"].get("referenced_keys", []))
+                for value in document["summary"].get("referenced_keys", []):
+                    bucket, key = _split_s3_uri(value, self.buckets.ingest)
+                    if bucket == self.buckets.ingest:
+                        named.add(key)
         ctx = StepContext(
             store=self.store,
-            manifest_bucket=self.buckets.curated,
+            manifest_bucket=self.buckets.quarantine,
             run_id=run_id,
             step="reconcile",
             params={"rules_version": RULES_VERSION},
@@ -314,7 +326,7 @@ def route_error_to_quarantine(
     """
     error = InputError(ref.key, f"routing failed with {error_name}; see the execution history")
     error.reason_code = "processing-error"
-    ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id, step=step)
+    ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id, step=step)
     return process_item(
         ctx,
         ref.key,

@@ -19,11 +19,14 @@ INGEST_NOTES = "notes/"
 CURATED_SAMPLES = "cohort/samples/"
 CURATED_GENOMICS_BAM = "genomics/bam/"
 CURATED_GENOMICS_VARIANTS = "genomics/variants/"
+CURATED_GENOMICS_VCF = "genomics/vcf/"
 CURATED_IMAGING = "imaging/"
 CURATED_NOTES = "notes/"
 
 # Artifacts bucket.
 ARTIFACTS_ATHENA_RESULTS = "athena-results/"
+#: Panel reference (panel.fa, panel.json; the BWA index is built beside it once).
+ARTIFACTS_REFERENCE = "reference/panel-v1/"
 
 #: Raw sequencing data, moved to cheaper storage classes by lifecycle rules.
 RAW_SEQUENCE_PREFIXES_INGEST = (INGEST_FASTQ,)

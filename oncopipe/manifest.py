@@ -74,8 +74,16 @@ class ItemWriter:
         data = json.dumps(document, indent=2, sort_keys=True, default=str).encode("utf-8")
         return self.put(bucket, key, data, content_type="application/json")
 
+    def upload_file(self, path: str, bucket: str, key: str) -> ObjectRef:
+        """Upload a local file as an output (BAMs and other large results)."""
+        ref = self._ctx.store.upload_file(path, bucket, key, tags=self._ctx.tags)
+        self.outputs.append(ref)
+        return ref
+
     def copy(self, src: ObjectRef, bucket: str, key: str) -> ObjectRef:
-        self._ctx.store.copy(src.bucket, src.key, bucket, key, tags=self._ctx.tags)
+        self._ctx.store.copy(
+            src.bucket, src.key, bucket, key, tags=self._ctx.tags, version_id=src.version_id
+        )
         ref = self._ctx.store.head(bucket, key)
         if ref is None:  # pragma: no cover - S3 read-after-write is strong
             raise RuntimeError(f"copy to s3://{bucket}/{key} is not visible")

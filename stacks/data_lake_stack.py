@@ -346,6 +346,11 @@ class DataLakeStack(Stack):
             f"Resource::{curated_objects}": "Every object of the curated bucket, read only.",
         }.items():
             acknowledge(location_policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        # The catalog must be created after the settings that turn off IAM-only defaults,
+        # or the database and tables get IAMAllowedPrincipals permissions.
+        self.database.node.add_dependency(settings)
+        for table in self.tables.values():
+            table.node.add_dependency(settings)
         location = lakeformation.CfnResource(
             self,
             "CuratedLocation",
@@ -406,6 +411,9 @@ class DataLakeStack(Stack):
             iam.PolicyStatement(actions=["lakeformation:GetDataAccess"], resources=["*"])
         )
         self.artifacts.grant_read_write(self.analyst_role, f"{layout.ARTIFACTS_ATHENA_RESULTS}*")
+        if self.config.manage_glue_catalog_encryption:
+            # Reading table metadata of an encrypted catalog needs the catalog's key.
+            self.curated_key.grant_decrypt(self.analyst_role)
         policy = self.analyst_role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (

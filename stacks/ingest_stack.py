@@ -146,6 +146,17 @@ class IngestStack(Stack):
             result_path="$.route",
             retry_on_service_exceptions=True,
         )
+        # Reserved concurrency throttles bulk uploads: wait for a slot rather than
+        # letting the catch-all quarantine valid data.
+        throttled: dict[str, Any] = {
+            "errors": ["Lambda.TooManyRequestsException"],
+            "interval": Duration.seconds(2),
+            "max_attempts": 12,
+            "backoff_rate": 2.0,
+            "max_delay": Duration.minutes(5),
+            "jitter_strategy": sfn.JitterType.FULL,
+        }
+        route.add_retry(**throttled)
         route.add_retry(
             errors=list(TRANSIENT_ERRORS),
             interval=Duration.seconds(5),
@@ -167,6 +178,7 @@ class IngestStack(Stack):
             result_path="$.quarantine",
             retry_on_service_exceptions=True,
         )
+        quarantine.add_retry(**throttled)
         quarantine.add_retry(
             errors=list(TRANSIENT_ERRORS), interval=Duration.seconds(5), max_attempts=3
         )

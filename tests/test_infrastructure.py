@@ -187,6 +187,7 @@ def test_state_machine_branches_on_the_router_outcome(synthesized: Any) -> None:
     definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
     for state in ("Route", "Outcome", "InputQuarantined", "QuarantineAfterError", "RoutingFailed"):
         assert state in definition
+    assert "Lambda.TooManyRequestsException" in definition  # throttling waits, never quarantines
 
 
 def test_network_is_isolated_with_endpoints_and_flow_logs(synthesized: Any) -> None:

@@ -79,7 +79,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     )
     assert reason["reason_code"] == "no-patient"
 
-    # Curated: the pseudonymised sample table and manifests only, tagged with the run.
+    # Curated: the pseudonymised sample table only, tagged with the run; no ingest key.
     curated = keys(buckets["curated"])
     tables = [k for k in curated if k.startswith("cohort/samples/e2e-1/")]
     assert len(tables) == 1
@@ -95,7 +95,9 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
         assert b"MRN-" not in s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
         tags = s3.get_object_tagging(Bucket=buckets["curated"], Key=key)["TagSet"]
         assert {"Key": "run-id", "Value": "e2e-1"} in tags
-    manifests = [k for k in curated if k.startswith("_manifests/e2e-1/")]
+    assert not any(k.startswith("_manifests/e2e-1/route/") for k in curated)
+    # Routing manifests name ingest keys: they stay in the PHI zone, one per object.
+    manifests = keys(buckets["quarantine"], "_manifests/e2e-1/")
     assert len(manifests) == len(keys(buckets["ingest"])) + 1  # one per object + reconcile
 
     # Glue catalog: the same database and table the stack defines.
@@ -110,11 +112,13 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
 def test_rerunning_a_finished_run_changes_nothing(local_mode: tuple[Path, dict[str, Any]]) -> None:
     home, state = local_mode
     s3 = s3_client(state)
-    bucket = state["buckets"]["curated"]
 
     def versions() -> list[tuple[str, str]]:
-        response = s3.list_object_versions(Bucket=bucket)
-        return sorted((v["Key"], v["VersionId"]) for v in response.get("Versions", []))
+        found = []
+        for zone in ("curated", "quarantine"):
+            response = s3.list_object_versions(Bucket=state["buckets"][zone])
+            found += [(v["Key"], v["VersionId"]) for v in response.get("Versions", [])]
+        return sorted(found)
 
     before = versions()
     oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")

@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.events import object_created, run_id_for
-from oncopipe.ingest import route_error_to_quarantine
+from oncopipe.ingest import resolve, route_error_to_quarantine
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -27,7 +27,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     ref = object_created(original)
     run_id = run_id_for(original)
     error_name = str(event.get("error", {}).get("Error", "UnknownError"))[:128]
-    current = STORE.head(ref.bucket, ref.key)
+    current = resolve(STORE, ref)
     if current is None:
         logger.warning("object gone before quarantine", extra={"key": ref.key})
         return {"run_id": run_id, "key": ref.key, "status": "gone", "error": error_name}

@@ -46,11 +46,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             "skipped": result.status == "skipped",
         },
     )
+    # Step Functions payloads are limited to 256 KB: the per-sample lists stay in the
+    # manifest and the sample table; the state machine gets counts and where to look.
+    summary = {k: v for k, v in result.summary.items() if k not in ("samples", "referenced_keys")}
+    if "samples" in result.summary:
+        summary["sample_count"] = len(result.summary["samples"])
     return {
         "run_id": run_id,
         "bucket": current.bucket,
         "key": current.key,
         "manifest": result.manifest_key,
         "skipped": result.status == "skipped",
-        **dict(result.summary),
+        **summary,
     }

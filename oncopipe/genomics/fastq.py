@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -44,7 +44,7 @@ def _mate_name(header: bytes) -> bytes:
     return name
 
 
-def _records(handle: IO[bytes], name: str) -> Iterator[tuple[bytes, int]]:
+def _records(handle: Iterable[bytes], name: str) -> Iterator[tuple[bytes, int]]:
     """Yield (read name, sequence length) for each record, validating as it goes.
 
     Raises:
@@ -65,7 +65,7 @@ def _records(handle: IO[bytes], name: str) -> Iterator[tuple[bytes, int]]:
             raise InvalidFastqError(
                 name, f"read {number}: the gzip stream is truncated or corrupt ({type(e).__name__})"
             ) from e
-        if quality is None:
+        if sequence is None or plus is None or quality is None:
             raise InvalidFastqError(name, f"read {number}: the file ends inside the record")
         if not header.startswith(b"@"):
             raise InvalidFastqError(name, f"read {number}: the header line does not start with '@'")

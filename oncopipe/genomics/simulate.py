@@ -102,20 +102,20 @@ def make_panel(seed: int = 11) -> tuple[dict[str, str], Panel, dict[str, list[Va
             )
         )
     panel = Panel(genes=tuple(genes))
-    for gene in panel.genes:
-        for codon_number, ref_aa, alt_aa in HOTSPOTS[gene.gene]:
-            start = gene.cds_start + 3 * (codon_number - gene.first_codon)  # 1-based
-            codon = sequences[gene.contig][start - 1 : start + 2]
+    for entry in panel.genes:
+        for codon_number, ref_aa, alt_aa in HOTSPOTS[entry.gene]:
+            start = entry.cds_start + 3 * (codon_number - entry.first_codon)  # 1-based
+            codon = sequences[entry.contig][start - 1 : start + 2]
             for offset in range(3):
                 for base in "ACGT":
                     if base == codon[offset]:
                         continue
                     mutated = codon[:offset] + base + codon[offset + 1 :]
                     if translate(mutated) == alt_aa:
-                        name = f"{gene.gene} {ref_aa}{codon_number}{alt_aa}"
+                        name = f"{entry.gene} {ref_aa}{codon_number}{alt_aa}"
                         changes.setdefault(name, []).append(
-                            Variant(gene.contig, start + offset, codon[offset], base, 0.0,
-                                    gene.gene, f"{ref_aa}{codon_number}{alt_aa}")
+                            Variant(entry.contig, start + offset, codon[offset], base, 0.0,
+                                    entry.gene, f"{ref_aa}{codon_number}{alt_aa}")
                         )  # fmt: skip
     return sequences, panel, changes
 

@@ -72,7 +72,7 @@ def variant_rows(
                 gene = panel.gene_at(record.contig, record.pos) if panel else None
                 change = (
                     panel.protein_change(
-                        record.contig, record.pos, record.ref, alt, sequences[record.contig]
+                        record.contig, record.pos, record.ref or "", alt, sequences[record.contig]
                     )
                     if panel and record.contig in sequences
                     else None
@@ -85,7 +85,7 @@ def variant_rows(
                     "ref": record.ref,
                     "alt": alt,
                     "qual": record.qual,
-                    "filter": ";".join(record.filter.keys()) or "PASS",
+                    "filter": ";".join(str(f) for f in record.filter.keys()) or "PASS",
                     "depth": total,
                     "alt_depth": alt_depth,
                     "vaf": round(alt_depth / total, 4) if alt_depth is not None and total else None,

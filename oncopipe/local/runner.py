@@ -12,6 +12,7 @@ import boto3
 
 from oncopipe.deployment import load_config, read_cdk_json
 from oncopipe.ingest import Router
+from oncopipe.layout import Buckets
 from oncopipe.local import provision, server
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
 from oncopipe.local.worker import Execution, IngestFlow, consume
@@ -98,10 +99,19 @@ class RunReport:
         return sum(r.quarantined for r in self.rows)
 
 
-def summarize(store: ObjectStore, bucket: str, run_id: str) -> list[StepSummary]:
-    """Return the run summary, read from the run's manifests (the commit records)."""
+def summarize(store: ObjectStore, buckets: Buckets, run_id: str) -> list[StepSummary]:
+    """Return the run summary, read from the run's manifests (the commit records).
+
+    Steps whose items are ingest objects keep their manifests in the PHI zone
+    (quarantine bucket); the stages' manifests are in curated.
+    """
     rows: dict[tuple[str, str], StepSummary] = {}
-    for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/{run_id}/"):
+    keys = [
+        (bucket, key)
+        for bucket in (buckets.quarantine, buckets.curated)
+        for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/{run_id}/")
+    ]
+    for bucket, key in keys:
         document: dict[str, Any] = json.loads(store.get_bytes(bucket, key))
         summary = document.get("summary", {})
         step, kind = str(document["step"]), str(summary.get("kind", "-"))
@@ -180,7 +190,7 @@ def run(
     reconciled = router.reconcile(run_id)
     return RunReport(
         run_id=run_id,
-        rows=summarize(store, state.buckets.curated, run_id),
+        rows=summarize(store, state.buckets, run_id),
         executions=executions,
         reconciled=reconciled,
         wall_seconds=time.perf_counter() - started,
@@ -201,6 +211,7 @@ def runs(state: LocalState) -> dict[str, int]:
     """Return the run IDs found in the manifests, with their number of manifests."""
     store, _ = clients(state)
     found: dict[str, int] = defaultdict(int)
-    for key in store.list_keys(state.buckets.curated, f"{MANIFEST_ROOT}/"):
-        found[key.split("/")[1]] += 1
+    for bucket in (state.buckets.quarantine, state.buckets.curated):
+        for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/"):
+            found[key.split("/")[1]] += 1
     return dict(found)

@@ -1,0 +1,220 @@
+"""The genomics stage on object storage: align each sample, call each patient.
+
+Items and their commit records (manifests, :mod:`oncopipe.manifest`):
+
+- step ``align``, one item per sample: the FASTQ pair (ingest) is validated, aligned and
+  written to ``curated/genomics/bam/<patient_key>/<sample>.bam`` (+ ``.bai``, QC JSON).
+  An invalid pair is quarantined with the reason; nothing lands in curated.
+- step ``call``, one item per tumour sample: its BAM (and the patient's normal BAM) ->
+  ``curated/genomics/vcf/<patient_key>/<sample>.vcf.gz`` and the Parquet variant table
+  ``curated/genomics/variants/<patient_key>/<sample>.parquet`` (Glue table ``variants``).
+
+The reference (``panel.fa`` + ``panel.json``) comes from the artifacts bucket; its BWA
+index is built once when missing and stored beside it for every later job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from oncopipe import layout
+from oncopipe.errors import InputError
+from oncopipe.genomics.align import INDEX_SUFFIXES, ReadGroup, align_pair, ensure_index
+from oncopipe.genomics.call import CallerSettings, call_variants
+from oncopipe.genomics.fastq import validate_pair
+from oncopipe.genomics.panel import Panel
+from oncopipe.genomics.variants import variant_rows, write_parquet
+from oncopipe.ingest import write_quarantine
+from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.storage import ObjectRef, ObjectStore
+
+logger = logging.getLogger(__name__)
+ALIGNER = "bwa-mem-0.7.17"
+
+
+def fetch_reference(
+    store: ObjectStore, bucket: str, prefix: str, workdir: Path
+) -> tuple[Path, Panel, str]:
+    """Download the reference and its index; build and store the index once if missing.
+
+    Returns:
+        (FASTA path, panel annotation, the FASTA's ETag for the parameters hash).
+
+    Raises:
+        InputError: the reference or its annotation is missing.
+    """
+    fasta_key, panel_key = f"{prefix}panel.fa", f"{prefix}panel.json"
+    fasta_ref = store.head(bucket, fasta_key)
+    if fasta_ref is None or store.head(bucket, panel_key) is None:
+        raise InputError(
+            f"s3://{bucket}/{prefix}",
+            "reference missing: upload panel.fa and panel.json there (see README)",
+        )
+    fasta = workdir / "panel.fa"
+    store.download_file(bucket, fasta_key, str(fasta))
+    store.download_file(bucket, panel_key, str(workdir / "panel.json"))
+    extras = [*INDEX_SUFFIXES, ".fai"]
+    present = [s for s in extras if store.exists(bucket, fasta_key + s)]
+    for suffix in present:
+        store.download_file(bucket, fasta_key + suffix, f"{fasta}{suffix}")
+    if len(present) < len(extras):
+        ensure_index(fasta)
+        for suffix in extras:
+            store.upload_file(f"{fasta}{suffix}", bucket, fasta_key + suffix,
+                              tags={"step": "reference-index"})  # fmt: skip
+        logger.info("built and stored the BWA index of %s", fasta_key)
+    return fasta, Panel.load(workdir / "panel.json"), fasta_ref.etag
+
+
+def bam_key(patient_key: str, sample: str) -> str:
+    return f"{layout.CURATED_GENOMICS_BAM}{patient_key}/{sample}.bam"
+
+
+def align_sample(
+    store: ObjectStore,
+    buckets: layout.Buckets,
+    sample: Mapping[str, Any],
+    run_id: str,
+    *,
+    reference_prefix: str = layout.ARTIFACTS_REFERENCE,
+    threads: int = 2,
+) -> ItemResult:
+    """Align one sample of the sample table (a pseudonymised row); return the item result.
+
+    Raises:
+        InputError: a FASTQ file named by the sheet is gone from the ingest bucket.
+    """
+    refs = []
+    for column in ("fastq_1", "fastq_2"):
+        ref = store.head(buckets.ingest, str(sample[column]))
+        if ref is None:
+            raise InputError(str(sample[column]), "FASTQ file named by the sample sheet is gone")
+        refs.append(ref)
+    with tempfile.TemporaryDirectory(prefix="oncopipe-align-") as tmp:
+        workdir = Path(tmp)
+        fasta, _, fasta_etag = fetch_reference(store, buckets.artifacts, reference_prefix, workdir)
+        read_group = ReadGroup(
+            id=f"{sample['sample']}.{sample.get('lane') or '1'}",
+            sample=str(sample["patient_key"]),
+            library=str(sample.get("library") or sample["sample"]),
+            platform=str(sample.get("platform") or "ILLUMINA"),
+        )
+        ctx = StepContext(
+            store=store, manifest_bucket=buckets.curated, run_id=run_id, step="align",
+            params={"aligner": ALIGNER, "reference": fasta_etag,
+                    "read_group": read_group.header_line()},
+        )  # fmt: skip
+
+        def work(writer: ItemWriter) -> Mapping[str, Any]:
+            r1, r2 = workdir / "r1.fastq.gz", workdir / "r2.fastq.gz"
+            store.download_file(refs[0].bucket, refs[0].key, str(r1))
+            store.download_file(refs[1].bucket, refs[1].key, str(r2))
+            try:
+                with r1.open("rb") as h1, r2.open("rb") as h2:
+                    stats = validate_pair(h1, h2, name_1=refs[0].key, name_2=refs[1].key)
+            except InputError as e:
+                for ref in refs:
+                    summary = write_quarantine(writer, buckets, ref, run_id, "align", e)
+                return {"kind": "fastq", "sample": sample["sample"]} | summary
+            out = workdir / "sample.bam"
+            qc = align_pair(fasta, r1, r2, out, read_group=read_group, threads=threads)
+            key = bam_key(str(sample["patient_key"]), str(sample["sample"]))
+            writer.upload_file(str(out), buckets.curated, key)
+            writer.upload_file(f"{out}.bai", buckets.curated, f"{key}.bai")
+            writer.put(buckets.curated, key.replace(".bam", ".qc.json"), qc.to_json().encode(),
+                       content_type="application/json")  # fmt: skip
+            return {"kind": "sample", "sample": sample["sample"], "status": "aligned",
+                    "reads": stats.reads, "bam": key, "qc": asdict(qc)}  # fmt: skip
+
+        return process_item(ctx, str(sample["sample"]), refs, work)
+
+
+def call_sample(
+    store: ObjectStore,
+    buckets: layout.Buckets,
+    tumour: Mapping[str, Any],
+    normal: Mapping[str, Any] | None,
+    run_id: str,
+    *,
+    reference_prefix: str = layout.ARTIFACTS_REFERENCE,
+    settings: CallerSettings | None = None,
+) -> ItemResult:
+    """Call a tumour sample (against its normal when there is one); return the result.
+
+    Raises:
+        InputError: a BAM is missing (the sample was not aligned, or was quarantined).
+    """
+    settings = settings or CallerSettings()
+    patient = str(tumour["patient_key"])
+    bams: list[ObjectRef] = []
+    for sample in (tumour, normal):
+        if sample is None:
+            continue
+        ref = store.head(buckets.curated, bam_key(patient, str(sample["sample"])))
+        if ref is None:
+            raise InputError(bam_key(patient, str(sample["sample"])), "no aligned BAM to call")
+        bams.append(ref)
+    with tempfile.TemporaryDirectory(prefix="oncopipe-call-") as tmp:
+        workdir = Path(tmp)
+        fasta, panel, fasta_etag = fetch_reference(
+            store, buckets.artifacts, reference_prefix, workdir
+        )
+        ctx = StepContext(
+            store=store, manifest_bucket=buckets.curated, run_id=run_id, step="call",
+            params={"caller": "pileup-vaf", "settings": asdict(settings), "reference": fasta_etag,
+                    "matched_normal": normal is not None},
+        )  # fmt: skip
+
+        def work(writer: ItemWriter) -> Mapping[str, Any]:
+            local = []
+            for i, ref in enumerate(bams):
+                path = workdir / f"{i}.bam"
+                store.download_file(ref.bucket, ref.key, str(path))
+                store.download_file(ref.bucket, f"{ref.key}.bai", f"{path}.bai")
+                local.append(path)
+            vcf = workdir / "calls.vcf.gz"
+            call_variants(fasta, local[0], vcf, normal_bam=local[1] if len(local) > 1 else None,
+                          settings=settings)  # fmt: skip
+            columns = variant_rows(vcf, patient_key=patient, sample=str(tumour["sample"]),
+                                   run_id=run_id, panel=panel, reference=fasta)  # fmt: skip
+            table = workdir / "variants.parquet"
+            rows = write_parquet(columns, table)
+            base = f"{patient}/{tumour['sample']}"
+            writer.upload_file(
+                str(vcf), buckets.curated, f"{layout.CURATED_GENOMICS_VCF}{base}.vcf.gz"
+            )
+            writer.upload_file(f"{vcf}.tbi", buckets.curated,
+                               f"{layout.CURATED_GENOMICS_VCF}{base}.vcf.gz.tbi")  # fmt: skip
+            writer.upload_file(str(table), buckets.curated,
+                               f"{layout.CURATED_GENOMICS_VARIANTS}{base}.parquet")  # fmt: skip
+            passed = [
+                f"{g} {p}" for g, p, f in zip(columns["gene"], columns["protein_change"],
+                                              columns["filter"], strict=True)
+                if p and f == "PASS"
+            ]  # fmt: skip
+            return {"kind": "sample", "sample": tumour["sample"], "status": "called",
+                    "variants": rows, "hotspots": passed}  # fmt: skip
+
+        return process_item(ctx, str(tumour["sample"]), bams, work)
+
+
+def plan(
+    samples: list[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
+    """Return (tumour, matched normal or None) for every tumour sample of a sample table."""
+    normals = {s["patient_key"]: s for s in samples if s["type"] == "normal"}
+    return [(s, normals.get(s["patient_key"])) for s in samples if s["type"] == "tumour"]
+
+
+def load_samples(
+    store: ObjectStore, buckets: layout.Buckets, table_key: str
+) -> list[dict[str, Any]]:
+    """Return the rows of a curated sample table (JSON Lines)."""
+    text = store.get_bytes(buckets.curated, table_key).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -61,7 +61,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy oncopipe stacks lambdas app.py
+	$(VENV)/bin/mypy oncopipe stacks lambdas batch_jobs app.py
 
 synth: setup
 	$(CDK) synth --quiet -c env=$(ENV)

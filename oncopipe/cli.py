@@ -48,22 +48,135 @@ def main() -> None:
 )
 @click.option("--patients", default=3, show_default=True, type=click.IntRange(1, 500))
 @click.option(
-    "--reads",
-    default=200,
+    "--depth",
+    default=80,
     show_default=True,
-    type=click.IntRange(1, 1_000_000),
-    help="Read pairs per FASTQ sample.",
+    type=click.IntRange(10, 5000),
+    help="Mean coverage of the panel in the tumour samples (normals get 60 %).",
 )
 @click.option("--seed", default=7, show_default=True, type=int)
-def sample_data(out: Path, patients: int, reads: int, seed: int) -> None:  # fmt: skip
-    """Generate the sample cohort: FASTQ, notes, sample sheets, and bad inputs."""
+def sample_data(out: Path, patients: int, depth: int, seed: int) -> None:  # fmt: skip
+    """Generate the sample cohort: panel reference, simulated FASTQ with planted variants
+    (truth VCFs under _truth/), notes, sample sheets, and bad inputs."""
     from oncopipe.sample_data import generate
 
-    files = generate(out, patients=patients, reads=reads, seed=seed)
+    files = generate(out, patients=patients, depth=depth, seed=seed)
     console.print(
         f"wrote {len(files.all_keys)} files for {files.patients} patients under {out}/ "
         f"(sample sheets: {', '.join(files.samplesheet_keys)})"
     )
+
+
+# -- genomics ------------------------------------------------------------------------------
+@main.command("align")
+@click.option("--r1", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--r2", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="FASTA; the BWA index is built beside it if missing.",
+)
+@click.option("--sample", required=True, help="Sample id (read group ID and LB).")
+@click.option(
+    "--patient-key",
+    default=None,
+    help="Read group SM (the pseudonymous key; default: the sample id).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output BAM (coordinate-sorted; .bai and .qc.json beside it).",
+)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+def align(r1: Path, r2: Path, reference: Path, sample: str, patient_key: str | None,
+          out: Path, threads: int | None) -> None:  # fmt: skip
+    """Validate a FASTQ pair and align it: BWA-MEM -> sorted, indexed BAM + QC JSON."""
+    from oncopipe.genomics.align import ReadGroup, align_pair
+    from oncopipe.genomics.fastq import validate_pair
+
+    try:
+        with r1.open("rb") as h1, r2.open("rb") as h2:
+            stats = validate_pair(h1, h2, name_1=str(r1), name_2=str(r2))
+        group = ReadGroup(id=sample, sample=patient_key or sample, library=sample)
+        qc = align_pair(reference, r1, r2, out, read_group=group, threads=threads)
+    except (OncopipeError, ValueError) as e:
+        _fail(e)
+    out.with_suffix(".qc.json").write_text(qc.to_json() + "\n", encoding="utf-8")
+    console.print(f"{out}: {stats.reads} pairs, {qc.mapped_fraction:.1%} mapped, "
+                  f"mean depth {qc.mean_depth:.1f}")  # fmt: skip
+
+
+@main.command("call")
+@click.option(
+    "--tumor",
+    "--tumour",
+    "tumour",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--normal",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Matched normal BAM: alleles seen in it are filtered.",
+)
+@click.option(
+    "--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output VCF (bgzipped, .tbi beside it).",
+)
+@click.option("--min-vaf", default=0.05, show_default=True, type=click.FloatRange(0.001, 1))
+@click.option("--min-alt-reads", default=3, show_default=True, type=click.IntRange(1))
+def call(tumour: Path, normal: Path | None, reference: Path, out: Path, min_vaf: float,
+         min_alt_reads: int) -> None:  # fmt: skip
+    """Call variants with per-allele depth and VAF; left-align and split (bcftools norm)."""
+    from oncopipe.genomics.call import CallerSettings, call_variants
+
+    try:
+        count = call_variants(reference, tumour, out, normal_bam=normal,
+                              settings=CallerSettings(min_vaf=min_vaf,
+                                                      min_alt_reads=min_alt_reads))  # fmt: skip
+    except (OncopipeError, ValueError) as e:
+        _fail(e)
+    console.print(f"{out}: {count} alleles called")
+
+
+@main.command("variants-to-parquet")
+@click.argument("vcf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--patient-key", default="", help="Patient key column value.")
+@click.option("--sample", default="", help="Sample column value.")
+@click.option("--run-id", default="manual", show_default=True)
+@click.option(
+    "--panel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Panel annotation (JSON) for gene and protein change.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Reference FASTA (needed with --panel).",
+)
+def variants_to_parquet(vcf: Path, out: Path, patient_key: str, sample: str, run_id: str,
+                        panel: Path | None, reference: Path | None) -> None:  # fmt: skip
+    """Convert a VCF to the Parquet variant table (one row per ALT allele)."""
+    from oncopipe.genomics.panel import Panel
+    from oncopipe.genomics.variants import variant_rows, write_parquet
+
+    if panel is not None and reference is None:
+        _fail(ValueError("--panel needs --reference (protein changes read the codons)"))
+    columns = variant_rows(vcf, patient_key=patient_key, sample=sample, run_id=run_id,
+                           panel=Panel.load(panel) if panel else None,
+                           reference=reference)  # fmt: skip
+    console.print(f"{out}: {write_parquet(columns, out)} rows")
 
 
 # -- sample sheet --------------------------------------------------------------------------
@@ -220,8 +333,21 @@ def _print_report(report: object, state: object) -> None:
                 console.print(f"      {detail}", highlight=False, markup=False)
         for orphan in orphans:
             console.print(f"  reconcile: {orphan.summary['reason']}", highlight=False, markup=False)
+    failed_jobs = [j for j in report.jobs if j.exit_code != 0]
+    for job in failed_jobs:
+        console.print(f"  {job.step} {job.sample} FAILED: {job.outcome.get('reason', '')}",
+                      highlight=False, markup=False)  # fmt: skip
+    hotspots = [f"{j.sample}: {', '.join(j.outcome['hotspots'])}"
+                for j in report.jobs if j.step == "call" and j.outcome.get("hotspots")]  # fmt: skip
+    if hotspots:
+        console.print(
+            "[bold]hotspot variants[/] (genomics/variants/ Parquet, Glue table variants):"
+        )
+        for line in hotspots:
+            console.print(f"  {line}", highlight=False, markup=False)
     console.print(
-        f"{len(report.executions)} ingest events in {report.wall_seconds:.1f}s; manifests in "
+        f"{len(report.executions)} ingest events and {len(report.jobs)} genomics jobs in "
+        f"{report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"
     )

@@ -1,5 +1,10 @@
 """The sample cohort: small, generated, with fake PHI and deliberately bad inputs.
 
+Sequencing reads are simulated on the synthetic gene panel
+(:mod:`oncopipe.genomics.simulate`) with planted somatic variants at known VAFs
+(:data:`PLANTED`), a germline SNP shared by each patient's tumour and normal, and a truth
+VCF per tumour sample under ``_truth/``; the panel reference is under ``_reference/``.
+
 ``oncopipe sample-data --out DIR`` writes a tree that mirrors the ingest bucket's layout
 (:mod:`oncopipe.layout`): FASTQ pairs per tumour/normal sample, a clinical note per
 patient, a valid sample sheet, and the bad inputs every deployment meets — a broken
@@ -18,8 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oncopipe import layout
+from oncopipe.genomics.simulate import (
+    READ_LENGTH,
+    Variant,
+    make_panel,
+    simulate_pair,
+    write_fasta,
+    write_truth_vcf,
+)
 
-READ_LENGTH = 100
 FIRST_NAMES = ("Maria", "John", "Aiko", "Lars", "Fatima", "Pedro", "Grace", "Omar")
 LAST_NAMES = (
     "Keller",
@@ -33,6 +45,16 @@ LAST_NAMES = (
 )
 
 
+#: Somatic variants planted per patient (cycled), with their VAF in the tumour.
+PLANTED: tuple[tuple[tuple[str, float], ...], ...] = (
+    (("KRAS G12C", 0.35), ("TP53 R273H", 0.25)),
+    (("EGFR L858R", 0.30),),
+    (("BRAF V600E", 0.40), ("PIK3CA H1047R", 0.20)),
+)
+REFERENCE_DIR = "_reference"
+TRUTH_DIR = "_truth"
+
+
 @dataclass(frozen=True)
 class CohortFiles:
     """What was written: keys relative to the output folder (= ingest bucket keys)."""
@@ -43,19 +65,23 @@ class CohortFiles:
     patients: int
 
     @property
+    def reference_dir(self) -> Path | None:
+        """The panel reference (panel.fa, panel.json), if the cohort has one."""
+        path = self.root / REFERENCE_DIR
+        return path if (path / "panel.fa").exists() else None
+
+    @property
     def all_keys(self) -> tuple[str, ...]:
         return self.data_keys + self.samplesheet_keys
 
 
-def _fastq_pair(rng: random.Random, sample: str, reads: int) -> tuple[bytes, bytes]:
+def _random_pair(rng: random.Random, sample: str, reads: int) -> tuple[bytes, bytes]:
+    """A pair of random reads (for the FASTQ that no sample sheet names)."""
     r1, r2 = io.StringIO(), io.StringIO()
     for i in range(1, reads + 1):
-        name = f"{sample}:1:FC01:1:{1100 + i // 50}:{rng.randrange(1000, 30000)}:{i}"
         for handle, mate in ((r1, 1), (r2, 2)):
             seq = "".join(rng.choice("ACGT") for _ in range(READ_LENGTH))
-            qual = "".join(chr(33 + rng.randrange(25, 41)) for _ in range(READ_LENGTH))
-            handle.write(f"@{name} {mate}:N:0:1\n{seq}\n+\n{qual}\n")
-    # mtime=0: the same seed gives byte-identical files.
+            handle.write(f"@{sample}:{i} {mate}:N:0:1\n{seq}\n+\n{'I' * READ_LENGTH}\n")
     return (
         gzip.compress(r1.getvalue().encode("ascii"), mtime=0),
         gzip.compress(r2.getvalue().encode("ascii"), mtime=0),
@@ -77,15 +103,23 @@ def _note(rng: random.Random, mrn: str, name: str) -> str:
     )
 
 
-def generate(out: Path, *, patients: int = 3, reads: int = 200, seed: int = 7) -> CohortFiles:
+def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) -> CohortFiles:
     """Write the sample cohort under ``out``; return the keys written.
 
+    ``depth`` is the tumour's mean coverage of the panel (the normal gets 60 % of it).
+
     Raises:
-        ValueError: fewer than 1 patient or fewer than 1 read.
+        ValueError: fewer than 1 patient or a depth below 10.
     """
-    if patients < 1 or reads < 1:
-        raise ValueError("need at least 1 patient and 1 read per sample")
+    if patients < 1 or depth < 10:
+        raise ValueError("need at least 1 patient and a depth of at least 10")
     rng = random.Random(seed)
+    sequences, panel, changes = make_panel()
+    reference = out / REFERENCE_DIR
+    reference.mkdir(parents=True, exist_ok=True)
+    write_fasta(sequences, reference / "panel.fa")
+    panel.dump(reference / "panel.json")
+    (out / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
     data: dict[str, bytes] = {}
     rows = []
     for p in range(1, patients + 1):
@@ -93,11 +127,26 @@ def generate(out: Path, *, patients: int = 3, reads: int = 200, seed: int = 7) -
         name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         note_key = f"{layout.INGEST_NOTES}patient{p:03d}.txt"
         data[note_key] = _note(rng, mrn, name).encode("utf-8")
+        germline_pos = 150 + 37 * p
+        contig = list(sequences)[p % len(sequences)]
+        base = sequences[contig][germline_pos - 1]
+        germline = Variant(contig, germline_pos, base, "A" if base != "A" else "G", 0.5)
+        somatic = []
+        for name, vaf in PLANTED[(p - 1) % len(PLANTED)]:
+            v = changes[name][0]
+            somatic.append(Variant(v.contig, v.pos, v.ref, v.alt, vaf, v.gene, v.protein))
         for kind, suffix in (("tumour", "T"), ("normal", "N")):
             sample = f"P{p:03d}-{suffix}"
             fq1 = f"{layout.INGEST_FASTQ}{sample}_R1.fastq.gz"
             fq2 = f"{layout.INGEST_FASTQ}{sample}_R2.fastq.gz"
-            data[fq1], data[fq2] = _fastq_pair(rng, sample, reads)
+            variants = [*somatic, germline] if kind == "tumour" else [germline]
+            data[fq1], data[fq2] = simulate_pair(
+                sequences, variants, sample=sample,
+                depth=depth if kind == "tumour" else max(10, depth * 3 // 5),
+                seed=seed * 1000 + 2 * p + (kind == "normal"),
+            )  # fmt: skip
+            if kind == "tumour":
+                write_truth_vcf(somatic, sequences, out / TRUTH_DIR / f"{sample}.vcf")
             rows.append(
                 {
                     "patient": mrn,
@@ -110,7 +159,7 @@ def generate(out: Path, *, patients: int = 3, reads: int = 200, seed: int = 7) -
             )
     # Bad inputs, each with its expected reason.
     orphan = f"{layout.INGEST_FASTQ}UNLISTED-T_R1.fastq.gz"
-    data[orphan], _ = _fastq_pair(rng, "UNLISTED-T", 10)  # no sheet names it: no patient
+    data[orphan], _ = _random_pair(rng, "UNLISTED-T", 10)  # no sheet names it: no patient
     data["exports/scanner-dump.bin"] = bytes(rng.randrange(256) for _ in range(512))  # unknown
     data[f"{layout.INGEST_NOTES}empty.txt"] = b""  # empty object
 
@@ -162,7 +211,11 @@ def generate(out: Path, *, patients: int = 3, reads: int = 200, seed: int = 7) -
 
 def scan(root: Path) -> CohortFiles:
     """Return the files of an existing cohort folder (sample sheets uploaded last)."""
-    keys = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    keys = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).as_posix().startswith("_")
+    )
     sheets = tuple(k for k in keys if k.startswith(layout.INGEST_SAMPLESHEETS))
     return CohortFiles(
         root=root,

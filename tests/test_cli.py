@@ -31,18 +31,20 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 
 
 def test_sample_data_is_deterministic_and_valid(tmp_path: Path) -> None:
-    first = generate(tmp_path / "a", patients=2, reads=5, seed=3)
-    second = generate(tmp_path / "b", patients=2, reads=5, seed=3)
+    first = generate(tmp_path / "a", patients=2, depth=10, seed=3)
+    second = generate(tmp_path / "b", patients=2, depth=10, seed=3)
     assert first.all_keys == second.all_keys
     for key in first.all_keys:
         assert (tmp_path / "a" / key).read_bytes() == (tmp_path / "b" / key).read_bytes(), key
     fastq = gzip.decompress((tmp_path / "a" / "fastq/P001-T_R1.fastq.gz").read_bytes()).decode()
     lines = fastq.splitlines()
-    assert len(lines) == 20 and lines[0].startswith("@P001-T") and len(lines[1]) == len(lines[3])
+    assert lines[0].startswith("@P001-T") and len(lines[1]) == len(lines[3]) == 100
+    assert (tmp_path / "a" / "_reference" / "panel.fa").exists()
+    assert "KRAS\t334\t.\tG\tT" in (tmp_path / "a" / "_truth" / "P001-T.vcf").read_text()
 
 
 def test_validate_samplesheet_ok_and_broken(tmp_path: Path) -> None:
-    CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path), "--reads", "2"])
+    CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path), "--depth", "10"])
     ok = CliRunner().invoke(
         main, ["validate-samplesheet", str(tmp_path / "samplesheets/cohort.csv")]
     )

@@ -59,6 +59,8 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert "line 3, column sample: sample P001-T already appears on line 2" in out
     assert "reconcile: fastq/UNLISTED-T_R1.fastq.gz: no accepted sample sheet names" in out
     assert "MRN-" not in out + result.stderr  # no source patient id on screen
+    # Genomics through the Batch adapter: the planted hotspots are found.
+    assert "P001-T: KRAS G12C, TP53 R273H" in out and "P002-T: EGFR L858R" in out
 
     s3 = s3_client(state)
     buckets = state["buckets"]
@@ -79,8 +81,10 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     )
     assert reason["reason_code"] == "no-patient"
 
-    # Curated: the pseudonymised sample table only, tagged with the run; no ingest key.
+    # Curated: the pseudonymised sample table and the genomics outputs, tagged with the run.
     curated = keys(buckets["curated"])
+    assert len([k for k in curated if k.startswith("genomics/bam/") and k.endswith(".bam")]) == 4
+    assert len([k for k in curated if k.startswith("genomics/variants/")]) == 2
     tables = [k for k in curated if k.startswith("cohort/samples/e2e-1/")]
     assert len(tables) == 1
     rows = [

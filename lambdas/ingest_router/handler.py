@@ -50,7 +50,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # manifest and the sample table; the state machine gets counts and where to look.
     summary = {k: v for k, v in result.summary.items() if k not in ("samples", "referenced_keys")}
     if "samples" in result.summary:
-        summary["sample_count"] = len(result.summary["samples"])
+        samples = result.summary["samples"]
+        summary["sample_count"] = len(samples)
+        # ids only (no patient data): the state machine maps the genomics jobs over them
+        summary["sample_ids"] = [s["sample"] for s in samples]
+        summary["tumour_ids"] = [s["sample"] for s in samples if s["type"] == "tumour"]
     return {
         "run_id": run_id,
         "bucket": current.bucket,

@@ -72,10 +72,16 @@ def call_variants(
     ensure_index(reference)
     raw = out_vcf.with_name(out_vcf.name + ".pileup.bcf")
     bams = [str(tumour_bam)] + ([str(normal_bam)] if normal_bam else [])
+    # Tumour and normal carry the same SM (the patient key): name the samples per file,
+    # or mpileup would merge them into one.
+    groups = out_vcf.with_name(out_vcf.name + ".samples.txt")
+    groups.write_text(
+        "".join(f"* {bam} {name}\n" for bam, name in zip(bams, ("TUMOUR", "NORMAL"), strict=False))
+    )
     pileup = subprocess.run(
         ["bcftools", "mpileup", "-f", str(reference), "-a", "FORMAT/AD,FORMAT/DP",
          "-d", "1000000", "-q", str(settings.min_mapping_quality),
-         "-Q", str(settings.min_base_quality), "-Ob", "-o", str(raw), *bams],
+         "-Q", str(settings.min_base_quality), "-G", str(groups), "-Ob", "-o", str(raw), *bams],
         capture_output=True, text=True,
     )  # fmt: skip
     if pileup.returncode != 0:
@@ -101,6 +107,7 @@ def call_variants(
             for record in source:
                 count += _emit(record, sink, samples, settings, normal=normal_bam is not None)
     raw.unlink(missing_ok=True)
+    groups.unlink(missing_ok=True)
     norm = subprocess.run(
         ["bcftools", "norm", "-f", str(reference), "-m", "-both", "-Oz", "-o", str(out_vcf),
          str(called)],

@@ -10,12 +10,13 @@ from typing import Any
 
 import boto3
 
+from oncopipe import layout
 from oncopipe.deployment import load_config, read_cdk_json
 from oncopipe.ingest import Router
 from oncopipe.layout import Buckets
 from oncopipe.local import provision, server
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
-from oncopipe.local.worker import Execution, IngestFlow, consume
+from oncopipe.local.worker import Execution, IngestFlow, JobResult, consume, run_genomics_jobs
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
 from oncopipe.pseudonym import keyer, load_secret
 from oncopipe.sample_data import CohortFiles
@@ -92,6 +93,7 @@ class RunReport:
     rows: list[StepSummary]
     executions: list[Execution] = field(default_factory=list)
     reconciled: list[ItemResult] = field(default_factory=list)
+    jobs: list[JobResult] = field(default_factory=list)
     wall_seconds: float = 0.0
 
     @property
@@ -167,6 +169,13 @@ def run(
                 idle_timeout=idle_timeout, on_execution=advance,
             )  # fmt: skip
         else:
+            if cohort.reference_dir is not None:  # the panel reference, as a user uploads it
+                for name in ("panel.fa", "panel.json"):
+                    store.client.put_object(
+                        Bucket=state.buckets.artifacts,
+                        Key=f"{layout.ARTIFACTS_REFERENCE}{name}",
+                        Body=(cohort.reference_dir / name).read_bytes(),
+                    )
             # Data first, then the sample sheets, which are validated against the data.
             for batch in (cohort.data_keys, cohort.samplesheet_keys):
                 for key in batch:
@@ -188,11 +197,27 @@ def run(
         patient_key=keyer(load_secret(state.handler_env())),
     )
     reconciled = router.reconcile(run_id)
+    jobs: list[JobResult] = []
+    accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
+    if accepted:
+        job_task = None
+        if progress is not None:
+            total = sum(len(e.route.get("sample_ids", [])) + len(e.route.get("tumour_ids", []))
+                        for e in accepted)  # fmt: skip
+            job_task = progress.add_task("genomics jobs (align, call)", total=total)
+
+        def job_done(_: JobResult) -> None:
+            if progress is not None and job_task is not None:
+                progress.advance(job_task)
+
+        for execution in accepted:
+            jobs += run_genomics_jobs(state, execution, run_id, on_job=job_done)
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets, run_id),
         executions=executions,
         reconciled=reconciled,
+        jobs=jobs,
         wall_seconds=time.perf_counter() - started,
     )
 

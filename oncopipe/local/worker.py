@@ -176,3 +176,51 @@ def consume(
                 pending.discard(execution.key)
             on_execution(execution)
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One Batch job run locally (the container's command in a subprocess)."""
+
+    step: str
+    sample: str
+    exit_code: int
+    outcome: dict[str, Any]
+
+
+def run_genomics_jobs(
+    state: LocalState,
+    execution: Execution,
+    run_id: str,
+    *,
+    threads: int = 2,
+    on_job: Callable[[JobResult], None] = lambda j: None,
+) -> list[JobResult]:
+    """Run the genomics branch of the state machine for an accepted sample sheet.
+
+    Like the state machine's Map states: one ``align`` job per sample, then one ``call``
+    job per tumour sample, each the Batch job's command (``python -m batch_jobs.genomics``)
+    with the job definition's environment.
+    """
+    table = execution.route.get("sample_table")
+    if not table:
+        return []
+    env = {**os.environ, **state.handler_env(), "THREADS": str(threads),
+           "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
+    results = []
+    for step, ids in (("align", execution.route.get("sample_ids", [])),
+                      ("call", execution.route.get("tumour_ids", []))):  # fmt: skip
+        for sample in ids:
+            done = subprocess.run(
+                [sys.executable, "-m", "batch_jobs.genomics", step, "--run-id", run_id,
+                 "--sample-table", table, "--sample", sample],
+                capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+            )  # fmt: skip
+            with (home() / "logs" / "batch-jobs.log").open("a", encoding="utf-8") as log:
+                log.write(done.stderr)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            outcome = json.loads(lines[-1]) if lines else {"status": "failed"}
+            result = JobResult(step, sample, done.returncode, outcome)
+            results.append(result)
+            on_job(result)
+    return results

@@ -1,0 +1,1 @@
+"""AWS Batch adapter of the genomics stage (container entry point)."""

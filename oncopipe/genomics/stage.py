@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,7 @@ def call_sample(
 
 
 def plan(
-    samples: list[Mapping[str, Any]],
+    samples: Sequence[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
     """Return (tumour, matched normal or None) for every tumour sample of a sample table."""
     normals = {s["patient_key"]: s for s in samples if s["type"] == "normal"}

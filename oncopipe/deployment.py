@@ -62,6 +62,21 @@ class EnvConfig:
     manage_glue_catalog_encryption: bool
     #: Reserved concurrency of each ingest Lambda function.
     lambda_reserved_concurrency: int
+    #: EC2 instance types of the Batch compute environments (spot first, then on-demand).
+    batch_instance_types: tuple[str, ...]
+    #: Upper bound of vCPUs of each compute environment.
+    batch_max_vcpus: int
+    #: Encrypted gp3 root/scratch volume of Batch instances (GiB).
+    batch_scratch_gb: int
+    #: vCPUs and memory (MiB) of the alignment job, and of the variant-calling job.
+    align_vcpus: int
+    align_memory_mib: int
+    call_vcpus: int
+    call_memory_mib: int
+    #: Attempts of a Batch job whose host was reclaimed (spot); other failures exit.
+    batch_spot_retries: int
+    #: Timeout of one Batch job (minutes).
+    batch_job_timeout_minutes: int
 
     @property
     def prefix(self) -> str:
@@ -168,7 +183,34 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
             "true or false",
         ),
         lambda_reserved_concurrency=num("lambda_reserved_concurrency", 1, 1000),
+        batch_instance_types=_instance_types(env, raw["batch_instance_types"]),
+        batch_max_vcpus=num("batch_max_vcpus", 2, 100_000),
+        batch_scratch_gb=num("batch_scratch_gb", 30, 16_000),
+        align_vcpus=num("align_vcpus", 1, 192),
+        align_memory_mib=num("align_memory_mib", 1024, 1_500_000),
+        call_vcpus=num("call_vcpus", 1, 192),
+        call_memory_mib=num("call_memory_mib", 512, 1_500_000),
+        batch_spot_retries=num("batch_spot_retries", 1, 10),
+        batch_job_timeout_minutes=num("batch_job_timeout_minutes", 5, 20_160),
     )
+
+
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+
+
+def _instance_types(env: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.batch_instance_types: expected a non-empty list such as "
+            '["m6i.2xlarge", "c6i.2xlarge"]'
+        )
+    for item in value:
+        if not isinstance(item, str) or not _INSTANCE_TYPE_RE.match(item):
+            raise ConfigurationError(
+                f"{ENVIRONMENTS_KEY}.{env}.batch_instance_types: {item!r} is not an EC2 "
+                "instance type (family.size)"
+            )
+    return tuple(value)
 
 
 def load_config(context: Mapping[str, Any], selected: str | None) -> EnvConfig:

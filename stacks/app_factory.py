@@ -11,6 +11,7 @@ from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
 from oncopipe.deployment import EnvConfig, load_config
 from stacks.data_lake_stack import DataLakeStack
+from stacks.genomics_stack import GenomicsStack
 from stacks.ingest_stack import IngestStack
 from stacks.nag import acknowledge_inline_policies
 from stacks.network_stack import NetworkStack
@@ -22,6 +23,7 @@ class OncopipeApp:
     config: EnvConfig
     lake: DataLakeStack
     network: NetworkStack
+    genomics: GenomicsStack
     ingest: IngestStack
 
 
@@ -47,6 +49,14 @@ def build_app(
     # Stacks are environment-agnostic: synth makes no AWS call (no AZ lookup).
     lake = DataLakeStack(app, f"{prefix}-DataLake", config=config)
     network = NetworkStack(app, f"{prefix}-Network", config=config, log_key=lake.platform_key)
+    genomics = GenomicsStack(
+        app,
+        f"{prefix}-Genomics",
+        config=config,
+        lake=lake,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+    )
     ingest = IngestStack(
         app,
         f"{prefix}-Ingest",
@@ -54,11 +64,14 @@ def build_app(
         lake=lake,
         vpc=network.vpc,
         subnets=network.private_subnets,
+        genomics=genomics,
     )
-    for stack in (lake, network, ingest):
+    for stack in (lake, network, genomics, ingest):
         acknowledge_inline_policies(stack)
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
     if nag:
         Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
-    return OncopipeApp(app=app, config=config, lake=lake, network=network, ingest=ingest)
+    return OncopipeApp(
+        app=app, config=config, lake=lake, network=network, genomics=genomics, ingest=ingest
+    )

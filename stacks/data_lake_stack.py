@@ -55,6 +55,7 @@ class DataLakeStack(Stack):
             **kwargs,
         )
         self.config = config
+        self._exports: dict[str, str] = {}
         self.ingest_key = self._key("IngestKey", "ingest and quarantine zones (PHI)")
         self.curated_key = self._key("CuratedKey", "curated zone (de-identified)")
         self.platform_key = self._key("PlatformKey", "artifacts, logs, queues and secrets")
@@ -181,7 +182,9 @@ class DataLakeStack(Stack):
         keeps the policy findings of grants on it (``<export>/*``) nameable one by one.
         """
         name = f"{self.stack_name}-{self.get_logical_id(bucket.node.default_child)}Arn"  # type: ignore[arg-type]
-        arn = self.export_value(bucket.bucket_arn, name=name)
+        if name not in self._exports:  # one export, however many stacks import it
+            self._exports[name] = self.export_value(bucket.bucket_arn, name=name)
+        arn = self._exports[name]
         owner = bucket.node.scope
         assert owner is not None  # a bucket always sits in a construct (its SecureBucket)
         return s3.Bucket.from_bucket_attributes(

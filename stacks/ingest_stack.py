@@ -7,6 +7,7 @@ from typing import Any
 from aws_cdk import (
     Duration,
     Stack,
+    aws_batch as batch,
     aws_ec2 as ec2,
     aws_events as events,
     aws_events_targets as targets,
@@ -22,7 +23,8 @@ from oncopipe.ingest import TRANSIENT_ERRORS
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
-from stacks.nag import acknowledge
+from stacks.genomics_stack import GenomicsStack
+from stacks.nag import acknowledge, bucket_objects_finding
 
 
 class IngestStack(Stack):
@@ -53,9 +55,11 @@ class IngestStack(Stack):
         lake: DataLakeStack,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
+        genomics: GenomicsStack,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.genomics = genomics
         ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
         quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
         curated = lake.export_bucket(self, lake.curated, lake.curated_key)
@@ -135,6 +139,55 @@ class IngestStack(Stack):
             ],
         )
 
+    def _genomics_branch(self) -> sfn.IChainable:
+        """Accepted sample sheet: align every sample, then call every tumour (Batch, sync)."""
+        failed = sfn.Fail(
+            self,
+            "GenomicsFailed",
+            error="GenomicsFailed",
+            cause_path="$.genomics_error.Cause",
+            comment="A Batch job failed after its retries; see the job's log",
+        )
+
+        def fan_out(construct_id: str, items: str, job: batch.EcsJobDefinition) -> sfn.Map:
+            each = sfn.Map(
+                self,
+                construct_id,
+                items_path=f"$.route.result.{items}",
+                max_concurrency=50,
+                item_selector={
+                    "sample": sfn.JsonPath.string_at("$$.Map.Item.Value"),
+                    "run_id": sfn.JsonPath.string_at("$.route.result.run_id"),
+                    "sample_table": sfn.JsonPath.string_at("$.route.result.sample_table"),
+                },
+                result_path=sfn.JsonPath.DISCARD,
+            )
+            each.item_processor(
+                tasks.BatchSubmitJob(
+                    self,
+                    f"{construct_id}Job",
+                    job_name=construct_id,
+                    job_queue_arn=self.genomics.job_queue.job_queue_arn,
+                    job_definition_arn=job.job_definition_arn,
+                    payload=sfn.TaskInput.from_object(
+                        {
+                            "run_id": sfn.JsonPath.string_at("$.run_id"),
+                            "sample_table": sfn.JsonPath.string_at("$.sample_table"),
+                            "sample": sfn.JsonPath.string_at("$.sample"),
+                        }
+                    ),
+                    integration_pattern=sfn.IntegrationPattern.RUN_JOB,
+                )
+            )
+            each.add_catch(failed, errors=["States.ALL"], result_path="$.genomics_error")
+            return each
+
+        return (
+            fan_out("AlignSamples", "sample_ids", self.genomics.align_job)
+            .next(fan_out("CallTumours", "tumour_ids", self.genomics.call_job))
+            .next(sfn.Succeed(self, "SampleSheetProcessed", comment="BAMs, VCFs, variant table"))
+        )
+
     def _state_machine(self, config: EnvConfig, lake: DataLakeStack) -> sfn.StateMachine:
         route = tasks.LambdaInvoke(
             self,
@@ -210,7 +263,7 @@ class IngestStack(Stack):
             )
             .when(
                 sfn.Condition.string_equals("$.route.result.status", "accepted"),
-                sfn.Succeed(self, "SampleSheetAccepted", comment="Samples registered"),
+                self._genomics_branch(),
             )
             .otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
         )
@@ -246,6 +299,10 @@ class IngestStack(Stack):
             f"Resource::<{_logical(self.quarantine_on_error.function)}.Arn>:*": (
                 "Invoke any version/alias of the quarantine function (CDK LambdaInvoke)."
             ),
+            "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job-definition/*": (  # noqa: E501
+                "The Step Functions Batch integration submits by job-definition revision; the "
+                "queue it submits to is scoped to the genomics queue."
+            ),
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
         return machine
@@ -258,21 +315,19 @@ def _logical(construct: Construct) -> str:
     return Stack.of(construct).get_logical_id(child)  # type: ignore[arg-type]
 
 
-def _objects(bucket: s3.IBucket) -> str:
-    """Return how cdk-nag names the objects of an exported bucket in a finding."""
-    resolved = Stack.of(bucket).resolve(bucket.bucket_arn)
-    return f"Resource::{resolved['Fn::ImportValue']}/*"
-
-
 def _acknowledge_bucket_grants(
     fn: StageFunction, *, ingest: s3.IBucket, writable: tuple[s3.IBucket, ...]
 ) -> None:
     """Acknowledge the wildcard findings that CDK bucket/key grants produce, one by one."""
     policy = fn.role.node.find_child("DefaultPolicy")
     reasons = {
-        _objects(ingest): "Reads the uploaded object it routes (ingest zone, read only).",
+        bucket_objects_finding(
+            ingest
+        ): "Reads the uploaded object it routes (ingest zone, read only).",
         **{
-            _objects(b): "Writes manifests, sample tables and quarantine copies; deletes only "
+            bucket_objects_finding(
+                b
+            ): "Writes manifests, sample tables and quarantine copies; deletes only "
             "a failed item's partial outputs."
             for b in writable
         },

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Validations
+from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk.aws_s3 import IBucket
 from constructs import IConstruct
 
 
@@ -34,3 +35,9 @@ def acknowledge_inline_policies(scope: IConstruct) -> None:
                 f"CDK grant statements of the single role {node.node.scope.node.path}; "  # type: ignore[union-attr]
                 "attached to that role only and deployed with it.",
             )
+
+
+def bucket_objects_finding(bucket: IBucket, pattern: str = "*") -> str:
+    """Return how cdk-nag names ``<bucket>/<pattern>`` of an imported (exported) bucket."""
+    resolved = Stack.of(bucket).resolve(bucket.bucket_arn)
+    return f"Resource::{resolved['Fn::ImportValue']}/{pattern}"

@@ -11,7 +11,7 @@ from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
 
 #: Interface endpoints the stages need without a NAT: images (ECR), logs, credentials,
-#: the pseudonym secret, SageMaker, X-Ray traces.
+#: the pseudonym secret, SageMaker, X-Ray traces, the ECS agent of Batch instances.
 INTERFACE_ENDPOINTS = {
     "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
@@ -21,6 +21,10 @@ INTERFACE_ENDPOINTS = {
     "SageMakerApi": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_API,
     "SageMakerRuntime": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_RUNTIME,
     "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
+    # The ECS agent of Batch instances registers and reports through these.
+    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
+    "EcsAgent": ec2.InterfaceVpcEndpointAwsService.ECS_AGENT,
+    "EcsTelemetry": ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY,
 }
 
 

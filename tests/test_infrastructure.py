@@ -29,6 +29,7 @@ def _templates(built: OncopipeApp) -> dict[str, Template]:
     return {
         "lake": Template.from_stack(built.lake),
         "network": Template.from_stack(built.network),
+        "genomics": Template.from_stack(built.genomics),
         "ingest": Template.from_stack(built.ingest),
     }
 
@@ -131,9 +132,9 @@ def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
         for logical_id, policy in template.find_resources("AWS::IAM::Policy").items():
             if ingest_export in json.dumps(policy["Properties"]["PolicyDocument"]):
                 readers.add(f"{name}:{logical_id}")
-    assert readers and all(
-        r.startswith("ingest:Router") or r.startswith("ingest:QuarantineOnError") for r in readers
-    ), readers
+    # the router and catch-all (de-identification/routing) and alignment (FASTQ only)
+    allowed = ("ingest:Router", "ingest:QuarantineOnError", "genomics:JobRole")
+    assert readers and all(r.startswith(allowed) for r in readers), readers
     lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
     ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]
     assert ingest_id not in lake_policies  # the analyst and Lake Formation roles never see it
@@ -267,3 +268,91 @@ def test_snapshot(synthesized: Any, snapshot: Any) -> None:
     built, _, _ = synthesized
     for name, template in _templates(built).items():
         assert _mask(template.to_json()) == snapshot(name=f"{built.config.name}-{name}")
+
+
+def test_batch_spot_first_with_on_demand_fallback(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    genomics = Template.from_stack(built.genomics)
+    environments = genomics.find_resources("AWS::Batch::ComputeEnvironment")
+    resources = {
+        e["Properties"]["ComputeResources"]["Type"]: e["Properties"]["ComputeResources"]
+        for e in environments.values()
+    }
+    assert resources["SPOT"]["AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert resources["EC2"]["AllocationStrategy"] == "BEST_FIT_PROGRESSIVE"
+    for compute in resources.values():
+        assert compute["MaxvCpus"] == built.config.batch_max_vcpus
+        assert compute["InstanceTypes"] == list(built.config.batch_instance_types)
+        assert "LaunchTemplate" in compute
+    queue = next(iter(genomics.find_resources("AWS::Batch::JobQueue").values()))
+    order = sorted(queue["Properties"]["ComputeEnvironmentOrder"], key=lambda o: o["Order"])
+    spot_id = next(k for k, e in environments.items()
+                   if e["Properties"]["ComputeResources"]["Type"] == "SPOT")  # fmt: skip
+    assert order[0]["ComputeEnvironment"] == {"Fn::GetAtt": [spot_id, "ComputeEnvironmentArn"]}
+
+
+def test_batch_launch_template_encrypted_gp3_imdsv2(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    genomics = Template.from_stack(built.genomics)
+    genomics.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "BlockDeviceMappings": [
+                        {
+                            "DeviceName": "/dev/xvda",
+                            "Ebs": Match.object_like(
+                                {
+                                    "Encrypted": True,
+                                    "VolumeType": "gp3",
+                                    "VolumeSize": built.config.batch_scratch_gb,
+                                }
+                            ),
+                        }
+                    ],
+                    "MetadataOptions": Match.object_like({"HttpTokens": "required"}),
+                }
+            )
+        },
+    )
+
+
+def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    definitions = Template.from_stack(built.genomics).find_resources("AWS::Batch::JobDefinition")
+    assert len(definitions) == 2
+    for definition in definitions.values():
+        props = definition["Properties"]
+        strategy = props["RetryStrategy"]
+        assert strategy["Attempts"] == built.config.batch_spot_retries
+        assert strategy["EvaluateOnExit"][0] == {"Action": "RETRY", "OnStatusReason": "Host EC2*"}
+        assert strategy["EvaluateOnExit"][1] == {"Action": "EXIT", "OnReason": "*"}
+        assert (
+            props["Timeout"]["AttemptDurationSeconds"]
+            == 60 * built.config.batch_job_timeout_minutes
+        )
+        command = props["ContainerProperties"]["Command"]
+        assert command[0] in ("align", "call") and "Ref::sample" in command
+
+
+def test_batch_job_role_reads_fastq_only_from_ingest(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    genomics = Template.from_stack(built.genomics)
+    policies = genomics.find_resources("AWS::IAM::Policy")
+    job_policy = next(p for k, p in policies.items() if k.startswith("JobRole"))
+    document = json.dumps(job_policy["Properties"]["PolicyDocument"])
+    ingest_export = f"{built.lake.stack_name}-{built.lake.get_logical_id(built.lake.ingest.node.default_child)}Arn"  # type: ignore[arg-type]  # noqa: E501
+    resources = re.findall(r'"Fn::ImportValue": "([^"]+)"\}, "([^"]*)"', document)
+    ingest_paths = {path for export, path in resources if export == ingest_export}
+    assert ingest_paths == {"/fastq/*"}, ingest_paths
+    assert "s3:PutObject" in document
+
+
+def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
+    definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
+    for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "SampleSheetProcessed"):
+        assert state in definition
+    assert "batch:submitJob.sync" in definition

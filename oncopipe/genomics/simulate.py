@@ -128,12 +128,22 @@ def write_fasta(sequences: dict[str, str], path: Path) -> None:
                 handle.write(sequence[i : i + 60] + "\n")
 
 
-def _mutate(fragment: list[str], start: int, variants: Sequence[Variant], contig: str,
-            rng: random.Random) -> None:  # fmt: skip
-    for variant in variants:
-        index = variant.pos - 1 - start
-        if variant.contig == contig and 0 <= index < len(fragment) and rng.random() < variant.vaf:
-            fragment[index] = variant.alt
+def _mutate(fragment: str, start: int, variants: Sequence[Variant], contig: str,
+            rng: random.Random) -> str:  # fmt: skip
+    """Return the fragment with each variant inside it applied with probability VAF.
+
+    SNVs and indels (``ref``/``alt`` of different lengths, VCF style with the anchor
+    base) are applied right to left, so earlier positions stay valid.
+    """
+    inside = [
+        v for v in variants
+        if v.contig == contig and start <= v.pos - 1 and v.pos - 1 + len(v.ref) <= start + len(fragment)
+    ]  # fmt: skip
+    for variant in sorted(inside, key=lambda v: v.pos, reverse=True):
+        if rng.random() < variant.vaf:
+            index = variant.pos - 1 - start
+            fragment = fragment[:index] + variant.alt + fragment[index + len(variant.ref) :]
+    return fragment
 
 
 def simulate_pair(
@@ -153,10 +163,9 @@ def simulate_pair(
         for _ in range(pairs):
             size = max(2 * READ_LENGTH, min(len(sequence), int(rng.gauss(INSERT_MEAN, INSERT_SD))))
             start = rng.randrange(0, len(sequence) - size + 1)
-            fragment = list(sequence[start : start + size])
-            _mutate(fragment, start, variants, contig, rng)
-            forward = "".join(fragment[:READ_LENGTH])
-            reverse = "".join(fragment[-READ_LENGTH:])[::-1].translate(_COMPLEMENT)
+            fragment = _mutate(sequence[start : start + size], start, variants, contig, rng)
+            forward = fragment[:READ_LENGTH]
+            reverse = fragment[-READ_LENGTH:][::-1].translate(_COMPLEMENT)
             number += 1
             name = f"{sample}:{number}"
             for handle, read, mate in ((r1, forward, 1), (r2, reverse, 2)):

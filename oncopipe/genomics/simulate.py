@@ -135,9 +135,10 @@ def _mutate(fragment: str, start: int, variants: Sequence[Variant], contig: str,
     SNVs and indels (``ref``/``alt`` of different lengths, VCF style with the anchor
     base) are applied right to left, so earlier positions stay valid.
     """
+    end = start + len(fragment)
     inside = [
         v for v in variants
-        if v.contig == contig and start <= v.pos - 1 and v.pos - 1 + len(v.ref) <= start + len(fragment)
+        if v.contig == contig and start <= v.pos - 1 and v.pos - 1 + len(v.ref) <= end
     ]  # fmt: skip
     for variant in sorted(inside, key=lambda v: v.pos, reverse=True):
         if rng.random() < variant.vaf:

@@ -68,7 +68,7 @@ def test_planted_variants_found_with_their_vaf(called: dict[str, Any]) -> None:
         called["vcf"], patient_key="pk-test", sample="T", run_id="r1",
         panel=called["panel"], reference=called["reference"],
     )  # fmt: skip
-    rows = [dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)]
+    rows = table.to_pylist()
     passed = {(r["chrom"], r["pos"], r["ref"], r["alt"]): r for r in rows if r["filter"] == "PASS"}
     for variant in called["planted"]:
         row = passed[(variant.contig, variant.pos, variant.ref, variant.alt)]
@@ -88,7 +88,7 @@ def test_variant_table_parquet_round_trip(called: dict[str, Any], tmp_path: Path
     table = variant_rows(called["vcf"], patient_key="pk-test", sample="T", run_id="r1",
                          panel=called["panel"], reference=called["reference"])  # fmt: skip
     out = tmp_path / "variants.parquet"
-    assert write_parquet(table, out) == len(table["pos"])
+    assert write_parquet(table, out) == table.num_rows
     back = pq.read_table(out)
     assert back.column("protein_change").to_pylist().count("G12C") == 1
     assert back.schema.field("pos").type == "int64"
@@ -97,3 +97,21 @@ def test_variant_table_parquet_round_trip(called: dict[str, Any], tmp_path: Path
 def test_error_qual_grows_with_evidence() -> None:
     assert error_qual(0, 100) == 0.0
     assert error_qual(10, 100) > error_qual(3, 100) > 30
+
+
+def test_multiallelic_records_are_split_with_their_own_depths(tmp_path: Path) -> None:
+    vcf = tmp_path / "multi.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=KRAS,length=1000>\n"
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tT\tN\n"
+        "KRAS\t10\t.\tA\tT,G\t50\tPASS\t.\tGT:AD:DP\t1/2:10,5,3:18\t0/0:20,0,0:20\n"
+        "KRAS\t20\t.\tC\tCA\t.\tgermline\t.\tGT:AD\t0/1:7,3\t0/1:9,9\n"
+    )
+    table = variant_rows(vcf, patient_key="pk-x", sample="T", run_id="r").to_pylist()
+    assert [(r["pos"], r["alt"], r["alt_depth"], r["depth"], r["vaf"]) for r in table] == [
+        (10, "T", 5, 18, round(5 / 18, 4)),
+        (10, "G", 3, 18, round(3 / 18, 4)),
+        (20, "CA", 3, 10, 0.3),  # no DP: depth is the sum of AD
+    ]
+    assert table[2]["qual"] is None and table[2]["filter"] == "germline"
+    assert table[0]["genotype"] == "1/2"

@@ -2,9 +2,11 @@
 
 Caller choice, for tumour-only and low-VAF calling: ``bcftools mpileup`` computes the
 per-allele read depths (base quality >= 20, mapping quality >= 20, no depth cap on a
-panel), and an allele is called where it has at least ``min_alt_reads`` reads and a VAF of
-at least ``min_vaf``. ``bcftools call`` is not used: its genotype model assumes germline
-allele fractions (0, 0.5, 1) and under-calls subclonal somatic variants. QUAL is the
+panel, indels called at any depth: ``-L`` is lifted from its default 250, which silently
+skips indels on deep panels), and an allele is called where it has at least
+``min_alt_reads`` reads and a VAF of at least ``min_vaf``. ``bcftools call`` is not
+used: its genotype model assumes germline allele fractions (0, 0.5, 1) and under-calls
+subclonal somatic variants. QUAL is the
 phred-scaled probability that the alt reads are sequencing errors (binomial, per-base
 error 0.1 %). With a matched normal, an allele seen in the normal (>= 2 reads or VAF >= 2
 %) is filtered as ``germline``. ``bcftools norm`` then left-aligns indels and splits
@@ -80,7 +82,7 @@ def call_variants(
     )
     pileup = subprocess.run(
         ["bcftools", "mpileup", "-f", str(reference), "-a", "FORMAT/AD,FORMAT/DP",
-         "-d", "1000000", "-q", str(settings.min_mapping_quality),
+         "-d", "1000000", "-L", "1000000", "-q", str(settings.min_mapping_quality),
          "-Q", str(settings.min_base_quality), "-G", str(groups), "-Ob", "-o", str(raw), *bams],
         capture_output=True, text=True,
     )  # fmt: skip

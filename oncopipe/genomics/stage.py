@@ -193,11 +193,9 @@ def call_sample(
                                f"{layout.CURATED_GENOMICS_VCF}{base}.vcf.gz.tbi")  # fmt: skip
             writer.upload_file(str(table), buckets.curated,
                                f"{layout.CURATED_GENOMICS_VARIANTS}{base}.parquet")  # fmt: skip
-            passed = [
-                f"{g} {p}" for g, p, f in zip(columns["gene"], columns["protein_change"],
-                                              columns["filter"], strict=True)
-                if p and f == "PASS"
-            ]  # fmt: skip
+            picked = columns.select(["gene", "protein_change", "filter"]).to_pylist()
+            passed = [f"{r['gene']} {r['protein_change']}" for r in picked
+                      if r["protein_change"] and r["filter"] == "PASS"]  # fmt: skip
             return {"kind": "sample", "sample": tumour["sample"], "status": "called",
                     "variants": rows, "hotspots": passed}  # fmt: skip
 

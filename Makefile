@@ -68,6 +68,7 @@ synth: setup
 
 bench: setup
 	$(PY) benchmarks/synth_time.py
+	$(PY) benchmarks/genomics.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt

@@ -189,6 +189,13 @@ class Router:
         """Return the current reference of an event's object (see :func:`resolve`)."""
         return resolve(self.store, ref)
 
+    def _route_manifests(self, run_id: str) -> list[dict[str, Any]]:
+        prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
+        return [
+            json.loads(self.store.get_bytes(self.buckets.quarantine, key))
+            for key in self.store.list_keys(self.buckets.quarantine, prefix)
+        ]
+
     def context(self, run_id: str) -> StepContext:
         return StepContext(
             store=self.store,
@@ -262,7 +269,7 @@ class Router:
             "sample_table": out.key,
         }
 
-    def reconcile(self, run_id: str) -> list[ItemResult]:
+    def reconcile(self, run_id: str, *, also_named_by: Sequence[str] = ()) -> list[ItemResult]:
         """Quarantine the FASTQ files of a run that no accepted sample sheet names.
 
         A FASTQ file carries no patient: only a sample sheet row ties it to one. Files
@@ -270,13 +277,12 @@ class Router:
         quarantined as ``no-patient`` (step ``reconcile``), so nothing is silently left
         behind. Reads the run's route manifests, so it can run any time, and again.
         """
-        routed = []
-        for key in self.store.list_keys(
-            self.buckets.quarantine, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
-        ):
-            routed.append(json.loads(self.store.get_bytes(self.buckets.quarantine, key)))
+        routed = self._route_manifests(run_id)
+        sheets = list(routed)
+        for other in also_named_by:  # a sheet uploaded after midnight names earlier files
+            sheets += self._route_manifests(other)
         named: set[str] = set()
-        for document in routed:
+        for document in sheets:
             if document.get("summary", {}).get("status") == "accepted":
                 for value in document["summary"].get("referenced_keys", []):
                     bucket, key = _split_s3_uri(value, self.buckets.ingest)

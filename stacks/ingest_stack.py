@@ -117,6 +117,37 @@ class IngestStack(Stack):
         for fn in (self.router, self.quarantine_on_error):
             _acknowledge_bucket_grants(fn, ingest=ingest, writable=(curated, quarantine))
 
+        # Daily: FASTQ files of yesterday's run that no sheet named are quarantined.
+        self.reconcile = StageFunction(
+            self,
+            "Reconcile",
+            handler="ingest_reconcile",
+            description="oncopipe: quarantine FASTQ files no sample sheet names (daily)",
+            environment=environment,
+            timeout_seconds=900,
+            **common,
+        )
+        ingest.grant_read(self.reconcile.role)
+        quarantine.grant_read_write(self.reconcile.role)
+        _acknowledge_bucket_grants(self.reconcile, ingest=ingest, writable=(quarantine,))
+        self.reconcile_dead_letters = encrypted_queue(
+            self, "ReconcileDeadLetters", key=lake.platform_key
+        )
+        events.Rule(
+            self,
+            "DailyReconcile",
+            description="Reconcile the previous UTC day's ingest run",
+            schedule=events.Schedule.cron(minute="30", hour="2"),
+            targets=[
+                targets.LambdaFunction(
+                    self.reconcile.function,
+                    dead_letter_queue=self.reconcile_dead_letters,
+                    retry_attempts=4,
+                    max_event_age=Duration.hours(6),
+                )
+            ],
+        )
+
         self.state_machine = self._state_machine(config, lake)
 
         self.rule_dead_letters = encrypted_queue(self, "RuleDeadLetters", key=lake.platform_key)

@@ -133,7 +133,7 @@ def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
             if ingest_export in json.dumps(policy["Properties"]["PolicyDocument"]):
                 readers.add(f"{name}:{logical_id}")
     # the router and catch-all (de-identification/routing) and alignment (FASTQ only)
-    allowed = ("ingest:Router", "ingest:QuarantineOnError", "genomics:JobRole")
+    allowed = ("ingest:Router", "ingest:QuarantineOnError", "ingest:Reconcile", "genomics:JobRole")
     assert readers and all(r.startswith(allowed) for r in readers), readers
     lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
     ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]
@@ -144,7 +144,7 @@ def test_lambdas_are_private_traced_limited_and_have_dead_letters(synthesized: A
     built, _, _ = synthesized
     ingest = Template.from_stack(built.ingest)
     functions = ingest.find_resources("AWS::Lambda::Function")
-    assert len(functions) == 2
+    assert len(functions) == 3  # router, catch-all quarantine, daily reconcile
     for fn in functions.values():
         props = fn["Properties"]
         assert props["TracingConfig"] == {"Mode": "Active"}
@@ -356,3 +356,14 @@ def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any
     for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "SampleSheetProcessed"):
         assert state in definition
     assert "batch:submitJob.sync" in definition
+
+
+def test_orphan_fastq_reconciled_daily(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    Template.from_stack(built.ingest).has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "ScheduleExpression": "cron(30 2 * * ? *)",
+            "Targets": [Match.object_like({"DeadLetterConfig": Match.any_value()})],
+        },
+    )

@@ -249,3 +249,30 @@ def test_handler_fails_at_cold_start_when_misconfigured(
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="INGEST_BUCKET"):
         _load("lambdas.ingest_router.handler")
+
+
+def test_reconcile_counts_sheets_routed_the_next_day(store: ObjectStore, router: Router) -> None:
+    for key in ("fastq/P1-T_R1.fastq.gz", "fastq/P1-T_R2.fastq.gz"):
+        router.route(upload(store, key, FASTQ), "ingest-20261128")  # before midnight
+    router.route(upload(store, "samplesheets/cohort.csv", SHEET), "ingest-20261129")
+    assert router.reconcile("ingest-20261128", also_named_by=["ingest-20261129"]) == []
+    orphaned = router.reconcile("ingest-20261128")  # without the next day: no patient
+    assert [r.summary["reason_code"] for r in orphaned] == ["no-patient"] * 2
+
+
+def test_reconcile_handler_checks_the_previous_day(
+    store: ObjectStore, handler_env: dict[str, Any]
+) -> None:
+    router = Router(store=store, buckets=BUCKETS, patient_key=keyer(SECRET))
+    router.route(upload(store, "fastq/X_R1.fastq.gz", FASTQ), "ingest-20261128")
+    handler = _load("lambdas.ingest_reconcile.handler")
+    assert handler.runs_for({"time": "2026-11-29T02:30:00Z"}) == (
+        "ingest-20261128",
+        ["ingest-20261129"],
+    )
+    result = handler.lambda_handler({"time": "2026-11-29T02:30:00Z"}, _Context())
+    assert result == {
+        "run_id": "ingest-20261128",
+        "checked": 1,
+        "quarantined": ["fastq/X_R1.fastq.gz"],
+    }

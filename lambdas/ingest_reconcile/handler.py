@@ -1,0 +1,47 @@
+"""Lambda adapter of the daily reconcile: FASTQ files no sample sheet named -> quarantine.
+
+Event: the EventBridge schedule's event (its ``time`` decides the run: the previous UTC
+day's ``ingest-YYYYMMDD``), or ``{"run_id": ...}`` to reconcile one run by hand. Sheets
+routed on the day after also count, so an upload that crossed midnight is not orphaned.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from oncopipe.ingest import Router
+from oncopipe.runs import validate_run_id
+from oncopipe.settings import StageSettings
+from oncopipe.storage import ObjectStore, make_client
+
+logger = Logger(service="ingest-reconcile")
+SETTINGS = StageSettings.from_env()
+STORE = ObjectStore(make_client())
+
+
+def runs_for(event: dict[str, Any]) -> tuple[str, list[str]]:
+    """Return (the run to reconcile, the runs whose sheets may also name its files)."""
+    if event.get("run_id"):
+        return validate_run_id(str(event["run_id"])), []
+    moment = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
+    day = moment - timedelta(days=1)
+    return f"ingest-{day:%Y%m%d}", [f"ingest-{moment:%Y%m%d}"]
+
+
+@logger.inject_lambda_context(log_event=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    run_id, later = runs_for(event)
+    # Reconcile reads manifests only; patient keys are never needed, so no secret.
+    router = Router(store=STORE, buckets=SETTINGS.buckets, patient_key=_no_patient_key)
+    results = router.reconcile(run_id, also_named_by=later)
+    quarantined = [r.item for r in results if r.summary.get("status") == "quarantined"]
+    logger.info("reconciled", extra={"run_id": run_id, "quarantined": len(quarantined)})
+    return {"run_id": run_id, "checked": len(results), "quarantined": quarantined}
+
+
+def _no_patient_key(source_patient_id: str) -> str:
+    raise RuntimeError("reconcile does not pseudonymise")

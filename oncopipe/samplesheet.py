@@ -259,7 +259,8 @@ def parse_samplesheet(
     redact = _Redactor({r[patient_at].strip() for _, r in body if len(r) > patient_at})
     exists_cache: dict[str, bool] = {}
     prefix_cache: dict[str, bool] = {}
-    first_line_of_sample: dict[str, int] = {}
+    first_line_of_sample: dict[str, int] = {}  # (sample, lane) -> line
+    identity: dict[str, tuple[str, str, int]] = {}  # sample -> (patient, type, line)
     first_line_of_fastq: dict[str, int] = {}
     rows: list[SampleRow] = []
     for line, record in body:
@@ -272,7 +273,9 @@ def parse_samplesheet(
             )
             continue
         values = {h: v.strip() for h, v in zip(header, record, strict=True)}
-        row_issues = _check_row(values, line, redact, first_line_of_sample, first_line_of_fastq)
+        row_issues = _check_row(
+            values, line, redact, first_line_of_sample, first_line_of_fastq, identity
+        )
         issues.extend(row_issues)
         flagged = {i.column for i in row_issues}
         if exists is not None:
@@ -321,6 +324,7 @@ def _check_row(
     redact: _Redactor,
     first_line_of_sample: dict[str, int],
     first_line_of_fastq: dict[str, int],
+    identity: dict[str, tuple[str, str, int]],
 ) -> list[SheetIssue]:
     """Return the problems of one row; record its sample and FASTQ keys for later rows."""
     issues: list[SheetIssue] = []
@@ -353,17 +357,35 @@ def _check_row(
                     "letter or digit",
                 )
             )
-        elif sample in first_line_of_sample:
-            issues.append(
-                SheetIssue(
-                    line,
-                    "sample",
-                    f"sample {redact(sample)} already appears on line "
-                    f"{first_line_of_sample[sample]}",
-                )
-            )
         else:
-            first_line_of_sample[sample] = line
+            # One row per lane: a sample may span rows, a (sample, lane) pair may not.
+            lane = values.get("lane") or "1"
+            key = f"{sample}\x00{lane}"
+            if key in first_line_of_sample:
+                issues.append(
+                    SheetIssue(
+                        line,
+                        "sample",
+                        f"sample {redact(sample)} already appears on line "
+                        f"{first_line_of_sample[key]}"
+                        + (f" with lane {lane}" if "lane" in values else ""),
+                    )
+                )
+            else:
+                first_line_of_sample[key] = line
+            patient, kind = values.get("patient", ""), (values.get("type") or "").lower()
+            kind = TYPES.get(kind, kind)
+            if sample in identity:
+                first_patient, first_kind, first_line = identity[sample]
+                shown = redact(sample)
+                if patient and first_patient and patient != first_patient:
+                    message = f"sample {shown} has another patient than on line {first_line}"
+                    issues.append(SheetIssue(line, "patient", message))
+                if kind and first_kind and kind != first_kind:
+                    message = f"sample {shown} is {kind} here but {first_kind} on line {first_line}"
+                    issues.append(SheetIssue(line, "type", message))
+            else:
+                identity[sample] = (patient, kind, line)
 
     library = values.get("library", "")
     if library and redact.contains_patient(library):

@@ -57,7 +57,7 @@ def test_align_then_call_writes_bam_vcf_and_variant_table(
     store: ObjectStore, tmp_path: Path
 ) -> None:
     _populate(store, tmp_path)
-    aligned = align_sample(store, BUCKETS, SAMPLE, "run-1")
+    aligned = align_sample(store, BUCKETS, [SAMPLE], "run-1")
     assert aligned.summary["status"] == "aligned"
     assert aligned.summary["qc"]["mapped_fraction"] > 0.99
     key = bam_key(SAMPLE["patient_key"], SAMPLE["sample"])
@@ -67,14 +67,14 @@ def test_align_then_call_writes_bam_vcf_and_variant_table(
     called = call_sample(store, BUCKETS, SAMPLE, None, "run-1")
     assert called.summary["hotspots"] == ["KRAS G12C"]
     assert any(k.endswith(".parquet") for k in called.outputs)
-    assert align_sample(store, BUCKETS, SAMPLE, "run-1").status == "skipped"
+    assert align_sample(store, BUCKETS, [SAMPLE], "run-1").status == "skipped"
 
 
 def test_truncated_fastq_is_quarantined_and_nothing_is_curated(
     store: ObjectStore, tmp_path: Path
 ) -> None:
     _populate(store, tmp_path, broken=True)
-    result = align_sample(store, BUCKETS, SAMPLE, "run-1")
+    result = align_sample(store, BUCKETS, [SAMPLE], "run-1")
     assert result.summary["status"] == "quarantined"
     assert result.summary["reason_code"] == "invalid-fastq"
     assert "fastq/P1-T_R2.fastq.gz: read" in result.summary["reason"]
@@ -100,7 +100,7 @@ def _align_and_get_killed(endpoint: str) -> None:  # runs in a spawned child pro
     stage.align_pair = align_then_die
     client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    stage.align_sample(ObjectStore(client), BUCKETS, SAMPLE, "run-1")
+    stage.align_sample(ObjectStore(client), BUCKETS, [SAMPLE], "run-1")
 
 
 def test_killed_alignment_leaves_no_manifest_and_is_redone(aws_env: None, tmp_path: Path) -> None:
@@ -123,8 +123,29 @@ def test_killed_alignment_leaves_no_manifest_and_is_redone(aws_env: None, tmp_pa
         assert child.exitcode == -9
         key = manifest_key("run-1", "align", SAMPLE["sample"])
         assert store.head(BUCKETS.curated, key) is None
-        redone = align_sample(store, BUCKETS, SAMPLE, "run-1")
+        redone = align_sample(store, BUCKETS, [SAMPLE], "run-1")
         assert redone.status == "done" and redone.summary["status"] == "aligned"
         assert store.head(BUCKETS.curated, key) is not None
     finally:
         server.stop()
+
+
+def test_lanes_of_one_sample_are_merged_with_their_read_groups(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    import pysam
+
+    _populate(store, tmp_path)
+    lane_2 = {**SAMPLE, "lane": "2", "fastq_1": "fastq/P1-T_L2_R1.fastq.gz",
+              "fastq_2": "fastq/P1-T_L2_R2.fastq.gz"}  # fmt: skip
+    for column in ("fastq_1", "fastq_2"):
+        body = store.get_bytes(BUCKETS.ingest, SAMPLE[column])
+        store.client.put_object(Bucket=BUCKETS.ingest, Key=lane_2[column], Body=body)
+    result = align_sample(store, BUCKETS, [SAMPLE, lane_2], "run-1")
+    assert result.summary["lanes"] == 2
+    local = tmp_path / "merged.bam"
+    store.download_file(BUCKETS.curated, bam_key(SAMPLE["patient_key"], "P1-T"), str(local))
+    with pysam.AlignmentFile(str(local)) as bam:
+        groups = sorted(g["ID"] for g in bam.header.to_dict()["RG"])
+        assert groups == ["P1-T.1", "P1-T.2"]
+        assert bam.header.to_dict()["HD"]["SO"] == "coordinate"

@@ -403,3 +403,21 @@ def test_file_keys_that_name_the_patient_are_refused() -> None:
         "recorded in the de-identified zone, so rename the file without it"
     ]
     assert "MRN-77" not in err.value.report()
+
+
+def test_a_sample_may_span_lanes_but_not_repeat_one() -> None:
+    header = "patient,sample,type,fastq_1,fastq_2,lane"
+    parsed = parse_samplesheet(
+        f"{header}\n{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,1\n"
+        f"{SECRET_ID},S1,tumour,b_R1.fastq.gz,b_R2.fastq.gz,2\n",
+        source="s.csv",
+    )
+    assert [(r.sample, r.lane) for r in parsed.rows] == [("S1", "1"), ("S1", "2")]
+    details = problems(
+        f"{header}\n{SECRET_ID},S1,tumour,a_R1.fastq.gz,a_R2.fastq.gz,1\n"
+        f"{SECRET_ID},S1,tumour,b_R1.fastq.gz,b_R2.fastq.gz,1\n"
+        f"OTHER-PATIENT-7,S1,normal,c_R1.fastq.gz,c_R2.fastq.gz,3\n"
+    )
+    assert "line 3, column sample: sample S1 already appears on line 2 with lane 1" in details
+    assert "line 4, column patient: sample S1 has another patient than on line 2" in details
+    assert "line 4, column type: sample S1 is normal here but tumour on line 2" in details

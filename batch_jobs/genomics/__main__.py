@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_samples(store, settings.buckets, args.sample_table)
     try:
         if args.step == "align":
-            sample = next((s for s in samples if s["sample"] == args.sample), None)
-            if sample is None:
+            lanes = [s for s in samples if s["sample"] == args.sample]
+            if not lanes:
                 parser.error(f"sample {args.sample} is not in {args.sample_table}")
-            result = align_sample(store, settings.buckets, sample, args.run_id,
+            result = align_sample(store, settings.buckets, lanes, args.run_id,
                                   reference_prefix=reference, threads=threads)  # fmt: skip
         else:
             pair = next((p for p in plan(samples) if p[0]["sample"] == args.sample), None)

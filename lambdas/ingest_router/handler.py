@@ -53,8 +53,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         samples = result.summary["samples"]
         summary["sample_count"] = len(samples)
         # ids only (no patient data): the state machine maps the genomics jobs over them
-        summary["sample_ids"] = [s["sample"] for s in samples]
-        summary["tumour_ids"] = [s["sample"] for s in samples if s["type"] == "tumour"]
+        # a sample with several lanes has several rows: one job per sample
+        summary["sample_ids"] = list(dict.fromkeys(s["sample"] for s in samples))
+        summary["tumour_ids"] = list(
+            dict.fromkeys(s["sample"] for s in samples if s["type"] == "tumour")
+        )
     return {
         "run_id": run_id,
         "bucket": current.bucket,

@@ -125,6 +125,16 @@ def align_pair(
     return qc_metrics(reference, out_bam)
 
 
+def merge_bams(bams: list[str], out: Path, *, threads: int = 1) -> None:
+    """Merge coordinate-sorted lane BAMs (their read groups kept) and index the result."""
+    require_tools("samtools")
+    partial = out.with_name(out.name + ".partial")
+    _run(["samtools", "merge", "-f", "-@", str(threads), "-o", str(partial), *bams],
+         "samtools merge")  # fmt: skip
+    partial.replace(out)
+    _run(["samtools", "index", str(out)], "samtools index")
+
+
 def qc_metrics(reference: Path, bam: Path) -> AlignmentQC:
     """Return mapped %, duplicates (if marked), insert size and mean depth of a BAM."""
     numbers: dict[str, float] = {}

@@ -25,7 +25,14 @@ from typing import Any
 
 from oncopipe import layout
 from oncopipe.errors import InputError
-from oncopipe.genomics.align import INDEX_SUFFIXES, ReadGroup, align_pair, ensure_index
+from oncopipe.genomics.align import (
+    INDEX_SUFFIXES,
+    ReadGroup,
+    align_pair,
+    ensure_index,
+    merge_bams,
+    qc_metrics,
+)
 from oncopipe.genomics.call import CallerSettings, call_variants
 from oncopipe.genomics.fastq import validate_pair
 from oncopipe.genomics.panel import Panel
@@ -79,60 +86,87 @@ def bam_key(patient_key: str, sample: str) -> str:
 def align_sample(
     store: ObjectStore,
     buckets: layout.Buckets,
-    sample: Mapping[str, Any],
+    lanes: Sequence[Mapping[str, Any]],
     run_id: str,
     *,
     reference_prefix: str = layout.ARTIFACTS_REFERENCE,
     threads: int = 2,
 ) -> ItemResult:
-    """Align one sample of the sample table (a pseudonymised row); return the item result.
+    """Align one sample: its rows of the sample table, one per lane; return the result.
+
+    Each lane gets its own read group (``ID`` = sample.lane, ``SM`` = patient key); lanes
+    are aligned one by one and merged into the sample's BAM. If any lane's FASTQ pair is
+    invalid, the sample's FASTQ files are quarantined and nothing is curated.
 
     Raises:
         InputError: a FASTQ file named by the sheet is gone from the ingest bucket.
+        ValueError: no lanes, or lanes of different samples.
     """
-    refs = []
-    for column in ("fastq_1", "fastq_2"):
-        ref = store.head(buckets.ingest, str(sample[column]))
-        if ref is None:
-            raise InputError(str(sample[column]), "FASTQ file named by the sample sheet is gone")
-        refs.append(ref)
+    if not lanes or len({str(lane["sample"]) for lane in lanes}) != 1:
+        raise ValueError("align_sample takes the rows of exactly one sample")
+    sample = lanes[0]
+    pairs: list[tuple[ObjectRef, ObjectRef, ReadGroup]] = []
+    for lane in lanes:
+        refs = []
+        for column in ("fastq_1", "fastq_2"):
+            ref = store.head(buckets.ingest, str(lane[column]))
+            if ref is None:
+                raise InputError(str(lane[column]), "FASTQ file named by the sample sheet is gone")
+            refs.append(ref)
+        group = ReadGroup(
+            id=f"{lane['sample']}.{lane.get('lane') or '1'}",
+            sample=str(lane["patient_key"]),
+            library=str(lane.get("library") or lane["sample"]),
+            platform=str(lane.get("platform") or "ILLUMINA"),
+        )
+        pairs.append((refs[0], refs[1], group))
     with tempfile.TemporaryDirectory(prefix="oncopipe-align-") as tmp:
         workdir = Path(tmp)
         fasta, _, fasta_etag = fetch_reference(store, buckets.artifacts, reference_prefix, workdir)
-        read_group = ReadGroup(
-            id=f"{sample['sample']}.{sample.get('lane') or '1'}",
-            sample=str(sample["patient_key"]),
-            library=str(sample.get("library") or sample["sample"]),
-            platform=str(sample.get("platform") or "ILLUMINA"),
-        )
         ctx = StepContext(
             store=store, manifest_bucket=buckets.curated, run_id=run_id, step="align",
             params={"aligner": ALIGNER, "reference": fasta_etag,
-                    "read_group": read_group.header_line()},
+                    "read_groups": [g.header_line() for _, _, g in pairs]},
         )  # fmt: skip
 
         def work(writer: ItemWriter) -> Mapping[str, Any]:
-            r1, r2 = workdir / "r1.fastq.gz", workdir / "r2.fastq.gz"
-            store.download_file(refs[0].bucket, refs[0].key, str(r1))
-            store.download_file(refs[1].bucket, refs[1].key, str(r2))
-            try:
-                with r1.open("rb") as h1, r2.open("rb") as h2:
-                    stats = validate_pair(h1, h2, name_1=refs[0].key, name_2=refs[1].key)
-            except InputError as e:
-                for ref in refs:
-                    summary = write_quarantine(writer, buckets, ref, run_id, "align", e)
-                return {"kind": "fastq", "sample": sample["sample"]} | summary
+            local = []
+            reads = 0
+            for n, (ref_1, ref_2, _) in enumerate(pairs):
+                r1, r2 = workdir / f"{n}_R1.fastq.gz", workdir / f"{n}_R2.fastq.gz"
+                store.download_file(ref_1.bucket, ref_1.key, str(r1))
+                store.download_file(ref_2.bucket, ref_2.key, str(r2))
+                try:
+                    with r1.open("rb") as h1, r2.open("rb") as h2:
+                        reads += validate_pair(h1, h2, name_1=ref_1.key, name_2=ref_2.key).reads
+                except InputError as e:
+                    summary: dict[str, Any] = {}
+                    for q1, q2, _ in pairs:
+                        for ref in (q1, q2):
+                            summary = write_quarantine(writer, buckets, ref, run_id, "align", e)
+                    return {"kind": "fastq", "sample": sample["sample"]} | summary
+                local.append((r1, r2))
             out = workdir / "sample.bam"
-            qc = align_pair(fasta, r1, r2, out, read_group=read_group, threads=threads)
+            if len(pairs) == 1:
+                qc = align_pair(fasta, *local[0], out, read_group=pairs[0][2], threads=threads)
+            else:
+                lane_bams = []
+                for n, ((r1, r2), (_, _, group)) in enumerate(zip(local, pairs, strict=True)):
+                    lane_bam = workdir / f"lane{n}.bam"
+                    align_pair(fasta, r1, r2, lane_bam, read_group=group, threads=threads)
+                    lane_bams.append(str(lane_bam))
+                merge_bams(lane_bams, out, threads=threads)
+                qc = qc_metrics(fasta, out)
             key = bam_key(str(sample["patient_key"]), str(sample["sample"]))
             writer.upload_file(str(out), buckets.curated, key)
             writer.upload_file(f"{out}.bai", buckets.curated, f"{key}.bai")
             writer.put(buckets.curated, key.replace(".bam", ".qc.json"), qc.to_json().encode(),
                        content_type="application/json")  # fmt: skip
             return {"kind": "sample", "sample": sample["sample"], "status": "aligned",
-                    "reads": stats.reads, "bam": key, "qc": asdict(qc)}  # fmt: skip
+                    "lanes": len(pairs), "reads": reads, "bam": key, "qc": asdict(qc)}  # fmt: skip
 
-        return process_item(ctx, str(sample["sample"]), refs, work)
+        inputs = [ref for r1, r2, _ in pairs for ref in (r1, r2)]
+        return process_item(ctx, str(sample["sample"]), inputs, work)
 
 
 def call_sample(
@@ -205,9 +239,18 @@ def call_sample(
 def plan(
     samples: Sequence[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
-    """Return (tumour, matched normal or None) for every tumour sample of a sample table."""
-    normals = {s["patient_key"]: s for s in samples if s["type"] == "normal"}
-    return [(s, normals.get(s["patient_key"])) for s in samples if s["type"] == "tumour"]
+    """Return (tumour, matched normal or None) for every tumour sample of a sample table.
+
+    A sample with several lanes has several rows; it is called once (its first row).
+    """
+    normals: dict[Any, Mapping[str, Any]] = {}
+    tumours: dict[Any, Mapping[str, Any]] = {}
+    for s in samples:
+        if s["type"] == "normal":
+            normals.setdefault(s["patient_key"], s)
+        else:
+            tumours.setdefault(s["sample"], s)
+    return [(t, normals.get(t["patient_key"])) for t in tumours.values()]
 
 
 def load_samples(

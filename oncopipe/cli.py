@@ -179,6 +179,72 @@ def variants_to_parquet(vcf: Path, out: Path, patient_key: str, sample: str, run
     console.print(f"{out}: {write_parquet(columns, out)} rows")
 
 
+# -- imaging -------------------------------------------------------------------------------
+@main.command("deid")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder: <patient key>/<study>/<series>/<instance>.dcm",
+)
+@click.option(
+    "--no-date-shift", is_flag=True, help="Remove dates instead of shifting them per patient."
+)
+@click.option(
+    "--drop-patient-characteristics",
+    is_flag=True,
+    help="Remove age, sex, size and weight (kept by default: the model uses them).",
+)
+@click.option(
+    "--clean-descriptors",
+    is_flag=True,
+    help="Keep descriptions with the patient's names and IDs removed from them.",
+)
+@click.option("--retain-device-identity", is_flag=True)
+def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
+         drop_patient_characteristics: bool, clean_descriptors: bool,
+         retain_device_identity: bool) -> None:  # fmt: skip
+    """De-identify DICOM files or folders (recursive), PS3.15 Annex E Basic Profile.
+
+    The pseudonymisation secret comes from ONCOPIPE_PSEUDONYM_SECRET (hex) or
+    PSEUDONYM_SECRET_ARN, as for every stage. Files that cannot be released are listed
+    with the reason and not written.
+    """
+    from oncopipe.imaging.deid import DeidOptions, deidentify_bytes
+    from oncopipe.pseudonym import load_secret
+
+    try:
+        secret = load_secret()
+    except OncopipeError as e:
+        _fail(e)
+    options = DeidOptions(
+        retain_long_modified_dates=not no_date_shift,
+        retain_patient_characteristics=not drop_patient_characteristics,
+        clean_descriptors=clean_descriptors,
+        retain_device_identity=retain_device_identity,
+    )
+    files = sorted(
+        {p for i in inputs for p in ([i] if i.is_file() else i.rglob("*")) if p.is_file()}
+    )
+    written, refused = 0, 0
+    for path in files:
+        try:
+            data, key, ds = deidentify_bytes(path.read_bytes(), source=str(path), secret=secret,
+                                             options=options)  # fmt: skip
+        except OncopipeError as e:
+            refused += 1
+            err_console.print(f"refused {e}", highlight=False, markup=False)
+            continue
+        target = out / key / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{ds.SOPInstanceUID}.dcm").write_bytes(data)
+        written += 1
+    console.print(f"{written} de-identified under {out}/, {refused} refused")
+    if refused:
+        sys.exit(1)
+
+
 # -- sample sheet --------------------------------------------------------------------------
 @main.command("validate-samplesheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))

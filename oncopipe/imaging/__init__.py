@@ -1,0 +1,1 @@
+"""Imaging stage cores: DICOM de-identification (PS3.15 Annex E)."""

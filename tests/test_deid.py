@@ -1,0 +1,245 @@
+"""DICOM de-identification against PS3.15 Table E.1-1: every action, nested, consistent."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from oncopipe.errors import InputError
+from oncopipe.imaging.deid import (
+    DeidentificationError,
+    Deidentifier,
+    DeidOptions,
+    date_shift_days,
+    deidentify_bytes,
+    deterministic_uid,
+    read_dicom,
+    write_dicom,
+)
+from oncopipe.imaging.profile import load_rules
+from oncopipe.pseudonym import patient_key
+
+SECRET = bytes(range(32))
+SOURCE = "dicom/P1/1.dcm"
+
+
+def dataset(patient_id: str = "MRN-000777", **values: Any) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5.6.7.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = "1.2.3.4.5.6.7.100"
+    ds.SeriesInstanceUID = "1.2.3.4.5.6.7.200"
+    ds.FrameOfReferenceUID = "1.2.3.4.5.6.7.300"
+    ds.Modality = "CT"
+    ds.PatientID = patient_id
+    ds.PatientName = "Keller^Maria"
+    ds.PatientBirthDate = "19600214"
+    ds.PatientAge = "064Y"
+    ds.PatientSex = "F"
+    ds.StudyDate = "20260301"
+    ds.AccessionNumber = "ACC-99"
+    ds.InstitutionName = "St Elsewhere Hospital"
+    ds.AdditionalPatientHistory = "lives at 12 Elm Street"
+    ds.ClinicalTrialProtocolID = "TRIAL-7"
+    ds.AcquisitionDeviceProcessingDescription = "Keller kernel B30"
+    ds.StudyDescription = "CT chest for Keller"
+    ds.DeviceSerialNumber = "SN-1234"
+    for key, value in values.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def run(ds: Dataset, options: DeidOptions | None = None) -> tuple[Dataset, str]:
+    return Deidentifier(SECRET, options).deidentify(ds, source=SOURCE)
+
+
+def test_table_is_complete_data_with_every_action_code() -> None:
+    exact, patterns = load_rules()
+    assert len(exact) > 450  # the whole of Table E.1-1 (460 rows with 3 patterns)
+    codes = {rule.basic for rule in exact.values()}
+    for code in ("D", "Z", "X", "U", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*"):
+        assert code in codes, code
+    assert {p.tag for p in patterns} >= {"60XX3000", "50XXXXXX"}
+
+
+def test_every_action_code_applied() -> None:
+    ds, key = run(dataset())
+    assert ds.PatientID == key == patient_key(SECRET, "MRN-000777")  # the shared key
+    assert ds.PatientName == ""  # Z
+    assert ds.AccessionNumber == ""  # Z
+    assert "AdditionalPatientHistory" not in ds  # X
+    assert "PatientBirthDate" in ds and ds.PatientBirthDate == ""  # Z
+    assert ds.ClinicalTrialProtocolID == "ANONYMIZED"  # D
+    assert ds.AcquisitionDeviceProcessingDescription == "ANONYMIZED"  # X/D -> D
+    assert "StudyDescription" not in ds  # X (clean descriptors off)
+    assert ds.InstitutionName == ""  # X/Z/D -> Z
+    assert "DeviceSerialNumber" in ds and ds.DeviceSerialNumber == ""  # X/Z/D -> Z
+    assert ds.SOPInstanceUID == deterministic_uid(SECRET, "1.2.3.4.5.6.7.1")  # U
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.PatientAge == "064Y" and ds.PatientSex == "F"  # K: patient characteristics
+    assert ds.PatientIdentityRemoved == "YES"
+    codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+    assert codes[0] == "113100" and "113107" in codes and "113108" in codes
+
+
+def test_options_change_actions() -> None:
+    plain = DeidOptions(retain_long_modified_dates=False, retain_patient_characteristics=False)
+    ds, _ = run(dataset(), plain)
+    assert ds.StudyDate == ""  # Z without the dates option
+    assert "PatientAge" not in ds  # X without patient characteristics
+    assert "LongitudinalTemporalInformationModified" not in ds
+    cleaned, _ = run(dataset(), DeidOptions(clean_descriptors=True, retain_device_identity=True))
+    assert cleaned.StudyDescription == "CT chest for"  # C: the patient's name is cleaned out
+    assert cleaned.DeviceSerialNumber == "SN-1234"  # K: device identity retained
+
+
+def test_dates_shift_per_patient_consistently() -> None:
+    first, _ = run(dataset(StudyDate="20260301"))
+    second, _ = run(dataset(StudyDate="20260311", SOPInstanceUID="1.2.3.9"))
+    other, _ = run(dataset(patient_id="MRN-000888", StudyDate="20260301"))
+    days = date_shift_days(SECRET, "MRN-000777")
+    assert -3650 <= days <= -1
+    from datetime import date
+
+    shifted = date(int(first.StudyDate[:4]), int(first.StudyDate[4:6]), int(first.StudyDate[6:]))
+    assert (date(2026, 3, 1) - shifted).days == -days
+    later = date(int(second.StudyDate[:4]), int(second.StudyDate[4:6]), int(second.StudyDate[6:]))
+    assert (later - shifted).days == 10  # intervals between a patient's dates are kept
+    assert other.StudyDate != first.StudyDate
+    assert first.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_nested_sequences_and_references_stay_consistent() -> None:
+    ct = dataset()
+    rt = dataset(SOPInstanceUID="1.2.3.4.5.6.7.900", Modality="RTSTRUCT")
+    series = Dataset()
+    series.SeriesInstanceUID = ct.SeriesInstanceUID
+    image = Dataset()
+    image.ReferencedSOPClassUID = ct.SOPClassUID
+    image.ReferencedSOPInstanceUID = ct.SOPInstanceUID
+    series.ContourImageSequence = Sequence([image])
+    study = Dataset()
+    study.ReferencedSOPInstanceUID = ct.StudyInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = Sequence([study])
+    rt.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    observer = Dataset()
+    observer.PersonName = "Dr^Who"  # (0040,A123) D, nested
+    rt.ContentSequence = Sequence([observer])
+    ct_out, _ = run(ct)
+    rt_out, _ = run(rt)
+    frame_out = rt_out.ReferencedFrameOfReferenceSequence[0]
+    series_out = frame_out.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert frame_out.FrameOfReferenceUID == ct_out.FrameOfReferenceUID
+    assert series_out.SeriesInstanceUID == ct_out.SeriesInstanceUID
+    assert series_out.ContourImageSequence[0].ReferencedSOPInstanceUID == ct_out.SOPInstanceUID
+    assert rt_out.StudyInstanceUID == ct_out.StudyInstanceUID
+    assert rt_out.ContentSequence[0].PersonName == "ANONYMIZED"
+
+
+def test_private_tags_overlays_and_curves_removed_safelist_kept() -> None:
+    ds = dataset()
+    block = ds.private_block(0x0009, "ACME 1.0", create=True)
+    block.add_new(0x10, "LO", "Keller private note")
+    block.add_new(0x11, "LO", "kernel-sharp")
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)  # overlay data
+    ds.add_new(0x60000010, "US", 8)
+    ds.add_new(0x50000010, "US", 1)  # curve
+    out, _ = run(copy.deepcopy(ds))
+    assert not any(e.tag.is_private for e in out)
+    assert not any(0x5000 <= e.tag.group <= 0x60FF for e in out)
+    kept, _ = run(ds, DeidOptions(safe_private=(("ACME 1.0", 0x11),)))
+    values = [str(e.value) for e in kept if e.tag.is_private]
+    assert "kernel-sharp" in values and "Keller private note" not in values
+
+
+def test_uids_are_deterministic_across_runs() -> None:
+    assert deterministic_uid(SECRET, "1.2.3") == deterministic_uid(SECRET, "1.2.3")
+    assert deterministic_uid(SECRET, "1.2.3") != deterministic_uid(bytes(32), "1.2.3")
+    assert len(deterministic_uid(SECRET, generate_uid())) <= 64
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+     "MR_small_RLE.dcm"],
+)  # fmt: skip
+def test_real_files_pixel_data_unchanged_and_no_phi_left(name: str) -> None:
+    path = get_testdata_file(name, download=False)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    before = dcmread(path)
+    out, key, _ = deidentify_bytes(raw, source=name, secret=SECRET)
+    after = dcmread(__import__("io").BytesIO(out))
+    assert after.PatientID == key
+    if "PixelData" in before:
+        assert after.PixelData == before.PixelData  # bit-identical
+        assert after.file_meta.TransferSyntaxUID == before.file_meta.TransferSyntaxUID
+    for keyword in ("PatientName", "PatientID", "ReferringPhysicianName", "OtherPatientIDs"):
+        value = str(before.get(keyword, "") or "")
+        if len(value) >= 3:
+            assert value.encode() not in out, keyword  # nowhere in the file
+    for keyword in ("InstitutionName", "StudyID", "AccessionNumber"):
+        assert str(after.get(keyword, "") or "") == "", keyword
+
+
+def test_burned_in_and_risky_modalities_are_refused() -> None:
+    with pytest.raises(DeidentificationError, match="BurnedInAnnotation is YES"):
+        run(dataset(BurnedInAnnotation="YES"))
+    with pytest.raises(DeidentificationError, match="modality US"):
+        run(dataset(Modality="US"))
+    with pytest.raises(DeidentificationError, match="no PatientID") as err:
+        run(dataset(patient_id=""))
+    assert err.value.reason_code == "not-deidentifiable"
+
+
+def test_malformed_input_gets_a_clear_error_naming_the_file() -> None:
+    with open(get_testdata_file("CT_small.dcm", download=False), "rb") as handle:
+        ct = handle.read()
+    with open(get_testdata_file("rtstruct.dcm", download=False), "rb") as handle:
+        no_meta = handle.read()  # a raw data set: no preamble, no file meta
+    cases = {
+        b"": "empty file",
+        b"hello, not dicom at all" * 10: "not a DICOM Part 10 file",
+        no_meta: "not a DICOM Part 10 file",
+        ct[: len(ct) - 5000]: "truncated or malformed",
+        ct[:200]: "truncated or malformed|not a DICOM",
+    }
+    for data, message in cases.items():
+        with pytest.raises(InputError, match=message) as err:
+            read_dicom(data, source="dicom/P1/bad.dcm")
+        assert str(err.value).startswith("dicom/P1/bad.dcm: ")
+        assert "Keller" not in str(err.value)
+
+
+def test_cli_deid_writes_released_files_and_lists_refused(tmp_path: Any, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from oncopipe.cli import main
+
+    monkeypatch.setenv("ONCOPIPE_PSEUDONYM_SECRET", SECRET.hex())
+    monkeypatch.delenv("PSEUDONYM_SECRET_ARN", raising=False)
+    inputs = tmp_path / "in"
+    (inputs / "nested").mkdir(parents=True)
+    (inputs / "nested" / "ct.dcm").write_bytes(
+        open(get_testdata_file("CT_small.dcm", download=False), "rb").read()
+    )
+    (inputs / "us.dcm").write_bytes(write_dicom(dataset(Modality="US")))
+    result = CliRunner().invoke(main, ["deid", str(inputs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "1 de-identified" in result.output and "1 refused" in result.output
+    released = list((tmp_path / "out").rglob("*.dcm"))
+    assert len(released) == 1 and released[0].parts[-4].startswith("pk-")

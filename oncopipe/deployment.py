@@ -77,6 +77,8 @@ class EnvConfig:
     batch_spot_retries: int
     #: Timeout of one Batch job (minutes).
     batch_job_timeout_minutes: int
+    #: DICOM de-identification options (PS3.15 E.3), name -> on/off.
+    deid_options: tuple[tuple[str, bool], ...]
 
     @property
     def prefix(self) -> str:
@@ -192,7 +194,28 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         call_memory_mib=num("call_memory_mib", 512, 1_500_000),
         batch_spot_retries=num("batch_spot_retries", 1, 10),
         batch_job_timeout_minutes=num("batch_job_timeout_minutes", 5, 20_160),
+        deid_options=_deid_options(env, raw["deid_options"]),
     )
+
+
+DEID_OPTION_NAMES = (
+    "retain_long_modified_dates", "retain_patient_characteristics", "clean_descriptors",
+    "retain_device_identity",
+)  # fmt: skip
+
+
+def _deid_options(env: str, value: Any) -> tuple[tuple[str, bool], ...]:
+    where = f"{ENVIRONMENTS_KEY}.{env}.deid_options"
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where}: expected an object of {', '.join(DEID_OPTION_NAMES)}")
+    for name, flag in value.items():
+        if name not in DEID_OPTION_NAMES:
+            raise ConfigurationError(
+                f"{where}: unknown option {name!r} (allowed: {', '.join(DEID_OPTION_NAMES)})"
+            )
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{where}.{name}: expected true or false, got {flag!r}")
+    return tuple(sorted(value.items()))
 
 
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")

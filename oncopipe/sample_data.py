@@ -31,6 +31,7 @@ from oncopipe.genomics.simulate import (
     write_fasta,
     write_truth_vcf,
 )
+from oncopipe.imaging.sample import write_burned_in_ultrasound, write_ct_series
 
 FIRST_NAMES = ("Maria", "John", "Aiko", "Lars", "Fatima", "Pedro", "Grace", "Omar")
 LAST_NAMES = (
@@ -126,6 +127,9 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
         mrn = f"MRN-{rng.randrange(1_000_000, 9_999_999)}"
         name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         note_key = f"{layout.INGEST_NOTES}patient{p:03d}.txt"
+        dicom_prefix = f"{layout.INGEST_DICOM}patient{p:03d}/"
+        for path in write_ct_series(out / dicom_prefix / "ct", rng, mrn=mrn, name=name):
+            data[path.relative_to(out).as_posix()] = path.read_bytes()
         data[note_key] = _note(rng, mrn, name).encode("utf-8")
         germline_pos = 150 + 37 * p
         contig = list(sequences)[p % len(sequences)]
@@ -155,6 +159,7 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
                     "fastq_1": fq1,
                     "fastq_2": fq2,
                     "notes": note_key if kind == "tumour" else "",
+                    "dicom": dicom_prefix if kind == "tumour" else "",
                 }
             )
     # Bad inputs, each with its expected reason.
@@ -162,6 +167,9 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
     data[orphan], _ = _random_pair(rng, "UNLISTED-T", 10)  # no sheet names it: no patient
     data["exports/scanner-dump.bin"] = bytes(rng.randrange(256) for _ in range(512))  # unknown
     data[f"{layout.INGEST_NOTES}empty.txt"] = b""  # empty object
+    capture = out / layout.INGEST_DICOM / "exports" / "us_capture.dcm"
+    write_burned_in_ultrasound(capture, rng, mrn="MRN-0000001", name="Grace Moreau")
+    data[capture.relative_to(out).as_posix()] = capture.read_bytes()  # burned-in: refused
 
     sheet = io.StringIO()
     writer = csv.DictWriter(sheet, fieldnames=list(rows[0]), lineterminator="\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_cdk import (
@@ -18,6 +19,7 @@ from aws_cdk import (
 )
 from constructs import Construct
 
+from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from oncopipe.ingest import TRANSIENT_ERRORS
 from stacks.components.log_group import encrypted_log_group
@@ -148,6 +150,40 @@ class IngestStack(Stack):
             ],
         )
 
+        # De-identification on write: dicom/ objects -> curated/imaging/dicom/
+        self.deid = StageFunction(
+            self,
+            "DicomDeid",
+            handler="dicom_deid",
+            description="oncopipe: de-identify a DICOM object on write (PS3.15 Annex E)",
+            environment={
+                **environment,
+                "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+                "DEID_OPTIONS": json.dumps(dict(config.deid_options)),
+            },
+            memory_mb=1024,
+            **common,
+        )
+        ingest.grant_read(self.deid.role, f"{layout.INGEST_DICOM}*")
+        curated.grant_write(self.deid.role, f"{layout.CURATED_IMAGING}dicom/*")
+        quarantine.grant_read_write(self.deid.role)
+        self.deid.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[lake.pseudonym_secret.secret_arn],
+            )
+        )
+        lake.platform_key.grant_decrypt(self.deid.role)
+        _acknowledge_bucket_grants(self.deid, ingest=ingest, writable=(quarantine,))
+        deid_policy = self.deid.role.node.find_child("DefaultPolicy")
+        for finding, reason in {
+            bucket_objects_finding(ingest, f"{layout.INGEST_DICOM}*"): "Reads DICOM uploads only.",
+            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}dicom/*"): (
+                "Writes de-identified DICOM only."
+            ),
+        }.items():
+            acknowledge(deid_policy, f"AwsSolutions-IAM5[{finding}]", reason)
+
         self.state_machine = self._state_machine(config, lake)
 
         self.rule_dead_letters = encrypted_queue(self, "RuleDeadLetters", key=lake.platform_key)
@@ -168,6 +204,38 @@ class IngestStack(Stack):
                     max_event_age=Duration.hours(24),
                 )
             ],
+        )
+
+    def _deid_branch(self) -> sfn.IChainable:
+        """DICOM object: de-identify on write; quarantined objects fail visibly."""
+        task = tasks.LambdaInvoke(
+            self,
+            "Deidentify",
+            lambda_function=self.deid.function,
+            comment="De-identify the DICOM object into curated/imaging/dicom/",
+            payload=sfn.TaskInput.from_json_path_at("$"),
+            result_selector={"result.$": "$.Payload"},
+            result_path="$.deid",
+            retry_on_service_exceptions=True,
+        )
+        task.add_retry(
+            errors=["Lambda.TooManyRequestsException"],
+            interval=Duration.seconds(2),
+            max_attempts=12,
+            backoff_rate=2.0,
+            max_delay=Duration.minutes(5),
+        )
+        failed = sfn.Fail(self, "DeidFailed", error="DeidFailed", cause_path="$.deid_error.Error")
+        task.add_catch(failed, errors=["States.ALL"], result_path="$.deid_error")
+        refused = sfn.Fail(
+            self, "DicomQuarantined", error="DicomQuarantined",
+            cause_path="$.deid.result.reason",
+            comment="Not released (burned-in text, no patient, unreadable): in quarantine",
+        )  # fmt: skip
+        return task.next(
+            sfn.Choice(self, "DeidOutcome")
+            .when(sfn.Condition.string_equals("$.deid.result.status", "quarantined"), refused)
+            .otherwise(sfn.Succeed(self, "Deidentified"))
         )
 
     def _genomics_branch(self) -> sfn.IChainable:
@@ -296,6 +364,13 @@ class IngestStack(Stack):
                 sfn.Condition.string_equals("$.route.result.status", "accepted"),
                 self._genomics_branch(),
             )
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.string_equals("$.route.result.kind", "dicom"),
+                    sfn.Condition.string_equals("$.route.result.status", "received"),
+                ),
+                self._deid_branch(),
+            )
             .otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
         )
         logs_group = encrypted_log_group(
@@ -329,6 +404,9 @@ class IngestStack(Stack):
             ),
             f"Resource::<{_logical(self.quarantine_on_error.function)}.Arn>:*": (
                 "Invoke any version/alias of the quarantine function (CDK LambdaInvoke)."
+            ),
+            f"Resource::<{_logical(self.deid.function)}.Arn>:*": (
+                "Invoke any version/alias of the de-identification function (CDK LambdaInvoke)."
             ),
             "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job-definition/*": (  # noqa: E501
                 "The Step Functions Batch integration submits by job-definition revision; the "

@@ -243,3 +243,40 @@ def test_cli_deid_writes_released_files_and_lists_refused(tmp_path: Any, monkeyp
     assert "1 de-identified" in result.output and "1 refused" in result.output
     released = list((tmp_path / "out").rglob("*.dcm"))
     assert len(released) == 1 and released[0].parts[-4].startswith("pk-")
+
+
+def test_on_write_stage_curates_deidentified_and_quarantines_refused(s3: Any) -> None:
+    import random
+
+    from oncopipe.imaging.sample import write_burned_in_ultrasound, write_ct_series
+    from oncopipe.imaging.stage import deidentify_object
+    from oncopipe.layout import Buckets
+    from oncopipe.storage import ObjectStore
+    from tests.conftest import make_bucket
+
+    buckets = Buckets(ingest="d-ingest", quarantine="d-quarantine", curated="d-curated",
+                      artifacts="d-artifacts")  # fmt: skip
+    for name in (buckets.ingest, buckets.quarantine, buckets.curated):
+        make_bucket(s3, name)
+    store = ObjectStore(s3)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = random.Random(3)
+        ct = write_ct_series(Path(tmp) / "ct", rng, mrn="MRN-123", name="Ana Silva", slices=2)[0]
+        us = Path(tmp) / "us.dcm"
+        write_burned_in_ultrasound(us, rng, mrn="MRN-123", name="Ana Silva")
+        for key, path in (("dicom/p1/ct.dcm", ct), ("dicom/p1/us.dcm", us)):
+            s3.put_object(Bucket=buckets.ingest, Key=key, Body=path.read_bytes())
+    done = deidentify_object(store, buckets, store.head(buckets.ingest, "dicom/p1/ct.dcm"),
+                             "run-1", secret=SECRET)  # fmt: skip
+    assert done.summary["status"] == "deidentified"
+    body = store.get_bytes(buckets.curated, done.summary["output"])
+    assert b"MRN-123" not in body and b"Silva" not in body and b"Riverside" not in body
+    assert store.get_tags(buckets.curated, done.summary["output"])["step"] == "deid"
+    refused = deidentify_object(store, buckets, store.head(buckets.ingest, "dicom/p1/us.dcm"),
+                                "run-1", secret=SECRET)  # fmt: skip
+    assert refused.summary["status"] == "quarantined"
+    assert store.exists(buckets.quarantine, "run-1/dicom/p1/us.dcm.reason.json")
+    assert [k for k in store.list_keys(buckets.curated) if "us" in k.split("/")[-1]] == []

@@ -133,7 +133,8 @@ def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
             if ingest_export in json.dumps(policy["Properties"]["PolicyDocument"]):
                 readers.add(f"{name}:{logical_id}")
     # the router and catch-all (de-identification/routing) and alignment (FASTQ only)
-    allowed = ("ingest:Router", "ingest:QuarantineOnError", "ingest:Reconcile", "genomics:JobRole")
+    allowed = ("ingest:Router", "ingest:QuarantineOnError", "ingest:Reconcile", "ingest:DicomDeid",
+               "genomics:JobRole")  # fmt: skip
     assert readers and all(r.startswith(allowed) for r in readers), readers
     lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
     ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]
@@ -144,7 +145,7 @@ def test_lambdas_are_private_traced_limited_and_have_dead_letters(synthesized: A
     built, _, _ = synthesized
     ingest = Template.from_stack(built.ingest)
     functions = ingest.find_resources("AWS::Lambda::Function")
-    assert len(functions) == 3  # router, catch-all quarantine, daily reconcile
+    assert len(functions) == 4  # router, catch-all quarantine, daily reconcile, DICOM deid
     for fn in functions.values():
         props = fn["Properties"]
         assert props["TracingConfig"] == {"Mode": "Active"}
@@ -353,7 +354,8 @@ def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any
     built, _, _ = synthesized
     machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
     definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
-    for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "SampleSheetProcessed"):
+    for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "SampleSheetProcessed",
+                  "Deidentify", "DicomQuarantined"):  # fmt: skip
         assert state in definition
     assert "batch:submitJob.sync" in definition
 

@@ -72,7 +72,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     # Quarantine: each rejected object with its reason, including the FASTQ with no patient.
     quarantined = keys(buckets["quarantine"], "e2e-1/")
     for key in ("exports/scanner-dump.bin", "notes/empty.txt", "samplesheets/broken.csv",
-                "fastq/UNLISTED-T_R1.fastq.gz"):  # fmt: skip
+                "fastq/UNLISTED-T_R1.fastq.gz", "dicom/exports/us_capture.dcm"):  # fmt: skip
         assert f"e2e-1/{key}" in quarantined and f"e2e-1/{key}.reason.json" in quarantined
     reason = json.loads(
         s3.get_object(
@@ -95,14 +95,20 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     ]
     assert len(rows) == 4 and all(r["patient_key"].startswith("pk-") for r in rows)
     assert len({r["patient_key"] for r in rows}) == 2
+    # Leakage: no planted identifier in any curated object (DICOM headers included).
+    dicom = [k for k in curated if k.startswith("imaging/dicom/pk-") and k.endswith(".dcm")]
+    assert len(dicom) == 12  # 2 patients x 6 CT slices; the burned-in capture is refused
     for key in curated:
-        assert b"MRN-" not in s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
+        body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
+        for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-"):
+            assert planted not in body, (key, planted)
         tags = s3.get_object_tagging(Bucket=buckets["curated"], Key=key)["TagSet"]
         assert {"Key": "run-id", "Value": "e2e-1"} in tags
     assert not any(k.startswith("_manifests/e2e-1/route/") for k in curated)
     # Routing manifests name ingest keys: they stay in the PHI zone, one per object.
-    manifests = keys(buckets["quarantine"], "_manifests/e2e-1/")
-    assert len(manifests) == len(keys(buckets["ingest"])) + 1  # one per object + reconcile
+    routed = keys(buckets["quarantine"], "_manifests/e2e-1/route/")
+    assert len(routed) == len(keys(buckets["ingest"]))  # one per object
+    assert len(keys(buckets["quarantine"], "_manifests/e2e-1/deid/")) == 13  # 12 CT + 1 US
 
     # Glue catalog: the same database and table the stack defines.
     glue = boto3.client(

@@ -70,6 +70,11 @@ class LocalState:
         """Return boto3 client arguments for this endpoint."""
         return client_kwargs(self.region, self.endpoint_url)
 
+    def _config(self) -> Any:
+        from oncopipe.deployment import load_config, read_cdk_json
+
+        return load_config(read_cdk_json(), self.env)
+
     def handler_env(self) -> dict[str, str]:
         """Return the environment a stage handler gets in the local mode (its Lambda env)."""
         env = {
@@ -82,6 +87,7 @@ class LocalState:
             "PSEUDONYM_SECRET_ARN": self.secret_arn,
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "INFO",
+            "DEID_OPTIONS": json.dumps(dict(self._config().deid_options)),
         }
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = self.endpoint_url

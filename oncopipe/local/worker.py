@@ -24,6 +24,7 @@ from oncopipe.local.state import LocalState, home
 
 ROUTER_MODULE = "lambdas.ingest_router.handler"
 QUARANTINE_MODULE = "lambdas.ingest_quarantine.handler"
+DEID_MODULE = "lambdas.dicom_deid.handler"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -102,6 +103,7 @@ class IngestFlow:
         env = state.handler_env()
         self.router = HandlerProcess(ROUTER_MODULE, env, self._log)
         self.quarantine = HandlerProcess(QUARANTINE_MODULE, env, self._log)
+        self.deid = HandlerProcess(DEID_MODULE, env, self._log)
         self.retry_delay = retry_delay
 
     def execute(self, event: dict[str, Any]) -> Execution:
@@ -129,6 +131,16 @@ class IngestFlow:
             outcome, result = "InputQuarantined", "FAILED"
         elif status == "accepted":
             outcome, result = "SampleSheetAccepted", "SUCCEEDED"
+        elif route.result.get("kind") == "dicom":  # the Deidentify branch
+            deid = self.deid.invoke(event)
+            if not deid.ok:
+                return Execution(key, "FAILED", "DeidFailed", {"error": deid.error},
+                                 time.perf_counter() - started)  # fmt: skip
+            if deid.result.get("status") == "quarantined":
+                return Execution(key, "FAILED", "DicomQuarantined", deid.result,
+                                 time.perf_counter() - started)  # fmt: skip
+            return Execution(key, "SUCCEEDED", "Deidentified", deid.result,
+                             time.perf_counter() - started)  # fmt: skip
         else:
             outcome, result = "Received", "SUCCEEDED"
         return Execution(key, result, outcome, route.result, time.perf_counter() - started)
@@ -136,6 +148,7 @@ class IngestFlow:
     def close(self) -> None:
         self.router.close()
         self.quarantine.close()
+        self.deid.close()
         self._log.close()
 
 

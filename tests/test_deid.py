@@ -280,3 +280,61 @@ def test_on_write_stage_curates_deidentified_and_quarantines_refused(s3: Any) ->
     assert refused.summary["status"] == "quarantined"
     assert store.exists(buckets.quarantine, "run-1/dicom/p1/us.dcm.reason.json")
     assert [k for k in store.list_keys(buckets.curated) if "us" in k.split("/")[-1]] == []
+
+
+def _object_lambda_event(headers: dict[str, str] | None = None, url: str = "") -> dict[str, Any]:
+    return {
+        "getObjectContext": {
+            "inputS3Url": "https://example/presigned",
+            "outputRoute": "route-1",
+            "outputToken": "token-1",
+        },
+        "userRequest": {
+            "url": url or "https://ap.s3-object-lambda/dicom/p1/ct.dcm",
+            "headers": headers or {},
+        },
+    }
+
+
+def test_object_lambda_returns_the_deidentified_object() -> None:
+    from oncopipe.imaging.on_read import handle_get_object
+
+    with open(get_testdata_file("CT_small.dcm", download=False), "rb") as handle:
+        original = handle.read()
+    calls: list[dict[str, Any]] = []
+    result = handle_get_object(_object_lambda_event(), fetch=lambda url: original,
+                               respond=lambda **kw: calls.append(kw), secret=SECRET)  # fmt: skip
+    assert result["status"] == 200 and calls[0]["StatusCode"] == 200
+    assert calls[0]["RequestRoute"] == "route-1" and calls[0]["RequestToken"] == "token-1"
+    served = dcmread(__import__("io").BytesIO(calls[0]["Body"]))
+    assert served.PatientID == result["patient_key"] and served.PatientIdentityRemoved == "YES"
+
+
+def test_object_lambda_errors_are_proper_error_responses() -> None:
+    from oncopipe.imaging.on_read import handle_get_object
+
+    calls: list[dict[str, Any]] = []
+
+    def respond(**kw: Any) -> None:
+        calls.append(kw)
+
+    burned = write_dicom(dataset(BurnedInAnnotation="YES"))
+    cases = [
+        (_object_lambda_event({"Range": "bytes=0-99"}), 416, "RangeNotSupported"),
+        (_object_lambda_event(url="https://ap/dicom/x.dcm?partNumber=2"), 400,
+         "PartNumberNotSupported"),
+        (_object_lambda_event(), 403, "NotReleasable"),
+    ]  # fmt: skip
+    for event, status, code in cases:
+        calls.clear()
+        handle_get_object(event, fetch=lambda url: burned, respond=respond, secret=SECRET)
+        assert calls == [calls[0]] and calls[0]["StatusCode"] == status
+        assert calls[0]["ErrorCode"] == code and "Body" not in calls[0]
+        assert "Keller" not in calls[0]["ErrorMessage"] and "MRN" not in calls[0]["ErrorMessage"]
+    calls.clear()
+
+    def broken(url: str) -> bytes:
+        raise ConnectionError("network")
+
+    handle_get_object(_object_lambda_event(), fetch=broken, respond=respond, secret=SECRET)
+    assert calls[0]["StatusCode"] == 500 and calls[0]["ErrorCode"] == "DeidentificationFailed"

@@ -79,6 +79,8 @@ class EnvConfig:
     batch_job_timeout_minutes: int
     #: DICOM de-identification options (PS3.15 E.3), name -> on/off.
     deid_options: tuple[tuple[str, bool], ...]
+    #: Opt-in: an S3 Object Lambda access point that de-identifies ingest DICOM on read.
+    deid_on_read: bool
 
     @property
     def prefix(self) -> str:
@@ -195,6 +197,7 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         batch_spot_retries=num("batch_spot_retries", 1, 10),
         batch_job_timeout_minutes=num("batch_job_timeout_minutes", 5, 20_160),
         deid_options=_deid_options(env, raw["deid_options"]),
+        deid_on_read=_expect(env, "deid_on_read", raw["deid_on_read"], bool, "true or false"),
     )
 
 

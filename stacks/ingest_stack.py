@@ -14,6 +14,7 @@ from aws_cdk import (
     aws_events_targets as targets,
     aws_iam as iam,
     aws_s3 as s3,
+    aws_s3objectlambda as s3objectlambda,
     aws_stepfunctions as sfn,
     aws_stepfunctions_tasks as tasks,
 )
@@ -184,6 +185,9 @@ class IngestStack(Stack):
         }.items():
             acknowledge(deid_policy, f"AwsSolutions-IAM5[{finding}]", reason)
 
+        if config.deid_on_read:
+            self._deid_on_read(config, lake, ingest, environment, common)
+
         self.state_machine = self._state_machine(config, lake)
 
         self.rule_dead_letters = encrypted_queue(self, "RuleDeadLetters", key=lake.platform_key)
@@ -204,6 +208,74 @@ class IngestStack(Stack):
                     max_event_age=Duration.hours(24),
                 )
             ],
+        )
+
+    def _deid_on_read(
+        self,
+        config: EnvConfig,
+        lake: DataLakeStack,
+        ingest: s3.IBucket,
+        environment: dict[str, str],
+        common: dict[str, Any],
+    ) -> None:
+        """Opt-in: an Object Lambda access point serving ingest DICOM de-identified."""
+        self.deid_on_read = StageFunction(
+            self,
+            "DicomDeidOnRead",
+            handler="dicom_deid_on_read",
+            description="oncopipe: de-identify DICOM on read (S3 Object Lambda, opt-in)",
+            environment={
+                **environment,
+                "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+                "DEID_OPTIONS": json.dumps(dict(config.deid_options)),
+            },
+            memory_mb=1024,
+            timeout_seconds=60,  # the Object Lambda response limit
+            **{**common, "vpc": None, "subnets": None},
+        )
+        role = self.deid_on_read.role
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3-object-lambda:WriteGetObjectResponse"], resources=["*"]
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[lake.pseudonym_secret.secret_arn],
+            )
+        )
+        lake.platform_key.grant_decrypt(role)
+        # The presigned inputS3Url is signed with the caller's credentials; the caller also
+        # needs kms:Decrypt on the ingest key, as for any read of that bucket.
+        access_point = s3.CfnAccessPoint(
+            self, "IngestAccessPoint", bucket=ingest.bucket_name,
+            public_access_block_configuration=s3.CfnAccessPoint.PublicAccessBlockConfigurationProperty(
+                block_public_acls=True, block_public_policy=True, ignore_public_acls=True,
+                restrict_public_buckets=True,
+            ),
+        )  # fmt: skip
+        self.object_lambda_access_point = s3objectlambda.CfnAccessPoint(
+            self,
+            "DeidOnReadAccessPoint",
+            object_lambda_configuration=s3objectlambda.CfnAccessPoint.ObjectLambdaConfigurationProperty(
+                supporting_access_point=access_point.attr_arn,
+                cloud_watch_metrics_enabled=True,
+                transformation_configurations=[
+                    s3objectlambda.CfnAccessPoint.TransformationConfigurationProperty(
+                        actions=["GetObject"],
+                        content_transformation={
+                            "AwsLambda": {"FunctionArn": self.deid_on_read.function.function_arn}
+                        },
+                    )
+                ],
+            ),
+        )
+        policy = role.node.find_child("DefaultPolicy")
+        acknowledge(
+            policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "WriteGetObjectResponse and X-Ray support no resource-level scoping.",
         )
 
     def _deid_branch(self) -> sfn.IChainable:

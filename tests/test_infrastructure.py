@@ -369,3 +369,25 @@ def test_orphan_fastq_reconciled_daily(synthesized: Any) -> None:
             "Targets": [Match.object_like({"DeadLetterConfig": Match.any_value()})],
         },
     )
+
+
+def test_deid_on_read_is_opt_in(tmp_path: Path) -> None:
+    context = cdk_context(env="dev")
+    context["oncopipe:environments"]["dev"]["deid_on_read"] = True
+    built = build_app(App(context=context, outdir=str(tmp_path)))
+    built.app.synth()  # both nag packs pass with the access points
+    ingest = Template.from_stack(built.ingest)
+    ingest.resource_count_is("AWS::S3ObjectLambda::AccessPoint", 1)
+    ingest.has_resource_properties(
+        "AWS::S3ObjectLambda::AccessPoint",
+        {
+            "ObjectLambdaConfiguration": Match.object_like(
+                {"TransformationConfigurations": [Match.object_like({"Actions": ["GetObject"]})]}
+            )
+        },
+    )
+
+
+def test_deid_on_read_is_off_by_default(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    Template.from_stack(built.ingest).resource_count_is("AWS::S3ObjectLambda::AccessPoint", 0)

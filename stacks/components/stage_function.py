@@ -64,8 +64,8 @@ class StageFunction(Construct):
         handler: str,
         description: str,
         key: kms.IKey,
-        vpc: ec2.IVpc,
-        subnets: ec2.SubnetSelection,
+        vpc: ec2.IVpc | None,
+        subnets: ec2.SubnetSelection | None,
         environment: Mapping[str, str],
         reserved_concurrency: int,
         log_retention_days: int,
@@ -108,6 +108,14 @@ class StageFunction(Construct):
             vpc=vpc,
             vpc_subnets=subnets,
         )
+        if vpc is None:
+            acknowledge(
+                self.function,
+                "HIPAA.Security-LambdaInsideVPC",
+                "S3 Object Lambda's WriteGetObjectResponse endpoint has no VPC endpoint; this "
+                "function only receives presigned URLs and answers through that API.",
+            )
+            return
         acknowledge(
             self.role,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",

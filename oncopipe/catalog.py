@@ -93,8 +93,23 @@ VARIANTS = TableSpec(
     classification="parquet",
 )
 
+IMAGING_VOLUMES = TableSpec(
+    name="imaging_volumes",
+    prefix=layout.CURATED_IMAGING_VOLUMES,
+    description="De-identified image volumes, one row per slice (geometry in file metadata).",
+    columns=(
+        Column("slice_index", "int", "slice number along the slice normal"),
+        Column("position", "double", "slice position along the normal (mm)"),
+        Column("pixels", "binary", "stored pixel values, little-endian, rows x columns"),
+    ),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
+
 #: Every curated table, by name.
-TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES, VARIANTS)}
+TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES)}
 
 
 def database_name(project: str, env: str) -> str:

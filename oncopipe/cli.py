@@ -245,6 +245,26 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
         sys.exit(1)
 
 
+@main.command("dicom-to-parquet")
+@click.argument("series_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def dicom_to_parquet(series_dir: Path, out: Path) -> None:
+    """Convert one DICOM series (a folder, recursive) to a lossless Parquet volume.
+
+    Read it back with oncopipe.imaging.volume.read_volume (numpy) and to_sitk (SimpleITK).
+    """
+    from oncopipe.imaging.volume import series_to_parquet
+
+    paths = sorted(p for p in series_dir.rglob("*") if p.is_file())
+    try:
+        geometry, size = series_to_parquet(paths, out)
+    except OncopipeError as e:
+        _fail(e)
+    source = sum(p.stat().st_size for p in paths)
+    console.print(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
+                  f"{size} bytes ({size / source:.0%} of the DICOM files)")  # fmt: skip
+
+
 # -- sample sheet --------------------------------------------------------------------------
 @main.command("validate-samplesheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))

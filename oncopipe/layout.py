@@ -21,6 +21,7 @@ CURATED_GENOMICS_BAM = "genomics/bam/"
 CURATED_GENOMICS_VARIANTS = "genomics/variants/"
 CURATED_GENOMICS_VCF = "genomics/vcf/"
 CURATED_IMAGING = "imaging/"
+CURATED_IMAGING_VOLUMES = "imaging/volumes/"
 CURATED_NOTES = "notes/"
 
 # Artifacts bucket.

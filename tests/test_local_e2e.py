@@ -98,6 +98,8 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     # Leakage: no planted identifier in any curated object (DICOM headers included).
     dicom = [k for k in curated if k.startswith("imaging/dicom/pk-") and k.endswith(".dcm")]
     assert len(dicom) == 12  # 2 patients x 6 CT slices; the burned-in capture is refused
+    volumes = [k for k in curated if k.startswith("imaging/volumes/pk-")]
+    assert len(volumes) == 2  # one lossless Parquet volume per de-identified CT series
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
         for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-"):

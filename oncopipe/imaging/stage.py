@@ -84,3 +84,59 @@ def deidentify_object(
         }
 
     return process_item(ctx, ref.key, [ref], work)
+
+
+def volume_key(patient_key: str, series_uid: str) -> str:
+    return f"{layout.CURATED_IMAGING_VOLUMES}{patient_key}/{series_uid}.parquet"
+
+
+def build_series_volumes(
+    store: ObjectStore, buckets: layout.Buckets, run_id: str
+) -> list[ItemResult]:
+    """Convert every series de-identified in a run to a Parquet volume (step ``volume``).
+
+    Reads the run's ``deid`` manifests, groups the de-identified instances by patient and
+    series, and writes ``imaging/volumes/<patient_key>/<series>.parquet``. A series whose
+    slices do not form one volume is recorded as ``inconsistent`` with the reason (its
+    DICOM stays in curated); the other series are unaffected.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from oncopipe.imaging.volume import SeriesError, series_to_parquet
+    from oncopipe.manifest import MANIFEST_ROOT
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
+    for key in store.list_keys(buckets.quarantine, prefix):
+        summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
+        if summary.get("status") == "deidentified" and summary.get("modality") != "RTSTRUCT":
+            groups.setdefault((summary["patient_key"], summary["series"]), []).append(
+                summary["output"]
+            )
+    results = []
+    for (patient, series), keys in sorted(groups.items()):
+        refs = [ref for k in sorted(keys) if (ref := store.head(buckets.curated, k)) is not None]
+        ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id,
+                          step="volume", params={"format": "parquet-zstd-v1"})  # fmt: skip
+
+        def work(writer: ItemWriter, refs: list[ObjectRef] = refs, patient: str = patient,
+                 series: str = series) -> Mapping[str, Any]:  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="oncopipe-volume-") as tmp:
+                paths = []
+                for n, ref in enumerate(refs):
+                    path = Path(tmp) / f"{n:05d}.dcm"
+                    store.download_file(ref.bucket, ref.key, str(path))
+                    paths.append(path)
+                out = Path(tmp) / "volume.parquet"
+                try:
+                    geometry, size = series_to_parquet(paths, out)
+                except SeriesError as e:
+                    return {"kind": "series", "status": "inconsistent", "reason": str(e)}
+                writer.upload_file(str(out), buckets.curated, volume_key(patient, series))
+                return {"kind": "series", "status": "converted", "patient_key": patient,
+                        "dimensions": list(geometry.dimensions), "bytes": size,
+                        "dicom_bytes": sum(r.size for r in refs)}  # fmt: skip
+
+        results.append(process_item(ctx, series, refs, work))
+    return results

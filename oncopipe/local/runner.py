@@ -197,6 +197,10 @@ def run(
         patient_key=keyer(load_secret(state.handler_env())),
     )
     reconciled = router.reconcile(run_id)
+    # De-identified series -> Parquet volumes (the imaging stage's conversion step).
+    from oncopipe.imaging.stage import build_series_volumes
+
+    build_series_volumes(store, state.buckets, run_id)
     jobs: list[JobResult] = []
     accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
     if accepted:

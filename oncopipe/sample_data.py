@@ -128,7 +128,9 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
         name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         note_key = f"{layout.INGEST_NOTES}patient{p:03d}.txt"
         dicom_prefix = f"{layout.INGEST_DICOM}patient{p:03d}/"
-        for path in write_ct_series(out / dicom_prefix / "ct", rng, mrn=mrn, name=name):
+        series = write_ct_series(out / dicom_prefix / "ct", rng, mrn=mrn, name=name,
+                                 with_rtstruct=True)  # fmt: skip
+        for path in series:
             data[path.relative_to(out).as_posix()] = path.read_bytes()
         data[note_key] = _note(rng, mrn, name).encode("utf-8")
         germline_pos = 150 + 37 * p

@@ -97,9 +97,11 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert len({r["patient_key"] for r in rows}) == 2
     # Leakage: no planted identifier in any curated object (DICOM headers included).
     dicom = [k for k in curated if k.startswith("imaging/dicom/pk-") and k.endswith(".dcm")]
-    assert len(dicom) == 12  # 2 patients x 6 CT slices; the burned-in capture is refused
+    assert len(dicom) == 14  # 2 x (6 CT slices + RTSTRUCT); the burned-in capture is refused
     volumes = [k for k in curated if k.startswith("imaging/volumes/pk-")]
     assert len(volumes) == 2  # one lossless Parquet volume per de-identified CT series
+    masks = [k for k in curated if k.startswith("imaging/masks/pk-")]
+    assert len(masks) == 2  # the RTSTRUCT of each series, as voxel masks on its grid
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
         for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-"):
@@ -110,7 +112,8 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     # Routing manifests name ingest keys: they stay in the PHI zone, one per object.
     routed = keys(buckets["quarantine"], "_manifests/e2e-1/route/")
     assert len(routed) == len(keys(buckets["ingest"]))  # one per object
-    assert len(keys(buckets["quarantine"], "_manifests/e2e-1/deid/")) == 13  # 12 CT + 1 US
+    deid_items = keys(buckets["quarantine"], "_manifests/e2e-1/deid/")
+    assert len(deid_items) == 15  # 12 CT slices + 2 RTSTRUCT + 1 US
 
     # Glue catalog: the same database and table the stack defines.
     glue = boto3.client(

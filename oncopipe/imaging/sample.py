@@ -18,6 +18,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _ROOT = "1.2.826.0.1.3680043.10.1457."  # an example UID root for synthetic data
 
 
@@ -56,9 +57,20 @@ def _base(rng: random.Random, mrn: str, name: str, sop_class: str) -> Dataset:
 
 
 def write_ct_series(
-    out: Path, rng: random.Random, *, mrn: str, name: str, slices: int = 6, size: int = 32
+    out: Path,
+    rng: random.Random,
+    *,
+    mrn: str,
+    name: str,
+    slices: int = 6,
+    size: int = 32,
+    with_rtstruct: bool = False,
 ) -> list[Path]:
-    """Write one CT series (``slices`` files) under ``out``; return the paths."""
+    """Write one CT series (``slices`` files) under ``out``; return the paths.
+
+    ``with_rtstruct`` also writes ``rtstruct.dcm`` beside the series folder, contouring
+    the lesion (its path is the last one returned).
+    """
     out.mkdir(parents=True, exist_ok=True)
     study, series, frame = _uid(rng), _uid(rng), _uid(rng)
     centre = (size / 2 + rng.uniform(-3, 3), size / 2 + rng.uniform(-3, 3), slices / 2)
@@ -98,7 +110,66 @@ def write_ct_series(
         path = out / f"slice_{k:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
+    if with_rtstruct:
+        paths.append(
+            _write_rtstruct(out.parent / "rtstruct.dcm", rng, ds, centre, radius, mrn=mrn,
+                            name=name, slices=slices, spacing=spacing, thickness=thickness)
+        )  # fmt: skip
     return paths
+
+
+def _write_rtstruct(path: Path, rng: random.Random, image: Dataset, centre: tuple[float, ...],
+                    radius: float, *, mrn: str, name: str, slices: int, spacing: float,
+                    thickness: float) -> Path:  # fmt: skip
+    """Write an RTSTRUCT with the lesion contoured on each slice it crosses."""
+    import math
+
+    ds = _base(rng, mrn, name, RT_STRUCTURE_SET_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = _uid(rng)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = image.StudyInstanceUID, _uid(rng)
+    ds.FrameOfReferenceUID = image.FrameOfReferenceUID
+    ds.Modality = "RTSTRUCT"
+    ds.StructureSetLabel = "Lesion"
+    ds.StructureSetDate = image.StudyDate
+    series = Dataset()
+    series.SeriesInstanceUID = image.SeriesInstanceUID
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = image.StudyInstanceUID
+    study.RTReferencedSeriesSequence = [series]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = image.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    roi = Dataset()
+    roi.ROINumber = 1
+    roi.ReferencedFrameOfReferenceUID = image.FrameOfReferenceUID
+    roi.ROIName = "GTV"
+    ds.StructureSetROISequence = [roi]
+    contours = []
+    for k in range(slices):
+        half = radius**2 - ((k - centre[2]) * 3) ** 2
+        if half <= 1.0:
+            continue
+        r = math.sqrt(half)
+        points: list[float] = []
+        for n in range(24):
+            angle = 2 * math.pi * n / 24
+            i, j = centre[0] + r * math.cos(angle), centre[1] + r * math.sin(angle)
+            points += [round(-12.8 + i * spacing, 3), round(-12.8 + j * spacing, 3),
+                       round(k * thickness, 3)]  # fmt: skip
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = 24
+        contour.ContourData = points
+        contours.append(contour)
+    roi_contour = Dataset()
+    roi_contour.ReferencedROINumber = 1
+    roi_contour.ROIDisplayColor = [255, 0, 0]
+    roi_contour.ContourSequence = contours
+    ds.ROIContourSequence = [roi_contour]
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_burned_in_ultrasound(path: Path, rng: random.Random, *, mrn: str, name: str) -> None:

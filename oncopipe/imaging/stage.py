@@ -107,21 +107,33 @@ def build_series_volumes(
     from oncopipe.manifest import MANIFEST_ROOT
 
     groups: dict[tuple[str, str], list[str]] = {}
+    structures: dict[str, list[str]] = {}  # patient key -> RTSTRUCT outputs
     prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
     for key in store.list_keys(buckets.quarantine, prefix):
         summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
-        if summary.get("status") == "deidentified" and summary.get("modality") != "RTSTRUCT":
+        if summary.get("status") != "deidentified":
+            continue
+        if summary.get("modality") == "RTSTRUCT":
+            structures.setdefault(summary["patient_key"], []).append(summary["output"])
+        else:
             groups.setdefault((summary["patient_key"], summary["series"]), []).append(
                 summary["output"]
             )
     results = []
     for (patient, series), keys in sorted(groups.items()):
         refs = [ref for k in sorted(keys) if (ref := store.head(buckets.curated, k)) is not None]
+        rt_refs = [r for k in sorted(structures.get(patient, []))
+                   if (r := store.head(buckets.curated, k)) is not None]  # fmt: skip
         ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id,
                           step="volume", params={"format": "parquet-zstd-v1"})  # fmt: skip
 
-        def work(writer: ItemWriter, refs: list[ObjectRef] = refs, patient: str = patient,
-                 series: str = series) -> Mapping[str, Any]:  # fmt: skip
+        def work(
+            writer: ItemWriter,
+            refs: list[ObjectRef] = refs,
+            patient: str = patient,
+            series: str = series,
+            rt_refs: list[ObjectRef] = rt_refs,
+        ) -> Mapping[str, Any]:
             with tempfile.TemporaryDirectory(prefix="oncopipe-volume-") as tmp:
                 paths = []
                 for n, ref in enumerate(refs):
@@ -134,9 +146,46 @@ def build_series_volumes(
                 except SeriesError as e:
                     return {"kind": "series", "status": "inconsistent", "reason": str(e)}
                 writer.upload_file(str(out), buckets.curated, volume_key(patient, series))
+                rois = _write_structure_masks(store, writer, buckets, rt_refs, geometry,
+                                              Path(tmp), patient, series)  # fmt: skip
                 return {"kind": "series", "status": "converted", "patient_key": patient,
                         "dimensions": list(geometry.dimensions), "bytes": size,
-                        "dicom_bytes": sum(r.size for r in refs)}  # fmt: skip
+                        "dicom_bytes": sum(r.size for r in refs), "rois": rois}  # fmt: skip
 
-        results.append(process_item(ctx, series, refs, work))
+        results.append(process_item(ctx, series, [*refs, *rt_refs], work))
     return results
+
+
+def masks_key(patient_key: str, series_uid: str) -> str:
+    return f"{layout.CURATED_IMAGING}masks/{patient_key}/{series_uid}.parquet"
+
+
+def _write_structure_masks(
+    store: ObjectStore,
+    writer: ItemWriter,
+    buckets: layout.Buckets,
+    rt_refs: list[ObjectRef],
+    geometry: Any,
+    workdir: Any,
+    patient: str,
+    series: str,
+) -> list[str]:
+    """Write the masks of the patient's RTSTRUCTs that reference this series; return ROIs."""
+    import pydicom
+
+    from oncopipe.imaging.masks import rtstruct_masks, write_masks
+    from oncopipe.imaging.volume import SeriesError
+
+    masks: dict[str, Any] = {}
+    for ref in rt_refs:
+        path = workdir / "rtstruct.dcm"
+        store.download_file(ref.bucket, ref.key, str(path))
+        try:
+            masks.update(rtstruct_masks(pydicom.dcmread(str(path)), geometry, source=ref.key))
+        except SeriesError:
+            continue  # references another series of the patient
+    if masks:
+        out = workdir / "masks.parquet"
+        write_masks(masks, geometry, out)
+        writer.upload_file(str(out), buckets.curated, masks_key(patient, series))
+    return sorted(masks)

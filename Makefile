@@ -67,8 +67,10 @@ synth: setup
 	$(CDK) synth --quiet -c env=$(ENV)
 
 bench: setup
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) benchmarks/synth_time.py
 	$(PY) benchmarks/genomics.py
+	$(PY) benchmarks/imaging.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt

@@ -149,7 +149,7 @@ class Deidentifier:
             )
         key = patient_key(self.secret, source_id)
         days = date_shift_days(self.secret, source_id)
-        identifiers = self._identifying_strings(ds)
+        identifiers = self._identifying_strings(ds) if "clean_descriptors" in self._enabled else []
         self._walk(ds, days, identifiers, source)
         if getattr(ds, "file_meta", None) is not None:
             meta = ds.file_meta
@@ -184,31 +184,49 @@ class Deidentifier:
         return sorted(set(found), key=len, reverse=True)
 
     def _walk(self, ds: Any, days: int, identifiers: list[str], source: str) -> None:
+        from pydicom.datadict import dictionary_VR
+        from pydicom.dataelem import DataElement
         from pydicom.dataset import Dataset
 
         self._remove_private(ds)
-        for element in list(ds):
-            tag = int(element.tag)
-            group = tag >> 16
+        for tag in list(ds.keys()):
+            number = int(tag)
+            group = number >> 16
             if group & 1:  # a safelisted private element (or its creator)
                 continue
             if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
-                del ds[element.tag]  # curves and overlays
+                del ds[tag]  # curves and overlays
                 continue
-            if tag == 0x00100020:  # PatientID: replaced by the key at the end
+            if number == 0x00100020:  # PatientID: replaced by the key at the end
                 continue
-            rule = self.rules.get(tag)
+            rule = self.rules.get(number)
             action = rule.action(self._enabled) if rule else "K"
+            # Elements that are kept are not decoded: reading and writing them stays raw.
+            raw_vr = ds.get_item(tag).VR
+            if raw_vr is None:
+                try:
+                    raw_vr = dictionary_VR(tag)
+                except KeyError:
+                    raw_vr = "UN"
+            if action in ("K", "KU") and raw_vr != "SQ":
+                continue
+            if action == "X":
+                del ds[tag]  # no need to decode what is removed
+                continue
+            if action in ("Z", "D") and raw_vr not in ("SQ", "UI"):
+                ds[tag] = DataElement(tag, raw_vr, _replacement(action, raw_vr))
+                continue
+            element = ds[tag]
             try:
                 self._apply(ds, element, action, days, identifiers)
             except (ValueError, TypeError) as e:
-                name = rule.name if rule else element.keyword or f"{tag:08X}"
+                name = rule.name if rule else element.keyword or f"{number:08X}"
                 raise DeidentificationError(
                     source,
-                    f"attribute {name} ({tag:08X}) could not be processed ({type(e).__name__})",
+                    f"attribute {name} ({number:08X}) could not be processed ({type(e).__name__})",
                 ) from e
-            if element.tag in ds and element.VR == "SQ":
-                for item in ds[element.tag].value:
+            if tag in ds and element.VR == "SQ":
+                for item in ds[tag].value:
                     if isinstance(item, Dataset):
                         self._walk(item, days, identifiers, source)
 
@@ -264,19 +282,22 @@ class Deidentifier:
 
     def _remove_private(self, ds: Any) -> None:
         """Remove private elements, keeping safelisted ones and their creators."""
+        private = [tag for tag in ds.keys() if tag.group & 1]
+        if not private:
+            return
         keep: set[int] = set()
-        for element in ds:
-            tag = int(element.tag)
-            group, number = tag >> 16, tag & 0xFFFF
-            if not group & 1 or number < 0x1000 or not self.options.safe_private:
-                continue
-            creator_tag = (group << 16) | (number >> 8)
-            creator = str(ds[creator_tag].value) if creator_tag in ds else ""
-            if (creator, number & 0xFF) in self.options.safe_private:
-                keep.update((tag, creator_tag))
-        for element in list(ds):
-            if element.tag.is_private and int(element.tag) not in keep:
-                del ds[element.tag]
+        if self.options.safe_private:
+            for tag in private:
+                group, number = tag.group, tag.element
+                if number < 0x1000:
+                    continue
+                creator_tag = (group << 16) | (number >> 8)
+                creator = str(ds[creator_tag].value) if creator_tag in ds else ""
+                if (creator, number & 0xFF) in self.options.safe_private:
+                    keep.update((int(tag), creator_tag))
+        for tag in private:
+            if int(tag) not in keep:
+                del ds[tag]
 
     def _method_codes(self, used: Iterable[str]) -> Any:
         from pydicom.dataset import Dataset
@@ -290,6 +311,15 @@ class Deidentifier:
             item.CodeMeaning = meaning
             items.append(item)
         return items
+
+
+def _replacement(action: str, vr: str) -> Any:
+    """Return the Z (empty) or D (dummy) value of a VR."""
+    if action == "Z" or vr not in DUMMY:
+        if vr in ("OB", "OW", "UN"):
+            return b""
+        return None if vr in ("US", "SS", "UL", "SL", "FL", "FD") else ""
+    return DUMMY[vr]
 
 
 def _replace_insensitive(text: str, old: str, new: str) -> str:

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Imaging benchmarks, side by side in one run, printed as ratios (nothing asserted).
+
+1. De-identification files/s on the same corpus (synthetic CT slices with PHI headers):
+   oncopipe (PS3.15 Table E.1-1) against pydicom/deid (default recipe), dicognito, and
+   dicom-anonymizer (Kitware, Annex E table), and a bare pydicom read + write of the same
+   files. Every tool reads bytes, de-identifies, and writes to memory. dcmanon (Rust) is
+   not installable here (no crates registry), so it is not measured.
+   Goals: faster than every Python peer; <= 1.5x the bare read + write.
+2. DICOM series -> Parquet: size against the DICOM files (goal >= 60 % smaller) and MB/s.
+
+Usage: ``python benchmarks/imaging.py [--quick]`` (peers from requirements-bench.txt).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pydicom
+
+from oncopipe.imaging.deid import Deidentifier
+from oncopipe.imaging.sample import write_ct_series
+from oncopipe.imaging.volume import series_to_parquet
+
+SECRET = bytes(range(32))
+
+
+def _bare(ds: pydicom.Dataset) -> None:
+    return None
+
+
+def _oncopipe() -> Callable[[pydicom.Dataset], None]:
+    engine = Deidentifier(SECRET)
+    return lambda ds: engine.deidentify(ds, source="bench")  # type: ignore[return-value]
+
+
+def _dicognito() -> Callable[[pydicom.Dataset], None] | None:
+    try:
+        from dicognito.anonymizer import Anonymizer
+    except ImportError:
+        return None
+    engine = Anonymizer()
+    return engine.anonymize
+
+
+def _kitware() -> Callable[[pydicom.Dataset], None] | None:
+    try:
+        from dicomanonymizer import anonymize_dataset
+    except ImportError:
+        return None
+    return lambda ds: anonymize_dataset(ds, delete_private_tags=True)
+
+
+def run(files: list[bytes], work: Callable[[pydicom.Dataset], None]) -> float:
+    start = time.perf_counter()
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        work(ds)
+        out = io.BytesIO()
+        ds.save_as(out)
+    return time.perf_counter() - start
+
+
+def run_deid(paths: list[Path]) -> float | None:
+    try:
+        from deid.dicom import replace_identifiers
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    for path in paths:  # its API works on files; the result is written to memory
+        for ds in replace_identifiers(dicom_files=[str(path)], save=False, remove_private=True):
+            ds.save_as(io.BytesIO())
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = random.Random(1)
+        paths: list[Path] = []
+        for n in range(2 if quick else 8):
+            paths += write_ct_series(Path(tmp) / f"s{n}", rng, mrn=f"MRN-{n}", name="Ann Lee",
+                                     slices=10 if quick else 25, size=256)  # fmt: skip
+        files = [p.read_bytes() for p in paths]
+        megabytes = sum(map(len, files)) / 1e6
+        results = {"bare pydicom read + write": run(files, _bare),
+                   "oncopipe (Table E.1-1)": run(files, _oncopipe())}  # fmt: skip
+        for name, factory in (("dicognito", _dicognito), ("dicom-anonymizer", _kitware)):
+            engine = factory()
+            if engine is not None:
+                results[name] = run(files, engine)
+        deid_time = run_deid(paths)
+        if deid_time is not None:
+            results["pydicom/deid (default recipe)"] = deid_time
+        ours = results["oncopipe (Table E.1-1)"]
+        print(f"\n1. de-identification, {len(files)} CT slices (256x256), {megabytes:.1f} MB")
+        print(f"   {'tool':<32} {'files/s':>9} {'time / oncopipe':>16}")
+        for name, seconds in results.items():
+            print(f"   {name:<32} {len(files) / seconds:>9.0f} {seconds / ours:>15.2f}x")
+        print(f"   oncopipe / bare read+write: {ours / results['bare pydicom read + write']:.2f}x "
+              "(goal <= 1.5x)")  # fmt: skip
+        series = [Path(tmp) / f"s{n}" for n in range(2 if quick else 8)]
+        total_in = total_out = 0
+        start = time.perf_counter()
+        for n, folder in enumerate(series):
+            slices = sorted(folder.glob("*.dcm"))
+            _, size = series_to_parquet(slices, Path(tmp) / f"v{n}.parquet")
+            total_in += sum(p.stat().st_size for p in slices)
+            total_out += size
+        seconds = time.perf_counter() - start
+        print(f"\n2. DICOM series -> Parquet (zstd), {len(series)} series")
+        print(f"   size: {total_out / total_in:.0%} of the DICOM files "
+              f"({1 - total_out / total_in:.0%} smaller; goal >= 60 %)")  # fmt: skip
+        print(f"   throughput: {total_in / 1e6 / seconds:.1f} MB/s of DICOM")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

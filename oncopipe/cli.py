@@ -248,7 +248,20 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
 @main.command("dicom-to-parquet")
 @click.argument("series_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def dicom_to_parquet(series_dir: Path, out: Path) -> None:
+@click.option(
+    "--rtstruct",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="RTSTRUCT whose contours become masks beside the volume.",
+)
+@click.option(
+    "--seg",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="DICOM SEG whose segments become masks beside the volume.",
+)
+def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
+                     seg: Path | None) -> None:  # fmt: skip
     """Convert one DICOM series (a folder, recursive) to a lossless Parquet volume.
 
     Read it back with oncopipe.imaging.volume.read_volume (numpy) and to_sitk (SimpleITK).
@@ -263,6 +276,21 @@ def dicom_to_parquet(series_dir: Path, out: Path) -> None:
     source = sum(p.stat().st_size for p in paths)
     console.print(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
                   f"{size} bytes ({size / source:.0%} of the DICOM files)")  # fmt: skip
+    if rtstruct or seg:
+        import pydicom
+
+        from oncopipe.imaging.masks import rtstruct_masks, seg_masks, write_masks
+
+        segmentation = rtstruct or seg
+        assert segmentation is not None
+        convert = rtstruct_masks if rtstruct else seg_masks
+        try:
+            masks = convert(pydicom.dcmread(str(segmentation)), geometry, source=str(segmentation))
+        except OncopipeError as e:
+            _fail(e)
+        target = out.with_name(out.stem + ".masks.parquet")
+        write_masks(masks, geometry, target)
+        console.print(f"{target}: masks {', '.join(masks)}")
 
 
 # -- sample sheet --------------------------------------------------------------------------
@@ -419,6 +447,13 @@ def _print_report(report: object, state: object) -> None:
                 console.print(f"      {detail}", highlight=False, markup=False)
         for orphan in orphans:
             console.print(f"  reconcile: {orphan.summary['reason']}", highlight=False, markup=False)
+    for job in report.jobs:
+        if job.step == "volumes":
+            for series in job.outcome.get("series", []):
+                dims = "x".join(map(str, series.get("dimensions", [])))
+                console.print(f"  volume {series.get('patient_key')} {dims} "
+                              f"{series.get('status')} masks: {', '.join(series.get('rois', []))}",
+                              highlight=False, markup=False)  # fmt: skip
     failed_jobs = [j for j in report.jobs if j.exit_code != 0]
     for job in failed_jobs:
         console.print(f"  {job.step} {job.sample} FAILED: {job.outcome.get('reason', '')}",
@@ -432,7 +467,7 @@ def _print_report(report: object, state: object) -> None:
         for line in hotspots:
             console.print(f"  {line}", highlight=False, markup=False)
     console.print(
-        f"{len(report.executions)} ingest events and {len(report.jobs)} genomics jobs in "
+        f"{len(report.executions)} ingest events and {len(report.jobs)} Batch jobs in "
         f"{report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"

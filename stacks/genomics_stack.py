@@ -13,13 +13,17 @@ from aws_cdk import (
     aws_ec2 as ec2,
     aws_ecr_assets as ecr_assets,
     aws_ecs as ecs,
+    aws_events as events,
+    aws_events_targets as targets,
     aws_iam as iam,
+    aws_s3 as s3,
 )
 from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.nag import acknowledge, bucket_objects_finding
 from stacks.paths import REPO_ROOT
@@ -189,10 +193,109 @@ class GenomicsStack(Stack):
             "AlignJob", "align", image, logs, environment, config,
             vcpus=config.align_vcpus, memory_mib=config.align_memory_mib,
         )  # fmt: skip
+        self.imaging_job = self.imaging_jobs(
+            config=config, lake=lake, quarantine=quarantine, curated=curated, image=image,
+            logs=logs, environment=environment,
+        )  # fmt: skip
+        self.imaging_dead_letters = encrypted_queue(
+            self, "ImagingScheduleDeadLetters", key=lake.platform_key
+        )
+        events.Rule(
+            self,
+            "DailyImagingVolumes",
+            description="Convert the previous day's de-identified series to volumes",
+            schedule=events.Schedule.cron(minute="0", hour="3"),
+            targets=[
+                targets.BatchJob(
+                    self.job_queue.job_queue_arn,
+                    self.job_queue,
+                    self.imaging_job.job_definition_arn,
+                    self.imaging_job,
+                    job_name="imaging-volumes",
+                    dead_letter_queue=self.imaging_dead_letters,
+                    retry_attempts=2,
+                )
+            ],
+        )
         self.call_job = self._job(
             "CallJob", "call", image, logs, environment, config,
             vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
         )  # fmt: skip
+
+    def imaging_jobs(
+        self,
+        *,
+        config: EnvConfig,
+        lake: DataLakeStack,
+        quarantine: s3.IBucket,
+        curated: s3.IBucket,
+        image: ecr_assets.DockerImageAsset,
+        logs: Any,
+        environment: dict[str, str],
+    ) -> batch.EcsJobDefinition:
+        """The daily imaging job: de-identified series -> Parquet volumes and masks."""
+        role = iam.Role(
+            self,
+            "ImagingJobRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description="oncopipe imaging jobs: de-identified DICOM in, volumes and masks out",
+        )
+        quarantine.grant_read(role, "_manifests/*")
+        curated.grant_read(role, f"{layout.CURATED_IMAGING}dicom/*")
+        curated.grant_read_write(role, f"{layout.CURATED_IMAGING_VOLUMES}*")
+        curated.grant_read_write(role, f"{layout.CURATED_IMAGING}masks/*")
+        curated.grant_read_write(role, "_manifests/*")
+        policy = role.node.find_child("DefaultPolicy")
+        for finding, reason in {
+            "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
+            "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
+            "Action::s3:List*": "CDK grants, each on one prefix listed below.",
+            "Action::s3:DeleteObject*": "Deletes a failed item's partial outputs.",
+            "Action::s3:Abort*": "Aborts its own multipart uploads.",
+            "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
+            "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
+            bucket_objects_finding(quarantine, "_manifests/*"): "Reads the deid manifests.",
+            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}dicom/*"): (
+                "Reads de-identified DICOM only."
+            ),
+            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING_VOLUMES}*"): (
+                "Writes the Parquet volumes."
+            ),
+            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}masks/*"): "Writes masks.",
+            bucket_objects_finding(curated, "_manifests/*"): "Writes its items' manifests.",
+        }.items():
+            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        container = batch.EcsEc2ContainerDefinition(
+            self,
+            "ImagingJobContainer",
+            image=ecs.ContainerImage.from_docker_image_asset(image),
+            cpu=config.call_vcpus,
+            memory=Size.mebibytes(config.call_memory_mib),
+            job_role=role,
+            environment=environment,
+            command=["volumes"],
+            logging=ecs.LogDriver.aws_logs(stream_prefix="imaging", log_group=logs),
+            readonly_root_filesystem=False,
+        )
+        acknowledge(
+            container.execution_role.node.find_child("DefaultPolicy"),
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken has no resource-level scoping; image pulls are "
+            "scoped to the job image's repository.",
+        )
+        job = batch.EcsJobDefinition(
+            self,
+            "ImagingJob",
+            container=container,
+            timeout=Duration.minutes(config.batch_job_timeout_minutes),
+            retry_attempts=config.batch_spot_retries,
+            retry_strategies=[
+                batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
+                batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
+            ],
+            propagate_tags=True,
+        )
+        return job
 
     def _job(
         self,

@@ -322,7 +322,7 @@ def test_batch_launch_template_encrypted_gp3_imdsv2(synthesized: Any) -> None:
 def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
     built, _, _ = synthesized
     definitions = Template.from_stack(built.genomics).find_resources("AWS::Batch::JobDefinition")
-    assert len(definitions) == 2
+    assert len(definitions) == 3  # align, call, imaging volumes
     for definition in definitions.values():
         props = definition["Properties"]
         strategy = props["RetryStrategy"]
@@ -334,7 +334,9 @@ def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
             == 60 * built.config.batch_job_timeout_minutes
         )
         command = props["ContainerProperties"]["Command"]
-        assert command[0] in ("align", "call") and "Ref::sample" in command
+        assert command == ["volumes"] or (
+            command[0] in ("align", "call") and "Ref::sample" in command
+        )
 
 
 def test_batch_job_role_reads_fastq_only_from_ingest(synthesized: Any) -> None:
@@ -391,3 +393,15 @@ def test_deid_on_read_is_opt_in(tmp_path: Path) -> None:
 def test_deid_on_read_is_off_by_default(synthesized: Any) -> None:
     built, _, _ = synthesized
     Template.from_stack(built.ingest).resource_count_is("AWS::S3ObjectLambda::AccessPoint", 0)
+
+
+def test_imaging_volumes_run_daily_on_batch(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    Template.from_stack(built.genomics).has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "ScheduleExpression": "cron(0 3 * * ? *)",
+            "Targets": [Match.object_like({"BatchParameters": Match.object_like(
+                {"JobName": "imaging-volumes"})})],
+        },
+    )  # fmt: skip

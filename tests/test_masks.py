@@ -95,3 +95,19 @@ def test_masks_round_trip(series: tuple[list[Path], Path], tmp_path: Path) -> No
     write_masks(masks, geometry, tmp_path / "m.parquet")
     back, back_geometry = read_masks(tmp_path / "m.parquet")
     assert back_geometry == geometry and np.array_equal(back["GTV"], masks["GTV"])
+
+
+def test_cli_dicom_to_parquet_with_rtstruct(
+    series: tuple[list[Path], Path], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from oncopipe.cli import main
+
+    images, rtstruct_path = series
+    out = tmp_path / "vol.parquet"
+    result = CliRunner().invoke(main, ["dicom-to-parquet", str(images[0].parent), "--out",
+                                       str(out), "--rtstruct", str(rtstruct_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    masks, _ = read_masks(tmp_path / "vol.masks.parquet")
+    assert masks["GTV"].sum() > 10

@@ -86,6 +86,9 @@ def seg_masks(seg: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
     import numpy as np
 
     columns, rows, slices = geometry.dimensions
+    referenced = {str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])}
+    if referenced and geometry.series_uid not in referenced:
+        raise SeriesError(source, "the SEG does not reference this series")
     if (int(seg.Rows), int(seg.Columns)) != (rows, columns):
         raise SeriesError(source, "SEG frames have another size than the volume's slices")
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}

@@ -113,7 +113,7 @@ def build_series_volumes(
         summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
         if summary.get("status") != "deidentified":
             continue
-        if summary.get("modality") == "RTSTRUCT":
+        if summary.get("modality") in ("RTSTRUCT", "SEG"):
             structures.setdefault(summary["patient_key"], []).append(summary["output"])
         else:
             groups.setdefault((summary["patient_key"], summary["series"]), []).append(
@@ -170,18 +170,20 @@ def _write_structure_masks(
     patient: str,
     series: str,
 ) -> list[str]:
-    """Write the masks of the patient's RTSTRUCTs that reference this series; return ROIs."""
+    """Write the masks of the patient's RTSTRUCT/SEG objects on this series; return ROIs."""
     import pydicom
 
-    from oncopipe.imaging.masks import rtstruct_masks, write_masks
+    from oncopipe.imaging.masks import rtstruct_masks, seg_masks, write_masks
     from oncopipe.imaging.volume import SeriesError
 
     masks: dict[str, Any] = {}
     for ref in rt_refs:
-        path = workdir / "rtstruct.dcm"
+        path = workdir / "segmentation.dcm"
         store.download_file(ref.bucket, ref.key, str(path))
+        ds = pydicom.dcmread(str(path))
+        convert = seg_masks if str(ds.get("Modality", "")) == "SEG" else rtstruct_masks
         try:
-            masks.update(rtstruct_masks(pydicom.dcmread(str(path)), geometry, source=ref.key))
+            masks.update(convert(ds, geometry, source=ref.key))
         except SeriesError:
             continue  # references another series of the patient
     if masks:

@@ -16,7 +16,14 @@ from oncopipe.ingest import Router
 from oncopipe.layout import Buckets
 from oncopipe.local import provision, server
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
-from oncopipe.local.worker import Execution, IngestFlow, JobResult, consume, run_genomics_jobs
+from oncopipe.local.worker import (
+    Execution,
+    IngestFlow,
+    JobResult,
+    consume,
+    run_genomics_jobs,
+    run_imaging_job,
+)
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
 from oncopipe.pseudonym import keyer, load_secret
 from oncopipe.sample_data import CohortFiles
@@ -197,10 +204,8 @@ def run(
         patient_key=keyer(load_secret(state.handler_env())),
     )
     reconciled = router.reconcile(run_id)
-    # De-identified series -> Parquet volumes (the imaging stage's conversion step).
-    from oncopipe.imaging.stage import build_series_volumes
-
-    build_series_volumes(store, state.buckets, run_id)
+    # De-identified series -> Parquet volumes and masks: the daily imaging Batch job.
+    imaging = run_imaging_job(state, run_id)
     jobs: list[JobResult] = []
     accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
     if accepted:
@@ -216,6 +221,7 @@ def run(
 
         for execution in accepted:
             jobs += run_genomics_jobs(state, execution, run_id, on_job=job_done)
+    jobs.append(imaging)
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets, run_id),

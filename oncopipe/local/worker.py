@@ -237,3 +237,16 @@ def run_genomics_jobs(
             results.append(result)
             on_job(result)
     return results
+
+
+def run_imaging_job(state: LocalState, run_id: str) -> JobResult:
+    """Run the daily imaging Batch job's command for a run (volumes and masks)."""
+    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_jobs.imaging", "volumes", "--run-id", run_id],
+        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+    )  # fmt: skip
+    with (home() / "logs" / "batch-jobs.log").open("a", encoding="utf-8") as log:
+        log.write(done.stderr)
+    series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return JobResult("volumes", run_id, done.returncode, {"series": series})

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
+#: The generated patients' surnames: planted in DICOM headers and notes as PHI.
+NAMES = tuple(name.encode() for name in __import__("oncopipe.sample_data").sample_data.LAST_NAMES)
 
 
 def oncopipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -104,7 +106,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert len(masks) == 2  # the RTSTRUCT of each series, as voxel masks on its grid
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
-        for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-"):
+        for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-", *NAMES):
             assert planted not in body, (key, planted)
         tags = s3.get_object_tagging(Bucket=buckets["curated"], Key=key)["TagSet"]
         assert {"Key": "run-id", "Value": "e2e-1"} in tags

@@ -28,6 +28,9 @@ from stacks.data_lake_stack import DataLakeStack
 from stacks.nag import acknowledge, bucket_objects_finding
 from stacks.paths import REPO_ROOT
 
+#: Arguments of the per-sample jobs, filled from the Batch job parameters.
+_SAMPLE_COMMAND = ["--run-id", "Ref::run_id", "--sample-table", "Ref::sample_table",
+                   "--sample", "Ref::sample"]  # fmt: skip
 #: The image's build context: only oncopipe/ and batch_jobs/ (Docker ignore syntax).
 IMAGE_EXCLUDES = ["*", "!oncopipe", "!batch_jobs", "**/__pycache__", "oncopipe/local"]
 
@@ -190,8 +193,8 @@ class GenomicsStack(Stack):
             "REFERENCE_PREFIX": layout.ARTIFACTS_REFERENCE,
         }
         self.align_job = self._job(
-            "AlignJob", "align", image, logs, environment, config,
-            vcpus=config.align_vcpus, memory_mib=config.align_memory_mib,
+            "AlignJob", ["align", *_SAMPLE_COMMAND], image, logs, environment, config,
+            role=self.job_role, vcpus=config.align_vcpus, memory_mib=config.align_memory_mib,
         )  # fmt: skip
         self.imaging_job = self.imaging_jobs(
             config=config, lake=lake, quarantine=quarantine, curated=curated, image=image,
@@ -218,8 +221,8 @@ class GenomicsStack(Stack):
             ],
         )
         self.call_job = self._job(
-            "CallJob", "call", image, logs, environment, config,
-            vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
+            "CallJob", ["call", *_SAMPLE_COMMAND], image, logs, environment,
+            config, role=self.job_role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
         )  # fmt: skip
 
     def imaging_jobs(
@@ -265,68 +268,35 @@ class GenomicsStack(Stack):
             bucket_objects_finding(curated, "_manifests/*"): "Writes its items' manifests.",
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
-        container = batch.EcsEc2ContainerDefinition(
-            self,
-            "ImagingJobContainer",
-            image=ecs.ContainerImage.from_docker_image_asset(image),
-            cpu=config.call_vcpus,
-            memory=Size.mebibytes(config.call_memory_mib),
-            job_role=role,
-            environment=environment,
-            command=["volumes"],
-            logging=ecs.LogDriver.aws_logs(stream_prefix="imaging", log_group=logs),
-            readonly_root_filesystem=False,
-        )
-        acknowledge(
-            container.execution_role.node.find_child("DefaultPolicy"),
-            "AwsSolutions-IAM5[Resource::*]",
-            "ecr:GetAuthorizationToken has no resource-level scoping; image pulls are "
-            "scoped to the job image's repository.",
-        )
-        job = batch.EcsJobDefinition(
-            self,
-            "ImagingJob",
-            container=container,
-            timeout=Duration.minutes(config.batch_job_timeout_minutes),
-            retry_attempts=config.batch_spot_retries,
-            retry_strategies=[
-                batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
-                batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
-            ],
-            propagate_tags=True,
-        )
-        return job
+        return self._job(
+            "ImagingJob", ["volumes"], image, logs, environment, config,
+            role=role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
+        )  # fmt: skip
 
     def _job(
         self,
         construct_id: str,
-        step: str,
+        command: list[str],
         image: ecr_assets.DockerImageAsset,
         logs: Any,
         environment: dict[str, str],
         config: EnvConfig,
         *,
+        role: iam.IRole,
         vcpus: int,
         memory_mib: int,
     ) -> batch.EcsJobDefinition:
+        """A job definition on the job image: spot reclaims retried, anything else exits."""
         container = batch.EcsEc2ContainerDefinition(
             self,
             f"{construct_id}Container",
             image=ecs.ContainerImage.from_docker_image_asset(image),
             cpu=vcpus,
             memory=Size.mebibytes(memory_mib),
-            job_role=self.job_role,
+            job_role=role,
             environment={**environment, "THREADS": str(vcpus)},
-            command=[
-                step,
-                "--run-id",
-                "Ref::run_id",
-                "--sample-table",
-                "Ref::sample_table",
-                "--sample",
-                "Ref::sample",
-            ],
-            logging=ecs.LogDriver.aws_logs(stream_prefix=step, log_group=logs),
+            command=command,
+            logging=ecs.LogDriver.aws_logs(stream_prefix=command[0], log_group=logs),
             readonly_root_filesystem=False,
         )
         execution_policy = container.execution_role.node.find_child("DefaultPolicy")

@@ -93,18 +93,7 @@ class IngestStack(Stack):
         ingest.grant_read(self.router.role)
         curated.grant_read_write(self.router.role)
         quarantine.grant_read_write(self.router.role)
-        # Secret.grant_read would add this role to the key policy of the stateful stack,
-        # a dependency cycle; the same access, granted on the role's side:
-        self.router.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "secretsmanager:GetSecretValue",
-                    "secretsmanager:DescribeSecret",
-                ],
-                resources=[lake.pseudonym_secret.secret_arn],
-            )
-        )
-        lake.platform_key.grant_decrypt(self.router.role)
+        _grant_pseudonym_secret(lake, self.router.role)
 
         self.quarantine_on_error = StageFunction(
             self,
@@ -168,13 +157,7 @@ class IngestStack(Stack):
         ingest.grant_read(self.deid.role, f"{layout.INGEST_DICOM}*")
         curated.grant_write(self.deid.role, f"{layout.CURATED_IMAGING}dicom/*")
         quarantine.grant_read_write(self.deid.role)
-        self.deid.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                resources=[lake.pseudonym_secret.secret_arn],
-            )
-        )
-        lake.platform_key.grant_decrypt(self.deid.role)
+        _grant_pseudonym_secret(lake, self.deid.role)
         _acknowledge_bucket_grants(self.deid, ingest=ingest, writable=(quarantine,))
         deid_policy = self.deid.role.node.find_child("DefaultPolicy")
         for finding, reason in {
@@ -239,13 +222,7 @@ class IngestStack(Stack):
                 actions=["s3-object-lambda:WriteGetObjectResponse"], resources=["*"]
             )
         )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                resources=[lake.pseudonym_secret.secret_arn],
-            )
-        )
-        lake.platform_key.grant_decrypt(role)
+        _grant_pseudonym_secret(lake, role)
         # The presigned inputS3Url is signed with the caller's credentials; the caller also
         # needs kms:Decrypt on the ingest key, as for any read of that bucket.
         access_point = s3.CfnAccessPoint(
@@ -487,6 +464,21 @@ class IngestStack(Stack):
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
         return machine
+
+
+def _grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
+    """Let a role read the pseudonymisation secret.
+
+    Secret.grant_read would add the role to the key policy of the stateful stack, a
+    dependency cycle; the same access is granted on the role's side.
+    """
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            resources=[lake.pseudonym_secret.secret_arn],
+        )
+    )
+    lake.platform_key.grant_decrypt(role)
 
 
 def _logical(construct: Construct) -> str:

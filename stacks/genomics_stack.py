@@ -193,8 +193,9 @@ class GenomicsStack(Stack):
             "REFERENCE_PREFIX": layout.ARTIFACTS_REFERENCE,
         }
         self.align_job = self._job(
-            "AlignJob", ["align", *_SAMPLE_COMMAND], image, logs, environment, config,
-            role=self.job_role, vcpus=config.align_vcpus, memory_mib=config.align_memory_mib,
+            "AlignJob", ["batch_jobs.genomics", "align", *_SAMPLE_COMMAND], image, logs,
+            environment, config, role=self.job_role, vcpus=config.align_vcpus,
+            memory_mib=config.align_memory_mib,
         )  # fmt: skip
         self.imaging_job = self.imaging_jobs(
             config=config, lake=lake, quarantine=quarantine, curated=curated, image=image,
@@ -221,7 +222,7 @@ class GenomicsStack(Stack):
             ],
         )
         self.call_job = self._job(
-            "CallJob", ["call", *_SAMPLE_COMMAND], image, logs, environment,
+            "CallJob", ["batch_jobs.genomics", "call", *_SAMPLE_COMMAND], image, logs, environment,
             config, role=self.job_role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
         )  # fmt: skip
 
@@ -269,7 +270,7 @@ class GenomicsStack(Stack):
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
         return self._job(
-            "ImagingJob", ["volumes"], image, logs, environment, config,
+            "ImagingJob", ["batch_jobs.imaging", "volumes"], image, logs, environment, config,
             role=role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
         )  # fmt: skip
 
@@ -296,7 +297,7 @@ class GenomicsStack(Stack):
             job_role=role,
             environment={**environment, "THREADS": str(vcpus)},
             command=command,
-            logging=ecs.LogDriver.aws_logs(stream_prefix=command[0], log_group=logs),
+            logging=ecs.LogDriver.aws_logs(stream_prefix=command[1], log_group=logs),
             readonly_root_filesystem=False,
         )
         execution_policy = container.execution_role.node.find_child("DefaultPolicy")

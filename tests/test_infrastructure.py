@@ -334,8 +334,11 @@ def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
             == 60 * built.config.batch_job_timeout_minutes
         )
         command = props["ContainerProperties"]["Command"]
-        assert command == ["volumes"] or (
-            command[0] in ("align", "call") and "Ref::sample" in command
+        # the image's entrypoint is `python -m`: each job names its module (batch_jobs.*)
+        assert command == ["batch_jobs.imaging", "volumes"] or (
+            command[:1] == ["batch_jobs.genomics"]
+            and command[1] in ("align", "call")
+            and "Ref::sample" in command
         )
 
 

@@ -338,3 +338,27 @@ def test_object_lambda_errors_are_proper_error_responses() -> None:
 
     handle_get_object(_object_lambda_event(), fetch=broken, respond=respond, secret=SECRET)
     assert calls[0]["StatusCode"] == 500 and calls[0]["ErrorCode"] == "DeidentificationFailed"
+
+
+def test_identity_outside_the_table_does_not_survive() -> None:
+    ds = dataset()
+    ds.InstanceCreationDate = "20260301"  # a date the table does not list
+    ds.SOPInstanceUIDOfConcatenationSource = "1.2.3.4.5.6.7.1"  # a UID it does not list
+    nested = Dataset()
+    nested.PatientID = "MRN-000777"  # PatientID inside a sequence item
+    ds.SourcePatientGroupIdentificationSequence = Sequence([nested])
+    text = Dataset()
+    text.ValueType = "TEXT"
+    text.TextValue = "Maria Keller, MRN-000777, seen at St Elsewhere"
+    ds.ContentSequence = Sequence([text])
+    qualifier = Dataset()
+    qualifier.UniversalEntityID = "hospital.example.org"
+    ds.IssuerOfPatientIDQualifiersSequence = Sequence([qualifier])
+    ds.file_meta.SourceApplicationEntityTitle = "RIVERSIDE_PACS"
+    out, _ = run(ds)
+    data = write_dicom(out)
+    for planted in (b"MRN-000777", b"Keller", b"RIVERSIDE_PACS", b"hospital.example.org"):
+        assert planted not in data, planted
+    assert out.InstanceCreationDate == out.StudyDate  # shifted with the patient's dates
+    assert out.SOPInstanceUIDOfConcatenationSource == out.SOPInstanceUID  # consistent UID
+    assert out.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # DICOM's own UIDs are kept

@@ -157,6 +157,11 @@ class Deidentifier:
                 meta.MediaStorageSOPInstanceUID = deterministic_uid(
                     self.secret, str(meta.MediaStorageSOPInstanceUID)
                 )
+            # Only what Part 10 requires survives: AE titles and private information go.
+            required = {0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
+            for tag in list(meta.keys()):
+                if int(tag) not in required:
+                    del meta[tag]
         ds.PatientID = key
         ds.PatientIdentityRemoved = "YES"
         used = ["basic", *sorted(n for n in self._enabled if n in METHOD_CODES)]
@@ -183,7 +188,9 @@ class Deidentifier:
                         found.append(part)
         return sorted(set(found), key=len, reverse=True)
 
-    def _walk(self, ds: Any, days: int, identifiers: list[str], source: str) -> None:
+    def _walk(
+        self, ds: Any, days: int, identifiers: list[str], source: str, top: bool = True
+    ) -> None:
         from pydicom.datadict import dictionary_VR
         from pydicom.dataelem import DataElement
         from pydicom.dataset import Dataset
@@ -197,10 +204,9 @@ class Deidentifier:
             if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
                 del ds[tag]  # curves and overlays
                 continue
-            if number == 0x00100020:  # PatientID: replaced by the key at the end
+            if number == 0x00100020 and top:  # PatientID: replaced by the key at the end
                 continue
             rule = self.rules.get(number)
-            action = rule.action(self._enabled) if rule else "K"
             # Elements that are kept are not decoded: reading and writing them stays raw.
             raw_vr = ds.get_item(tag).VR
             if raw_vr is None:
@@ -208,6 +214,7 @@ class Deidentifier:
                     raw_vr = dictionary_VR(tag)
                 except KeyError:
                     raw_vr = "UN"
+            action = rule.action(self._enabled) if rule else self._unlisted(raw_vr)
             if action in ("K", "KU") and raw_vr != "SQ":
                 continue
             if action == "X":
@@ -228,7 +235,29 @@ class Deidentifier:
             if tag in ds and element.VR == "SQ":
                 for item in ds[tag].value:
                     if isinstance(item, Dataset):
-                        self._walk(item, days, identifiers, source)
+                        self._walk(item, days, identifiers, source, top=False)
+
+    def _uid(self, uid: str) -> str:
+        # DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes) identify nothing
+        if uid.startswith("1.2.840.10008."):
+            return uid
+        return deterministic_uid(self.secret, uid)
+
+    def _unlisted(self, vr: str) -> str:
+        """The action for an attribute the table does not list.
+
+        The table cannot list every attribute of every IOD: dates and times of unlisted
+        attributes are shifted with the option (else removed), their UIDs replaced like
+        the listed ones (except DICOM's own ``1.2.840.10008.`` UIDs), and unlisted free
+        text removed. Everything else is kept, as the Basic Profile allows.
+        """
+        if vr in ("DA", "DT"):
+            return "C" if "retain_long_modified_dates" in self._enabled else "X"
+        if vr == "UI":
+            return "U"
+        if vr in ("LT", "ST", "UT", "UC"):
+            return "X"
+        return "K"
 
     def _apply(self, ds: Any, element: Any, action: str, days: int, identifiers: list[str]) -> None:
         vr = element.VR
@@ -244,9 +273,9 @@ class Deidentifier:
         if action == "U":
             if element.value:
                 if element.VM > 1:
-                    element.value = [deterministic_uid(self.secret, str(v)) for v in element.value]
+                    element.value = [self._uid(str(v)) for v in element.value]
                 else:
-                    element.value = deterministic_uid(self.secret, str(element.value))
+                    element.value = self._uid(str(element.value))
             return
         if action == "Z":
             if vr in ("OB", "OW", "UN"):
@@ -343,6 +372,9 @@ def read_dicom(data: bytes, *, source: str) -> Any:
 
     if not data:
         raise InputError(source, "empty file (0 bytes)")
+    # pydicom's validation messages quote values (PHI): never let them reach a log.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
         ds.PatientID  # noqa: B018 - parse the header now, not lazily later

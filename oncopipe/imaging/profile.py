@@ -70,6 +70,13 @@ class Rule:
             ) from e
 
 
+#: Attributes this deployment removes that the table extraction lacks (documented here,
+#: not mixed into the standard's data): the assigning authority of the patient ID.
+LOCAL_ADDITIONS = (
+    Rule(tag="00100024", name="Issuer of Patient ID Qualifiers Sequence", basic="X", options={}),
+)
+
+
 @lru_cache(maxsize=1)
 def load_rules() -> tuple[dict[int, Rule], tuple[Rule, ...]]:
     """Return (rules by tag number, pattern rules such as overlays and curves)."""
@@ -87,4 +94,6 @@ def load_rules() -> tuple[dict[int, Rule], tuple[Rule, ...]]:
                 exact[int(rule.tag, 16)] = rule
             except ValueError:
                 patterns.append(rule)
+    for rule in LOCAL_ADDITIONS:
+        exact.setdefault(int(rule.tag, 16), rule)
     return exact, tuple(patterns)

@@ -63,6 +63,9 @@ NOTE_SUFFIXES = (".txt",)
 def classify(key: str, head: bytes, size: int) -> str:
     """Return the kind of an ingest object from its key and first bytes.
 
+    Prefixes are matched exactly (lower case, as the stages' permissions are scoped to
+    them); suffixes in any case.
+
     Raises:
         UnknownObjectError: the key is under no known prefix or has an unexpected suffix.
         InputError: the object is empty, or its content contradicts its prefix.
@@ -70,26 +73,26 @@ def classify(key: str, head: bytes, size: int) -> str:
     lower = key.lower()
     if size == 0:
         raise InputError(key, "the object is empty (0 bytes)")
-    if lower.startswith(layout.INGEST_SAMPLESHEETS):
+    if key.startswith(layout.INGEST_SAMPLESHEETS):
         if not lower.endswith(".csv"):
             raise UnknownObjectError(key, "sample sheets must be .csv files")
         if b"\x00" in head:
             raise InputError(key, "a sample sheet must be text, this object has NUL bytes")
         return KIND_SAMPLESHEET
-    if lower.startswith(layout.INGEST_FASTQ):
+    if key.startswith(layout.INGEST_FASTQ):
         if not lower.endswith(FASTQ_SUFFIXES):
             raise UnknownObjectError(key, "FASTQ files must be gzip-compressed .fastq.gz/.fq.gz")
         if not head.startswith(b"\x1f\x8b"):
             raise InputError(key, "named .fastq.gz but not gzip-compressed (no gzip magic)")
         return KIND_FASTQ
-    if lower.startswith(layout.INGEST_DICOM):
+    if key.startswith(layout.INGEST_DICOM):
         if len(head) < 132 or head[128:132] != b"DICM":
             raise InputError(
                 key,
                 "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)",
             )
         return KIND_DICOM
-    if lower.startswith(layout.INGEST_NOTES):
+    if key.startswith(layout.INGEST_NOTES):
         if not lower.endswith(NOTE_SUFFIXES):
             raise UnknownObjectError(key, "clinical notes must be UTF-8 .txt files")
         if b"\x00" in head:
@@ -111,7 +114,7 @@ def kind_from_prefix(key: str) -> str:
         layout.INGEST_DICOM: KIND_DICOM,
         layout.INGEST_NOTES: KIND_NOTE,
     }
-    return next((kind for p, kind in prefixes.items() if key.lower().startswith(p)), "unknown")
+    return next((kind for p, kind in prefixes.items() if key.startswith(p)), "unknown")
 
 
 def reason_document(

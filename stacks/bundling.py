@@ -35,7 +35,8 @@ _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
 
 
 def _source_files(handler_dir: Path) -> list[Path]:
-    files = [p for p in LIBRARY_DIR.rglob("*.py")] + [
+    # every file of the library (the Annex E table is data): a change redeploys the code
+    files = [p for p in LIBRARY_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts] + [
         p for p in handler_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     ]
     return sorted(files)

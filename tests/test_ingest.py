@@ -276,3 +276,9 @@ def test_reconcile_handler_checks_the_previous_day(
         "checked": 1,
         "quarantined": ["fastq/X_R1.fastq.gz"],
     }
+
+
+def test_prefixes_are_exact_lower_case() -> None:
+    with pytest.raises(UnknownObjectError, match="no stage takes objects under this prefix"):
+        classify("DICOM/p1/1.dcm", b"\0" * 128 + b"DICM", 132)
+    assert classify("fastq/S_R1.FASTQ.GZ", b"\x1f\x8b\x08", 3) == "fastq"

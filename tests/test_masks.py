@@ -79,9 +79,14 @@ def test_seg_frames_land_on_their_slices(series: tuple[list[Path], Path]) -> Non
         plane.ImagePositionPatient = [-12.8, -12.8, k * 2.5]
         group.PlanePositionSequence = [plane]
         groups.append(group)
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = geometry.series_uid
     seg.NumberOfFrames = 2
     seg.PerFrameFunctionalGroupsSequence = groups
     seg.PixelData = np.stack(frames).tobytes()
+    with pytest.raises(SeriesError, match="does not reference this series"):
+        seg_masks(seg, geometry, source="seg.dcm")  # no reference: not placed on any series
+    seg.ReferencedSeriesSequence = [referenced]
     masks = seg_masks(seg, geometry, source="seg.dcm")
     tumour = masks["Tumour"]
     assert tumour.sum() == 2 * 32 and tumour[2].sum() == 32 and tumour[5].sum() == 32
@@ -111,3 +116,14 @@ def test_cli_dicom_to_parquet_with_rtstruct(
     assert result.exit_code == 0, result.output
     masks, _ = read_masks(tmp_path / "vol.masks.parquet")
     assert masks["GTV"].sum() > 10
+
+
+def test_contours_fill_the_pixels_whose_centres_are_inside() -> None:
+    from oncopipe.imaging.masks import _fill
+
+    square = _fill([0.6, 3.4, 3.4, 0.6], [0.6, 0.6, 3.4, 3.4], rows=6, columns=6)
+    assert square[1:4, 1:4].all() and square.sum() == 9
+    ring = _fill([0, 5, 5, 0], [0, 0, 5, 5], 6, 6) ^ _fill(
+        [1.5, 3.5, 3.5, 1.5], [1.5, 1.5, 3.5, 3.5], 6, 6
+    )
+    assert ring[2, 2] == 0 and ring[1, 1] == 1  # an inner contour is a hole

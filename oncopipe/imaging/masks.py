@@ -21,6 +21,10 @@ from typing import Any
 from oncopipe.imaging.volume import Geometry, SeriesError
 
 
+class OtherSeriesError(SeriesError):
+    """The segmentation references another series (of the same patient)."""
+
+
 def _referenced_series(rtstruct: Any) -> set[str]:
     found = set()
     for frame in rtstruct.get("ReferencedFrameOfReferenceSequence", []):
@@ -46,10 +50,9 @@ def rtstruct_masks(rtstruct: Any, geometry: Geometry, *, source: str) -> dict[st
             off the volume's slices.
     """
     import numpy as np
-    from PIL import Image, ImageDraw
 
     if geometry.series_uid not in _referenced_series(rtstruct):
-        raise SeriesError(source, "the RTSTRUCT does not reference this series")
+        raise OtherSeriesError(source, "the RTSTRUCT does not reference this series")
     columns, rows, slices = geometry.dimensions
     # ROI Name is emptied by the Basic Profile (kept, cleaned, with Clean Descriptors):
     # unnamed ROIs are keyed "ROI <number>".
@@ -69,12 +72,32 @@ def rtstruct_masks(rtstruct: Any, geometry: Geometry, *, source: str) -> dict[st
             k = round(float(voxels[:, 2].mean()))
             if not 0 <= k < slices:
                 raise SeriesError(source, f"ROI {name}: a contour lies off the volume (slice {k})")
-            layer = Image.new("1", (columns, rows), 0)
-            ImageDraw.Draw(layer).polygon([(float(i), float(j)) for i, j in voxels[:, :2]],
-                                          fill=1, outline=1)  # fmt: skip
-            mask[k] ^= np.array(layer, dtype=np.uint8)
+            mask[k] ^= _fill(voxels[:, 0], voxels[:, 1], rows, columns)
         masks[name] = mask
     return masks
+
+
+def _fill(xs: Any, ys: Any, rows: int, columns: int) -> Any:
+    """Return the pixels whose centres lie inside the polygon (even-odd rule).
+
+    Pixel (j, i) has its centre at (i, j) in voxel coordinates, so a contour from 0.6 to
+    3.4 covers pixels 1 to 3. Written with numpy (crossing number per pixel row) because
+    Pillow's rasteriser truncates vertices and shifts masks by up to a voxel.
+    """
+    import numpy as np
+
+    inside = np.zeros((rows, columns), dtype=bool)
+    x0, y0 = np.asarray(xs, float), np.asarray(ys, float)
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    centres = np.arange(columns, dtype=float)
+    for j in range(max(0, int(np.floor(y0.min()))), min(rows, int(np.ceil(y0.max())) + 1)):
+        crosses = (y0 <= j) != (y1 <= j)  # edges spanning this row's centre line
+        if not crosses.any():
+            continue
+        xa, ya, xb, yb = x0[crosses], y0[crosses], x1[crosses], y1[crosses]
+        at = xa + (j - ya) * (xb - xa) / (yb - ya)
+        inside[j] = (centres[:, None] < at[None, :]).sum(axis=1) % 2 == 1
+    return inside.astype(np.uint8)
 
 
 def seg_masks(seg: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
@@ -87,8 +110,8 @@ def seg_masks(seg: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
 
     columns, rows, slices = geometry.dimensions
     referenced = {str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])}
-    if referenced and geometry.series_uid not in referenced:
-        raise SeriesError(source, "the SEG does not reference this series")
+    if geometry.series_uid not in referenced:
+        raise OtherSeriesError(source, "the SEG does not reference this series")
     if (int(seg.Rows), int(seg.Columns)) != (rows, columns):
         raise SeriesError(source, "SEG frames have another size than the volume's slices")
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}

@@ -173,8 +173,7 @@ def _write_structure_masks(
     """Write the masks of the patient's RTSTRUCT/SEG objects on this series; return ROIs."""
     import pydicom
 
-    from oncopipe.imaging.masks import rtstruct_masks, seg_masks, write_masks
-    from oncopipe.imaging.volume import SeriesError
+    from oncopipe.imaging.masks import OtherSeriesError, rtstruct_masks, seg_masks, write_masks
 
     masks: dict[str, Any] = {}
     for ref in rt_refs:
@@ -183,9 +182,16 @@ def _write_structure_masks(
         ds = pydicom.dcmread(str(path))
         convert = seg_masks if str(ds.get("Modality", "")) == "SEG" else rtstruct_masks
         try:
-            masks.update(convert(ds, geometry, source=ref.key))
-        except SeriesError:
-            continue  # references another series of the patient
+            found = convert(ds, geometry, source=ref.key)
+        except OtherSeriesError:
+            continue  # another series of the patient; other errors fail the item
+        for name, mask in found.items():
+            # ROI names are emptied by the profile: never let one object's "ROI 1"
+            # overwrite another's
+            unique, n = name, 2
+            while unique in masks:
+                unique, n = f"{name} ({n})", n + 1
+            masks[unique] = mask
     if masks:
         out = workdir / "masks.parquet"
         write_masks(masks, geometry, out)

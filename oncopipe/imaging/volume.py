@@ -100,6 +100,10 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
             raise SeriesError(source, "slices with different Rows/Columns")
         if [float(v) for v in ds.PixelSpacing] != [float(v) for v in first.PixelSpacing]:
             raise SeriesError(source, "slices with different PixelSpacing")
+        rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+        if rescale != (float(first.get("RescaleSlope", 1) or 1),
+                       float(first.get("RescaleIntercept", 0) or 0)):  # fmt: skip
+            raise SeriesError(source, "slices with different RescaleSlope/RescaleIntercept")
     ordered = sorted(
         datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
     )
@@ -137,8 +141,8 @@ def write_volume(volume: Any, geometry: Geometry, out: Path) -> int:
     table = pa.table(
         {
             "slice_index": pa.array(range(volume.shape[0]), pa.int32()),
-            "position": pa.array(
-                [geometry.origin[2] + i * geometry.spacing[2] for i in range(volume.shape[0])],
+            "position": pa.array(  # along the slice normal (mm), also for oblique slices
+                [_along_normal(geometry) + i * geometry.spacing[2] for i in range(volume.shape[0])],
                 pa.float64(),
             ),
             "pixels": pa.array([s.tobytes() for s in volume], pa.binary()),
@@ -146,6 +150,11 @@ def write_volume(volume: Any, geometry: Geometry, out: Path) -> int:
     ).replace_schema_metadata({GEOMETRY_KEY: geometry.to_json()})
     pq.write_table(table, str(out), compression="zstd", compression_level=9)
     return out.stat().st_size
+
+
+def _along_normal(geometry: Geometry) -> float:
+    normal = geometry.direction[6:9]
+    return float(sum(o * n for o, n in zip(geometry.origin, normal, strict=True)))
 
 
 def read_volume(path: Path) -> tuple[Any, Geometry]:

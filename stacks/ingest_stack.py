@@ -141,16 +141,17 @@ class IngestStack(Stack):
         )
 
         # De-identification on write: dicom/ objects -> curated/imaging/dicom/
+        deid_environment = {
+            **environment,
+            "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+            "DEID_OPTIONS": json.dumps(dict(config.deid_options)),
+        }
         self.deid = StageFunction(
             self,
             "DicomDeid",
             handler="dicom_deid",
             description="oncopipe: de-identify a DICOM object on write (PS3.15 Annex E)",
-            environment={
-                **environment,
-                "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
-                "DEID_OPTIONS": json.dumps(dict(config.deid_options)),
-            },
+            environment=deid_environment,
             memory_mb=1024,
             **common,
         )
@@ -169,7 +170,7 @@ class IngestStack(Stack):
             acknowledge(deid_policy, f"AwsSolutions-IAM5[{finding}]", reason)
 
         if config.deid_on_read:
-            self._deid_on_read(config, lake, ingest, environment, common)
+            self._deid_on_read(lake, ingest, deid_environment, common)
 
         self.state_machine = self._state_machine(config, lake)
 
@@ -195,7 +196,6 @@ class IngestStack(Stack):
 
     def _deid_on_read(
         self,
-        config: EnvConfig,
         lake: DataLakeStack,
         ingest: s3.IBucket,
         environment: dict[str, str],
@@ -207,11 +207,7 @@ class IngestStack(Stack):
             "DicomDeidOnRead",
             handler="dicom_deid_on_read",
             description="oncopipe: de-identify DICOM on read (S3 Object Lambda, opt-in)",
-            environment={
-                **environment,
-                "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
-                "DEID_OPTIONS": json.dumps(dict(config.deid_options)),
-            },
+            environment=environment,
             memory_mb=1024,
             timeout_seconds=60,  # the Object Lambda response limit
             **{**common, "vpc": None, "subnets": None},

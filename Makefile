@@ -34,10 +34,11 @@ tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -r requirements-nodeps.txt
 	# The repository on the venv's path: `python -m oncopipe` works from any folder.
 	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'oncopipe-repo.pth').write_text('$(CURDIR)\n')"
 	touch $@

@@ -108,8 +108,29 @@ IMAGING_VOLUMES = TableSpec(
     classification="parquet",
 )
 
+RADIOMICS = TableSpec(
+    name="radiomics",
+    prefix=layout.CURATED_IMAGING_RADIOMICS,
+    description="PyRadiomics features per series and ROI, long format (Parquet, zstd).",
+    columns=(
+        Column("patient_key", "string", "pseudonymous patient key"),
+        Column("series_key", "string", "de-identified SeriesInstanceUID"),
+        Column("roi", "string", "ROI name (de-identified: ROI n)"),
+        Column("feature", "string", "PyRadiomics feature, e.g. original_glcm_Contrast"),
+        Column("value", "double", "feature value"),
+        Column("params_hash", "string", "hash of the parameter file and PyRadiomics version"),
+        Column("run_id", "string", "ingest run of the series"),
+    ),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
+
 #: Every curated table, by name.
-TABLES: dict[str, TableSpec] = {t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES)}
+TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES, RADIOMICS)
+}
 
 
 def database_name(project: str, env: str) -> str:

@@ -293,6 +293,71 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
         console.print(f"{target}: masks {', '.join(masks)}")
 
 
+# -- radiomics ----------------------------------------------------------------------------
+@main.command("radiomics")
+@click.option(
+    "--volume",
+    "volumes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    required=True,
+    help="Parquet volume (oncopipe dicom-to-parquet or curated imaging/volumes/); repeat "
+    "for several series, extracted in parallel.",
+)
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Masks Parquet (one volume only). Default: X.masks.parquet beside X.parquet, or "
+    "imaging/masks/ beside imaging/volumes/.",
+)
+@click.option(
+    "--params",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PyRadiomics parameter file. Default: oncopipe/radiomics/params/radiomics-v1.yaml.",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output Parquet: one row per series, ROI and feature.")  # fmt: skip
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes (one series each).")  # fmt: skip
+@click.option("--patient-key", default="", help="Patient key recorded on the rows.")
+@click.option("--run-id", default="", help="Run ID recorded on the rows.")
+def radiomics(volumes: tuple[Path, ...], mask: Path | None, params: Path | None, out: Path,
+              workers: int, patient_key: str, run_id: str) -> None:  # fmt: skip
+    """Extract PyRadiomics features of every ROI of one or more volumes."""
+    from oncopipe.radiomics.core import Job, RadiomicsError, extract_many, load_params, write_features
+
+    if mask is not None and len(volumes) > 1:
+        _fail(ValueError("--mask applies to one --volume; give masks beside each volume"))
+    try:
+        parameters = load_params(params)
+    except OncopipeError as e:
+        _fail(e)
+    jobs = [Job(v, mask, patient_key, run_id) for v in volumes]
+    rows: list[dict[str, object]] = []
+    failed: list[str] = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)  # fmt: skip
+    with progress:
+        task = progress.add_task("radiomics (series)", total=len(jobs))
+        for _, result in extract_many(jobs, parameters, workers=workers,
+                                      progress=lambda *_: progress.advance(task)):  # fmt: skip
+            if isinstance(result, RadiomicsError):
+                failed.append(str(result))
+            else:
+                rows.extend(result.rows)
+    for reason in failed:
+        err_console.print(f"error: {reason}", highlight=False, markup=False)
+    if rows:
+        write_features(rows, out)
+        rois = len({(r["series_key"], r["roi"]) for r in rows})
+        console.print(f"{out}: {len(rows)} features of {rois} ROIs "
+                      f"(parameters {parameters.hash})")  # fmt: skip
+    if failed:
+        sys.exit(1)
+
+
 # -- sample sheet --------------------------------------------------------------------------
 @main.command("validate-samplesheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -454,6 +519,13 @@ def _print_report(report: object, state: object) -> None:
                 console.print(f"  volume {series.get('patient_key')} {dims} "
                               f"{series.get('status')} masks: {', '.join(series.get('rois', []))}",
                               highlight=False, markup=False)  # fmt: skip
+        if job.step == "radiomics":
+            for series in job.outcome.get("series", []):
+                detail = (f"{series.get('features')} features of {', '.join(series.get('rois', []))}"
+                          if series.get("status") == "extracted" else series.get("reason", ""))
+                console.print(f"  radiomics {series.get('patient_key', '')} "
+                              f"{series.get('status')}: {detail}",
+                              highlight=False, markup=False)  # fmt: skip
     failed_jobs = [j for j in report.jobs if j.exit_code != 0]
     for job in failed_jobs:
         console.print(f"  {job.step} {job.sample} FAILED: {job.outcome.get('reason', '')}",
@@ -467,7 +539,7 @@ def _print_report(report: object, state: object) -> None:
         for line in hotspots:
             console.print(f"  {line}", highlight=False, markup=False)
     console.print(
-        f"{len(report.executions)} ingest events and {len(report.jobs)} Batch jobs in "
+        f"{len(report.executions)} ingest events and {len(report.jobs)} Batch/processing jobs in "
         f"{report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"

@@ -81,6 +81,11 @@ class EnvConfig:
     deid_options: tuple[tuple[str, bool], ...]
     #: Opt-in: an S3 Object Lambda access point that de-identifies ingest DICOM on read.
     deid_on_read: bool
+    #: SageMaker Processing (radiomics, notes): instance type (ml.*), its encrypted
+    #: volume (GiB) and the most minutes one job may run.
+    processing_instance_type: str
+    processing_volume_gb: int
+    processing_max_runtime_minutes: int
 
     @property
     def prefix(self) -> str:
@@ -198,7 +203,24 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         batch_job_timeout_minutes=num("batch_job_timeout_minutes", 5, 20_160),
         deid_options=_deid_options(env, raw["deid_options"]),
         deid_on_read=_expect(env, "deid_on_read", raw["deid_on_read"], bool, "true or false"),
+        processing_instance_type=_ml_instance_type(
+            env, "processing_instance_type", raw["processing_instance_type"]
+        ),
+        processing_volume_gb=num("processing_volume_gb", 1, 16_384),
+        processing_max_runtime_minutes=num("processing_max_runtime_minutes", 5, 7_200),
     )
+
+
+_ML_INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[a-z0-9]+$")
+
+
+def _ml_instance_type(env: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ML_INSTANCE_TYPE_RE.match(value):
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.{key}: {value!r} is not a SageMaker instance type "
+            "(ml.family.size, e.g. ml.m5.xlarge)"
+        )
+    return value
 
 
 DEID_OPTION_NAMES = (

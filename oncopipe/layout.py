@@ -22,6 +22,7 @@ CURATED_GENOMICS_VARIANTS = "genomics/variants/"
 CURATED_GENOMICS_VCF = "genomics/vcf/"
 CURATED_IMAGING = "imaging/"
 CURATED_IMAGING_VOLUMES = "imaging/volumes/"
+CURATED_IMAGING_RADIOMICS = "imaging/radiomics/"
 CURATED_NOTES = "notes/"
 
 # Artifacts bucket.

@@ -11,6 +11,7 @@ from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
 from oncopipe.deployment import EnvConfig, load_config
 from stacks.data_lake_stack import DataLakeStack
+from stacks.features_stack import FeaturesStack
 from stacks.genomics_stack import GenomicsStack
 from stacks.ingest_stack import IngestStack
 from stacks.nag import acknowledge_inline_policies
@@ -25,6 +26,7 @@ class OncopipeApp:
     network: NetworkStack
     genomics: GenomicsStack
     ingest: IngestStack
+    features: FeaturesStack
 
 
 def build_app(
@@ -66,12 +68,22 @@ def build_app(
         subnets=network.private_subnets,
         genomics=genomics,
     )
-    for stack in (lake, network, genomics, ingest):
+    features = FeaturesStack(
+        app,
+        f"{prefix}-Features",
+        config=config,
+        lake=lake,
+        genomics=genomics,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+    )
+    for stack in (lake, network, genomics, ingest, features):
         acknowledge_inline_policies(stack)
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
     if nag:
         Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
     return OncopipeApp(
-        app=app, config=config, lake=lake, network=network, genomics=genomics, ingest=ingest
+        app=app, config=config, lake=lake, network=network, genomics=genomics, ingest=ingest,
+        features=features,
     )

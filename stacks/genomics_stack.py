@@ -13,8 +13,6 @@ from aws_cdk import (
     aws_ec2 as ec2,
     aws_ecr_assets as ecr_assets,
     aws_ecs as ecs,
-    aws_events as events,
-    aws_events_targets as targets,
     aws_iam as iam,
     aws_s3 as s3,
 )
@@ -23,7 +21,6 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
-from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.nag import acknowledge, bucket_objects_finding
 from stacks.paths import REPO_ROOT
@@ -201,26 +198,6 @@ class GenomicsStack(Stack):
             config=config, lake=lake, quarantine=quarantine, curated=curated, image=image,
             logs=logs, environment=environment,
         )  # fmt: skip
-        self.imaging_dead_letters = encrypted_queue(
-            self, "ImagingScheduleDeadLetters", key=lake.platform_key
-        )
-        events.Rule(
-            self,
-            "DailyImagingVolumes",
-            description="Convert the previous day's de-identified series to volumes",
-            schedule=events.Schedule.cron(minute="0", hour="3"),
-            targets=[
-                targets.BatchJob(
-                    self.job_queue.job_queue_arn,
-                    self.job_queue,
-                    self.imaging_job.job_definition_arn,
-                    self.imaging_job,
-                    job_name="imaging-volumes",
-                    dead_letter_queue=self.imaging_dead_letters,
-                    retry_attempts=2,
-                )
-            ],
-        )
         self.call_job = self._job(
             "CallJob", ["batch_jobs.genomics", "call", *_SAMPLE_COMMAND], image, logs, environment,
             config, role=self.job_role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,

@@ -31,6 +31,7 @@ def _templates(built: OncopipeApp) -> dict[str, Template]:
         "network": Template.from_stack(built.network),
         "genomics": Template.from_stack(built.genomics),
         "ingest": Template.from_stack(built.ingest),
+        "features": Template.from_stack(built.features),
     }
 
 
@@ -398,13 +399,55 @@ def test_deid_on_read_is_off_by_default(synthesized: Any) -> None:
     Template.from_stack(built.ingest).resource_count_is("AWS::S3ObjectLambda::AccessPoint", 0)
 
 
-def test_imaging_volumes_run_daily_on_batch(synthesized: Any) -> None:
+def _features_definition(built: OncopipeApp) -> str:
+    machines = Template.from_stack(built.features).find_resources("AWS::StepFunctions::StateMachine")
+    assert len(machines) == 1
+    return json.dumps(next(iter(machines.values()))["Properties"]["DefinitionString"])
+
+
+def test_imaging_volumes_then_radiomics_run_daily(synthesized: Any) -> None:
     built, _, _ = synthesized
-    Template.from_stack(built.genomics).has_resource_properties(
+    Template.from_stack(built.features).has_resource_properties(
         "AWS::Events::Rule",
-        {
-            "ScheduleExpression": "cron(0 3 * * ? *)",
-            "Targets": [Match.object_like({"BatchParameters": Match.object_like(
-                {"JobName": "imaging-volumes"})})],
-        },
+        {"ScheduleExpression": "cron(0 3 * * ? *)",
+         "Targets": [Match.object_like({"DeadLetterConfig": Match.any_value()})]},
     )  # fmt: skip
+    # the Batch volumes job first, then the radiomics processing job, failures visible
+    definition = _features_definition(built)
+    volumes = definition.index("imaging-volumes")
+    radiomics = definition.index("createProcessingJob.sync")
+    assert volumes < radiomics
+    assert "FeaturesFailed" in definition
+    Template.from_stack(built.genomics).resource_count_is("AWS::Events::Rule", 0)
+
+
+def test_processing_jobs_private_encrypted_and_sized_by_config(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    definition = _features_definition(built)
+    config = built.config
+    assert f'\\"InstanceType\\":\\"{config.processing_instance_type}\\"' in definition
+    assert f'\\"VolumeSizeInGB\\":{config.processing_volume_gb}' in definition
+    assert f'\\"MaxRuntimeInSeconds\\":{config.processing_max_runtime_minutes * 60}' in definition
+    assert '\\"VolumeKmsKeyId\\"' in definition  # the platform key's ARN (a token)
+    assert '\\"VpcConfig\\"' in definition and '\\"Subnets\\"' in definition
+    assert '\\"EnableInterContainerTrafficEncryption\\":true' in definition
+    assert '\\"ContainerArguments\\":[\\"stage\\"]' in definition
+
+
+def test_processing_role_reads_volumes_and_writes_features_only(synthesized: Any) -> None:
+    built, _, _ = synthesized
+    template = Template.from_stack(built.features)
+    roles = template.find_resources(
+        "AWS::IAM::Role",
+        {"Properties": {"AssumeRolePolicyDocument": Match.object_like({"Statement": [
+            Match.object_like({"Principal": {"Service": "sagemaker.amazonaws.com"}})]})}},
+    )  # fmt: skip
+    assert len(roles) == 1
+    role_id = next(iter(roles))
+    policies = [p for p in template.find_resources("AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"]["Roles"]]  # fmt: skip
+    document = json.dumps(policies)
+    for prefix in ("imaging/volumes/*", "imaging/masks/*", "imaging/radiomics/*", "_manifests/*"):
+        assert prefix in document
+    assert "imaging/dicom" not in document and "genomics/" not in document
+    assert "s3:*" not in document

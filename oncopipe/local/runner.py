@@ -23,6 +23,7 @@ from oncopipe.local.worker import (
     consume,
     run_genomics_jobs,
     run_imaging_job,
+    run_radiomics_job,
 )
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
 from oncopipe.pseudonym import keyer, load_secret
@@ -204,8 +205,10 @@ def run(
         patient_key=keyer(load_secret(state.handler_env())),
     )
     reconciled = router.reconcile(run_id)
-    # De-identified series -> Parquet volumes and masks: the daily imaging Batch job.
+    # De-identified series -> Parquet volumes and masks: the daily imaging Batch job,
+    # then their radiomic features: the processing job the imaging state machine runs next.
     imaging = run_imaging_job(state, run_id)
+    radiomics = run_radiomics_job(state, run_id)
     jobs: list[JobResult] = []
     accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
     if accepted:
@@ -221,7 +224,7 @@ def run(
 
         for execution in accepted:
             jobs += run_genomics_jobs(state, execution, run_id, on_job=job_done)
-    jobs.append(imaging)
+    jobs += [imaging, radiomics]
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets, run_id),

@@ -250,3 +250,17 @@ def run_imaging_job(state: LocalState, run_id: str) -> JobResult:
         log.write(done.stderr)
     series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return JobResult("volumes", run_id, done.returncode, {"series": series})
+
+
+def run_radiomics_job(state: LocalState, run_id: str, *, workers: int = 2) -> JobResult:
+    """Run the radiomics SageMaker Processing job's command for a run (after the volumes)."""
+    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "processing.radiomics", "stage", "--run-id", run_id,
+         "--workers", str(workers)],
+        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+    )  # fmt: skip
+    with (home() / "logs" / "processing-jobs.log").open("a", encoding="utf-8") as log:
+        log.write(done.stderr)
+    series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return JobResult("radiomics", run_id, done.returncode, {"series": series})

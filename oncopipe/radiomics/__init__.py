@@ -1,0 +1,1 @@
+"""Radiomics stage: PyRadiomics features of de-identified volumes and their masks."""

@@ -1,0 +1,1 @@
+"""SageMaker Processing entries: thin adapters over the oncopipe cores."""

@@ -27,8 +27,19 @@ class InputError(OncopipeError):
 
     def __init__(self, source: str, message: str, *, details: list[str] | None = None) -> None:
         self.source = source
+        self.message = message
         self.details = list(details or [])
         super().__init__(f"{source}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # picklable whatever a subclass's constructor takes (errors cross process pools)
+        return (_rebuild, (type(self), self.args), dict(self.__dict__))
+
+
+def _rebuild(cls: type[InputError], args: tuple[object, ...]) -> InputError:
+    error = Exception.__new__(cls)
+    error.args = args
+    return error
 
 
 class UnknownObjectError(InputError):

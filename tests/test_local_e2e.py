@@ -104,6 +104,18 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert len(volumes) == 2  # one lossless Parquet volume per de-identified CT series
     masks = [k for k in curated if k.startswith("imaging/masks/pk-")]
     assert len(masks) == 2  # the RTSTRUCT of each series, as voxel masks on its grid
+    # Radiomics from DICOM end to end: every ROI's 1,316 features, keyed like the volume.
+    features = [k for k in curated if k.startswith("imaging/radiomics/pk-")]
+    assert [k.replace("radiomics", "volumes") for k in features] == volumes
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(
+        s3.get_object(Bucket=buckets["curated"], Key=features[0])["Body"].read()))  # fmt: skip
+    assert table.num_rows == 1316 and set(table.column("roi").to_pylist()) == {"ROI 1"}
+    assert set(table.column("run_id").to_pylist()) == {"e2e-1"}
+    assert features[0].split("/")[2] == table.column("patient_key")[0].as_py()
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
         for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-", *NAMES):
@@ -116,6 +128,8 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert len(routed) == len(keys(buckets["ingest"]))  # one per object
     deid_items = keys(buckets["quarantine"], "_manifests/e2e-1/deid/")
     assert len(deid_items) == 15  # 12 CT slices + 2 RTSTRUCT + 1 US
+    assert len(keys(buckets["curated"], "_manifests/e2e-1/radiomics/")) == 2
+    assert "radiomics" in out and "1316 features of ROI 1" in out
 
     # Glue catalog: the same database and table the stack defines.
     glue = boto3.client(

@@ -9,9 +9,10 @@ every row.
 
 Memory stays bounded per ROI: before PyRadiomics sees an ROI, the volume is cropped to
 the ROI's bounding box plus a margin that covers PyRadiomics' own crop (``padDistance``
-voxels of the resampled grid) and the B-spline support. PyRadiomics then resamples and
-filters only that block, so the features equal those of the uncropped volume (a test
-checks it) while a 512x512x300 CT series with a 2 cm lesion costs megabytes, not a
+voxels of the resampled grid) and the B-spline support, starting a whole number of
+resampled voxels from the image corner (PyRadiomics lays its grid from there). PyRadiomics
+then resamples and filters only that block, so the features equal those of the uncropped
+volume (a test checks it) while a 512x512x300 CT series with a 2 cm lesion costs megabytes, not a
 gigabyte per filter.
 
 Series are processed in parallel by processes (:func:`extract_many`); PyRadiomics'
@@ -115,8 +116,25 @@ def _margin_voxels(settings: Mapping[str, Any], spacing: Sequence[float]) -> lis
     return [int(math.ceil(pad * float(n or s) / s)) + 3 for n, s in zip(new, spacing, strict=True)]
 
 
-def crop_to_roi(volume: Any, mask: Any, margin_xyz: Sequence[int]) -> tuple[Any, Any, Any]:
+def _grid_step(old: float, new: float, limit: int) -> int:
+    """Smallest voxel count q with q * old a whole multiple of new (0 if none up to limit).
+
+    PyRadiomics lays its resampled grid from the image's corner; a crop that starts a
+    whole number of new voxels from that corner keeps every resampled point in place.
+    """
+    for q in range(1, limit + 1):
+        ratio = q * old / new
+        if abs(ratio - round(ratio)) < 1e-6:
+            return q
+    return 0
+
+
+def crop_to_roi(
+    volume: Any, mask: Any, margin_xyz: Sequence[int], step_xyz: Sequence[int] = (1, 1, 1)
+) -> tuple[Any, Any, Any]:
     """Return (volume block, mask block, z/y/x start index) around the mask's bounding box.
+
+    Each start is rounded down to a multiple of ``step_xyz`` (0 = do not crop that axis).
 
     Raises:
         ValueError: the mask is empty.
@@ -127,8 +145,13 @@ def crop_to_roi(volume: Any, mask: Any, margin_xyz: Sequence[int]) -> tuple[Any,
     if not nz[0].size:
         raise ValueError("empty mask")
     start, stop = [], []
-    for axis, m in zip(range(3), (margin_xyz[2], margin_xyz[1], margin_xyz[0]), strict=True):
-        start.append(max(0, int(nz[axis].min()) - m))
+    for axis, m, q in zip(range(3), margin_xyz[::-1], step_xyz[::-1], strict=True):
+        if q == 0:
+            start.append(0)
+            stop.append(volume.shape[axis])
+            continue
+        first = max(0, int(nz[axis].min()) - m)
+        start.append(first - first % q)
         stop.append(min(volume.shape[axis], int(nz[axis].max()) + 1 + m))
     block = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     return volume[block], mask[block], start
@@ -164,8 +187,12 @@ def extract_roi(
         raise RadiomicsError(geometry.series_uid, "the ROI's mask is empty")
     start = [0, 0, 0]
     if crop:
+        new_spacing = settings.get("resampledPixelSpacing") or geometry.spacing
+        steps = [_grid_step(float(o), float(n or o), size)
+                 for o, n, size in zip(geometry.spacing, new_spacing, geometry.dimensions,
+                                       strict=True)]  # fmt: skip
         volume_hu, mask, start = crop_to_roi(
-            volume_hu, mask, _margin_voxels(settings, geometry.spacing)
+            volume_hu, mask, _margin_voxels(settings, geometry.spacing), steps
         )
     image = _image(np.ascontiguousarray(volume_hu, dtype=np.float32), geometry, start)
     label = _image(np.ascontiguousarray(mask), geometry, start)

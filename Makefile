@@ -62,7 +62,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy oncopipe stacks lambdas batch_jobs app.py
+	$(VENV)/bin/mypy oncopipe stacks lambdas batch_jobs processing app.py
 
 synth: setup
 	$(CDK) synth --quiet -c env=$(ENV)
@@ -72,6 +72,7 @@ bench: setup
 	$(PY) benchmarks/synth_time.py
 	$(PY) benchmarks/genomics.py
 	$(PY) benchmarks/imaging.py
+	$(PY) benchmarks/features.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt

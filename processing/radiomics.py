@@ -29,8 +29,13 @@ PROCESSING = Path("/opt/ml/processing")
 
 
 def _files(args: argparse.Namespace) -> int:
-    from oncopipe.radiomics.core import Job, RadiomicsError, extract_many, load_params
-    from oncopipe.radiomics.core import write_features as write
+    from oncopipe.radiomics.core import (
+        Job,
+        RadiomicsError,
+        extract_many,
+        load_params,
+        write_features as write,
+    )
 
     params = load_params(args.params)
     volumes = sorted((args.input / "volumes").glob("*/*.parquet"))
@@ -71,8 +76,11 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processing.radiomics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m processing.radiomics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=("files", "stage"))
     parser.add_argument("--run-id", default=None, help="stage: default yesterday's ingest run")
     parser.add_argument("--params", default=None, help="PyRadiomics parameter file (default v1)")

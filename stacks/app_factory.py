@@ -84,6 +84,11 @@ def build_app(
     if nag:
         Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
     return OncopipeApp(
-        app=app, config=config, lake=lake, network=network, genomics=genomics, ingest=ingest,
+        app=app,
+        config=config,
+        lake=lake,
+        network=network,
+        genomics=genomics,
+        ingest=ingest,
         features=features,
     )

@@ -14,7 +14,6 @@ from aws_cdk import (
     aws_events as events,
     aws_events_targets as targets,
     aws_iam as iam,
-    aws_s3 as s3,
     aws_stepfunctions as sfn,
     aws_stepfunctions_tasks as tasks,
 )
@@ -116,18 +115,24 @@ class ProcessingStep(Construct):
                     "sagemaker:StopProcessingJob",
                     "sagemaker:AddTags",
                 ],
-                resources=[stack.format_arn(service="sagemaker", resource="processing-job",
-                                            resource_name="*")],  # fmt: skip
+                resources=[
+                    stack.format_arn(
+                        service="sagemaker", resource="processing-job", resource_name="*"
+                    )
+                ],
             )
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[stack.format_arn(
-                    service="events", resource="rule",
-                    resource_name="StepFunctionsGetEventsForSageMakerProcessingJobsRule",
-                )],
-            )  # fmt: skip
+                resources=[
+                    stack.format_arn(
+                        service="events",
+                        resource="rule",
+                        resource_name="StepFunctionsGetEventsForSageMakerProcessingJobsRule",
+                    )
+                ],
+            )
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
@@ -244,14 +249,21 @@ class FeaturesStack(Stack):
         stack = Stack.of(self)
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-                         "logs:DescribeLogStreams"],
-                resources=[stack.format_arn(
-                    service="logs", resource="log-group",
-                    resource_name="/aws/sagemaker/ProcessingJobs:*",
-                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                )],
-            )  # fmt: skip
+                actions=[
+                    "logs:CreateLogGroup",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                    "logs:DescribeLogStreams",
+                ],
+                resources=[
+                    stack.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name="/aws/sagemaker/ProcessingJobs:*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
         )
         role.add_to_policy(
             iam.PolicyStatement(
@@ -330,8 +342,9 @@ class FeaturesStack(Stack):
             state_machine_type=sfn.StateMachineType.STANDARD,
             timeout=Duration.hours(24),
             tracing_enabled=True,
-            logs=sfn.LogOptions(destination=logs_group, level=sfn.LogLevel.ALL,
-                                include_execution_data=False),  # fmt: skip
+            logs=sfn.LogOptions(
+                destination=logs_group, level=sfn.LogLevel.ALL, include_execution_data=False
+            ),
             comment="oncopipe daily features: imaging volumes, then radiomics",
         )
         self.radiomics_step.grant_start(machine)
@@ -352,4 +365,3 @@ class FeaturesStack(Stack):
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
         return machine
-

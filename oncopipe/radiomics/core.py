@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -113,7 +114,7 @@ def _margin_voxels(settings: Mapping[str, Any], spacing: Sequence[float]) -> lis
     pad = float(settings.get("padDistance", 5))
     new = settings.get("resampledPixelSpacing") or spacing
     # PyRadiomics pads `pad` voxels of the resampled grid; B-spline needs 2 more of ours
-    return [int(math.ceil(pad * float(n or s) / s)) + 3 for n, s in zip(new, spacing, strict=True)]
+    return [math.ceil(pad * float(n or s) / s) + 3 for n, s in zip(new, spacing, strict=True)]
 
 
 def _grid_step(old: float, new: float, limit: int) -> int:
@@ -203,9 +204,7 @@ def extract_roi(
         # PyRadiomics raises ValueError for ROIs under minimumROISize/Dimensions
         raise RadiomicsError(geometry.series_uid, f"PyRadiomics refused the ROI: {e}") from e
     return {
-        name: float(value)
-        for name, value in result.items()
-        if not name.startswith("diagnostics_")
+        name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")
     }
 
 
@@ -350,6 +349,13 @@ def _run(job: Job, params_path: str) -> SeriesFeatures | RadiomicsError:
         return e
 
 
+def _limit_threads(threads: int) -> None:
+    """Share the CPUs between worker processes (SimpleITK filters use every core)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
 def extract_many(
     jobs: Sequence[Job],
     params: Params,
@@ -373,7 +379,9 @@ def extract_many(
 
     # spawn: PyRadiomics and SimpleITK hold threads a fork would copy half-initialised
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_limit_threads, initargs=(threads,)) as pool:  # fmt: skip
         futures = [pool.submit(_run, job, str(params.path)) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):
             result = future.result()

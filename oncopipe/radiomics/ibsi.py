@@ -73,7 +73,7 @@ def run_check(phantom_dir: Path) -> list[IbsiRow]:
         phantom_dir / "phantom.nii.gz", phantom_dir / "mask.nii.gz"
     )
     features = extract_roi(volume, labels, geometry, load_params(PHANTOM_PARAMS))
-    voxels = int((labels > 0).sum())  # type: ignore[operator]
+    voxels = int((labels > 0).sum())  # type: ignore[operator,attr-defined]
     rows = []
     with open(phantom_dir / "reference_values.csv", newline="", encoding="utf-8") as f:
         for ref in csv.DictReader(f):

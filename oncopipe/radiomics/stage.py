@@ -69,7 +69,10 @@ def extract_item(
     from oncopipe.radiomics.core import RadiomicsError, extract_series, load_params, write_features
 
     params = load_params(params_path)
-    refs = [store.head(buckets.curated, item.volume_key), store.head(buckets.curated, item.masks_key)]
+    refs = [
+        store.head(buckets.curated, item.volume_key),
+        store.head(buckets.curated, item.masks_key),
+    ]
     inputs: list[ObjectRef] = [r for r in refs if r is not None]
     ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id, step=STEP,
                       params={"params_hash": params.hash})  # fmt: skip
@@ -88,7 +91,9 @@ def extract_item(
                 return {"kind": "series", "status": "no-features", "reason": str(e)}
             out = Path(tmp) / "features.parquet"
             write_features(result.rows, out)
-            writer.upload_file(str(out), buckets.curated, features_key(item.patient_key, item.series))
+            writer.upload_file(
+                str(out), buckets.curated, features_key(item.patient_key, item.series)
+            )
         return {"kind": "series", "status": "extracted", "patient_key": item.patient_key,
                 "rois": result.rois, "features": result.feature_count,
                 "skipped_rois": result.skipped}  # fmt: skip

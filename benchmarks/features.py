@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Feature-stage benchmarks (radiomics, clinical notes), side by side, printed as ratios.
+
+Nothing is asserted.
+
+1. IBSI-1 compliance table: our core on the IBSI digital phantom against every reference
+   value that has a PyRadiomics feature (feature, reference, ours, tolerance, pass).
+2. Seconds and features per scan: ``oncopipe radiomics`` (Parquet volume + masks) against
+   the ``pyradiomics`` command-line tool (NIfTI image + mask) on the same CT-like volume
+   and the same parameter file (``params/radiomics-v1.yaml``), both started as commands
+   the way a user runs them. Goal: <= 1.1x the pyradiomics CLI.
+3. Scaling over series: the same series extracted with 1 and 2 processes.
+
+Usage: ``python benchmarks/features.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from oncopipe.imaging.masks import write_masks
+from oncopipe.imaging.volume import Geometry, to_sitk, write_volume
+from oncopipe.radiomics.core import DEFAULT_PARAMS, Job, extract_many, load_params
+from oncopipe.radiomics.ibsi import run_check
+
+REPO = Path(__file__).resolve().parent.parent
+PHANTOM = REPO.parent / "shared" / "data" / "ibsi_digital_phantom"
+
+
+def ibsi_table() -> None:
+    rows = run_check(PHANTOM)
+    print(f"{'IBSI':<5} {'feature':<48} {'reference':>12} {'ours':>12} {'tol':>8}  pass")
+    for r in rows:
+        print(f"{r.ibsi_code:<5} {r.feature:<48} {r.reference:>12.4g} {r.ours:>12.4g} "
+              f"{r.tolerance:>8.3g}  {'yes' if r.passed else 'NO'}")  # fmt: skip
+    passed = sum(r.passed for r in rows)
+    print(f"IBSI-1 digital phantom: {passed}/{len(rows)} reference values within tolerance\n")
+
+
+def ct_like(out: Path, seed: int, size: int, slices: int) -> tuple[Path, Path]:
+    """A CT-like volume (0.8 x 0.8 x 2.5 mm, int16 + intercept) with a ~3 cm lesion."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:slices, 0:size, 0:size].astype(np.float32)
+    body = ((y - size / 2) ** 2 + (x - size / 2) ** 2) < (0.45 * size) ** 2
+    stored = np.where(body, 1024 + 40 + rng.normal(0, 12, body.shape), 24).astype(np.int16)
+    cz, cy, cx = slices / 2, size / 2 + 10, size / 2 - 15
+    lesion = ((z - cz) * 2.5) ** 2 + ((y - cy) * 0.8) ** 2 + ((x - cx) * 0.8) ** 2 < 15.0**2
+    stored[lesion] = (1024 + 70 + rng.normal(0, 35, int(lesion.sum()))).astype(np.int16)
+    geometry = Geometry((size, size, slices), (0.8, 0.8, 2.5), (-200.0, -200.0, 0.0),
+                        (1, 0, 0, 0, 1, 0, 0, 0, 1), 1.0, -1024.0, "<i2", f"1.2.3.{seed}",
+                        "CT")  # fmt: skip
+    volume = out / f"ct{seed}.parquet"
+    write_volume(stored, geometry, volume)
+    write_masks({"GTV": lesion.astype(np.uint8)}, geometry,
+                out / f"ct{seed}.masks.parquet")  # fmt: skip
+    import SimpleITK as sitk
+
+    hu = stored.astype(np.float32) - 1024.0
+    sitk.WriteImage(to_sitk(hu, geometry), str(out / f"ct{seed}.nii.gz"))
+    sitk.WriteImage(to_sitk(lesion.astype(np.uint8), geometry), str(out / f"ct{seed}_mask.nii.gz"))
+    return volume, out / f"ct{seed}.nii.gz"
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    return time.perf_counter() - started
+
+
+def per_scan(tmp: Path, size: int, slices: int, repeats: int) -> None:
+    volume, nifti = ct_like(tmp, 1, size, slices)
+    ours_out, theirs_out = tmp / "ours.parquet", tmp / "theirs.csv"
+    ours_cmd = [sys.executable, "-m", "oncopipe", "radiomics", "--volume", str(volume),
+                "--out", str(ours_out)]  # fmt: skip
+    theirs_cmd = [str(Path(sys.executable).parent / "pyradiomics"), str(nifti),
+                  str(nifti).replace(".nii.gz", "_mask.nii.gz"), "--param", str(DEFAULT_PARAMS),
+                  "-o", str(theirs_out), "-f", "csv"]  # fmt: skip
+    ours, theirs = [], []
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        ours.append(timed(ours_cmd))
+        theirs.append(timed(theirs_cmd))
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ours_out)
+    ours_features = dict(zip(table.column("feature").to_pylist(),
+                             table.column("value").to_pylist(), strict=True))  # fmt: skip
+    with open(theirs_out, newline="") as f:
+        row = next(csv.DictReader(f))
+    theirs_features = {k: float(v) for k, v in row.items() if not k.startswith("diagnostics_")
+                       and k not in ("Image", "Mask")}  # fmt: skip
+    differ = [k for k, v in theirs_features.items()
+              if k not in ours_features
+              or not np.isclose(ours_features[k], v, rtol=5e-4, atol=1e-3)]  # fmt: skip
+    same = len(theirs_features) - len(differ)
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(f"per scan ({size}x{size}x{slices} CT, one ~3 cm ROI, median of {repeats}):")
+    print(f"  oncopipe radiomics : {o:6.2f} s, {len(ours_features)} features")
+    print(f"  pyradiomics CLI    : {t:6.2f} s, {len(theirs_features)} features")
+    print(
+        f"  ratio (ours/CLI)   : {o / t:.2f}x   (goal <= 1.1x); "
+        f"{same}/{len(theirs_features)} features agree within 5e-4"
+    )
+    for k in differ[:5]:
+        print(f"    differs: {k}: ours {ours_features.get(k)!r}, CLI {theirs_features[k]!r}")
+    print()
+
+
+def scaling(tmp: Path, size: int, slices: int, series: int) -> None:
+    jobs = [Job(ct_like(tmp, 10 + i, size, slices)[0], None) for i in range(series)]
+    params = load_params()
+    seconds = {}
+    for workers in (1, 2):
+        started = time.perf_counter()
+        for _ in extract_many(jobs, params, workers=workers):
+            pass
+        seconds[workers] = time.perf_counter() - started
+    print(f"scaling over {series} series ({size}x{size}x{slices}):")
+    for workers, s in seconds.items():
+        print(f"  {workers} process(es): {s:6.2f} s, {series / s:.2f} series/s")
+    print(f"  speed-up 1 -> 2 processes: {seconds[1] / seconds[2]:.2f}x (2 cores)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller volumes, fewer repeats")
+    args = parser.parse_args()
+    size, slices = (128, 24) if args.quick else (256, 48)
+    ibsi_table()
+    with tempfile.TemporaryDirectory() as tmp:
+        per_scan(Path(tmp), size, slices, repeats=2 if args.quick else 3)
+        scaling(Path(tmp), size, slices, series=4 if args.quick else 8)
+
+
+if __name__ == "__main__":
+    main()

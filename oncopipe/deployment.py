@@ -86,6 +86,23 @@ class EnvConfig:
     processing_instance_type: str
     processing_volume_gb: int
     processing_max_runtime_minutes: int
+    #: SageMaker training of the multimodal model: instance type, Managed Spot Training
+    #: (interrupted jobs resume from checkpoints), run time and spot wait (minutes).
+    training_instance_type: str
+    training_spot: bool
+    training_max_runtime_minutes: int
+    training_max_wait_minutes: int
+    #: Hyperparameter tuning (when a pipeline execution asks for it): jobs in all, at once.
+    tuning_max_jobs: int
+    tuning_parallel_jobs: int
+    #: Serving: the approved model package to deploy ("" = no endpoint yet), the real-time
+    #: endpoint's instance type, the opt-in serverless endpoint (no VPC, no data capture:
+    #: SageMaker does not offer them for serverless) and the PyTorch inference image
+    #: (``{region}`` is replaced by the stack's region).
+    serving_model_package_arn: str
+    serving_instance_type: str
+    serving_serverless: bool
+    pytorch_inference_image: str
 
     @property
     def prefix(self) -> str:
@@ -208,7 +225,63 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         ),
         processing_volume_gb=num("processing_volume_gb", 1, 16_384),
         processing_max_runtime_minutes=num("processing_max_runtime_minutes", 5, 7_200),
+        **_model_settings(env, raw, num),
     )
+
+
+_MODEL_PACKAGE_RE = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/[A-Za-z0-9-]+/\d+$"
+)
+
+
+def _model_settings(env: str, raw: Mapping[str, Any], num: Any) -> dict[str, Any]:
+    runtime = num("training_max_runtime_minutes", 5, 40_320)
+    wait = num("training_max_wait_minutes", 5, 40_320)
+    spot = _expect(env, "training_spot", raw["training_spot"], bool, "true or false")
+    if spot and wait < runtime:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.training_max_wait_minutes ({wait}) must be at least "
+            f"training_max_runtime_minutes ({runtime}) with spot training"
+        )
+    jobs = num("tuning_max_jobs", 1, 500)
+    parallel = num("tuning_parallel_jobs", 1, 100)
+    if parallel > jobs:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.tuning_parallel_jobs ({parallel}) exceeds "
+            f"tuning_max_jobs ({jobs})"
+        )
+    package = _expect(env, "serving_model_package_arn", raw["serving_model_package_arn"], str,
+                      'a model package ARN or ""')  # fmt: skip
+    if package and not _MODEL_PACKAGE_RE.match(package):
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.serving_model_package_arn: {package!r} is not a "
+            "versioned model package ARN (arn:aws:sagemaker:REGION:ACCOUNT:model-package/"
+            'GROUP/VERSION), or "" for no endpoint'
+        )
+    image = _expect(env, "pytorch_inference_image", raw["pytorch_inference_image"], str,
+                    "an ECR image URI")  # fmt: skip
+    if ".dkr.ecr." not in image or ":" not in image.rsplit("/", 1)[-1]:
+        raise ConfigurationError(
+            f"{ENVIRONMENTS_KEY}.{env}.pytorch_inference_image: {image!r} is not an ECR image "
+            "URI with a tag"
+        )
+    return {
+        "training_instance_type": _ml_instance_type(
+            env, "training_instance_type", raw["training_instance_type"]
+        ),
+        "training_spot": spot,
+        "training_max_runtime_minutes": runtime,
+        "training_max_wait_minutes": wait,
+        "tuning_max_jobs": jobs,
+        "tuning_parallel_jobs": parallel,
+        "serving_model_package_arn": package,
+        "serving_instance_type": _ml_instance_type(
+            env, "serving_instance_type", raw["serving_instance_type"]
+        ),
+        "serving_serverless": _expect(env, "serving_serverless", raw["serving_serverless"], bool,
+                                      "true or false"),  # fmt: skip
+        "pytorch_inference_image": image,
+    }
 
 
 _ML_INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[a-z0-9]+$")

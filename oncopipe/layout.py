@@ -24,11 +24,22 @@ CURATED_IMAGING = "imaging/"
 CURATED_IMAGING_VOLUMES = "imaging/volumes/"
 CURATED_IMAGING_RADIOMICS = "imaging/radiomics/"
 CURATED_NOTES = "notes/"
+#: The model's inputs: labels (patient_key, response, eligible; Parquet) and the joined
+#: training dataset written by the cohort step, one folder per build.
+CURATED_LABELS = "cohort/labels/"
+CURATED_COHORT_DATASET = "cohort/dataset/"
 
 # Artifacts bucket.
 ARTIFACTS_ATHENA_RESULTS = "athena-results/"
 #: Panel reference (panel.fa, panel.json; the BWA index is built beside it once).
 ARTIFACTS_REFERENCE = "reference/panel-v1/"
+#: Model training and serving: job outputs (model.tar.gz), spot-training checkpoints,
+#: the MLflow artifact store, endpoint data capture and batch-transform outputs.
+ARTIFACTS_MODELS = "models/"
+ARTIFACTS_CHECKPOINTS = "checkpoints/"
+ARTIFACTS_MLFLOW = "mlflow/"
+ARTIFACTS_DATA_CAPTURE = "data-capture/"
+ARTIFACTS_TRANSFORM = "transform/"
 
 #: Raw sequencing data, moved to cheaper storage classes by lifecycle rules.
 RAW_SEQUENCE_PREFIXES_INGEST = (INGEST_FASTQ,)

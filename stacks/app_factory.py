@@ -14,6 +14,7 @@ from stacks.data_lake_stack import DataLakeStack
 from stacks.features_stack import FeaturesStack
 from stacks.genomics_stack import GenomicsStack
 from stacks.ingest_stack import IngestStack
+from stacks.model_stack import ModelStack
 from stacks.nag import acknowledge_inline_policies
 from stacks.network_stack import NetworkStack
 
@@ -27,6 +28,7 @@ class OncopipeApp:
     genomics: GenomicsStack
     ingest: IngestStack
     features: FeaturesStack
+    model: ModelStack
 
 
 def build_app(
@@ -77,7 +79,16 @@ def build_app(
         vpc=network.vpc,
         subnets=network.private_subnets,
     )
-    for stack in (lake, network, genomics, ingest, features):
+    model = ModelStack(
+        app,
+        f"{prefix}-Model",
+        config=config,
+        lake=lake,
+        features=features,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+    )
+    for stack in (lake, network, genomics, ingest, features, model):
         acknowledge_inline_policies(stack)
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
@@ -91,4 +102,5 @@ def build_app(
         genomics=genomics,
         ingest=ingest,
         features=features,
+        model=model,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import (
-    ArnFormat,
     Duration,
     IgnoreMode,
     Stack,
@@ -22,6 +21,11 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.sagemaker_jobs import (
+    ProcessingStep,
+    acknowledge_job_role,
+    sagemaker_job_role,
+)
 from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.genomics_stack import GenomicsStack
@@ -30,117 +34,6 @@ from stacks.paths import REPO_ROOT
 
 #: The processing image's build context: only oncopipe/ and processing/ (Docker syntax).
 PROCESSING_IMAGE_EXCLUDES = ["*", "!oncopipe", "!processing", "**/__pycache__", "oncopipe/local"]
-
-
-class ProcessingStep(Construct):
-    """One SageMaker Processing job as a Step Functions task (``createProcessingJob.sync``).
-
-    CDK has no task construct for processing jobs, so the state is written in the
-    Amazon States Language; the state machine's permissions come from
-    :meth:`grant_start`.
-    """
-
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        job_prefix: str,
-        image: ecr_assets.DockerImageAsset,
-        arguments: list[str],
-        role: iam.IRole,
-        config: EnvConfig,
-        environment: dict[str, str],
-        security_group: ec2.ISecurityGroup,
-        subnet_ids: list[str],
-        volume_key_arn: str,
-    ) -> None:
-        super().__init__(scope, construct_id)
-        self.role = role
-        self.state = sfn.CustomState(
-            self,
-            "Task",
-            state_json={
-                "Type": "Task",
-                "Resource": "arn:aws:states:::sagemaker:createProcessingJob.sync",
-                "Parameters": {
-                    # at most 63 characters: prefix + a UUID (36)
-                    "ProcessingJobName.$": f"States.Format('{job_prefix}-{{}}', States.UUID())",
-                    "RoleArn": role.role_arn,
-                    "AppSpecification": {
-                        "ImageUri": image.image_uri,
-                        "ContainerArguments": arguments,
-                    },
-                    "ProcessingResources": {
-                        "ClusterConfig": {
-                            "InstanceCount": 1,
-                            "InstanceType": config.processing_instance_type,
-                            "VolumeSizeInGB": config.processing_volume_gb,
-                            "VolumeKmsKeyId": volume_key_arn,
-                        }
-                    },
-                    "NetworkConfig": {
-                        "EnableInterContainerTrafficEncryption": True,
-                        "VpcConfig": {
-                            "SecurityGroupIds": [security_group.security_group_id],
-                            "Subnets": subnet_ids,
-                        },
-                    },
-                    "StoppingCondition": {
-                        "MaxRuntimeInSeconds": config.processing_max_runtime_minutes * 60
-                    },
-                    "Environment": environment,
-                    "Tags": [{"Key": "project", "Value": config.project}],
-                },
-                "ResultPath": None,
-                "Retry": [
-                    {
-                        "ErrorEquals": ["SageMaker.AmazonSageMakerException"],
-                        "IntervalSeconds": 60,
-                        "MaxAttempts": 3,
-                        "BackoffRate": 2.0,
-                    }
-                ],
-            },
-        )
-
-    def grant_start(self, grantee: iam.IGrantable) -> None:
-        """Let a state machine start, watch and stop this step's jobs."""
-        stack = Stack.of(self)
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "sagemaker:CreateProcessingJob",
-                    "sagemaker:DescribeProcessingJob",
-                    "sagemaker:StopProcessingJob",
-                    "sagemaker:AddTags",
-                ],
-                resources=[
-                    stack.format_arn(
-                        service="sagemaker", resource="processing-job", resource_name="*"
-                    )
-                ],
-            )
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventsForSageMakerProcessingJobsRule",
-                    )
-                ],
-            )
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            )
-        )
 
 
 class FeaturesStack(Stack):
@@ -212,7 +105,11 @@ class FeaturesStack(Stack):
             "volume_key_arn": lake.platform_key.key_arn,
         }
         self.radiomics_step = ProcessingStep(
-            self, "Radiomics", job_prefix="radiomics", arguments=["stage"], **common
+            self,
+            "Radiomics",
+            job_prefix="radiomics",
+            arguments=["processing.radiomics", "stage"],
+            **common,
         )
         self.state_machine = self._state_machine(config, lake, genomics)
         self.schedule_dead_letters = encrypted_queue(
@@ -233,71 +130,18 @@ class FeaturesStack(Stack):
         )
 
     def _processing_role(self, lake: DataLakeStack) -> iam.Role:
-        role = iam.Role(
-            self,
-            "ProcessingRole",
-            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        log_group = "/aws/sagemaker/ProcessingJobs"
+        role = sagemaker_job_role(
+            self, "ProcessingRole",
             description="oncopipe SageMaker Processing: volumes and masks in, features out",
-        )
+            log_group=log_group, images=[self.image], key=lake.platform_key,
+        )  # fmt: skip
         curated = self.curated
         curated.grant_read(role, f"{layout.CURATED_IMAGING_VOLUMES}*")
         curated.grant_read(role, f"{layout.CURATED_IMAGING}masks/*")
         curated.grant_read_write(role, f"{layout.CURATED_IMAGING_RADIOMICS}*")
         curated.grant_read_write(role, "_manifests/*")
-        self.image.repository.grant_pull(role)
-        lake.platform_key.grant_encrypt_decrypt(role)  # the job's encrypted volume
-        stack = Stack.of(self)
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "logs:CreateLogGroup",
-                    "logs:CreateLogStream",
-                    "logs:PutLogEvents",
-                    "logs:DescribeLogStreams",
-                ],
-                resources=[
-                    stack.format_arn(
-                        service="logs",
-                        resource="log-group",
-                        resource_name="/aws/sagemaker/ProcessingJobs:*",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "ecr:GetAuthorizationToken",
-                    "cloudwatch:PutMetricData",
-                    "ec2:CreateNetworkInterface",
-                    "ec2:CreateNetworkInterfacePermission",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:DeleteNetworkInterfacePermission",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DescribeVpcs",
-                    "ec2:DescribeDhcpOptions",
-                    "ec2:DescribeSubnets",
-                    "ec2:DescribeSecurityGroups",
-                ],
-                resources=["*"],
-            )
-        )
-        policy = role.node.find_child("DefaultPolicy")
-        for finding, reason in {
-            "Resource::*": (
-                "ecr:GetAuthorizationToken, cloudwatch:PutMetricData and the EC2 network-"
-                "interface calls SageMaker makes for VPC jobs support no resource scoping."
-            ),
-            "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:List*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:DeleteObject*": "Deletes a failed item's partial outputs.",
-            "Action::s3:Abort*": "Aborts its own multipart uploads.",
-            "Action::kms:GenerateDataKey*": "Writes objects and its volume with the zone's key.",
-            "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
-            "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
-            "/aws/sagemaker/ProcessingJobs:*": "SageMaker's log group of processing jobs.",
+        acknowledge_job_role(role, log_group, {
             bucket_objects_finding(curated, f"{layout.CURATED_IMAGING_VOLUMES}*"): (
                 "Reads the Parquet volumes."
             ),
@@ -308,8 +152,7 @@ class FeaturesStack(Stack):
             bucket_objects_finding(curated, "_manifests/*"): (
                 "Reads the volume manifests and writes its items' manifests."
             ),
-        }.items():
-            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        })  # fmt: skip
         return role
 
     def _state_machine(

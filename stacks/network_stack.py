@@ -20,6 +20,8 @@ INTERFACE_ENDPOINTS = {
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "SageMakerApi": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_API,
     "SageMakerRuntime": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_RUNTIME,
+    # the managed MLflow tracking server, which training jobs log to from the VPC
+    "SageMakerMlflow": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_EXPERIMENTS,
     "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
     # The ECS agent of Batch instances registers and reports through these.
     "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,

@@ -1,0 +1,619 @@
+"""The multimodal model: dataset, training, tuning, registry, tracking, batch transform, serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import (
+    Duration,
+    Fn,
+    IgnoreMode,
+    Stack,
+    aws_ec2 as ec2,
+    aws_ecr_assets as ecr_assets,
+    aws_iam as iam,
+    aws_sagemaker as sagemaker,
+    aws_stepfunctions as sfn,
+    aws_stepfunctions_tasks as tasks,
+)
+from constructs import Construct
+
+from oncopipe import layout
+from oncopipe.deployment import EnvConfig
+from stacks.components.log_group import encrypted_log_group
+from stacks.components.sagemaker_jobs import (
+    ProcessingStep,
+    acknowledge_job_role,
+    network_config,
+    sagemaker_job_role,
+)
+from stacks.data_lake_stack import DataLakeStack
+from stacks.features_stack import FeaturesStack
+from stacks.nag import acknowledge, bucket_objects_finding
+from stacks.paths import REPO_ROOT
+
+#: The training image's build context: only oncopipe/ and training/ (Docker syntax).
+TRAINING_IMAGE_EXCLUDES = ["*", "!oncopipe", "!training", "**/__pycache__", "oncopipe/local"]
+
+#: Default hyperparameters of a pipeline training job (strings, as SageMaker passes them).
+HYPERPARAMETERS = {"epochs": "30", "batch-size": "64", "lr": "0.001", "d-model": "64",
+                   "layers": "2", "heads": "4", "dropout": "0.1", "modality-dropout": "0.15",
+                   "seed": "7"}  # fmt: skip
+#: What the tuner searches, and what it maximises (train.py prints ``val_auc=...``).
+TUNING_RANGES = {
+    "ContinuousParameterRanges": [
+        {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
+        {"Name": "dropout", "MinValue": "0.0", "MaxValue": "0.3", "ScalingType": "Linear"},
+    ],
+    "CategoricalParameterRanges": [{"Name": "d-model", "Values": ["32", "64", "128"]},
+                                   {"Name": "layers", "Values": ["1", "2", "3"]}],
+}  # fmt: skip
+METRICS = [
+    {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
+    {"Name": "train:loss", "Regex": "train_loss=([0-9.]+)"},
+]
+
+
+class ModelStack(Stack):
+    """Everything the multimodal model needs in the cloud.
+
+    Creates:
+        - The training image (``training/Dockerfile``: PyTorch CPU, the sagemaker-training
+          toolkit for script mode, the oncopipe library and ``training/``).
+        - ``training_role`` and ``cohort_role`` (SageMaker), a security group for jobs.
+        - ``tracking_server``: a SageMaker managed MLflow tracking server whose artifact
+          store is ``mlflow/`` of the artifacts bucket (KMS).
+        - ``model_package_group``: the model registry group of the response model.
+        - ``pipeline`` (state machine ``ModelPipeline``, started on demand): the cohort
+          dataset (Processing, on the features stack's image) -> training (Managed Spot
+          Training with checkpoints in ``checkpoints/<execution>/``) or, when the input
+          says ``{"tune": true}``, a hyperparameter tuning job over :data:`TUNING_RANGES`
+          -> the model package (PendingManualApproval) -> a batch transform of the cohort
+          with the full model. Jobs run in the VPC with volumes and outputs encrypted with
+          the platform key and inter-container traffic encrypted.
+        - When ``serving_model_package_arn`` is set: a real-time endpoint serving the
+          pruned model (VPC, network isolation, KMS, data capture to ``data-capture/``);
+          with ``serving_serverless`` also a serverless endpoint (SageMaker offers neither
+          VPC nor data capture for serverless endpoints).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        lake: DataLakeStack,
+        features: FeaturesStack,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
+        self.key = lake.platform_key
+        self.curated = lake.export_bucket(self, lake.curated, lake.curated_key)
+        self.artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
+        self.image = ecr_assets.DockerImageAsset(
+            self,
+            "TrainingImage",
+            directory=str(REPO_ROOT),
+            file="training/Dockerfile",
+            exclude=TRAINING_IMAGE_EXCLUDES,
+            ignore_mode=IgnoreMode.DOCKER,
+            platform=ecr_assets.Platform.LINUX_AMD64,
+        )
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "ModelJobsSecurityGroup",
+            vpc=vpc,
+            description="SageMaker training, transform and endpoints: egress to VPC endpoints",
+            allow_all_outbound=True,
+        )
+        self.subnet_ids = vpc.select_subnets(
+            subnet_type=subnets.subnet_type, subnet_group_name=subnets.subnet_group_name
+        ).subnet_ids
+        self.tracking_server = self._tracking_server(config)
+        self.model_package_group = sagemaker.CfnModelPackageGroup(
+            self,
+            "ResponseModels",
+            model_package_group_name=f"{config.prefix}-response",
+            model_package_group_description="Therapy-response model (genomics, radiomics, "
+            "notes); versions await manual approval before serving.",
+        )
+        self.training_role = self._training_role()
+        self.cohort_role = self._cohort_role(features)
+        self.cohort_step = ProcessingStep(
+            self,
+            "Cohort",
+            job_prefix="cohort",
+            image=features.image,
+            arguments=[],
+            arguments_path="States.Array('processing.cohort', 'stage', '--build-id', "
+            "$$.Execution.Name)",
+            role=self.cohort_role,
+            config=config,
+            environment={"CURATED_BUCKET": self.curated.bucket_name},
+            security_group=self.security_group,
+            subnet_ids=self.subnet_ids,
+            volume_key_arn=self.key.key_arn,
+        )
+        self.pipeline = self._pipeline(config)
+        if config.serving_model_package_arn:
+            self._endpoints(config)
+
+    # -- resources ---------------------------------------------------------------------
+    def _tracking_server(self, config: EnvConfig) -> sagemaker.CfnMlflowTrackingServer:
+        role = iam.Role(
+            self,
+            "MlflowRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description="oncopipe MLflow tracking server: its artifact store only",
+        )
+        self.artifacts.grant_read_write(role, f"{layout.ARTIFACTS_MLFLOW}*")
+        policy = role.node.find_child("DefaultPolicy")
+        for finding, reason in {
+            **_S3_GRANT_FINDINGS,
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MLFLOW}*"): (
+                "The tracking server's artifact store (runs, models)."
+            ),
+        }.items():
+            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        return sagemaker.CfnMlflowTrackingServer(
+            self,
+            "TrackingServer",
+            tracking_server_name=f"{config.prefix}-tracking",
+            artifact_store_uri=f"s3://{self.artifacts.bucket_name}/{layout.ARTIFACTS_MLFLOW}",
+            role_arn=role.role_arn,
+            tracking_server_size="Small",
+            automatic_model_registration=False,
+            weekly_maintenance_window_start="Sun:03:30",
+        )
+
+    def _training_role(self) -> iam.Role:
+        log_group = "/aws/sagemaker/TrainingJobs"
+        role = sagemaker_job_role(
+            self, "TrainingRole",
+            description="oncopipe training: cohort dataset in, model and checkpoints out",
+            log_group=log_group, images=[self.image], key=self.key,
+        )  # fmt: skip
+        self.curated.grant_read(role, f"{layout.CURATED_COHORT_DATASET}*")
+        for prefix in (layout.ARTIFACTS_MODELS, layout.ARTIFACTS_CHECKPOINTS):
+            self.artifacts.grant_read_write(role, f"{prefix}*")
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker-mlflow:*"],
+                resources=[self.tracking_server.attr_tracking_server_arn],
+            )
+        )
+        acknowledge_job_role(role, log_group, {
+            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
+                "Reads the cohort dataset it trains on."
+            ),
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MODELS}*"): (
+                "Writes model.tar.gz and its evaluation."
+            ),
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_CHECKPOINTS}*"): (
+                "Spot training saves and resumes its checkpoints."
+            ),
+            "Action::sagemaker-mlflow:*": "Logs runs and models to its own tracking server.",
+        })  # fmt: skip
+        return role
+
+    def _cohort_role(self, features: FeaturesStack) -> iam.Role:
+        log_group = "/aws/sagemaker/ProcessingJobs"
+        role = sagemaker_job_role(
+            self, "CohortRole",
+            description="oncopipe cohort step: feature tables and labels in, dataset out",
+            log_group=log_group, images=[features.image], key=self.key,
+        )  # fmt: skip
+        readable = (layout.CURATED_GENOMICS_VARIANTS, layout.CURATED_IMAGING_RADIOMICS,
+                    f"{layout.CURATED_NOTES}concepts/", layout.CURATED_LABELS)  # fmt: skip
+        for prefix in readable:
+            self.curated.grant_read(role, f"{prefix}*")
+        self.curated.grant_read_write(role, f"{layout.CURATED_COHORT_DATASET}*")
+        acknowledge_job_role(role, log_group, {
+            **{bucket_objects_finding(self.curated, f"{p}*"): "Reads a feature table or labels."
+               for p in readable},
+            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
+                "Writes the joined, split and normalised dataset."
+            ),
+        })  # fmt: skip
+        return role
+
+    # -- the pipeline ------------------------------------------------------------------
+    def _training_job(self, config: EnvConfig) -> dict[str, Any]:
+        """The training-job definition shared by a plain run and the tuner."""
+        stopping: dict[str, Any] = {"MaxRuntimeInSeconds": config.training_max_runtime_minutes * 60}
+        if config.training_spot:
+            stopping["MaxWaitTimeInSeconds"] = config.training_max_wait_minutes * 60
+        dataset = (f"States.Format('s3://{self.curated.bucket_name}/"
+                   f"{layout.CURATED_COHORT_DATASET}{{}}/', $$.Execution.Name)")  # fmt: skip
+        return {
+            "AlgorithmSpecification": {
+                "TrainingImage": self.image.image_uri,
+                "TrainingInputMode": "File",
+                "MetricDefinitions": METRICS,
+            },
+            "RoleArn": self.training_role.role_arn,
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri.$": dataset,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                }
+            ],
+            "OutputDataConfig": {
+                "S3OutputPath": f"s3://{self.artifacts.bucket_name}/{layout.ARTIFACTS_MODELS}",
+                "KmsKeyId": self.key.key_arn,
+            },
+            "ResourceConfig": {
+                "InstanceCount": 1,
+                "InstanceType": config.training_instance_type,
+                "VolumeSizeInGB": 30,
+                "VolumeKmsKeyId": self.key.key_arn,
+            },
+            "StoppingCondition": stopping,
+            "EnableManagedSpotTraining": config.training_spot,
+            "CheckpointConfig": {
+                "S3Uri.$": f"States.Format('s3://{self.artifacts.bucket_name}/"
+                f"{layout.ARTIFACTS_CHECKPOINTS}{{}}/', $$.Execution.Name)",
+                "LocalPath": "/opt/ml/checkpoints",
+            },
+            "VpcConfig": network_config(self.security_group, self.subnet_ids),
+            "EnableInterContainerTrafficEncryption": True,
+            "Environment": {
+                "MLFLOW_TRACKING_URI": self.tracking_server.attr_tracking_server_arn,
+                "MLFLOW_EXPERIMENT_NAME": f"{config.prefix}-response",
+            },
+        }
+
+    def _pipeline(self, config: EnvConfig) -> sfn.StateMachine:
+        job = self._training_job(config)
+        failed = sfn.Fail(self, "PipelineFailed", error="ModelPipelineFailed",
+                          cause="a pipeline job failed; see its logs")  # fmt: skip
+        cohort = self.cohort_step.state
+        train = sfn.CustomState(self, "Train", state_json={
+            "Type": "Task",
+            "Resource": "arn:aws:states:::sagemaker:createTrainingJob.sync",
+            "Parameters": {
+                "TrainingJobName.$": "States.Format('response-{}', States.UUID())",
+                "HyperParameters": HYPERPARAMETERS,
+                **job,
+            },
+            "ResultSelector": {"model_data.$": "$.ModelArtifacts.S3ModelArtifacts"},
+            "ResultPath": "$.training",
+        })  # fmt: skip
+        definition = {k: v for k, v in job.items() if k not in ("Environment",)}
+        tune = sfn.CustomState(self, "Tune", state_json={
+            "Type": "Task",
+            "Resource": "arn:aws:states:::sagemaker:createHyperParameterTuningJob.sync",
+            "Parameters": {
+                # tuning job names: at most 32 characters
+                "HyperParameterTuningJobName.$": "States.Format('tune-{}', "
+                "States.ArrayGetItem(States.StringSplit(States.UUID(), '-'), 0))",
+                "HyperParameterTuningJobConfig": {
+                    "Strategy": "Bayesian",
+                    "HyperParameterTuningJobObjective": {"Type": "Maximize",
+                                                         "MetricName": "validation:auc"},
+                    "ResourceLimits": {"MaxNumberOfTrainingJobs": config.tuning_max_jobs,
+                                       "MaxParallelTrainingJobs": config.tuning_parallel_jobs},
+                    "ParameterRanges": TUNING_RANGES,
+                },
+                "TrainingJobDefinition": {
+                    **definition,
+                    "StaticHyperParameters": {k: v for k, v in HYPERPARAMETERS.items()
+                                              if k not in ("lr", "dropout", "d-model", "layers")},
+                    "AlgorithmSpecification": {**job["AlgorithmSpecification"]},
+                    "Environment": job["Environment"],
+                },
+            },
+            "ResultSelector": {"best_job.$": "$.BestTrainingJob.TrainingJobName"},
+            "ResultPath": "$.tuning",
+        })  # fmt: skip
+        best = tasks.CallAwsService(
+            self,
+            "BestTrainingJob",
+            service="sagemaker",
+            action="describeTrainingJob",
+            parameters={"TrainingJobName": sfn.JsonPath.string_at("$.tuning.best_job")},
+            iam_resources=[self.format_arn(service="sagemaker", resource="training-job",
+                                           resource_name="*")],
+            result_selector={"model_data": sfn.JsonPath.string_at(
+                "$.ModelArtifacts.S3ModelArtifacts")},
+            result_path="$.training",
+        )
+        inference_image = Fn.sub(
+            config.pytorch_inference_image.replace("{region}", "${AWS::Region}")
+        )
+        register = tasks.CallAwsService(
+            self,
+            "RegisterModel",
+            service="sagemaker",
+            action="createModelPackage",
+            parameters={
+                "ModelPackageGroupName": self.model_package_group.model_package_group_name,
+                "ModelApprovalStatus": "PendingManualApproval",
+                "ModelPackageDescription": sfn.JsonPath.format(
+                    "pipeline execution {}", sfn.JsonPath.string_at("$$.Execution.Name")),
+                "InferenceSpecification": {
+                    "Containers": [{
+                        "Image": inference_image,
+                        "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
+                        "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                                        "ONCOPIPE_MODEL_VARIANT": "pruned"},
+                    }],
+                    "SupportedContentTypes": ["application/json"],
+                    "SupportedResponseMIMETypes": ["application/json"],
+                    "SupportedRealtimeInferenceInstanceTypes": [config.serving_instance_type],
+                    "SupportedTransformInstanceTypes": [config.processing_instance_type],
+                },
+            },
+            iam_resources=[self.format_arn(service="sagemaker", resource="model-package",
+                                           resource_name=f"{config.prefix}-response/*"),
+                           self.format_arn(service="sagemaker", resource="model-package-group",
+                                           resource_name=f"{config.prefix}-response")],
+            result_selector={"arn": sfn.JsonPath.string_at("$.ModelPackageArn")},
+            result_path="$.package",
+        )  # fmt: skip
+        self.serving_role = self._serving_role()
+        model = tasks.CallAwsService(
+            self,
+            "TransformModel",
+            service="sagemaker",
+            action="createModel",
+            parameters={
+                "ModelName": sfn.JsonPath.format("response-full-{}", sfn.JsonPath.uuid()),
+                "ExecutionRoleArn": self.serving_role.role_arn,
+                "PrimaryContainer": {
+                    "Image": inference_image,
+                    "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
+                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                                    "ONCOPIPE_MODEL_VARIANT": "full"},
+                },
+                "VpcConfig": network_config(self.security_group, self.subnet_ids),
+                "EnableNetworkIsolation": True,
+            },
+            iam_resources=[self.format_arn(service="sagemaker", resource="model",
+                                           resource_name="response-full-*")],
+            additional_iam_statements=[iam.PolicyStatement(
+                actions=["iam:PassRole"], resources=[self.serving_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            )],
+            result_selector={"name": sfn.JsonPath.string_at("$.ModelArn")},
+            result_path="$.model",
+        )  # fmt: skip
+        transform = sfn.CustomState(self, "BatchTransform", state_json={
+            "Type": "Task",
+            "Resource": "arn:aws:states:::sagemaker:createTransformJob.sync",
+            "Parameters": {
+                "TransformJobName.$": "States.Format('transform-{}', States.UUID())",
+                "ModelName.$": "States.ArrayGetItem(States.StringSplit($.model.name, '/'), 1)",
+                "TransformInput": {
+                    "DataSource": {"S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri.$": f"States.Format('s3://{self.curated.bucket_name}/"
+                        f"{layout.CURATED_COHORT_DATASET}{{}}/inference/', $$.Execution.Name)",
+                    }},
+                    "ContentType": "application/json",
+                    "SplitType": "Line",
+                },
+                "TransformOutput": {
+                    "S3OutputPath.$": f"States.Format('s3://{self.artifacts.bucket_name}/"
+                    f"{layout.ARTIFACTS_TRANSFORM}{{}}/', $$.Execution.Name)",
+                    "KmsKeyId": self.key.key_arn,
+                    "AssembleWith": "Line",
+                    "Accept": "application/json",
+                },
+                "TransformResources": {"InstanceCount": 1,
+                                       "InstanceType": config.processing_instance_type,
+                                       "VolumeKmsKeyId": self.key.key_arn},
+                "BatchStrategy": "SingleRecord",
+            },
+            "ResultPath": None,
+        })  # fmt: skip
+        for state in (cohort, train, tune, transform):
+            state.add_catch(failed, errors=["States.ALL"], result_path="$.error")
+        for task in (best, register, model):
+            task.add_catch(failed, result_path="$.error")
+        after_training = (
+            register.next(model)
+            .next(transform)
+            .next(sfn.Succeed(self, "ModelRegistered", comment="awaiting manual approval"))
+        )
+        choose = (
+            sfn.Choice(self, "TuneOrTrain")
+            .when(
+                sfn.Condition.boolean_equals("$.tune", True), tune.next(best).next(after_training)
+            )
+            .otherwise(train.next(after_training))
+        )
+        logs_group = encrypted_log_group(self, "PipelineLogs", key=self.key,
+                                         retention_days=config.log_retention_days)  # fmt: skip
+        # an execution input without "tune" trains with the default hyperparameters
+        choose_with_default = (
+            sfn.Choice(self, "TuneRequested")
+            .when(sfn.Condition.is_present("$.tune"), choose)
+            .otherwise(train)
+        )
+        machine = sfn.StateMachine(
+            self,
+            "ModelPipeline",
+            definition_body=sfn.DefinitionBody.from_chainable(cohort.next(choose_with_default)),
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            timeout=Duration.hours(48),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(
+                destination=logs_group, level=sfn.LogLevel.ALL, include_execution_data=False
+            ),
+            comment="oncopipe model pipeline: cohort -> train/tune -> register -> transform",
+        )
+        self.cohort_step.grant_start(machine)
+        self._grant_pipeline(machine)
+        return machine
+
+    def _grant_pipeline(self, machine: sfn.StateMachine) -> None:
+        stack = Stack.of(self)
+        role = machine.role
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
+                     "sagemaker:StopTrainingJob", "sagemaker:CreateHyperParameterTuningJob",
+                     "sagemaker:DescribeHyperParameterTuningJob",
+                     "sagemaker:StopHyperParameterTuningJob",
+                     "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
+                     "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
+                     "sagemaker:StopTransformJob", "sagemaker:AddTags"],
+            resources=[stack.format_arn(service="sagemaker", resource=r, resource_name="*")
+                       for r in ("training-job", "hyper-parameter-tuning-job",
+                                 "transform-job")],
+        ))  # fmt: skip
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[stack.format_arn(service="events", resource="rule", resource_name=name)
+                       for name in ("StepFunctionsGetEventsForSageMakerTrainingJobsRule",
+                                    "StepFunctionsGetEventsForSageMakerTuningJobsRule",
+                                    "StepFunctionsGetEventsForSageMakerTransformJobsRule")],
+        ))  # fmt: skip
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.training_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        ))  # fmt: skip
+        policy = role.node.find_child("DefaultPolicy")
+        prefix = "Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:"
+        for finding, reason in {
+            "Resource::*": (
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
+                "resource-level scoping."
+            ),
+            f"{prefix}processing-job/*": "Job names are generated per execution (prefix + UUID).",
+            f"{prefix}training-job/*": "Job names are generated per execution (prefix + UUID).",
+            f"{prefix}hyper-parameter-tuning-job/*": "Tuning job names are generated per run.",
+            f"{prefix}transform-job/*": "Job names are generated per execution (prefix + UUID).",
+            f"{prefix}model/response-full-*": "Models of the batch transform, one per run.",
+            f"{prefix}model-package/{self.config.prefix}-response/*": (
+                "Registers new versions in its own model package group."
+            ),
+        }.items():
+            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+
+    # -- serving -----------------------------------------------------------------------
+    def _serving_role(self) -> iam.Role:
+        log_group = "/aws/sagemaker/Endpoints"
+        role = sagemaker_job_role(
+            self, "ServingRole",
+            description="oncopipe serving and batch transform: model artifacts in",
+            log_group=log_group, images=[], key=self.key,
+        )  # fmt: skip
+        self.artifacts.grant_read(role, f"{layout.ARTIFACTS_MODELS}*")
+        self.curated.grant_read(role, f"{layout.CURATED_COHORT_DATASET}*")
+        self.artifacts.grant_read_write(role, f"{layout.ARTIFACTS_TRANSFORM}*")
+        self.artifacts.grant_write(role, f"{layout.ARTIFACTS_DATA_CAPTURE}*")
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                     "ecr:BatchCheckLayerAvailability"],
+            # the AWS Deep Learning Containers registry of the configured inference image
+            resources=[Fn.sub("arn:${AWS::Partition}:ecr:${AWS::Region}:763104351884:"
+                              "repository/pytorch-inference")],
+        ))  # fmt: skip
+        acknowledge_job_role(role, log_group, {
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MODELS}*"): (
+                "Loads the trained model artifacts."
+            ),
+            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
+                "Batch transform reads the cohort's inference records."
+            ),
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_TRANSFORM}*"): (
+                "Batch transform writes predictions."
+            ),
+            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_DATA_CAPTURE}*"): (
+                "The endpoint writes captured requests and responses."
+            ),
+            "Action::s3:Abort*": "Aborts its own multipart uploads.",
+            "Action::s3:PutObject*": "Writes captured data and predictions.",
+        })  # fmt: skip
+        return role
+
+    def _endpoints(self, config: EnvConfig) -> None:
+        package = config.serving_model_package_arn
+        model = sagemaker.CfnModel(
+            self,
+            "ServingModel",
+            execution_role_arn=self.serving_role.role_arn,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                model_package_name=package,
+                environment={"ONCOPIPE_MODEL_VARIANT": "pruned"},
+            ),
+            vpc_config=sagemaker.CfnModel.VpcConfigProperty(
+                security_group_ids=[self.security_group.security_group_id],
+                subnets=self.subnet_ids,
+            ),
+            enable_network_isolation=True,
+        )
+        capture = sagemaker.CfnEndpointConfig.DataCaptureConfigProperty(
+            capture_options=[sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode=m)
+                             for m in ("Input", "Output")],
+            destination_s3_uri=f"s3://{self.artifacts.bucket_name}/{layout.ARTIFACTS_DATA_CAPTURE}",
+            initial_sampling_percentage=100,
+            kms_key_id=self.key.key_arn,
+            enable_capture=True,
+        )  # fmt: skip
+        endpoint_config = sagemaker.CfnEndpointConfig(
+            self,
+            "RealtimeConfig",
+            kms_key_id=self.key.key_arn,
+            data_capture_config=capture,
+            production_variants=[sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                variant_name="pruned", model_name=model.attr_model_name,
+                initial_instance_count=1, instance_type=config.serving_instance_type,
+                initial_variant_weight=1.0,
+            )],
+        )  # fmt: skip
+        self.endpoint = sagemaker.CfnEndpoint(
+            self, "RealtimeEndpoint", endpoint_config_name=endpoint_config.attr_endpoint_config_name
+        )
+        if not config.serving_serverless:
+            return
+        serverless_model = sagemaker.CfnModel(
+            self,
+            "ServerlessModel",
+            execution_role_arn=self.serving_role.role_arn,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                model_package_name=package,
+                environment={"ONCOPIPE_MODEL_VARIANT": "pruned"},
+            ),
+        )
+        serverless_config = sagemaker.CfnEndpointConfig(
+            self,
+            "ServerlessConfig",
+            production_variants=[sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                variant_name="serverless", model_name=serverless_model.attr_model_name,
+                serverless_config=sagemaker.CfnEndpointConfig.ServerlessConfigProperty(
+                    max_concurrency=5, memory_size_in_mb=2048),
+            )],
+        )  # fmt: skip
+        acknowledge(
+            serverless_config,
+            "HIPAA.Security-SageMakerEndpointConfigurationKMSKeyConfigured",
+            "Opt-in serverless endpoint: SageMaker accepts no KMS key, VPC or data capture "
+            "for serverless variants; the real-time endpoint has all three.",
+        )
+        self.serverless_endpoint = sagemaker.CfnEndpoint(
+            self, "ServerlessEndpoint",
+            endpoint_config_name=serverless_config.attr_endpoint_config_name,
+        )  # fmt: skip
+
+
+_S3_GRANT_FINDINGS = {
+    "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
+    "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
+    "Action::s3:List*": "CDK grants, each on one prefix listed below.",
+    "Action::s3:DeleteObject*": "Replaces its own artifacts.",
+    "Action::s3:Abort*": "Aborts its own multipart uploads.",
+    "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
+    "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
+}

@@ -326,7 +326,13 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
 def radiomics(volumes: tuple[Path, ...], mask: Path | None, params: Path | None, out: Path,
               workers: int, patient_key: str, run_id: str) -> None:  # fmt: skip
     """Extract PyRadiomics features of every ROI of one or more volumes."""
-    from oncopipe.radiomics.core import Job, RadiomicsError, extract_many, load_params, write_features
+    from oncopipe.radiomics.core import (
+        Job,
+        RadiomicsError,
+        extract_many,
+        load_params,
+        write_features,
+    )
 
     if mask is not None and len(volumes) > 1:
         _fail(ValueError("--mask applies to one --volume; give masks beside each volume"))
@@ -521,8 +527,11 @@ def _print_report(report: object, state: object) -> None:
                               highlight=False, markup=False)  # fmt: skip
         if job.step == "radiomics":
             for series in job.outcome.get("series", []):
-                detail = (f"{series.get('features')} features of {', '.join(series.get('rois', []))}"
-                          if series.get("status") == "extracted" else series.get("reason", ""))
+                detail = (
+                    f"{series.get('features')} features of {', '.join(series.get('rois', []))}"
+                    if series.get("status") == "extracted"
+                    else series.get("reason", "")
+                )
                 console.print(f"  radiomics {series.get('patient_key', '')} "
                               f"{series.get('status')}: {detail}",
                               highlight=False, markup=False)  # fmt: skip

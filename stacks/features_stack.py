@@ -29,6 +29,7 @@ from stacks.components.sagemaker_jobs import (
 from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.genomics_stack import GenomicsStack
+from stacks.ingest_stack import grant_pseudonym_secret
 from stacks.nag import acknowledge, bucket_objects_finding
 from stacks.paths import REPO_ROOT
 
@@ -111,6 +112,13 @@ class FeaturesStack(Stack):
             arguments=["processing.radiomics", "stage"],
             **common,
         )
+        self.notes_role = self._notes_role(lake)
+        self.notes_step = ProcessingStep(
+            self, "Notes", job_prefix="notes", arguments=["processing.notes", "stage"],
+            **{**common, "role": self.notes_role,
+               "environment": {**environment,
+                               "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn}},
+        )  # fmt: skip
         self.state_machine = self._state_machine(config, lake, genomics)
         self.schedule_dead_letters = encrypted_queue(
             self, "ScheduleDeadLetters", key=lake.platform_key
@@ -155,6 +163,42 @@ class FeaturesStack(Stack):
         })  # fmt: skip
         return role
 
+    def _notes_role(self, lake: DataLakeStack) -> iam.Role:
+        """The notes job: the only processing role that reads PHI (the notes in ingest)."""
+        log_group = "/aws/sagemaker/ProcessingJobs"
+        role = sagemaker_job_role(
+            self, "NotesRole",
+            description="oncopipe notes: ingest notes in, scrubbed text and concepts out",
+            log_group=log_group, images=[self.image], key=lake.platform_key,
+        )  # fmt: skip
+        ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
+        quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
+        artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
+        ingest.grant_read(role, f"{layout.INGEST_NOTES}*")
+        ingest.grant_read(role, f"{layout.INGEST_SAMPLESHEETS}*")
+        quarantine.grant_read_write(role)
+        self.curated.grant_read_write(role, f"{layout.CURATED_NOTES}*")
+        self.curated.grant_read_write(role, "_manifests/*")
+        artifacts.grant_read_write(role, f"{layout.ARTIFACTS_MODELS}notes-tokenizer/*")
+        grant_pseudonym_secret(lake, role)
+        acknowledge_job_role(role, log_group, {
+            bucket_objects_finding(ingest, f"{layout.INGEST_NOTES}*"): "Reads the notes.",
+            bucket_objects_finding(ingest, f"{layout.INGEST_SAMPLESHEETS}*"): (
+                "Reads the sample sheet that names a note without a Patient-ID header."
+            ),
+            bucket_objects_finding(quarantine): (
+                "Reads the route manifests; quarantines unreadable notes with the reason."
+            ),
+            bucket_objects_finding(self.curated, f"{layout.CURATED_NOTES}*"): (
+                "Writes scrubbed notes, concepts and tokens."
+            ),
+            bucket_objects_finding(self.curated, "_manifests/*"): "Writes its manifests.",
+            bucket_objects_finding(artifacts, f"{layout.ARTIFACTS_MODELS}notes-tokenizer/*"): (
+                "Stores the notes tokenizer once and reuses it."
+            ),
+        })  # fmt: skip
+        return role
+
     def _state_machine(
         self, config: EnvConfig, lake: DataLakeStack, genomics: GenomicsStack
     ) -> sfn.StateMachine:
@@ -168,11 +212,17 @@ class FeaturesStack(Stack):
             job_definition_arn=genomics.imaging_job.job_definition_arn,
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             result_path=sfn.JsonPath.DISCARD,
-        ).add_catch(failed, result_path="$.error")
-        radiomics = self.radiomics_step.state
-        radiomics.add_catch(failed, errors=["States.ALL"], result_path="$.error")
-        definition = volumes.next(radiomics).next(
-            sfn.Succeed(self, "FeaturesWritten", comment="volumes, masks, radiomics")
+        )
+        # Imaging (volumes, then radiomics) and notes run side by side; a failure in
+        # either branch fails the execution visibly.
+        branches = (
+            sfn.Parallel(self, "Features", result_path=sfn.JsonPath.DISCARD)
+            .branch(volumes.next(self.radiomics_step.state))
+            .branch(self.notes_step.state)
+        )
+        branches.add_catch(failed, result_path="$.error")
+        definition = branches.next(
+            sfn.Succeed(self, "FeaturesWritten", comment="volumes, masks, radiomics, notes")
         )
         logs_group = encrypted_log_group(
             self, "StateMachineLogs", key=lake.platform_key,
@@ -188,7 +238,7 @@ class FeaturesStack(Stack):
             logs=sfn.LogOptions(
                 destination=logs_group, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
-            comment="oncopipe daily features: imaging volumes, then radiomics",
+            comment="oncopipe daily features: imaging volumes then radiomics; clinical notes",
         )
         self.radiomics_step.grant_start(machine)
         policy = machine.role.node.find_child("DefaultPolicy")

@@ -93,7 +93,7 @@ class IngestStack(Stack):
         ingest.grant_read(self.router.role)
         curated.grant_read_write(self.router.role)
         quarantine.grant_read_write(self.router.role)
-        _grant_pseudonym_secret(lake, self.router.role)
+        grant_pseudonym_secret(lake, self.router.role)
 
         self.quarantine_on_error = StageFunction(
             self,
@@ -158,7 +158,7 @@ class IngestStack(Stack):
         ingest.grant_read(self.deid.role, f"{layout.INGEST_DICOM}*")
         curated.grant_write(self.deid.role, f"{layout.CURATED_IMAGING}dicom/*")
         quarantine.grant_read_write(self.deid.role)
-        _grant_pseudonym_secret(lake, self.deid.role)
+        grant_pseudonym_secret(lake, self.deid.role)
         _acknowledge_bucket_grants(self.deid, ingest=ingest, writable=(quarantine,))
         deid_policy = self.deid.role.node.find_child("DefaultPolicy")
         for finding, reason in {
@@ -218,7 +218,7 @@ class IngestStack(Stack):
                 actions=["s3-object-lambda:WriteGetObjectResponse"], resources=["*"]
             )
         )
-        _grant_pseudonym_secret(lake, role)
+        grant_pseudonym_secret(lake, role)
         # The presigned inputS3Url is signed with the caller's credentials; the caller also
         # needs kms:Decrypt on the ingest key, as for any read of that bucket.
         access_point = s3.CfnAccessPoint(
@@ -462,7 +462,7 @@ class IngestStack(Stack):
         return machine
 
 
-def _grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
+def grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
     """Let a role read the pseudonymisation secret.
 
     Secret.grant_read would add the role to the key policy of the stateful stack, a

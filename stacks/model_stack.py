@@ -322,10 +322,12 @@ class ModelStack(Stack):
             service="sagemaker",
             action="describeTrainingJob",
             parameters={"TrainingJobName": sfn.JsonPath.string_at("$.tuning.best_job")},
-            iam_resources=[self.format_arn(service="sagemaker", resource="training-job",
-                                           resource_name="*")],
-            result_selector={"model_data": sfn.JsonPath.string_at(
-                "$.ModelArtifacts.S3ModelArtifacts")},
+            iam_resources=[
+                self.format_arn(service="sagemaker", resource="training-job", resource_name="*")
+            ],
+            result_selector={
+                "model_data": sfn.JsonPath.string_at("$.ModelArtifacts.S3ModelArtifacts")
+            },
             result_path="$.training",
         )
         inference_image = Fn.sub(

@@ -136,7 +136,7 @@ def test_only_ingest_roles_may_read_the_ingest_bucket(synthesized: Any) -> None:
                 readers.add(f"{name}:{logical_id}")
     # the router and catch-all (de-identification/routing) and alignment (FASTQ only)
     allowed = ("ingest:Router", "ingest:QuarantineOnError", "ingest:Reconcile", "ingest:DicomDeid",
-               "genomics:JobRole")  # fmt: skip
+               "genomics:JobRole", "features:NotesRole")  # fmt: skip
     assert readers and all(r.startswith(allowed) for r in readers), readers
     lake_policies = json.dumps(Template.from_stack(built.lake).find_resources("AWS::IAM::Policy"))
     ingest_id = built.lake.get_logical_id(built.lake.ingest.node.default_child)  # type: ignore[arg-type]

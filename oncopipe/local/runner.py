@@ -23,6 +23,7 @@ from oncopipe.local.worker import (
     consume,
     run_genomics_jobs,
     run_imaging_job,
+    run_notes_job,
     run_radiomics_job,
 )
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
@@ -209,6 +210,8 @@ def run(
     # then their radiomic features: the processing job the imaging state machine runs next.
     imaging = run_imaging_job(state, run_id)
     radiomics = run_radiomics_job(state, run_id)
+    # The run's clinical notes: scrubbed, concepts, tokens (the notes processing job).
+    notes = run_notes_job(state, run_id)
     jobs: list[JobResult] = []
     accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
     if accepted:
@@ -224,7 +227,7 @@ def run(
 
         for execution in accepted:
             jobs += run_genomics_jobs(state, execution, run_id, on_job=job_done)
-    jobs += [imaging, radiomics]
+    jobs += [imaging, radiomics, notes]
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets, run_id),

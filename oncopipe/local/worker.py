@@ -264,3 +264,16 @@ def run_radiomics_job(state: LocalState, run_id: str, *, workers: int = 2) -> Jo
         log.write(done.stderr)
     series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return JobResult("radiomics", run_id, done.returncode, {"series": series})
+
+
+def run_notes_job(state: LocalState, run_id: str) -> JobResult:
+    """Run the notes processing job's command for a run (scrub, extract, tokenise)."""
+    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "processing.notes", "stage", "--run-id", run_id],
+        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+    )  # fmt: skip
+    with (home() / "logs" / "processing-jobs.log").open("a", encoding="utf-8") as log:
+        log.write(done.stderr)
+    notes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return JobResult("notes", run_id, done.returncode, {"notes": notes})

@@ -139,7 +139,7 @@ class ProcessingStep(Construct):
         self.role = role
         self.state = sfn.CustomState(
             self,
-            "Task",
+            construct_id,  # the state's name in the state machine
             state_json={
                 "Type": "Task",
                 "Resource": "arn:aws:states:::sagemaker:createProcessingJob.sync",

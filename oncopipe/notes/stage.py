@@ -1,0 +1,188 @@
+"""The clinical-notes steps on object storage: ingest notes -> scrubbed text and concepts.
+
+Step ``notes`` (manifests in the quarantine bucket: its items are ingest keys, which can
+hold PHI): every note routed in a run is read from the ingest zone, its patient taken from
+its ``Patient-ID`` header or else from the accepted sample sheet that names it (the sheet
+is read again from ingest: the curated sample table holds only pseudonymous keys, and the
+date shift is derived from the source id, as for images). The scrubbed text and the
+concepts are the only things written to curated:
+
+- ``notes/scrubbed/<patient_key>/<note_id>.txt``
+- ``notes/concepts/<patient_key>/<note_id>.parquet`` (Glue table ``note_concepts``)
+
+A note that cannot be read (empty, binary, no patient) is quarantined with the reason.
+
+Step ``note-tokens`` (manifests in curated): the model's token ids per note,
+``notes/tokens/<patient_key>/<note_id>.parquet``, with the tokenizer kept in the artifacts
+bucket (``models/notes-tokenizer/tokenizer.json``). The first run that finds no tokenizer
+trains one on every scrubbed note in curated and stores it; later runs reuse it, so token
+ids stay comparable between runs (retrain on purpose with ``oncopipe notes --train-tokenizer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from oncopipe import layout
+from oncopipe.errors import InputError
+from oncopipe.ingest import KIND_NOTE, KIND_SAMPLESHEET, write_quarantine
+from oncopipe.manifest import MANIFEST_ROOT, ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.storage import ObjectRef, ObjectStore
+
+log = logging.getLogger(__name__)
+
+STEP = "notes"
+TOKENS_STEP = "note-tokens"
+CURATED_SCRUBBED = f"{layout.CURATED_NOTES}scrubbed/"
+CURATED_CONCEPTS = f"{layout.CURATED_NOTES}concepts/"
+CURATED_TOKENS = f"{layout.CURATED_NOTES}tokens/"
+TOKENIZER_KEY = f"{layout.ARTIFACTS_MODELS}notes-tokenizer/tokenizer.json"
+TOKENIZER_VOCAB = 4000
+
+
+@dataclass(frozen=True)
+class SheetNote:
+    """What an accepted sample sheet says about a note (PHI: never log it)."""
+
+    source_patient_id: str
+    note_date: str | None
+
+
+def _route_documents(store: ObjectStore, buckets: layout.Buckets, run_id: str) -> list[Any]:
+    prefix = f"{MANIFEST_ROOT}/{run_id}/route/"
+    return [json.loads(store.get_bytes(buckets.quarantine, key))
+            for key in store.list_keys(buckets.quarantine, prefix)]  # fmt: skip
+
+
+def sheet_notes(store: ObjectStore, documents: list[Any]) -> dict[str, SheetNote]:
+    """Return note key -> patient and date from the run's accepted sample sheets."""
+    from oncopipe.samplesheet import parse_samplesheet
+
+    found: dict[str, SheetNote] = {}
+    for document in documents:
+        summary = document.get("summary", {})
+        if summary.get("kind") != KIND_SAMPLESHEET or summary.get("status") != "accepted":
+            continue
+        ref = ObjectRef(**document["inputs"][0])
+        sheet = parse_samplesheet(store.get_bytes(ref.bucket, ref.key, ref.version_id),
+                                  source=ref.key)  # fmt: skip
+        for row in sheet.rows:
+            if row.notes:
+                key = row.notes.split("/", 3)[3] if row.notes.startswith("s3://") else row.notes
+                found[key] = SheetNote(row.patient, row.note_date.isoformat()
+                                       if row.note_date else None)  # fmt: skip
+    return found
+
+
+def process_run_notes(
+    store: ObjectStore, buckets: layout.Buckets, run_id: str, secret: bytes
+) -> list[ItemResult]:
+    """Scrub and extract every note routed in a run (step ``notes``); return the results."""
+    from oncopipe.notes.core import concept_rows, notes_schema, process_note
+
+    documents = _route_documents(store, buckets, run_id)
+    sheets = sheet_notes(store, documents)
+    ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id,
+                      step=STEP, params={"version": "notes-v1"})  # fmt: skip
+    results = []
+    for document in sorted(documents, key=lambda d: str(d.get("item"))):
+        summary = document.get("summary", {})
+        if summary.get("kind") != KIND_NOTE or summary.get("status") != "received":
+            continue
+        ref = ObjectRef(**document["inputs"][0])
+        from_sheet = sheets.get(ref.key)
+
+        def work(writer: ItemWriter, ref: ObjectRef = ref,
+                 from_sheet: SheetNote | None = from_sheet) -> Mapping[str, Any]:  # fmt: skip
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            data = store.get_bytes(ref.bucket, ref.key, ref.version_id)
+            try:
+                result = process_note(data, ref.key, secret=secret,
+                                      fallback_patient_id=from_sheet.source_patient_id
+                                      if from_sheet else None)  # fmt: skip
+            except InputError as e:
+                return {"kind": "note"} | write_quarantine(writer, buckets, ref, run_id, STEP, e)
+            pk, note = result.patient_key, result.note_id
+            text_key = f"{CURATED_SCRUBBED}{pk}/{note}.txt"
+            writer.put(buckets.curated, text_key, result.text.encode("utf-8"),
+                       content_type="text/plain; charset=utf-8")  # fmt: skip
+            buffer = io.BytesIO()
+            table = pa.Table.from_pylist(concept_rows(result), schema=notes_schema())
+            pq.write_table(table, buffer, compression="zstd")
+            writer.put(buckets.curated, f"{CURATED_CONCEPTS}{pk}/{note}.parquet",
+                       buffer.getvalue(), content_type="application/vnd.apache.parquet")  # fmt: skip
+            return {"kind": "note", "status": "extracted", "patient_key": pk, "note_id": note,
+                    "note_date": result.note_date, "scrubbed": text_key,
+                    "concepts": len(result.concepts), "decode_replaced": result.decode_replaced,
+                    "scrubbed_phi": dict(result.scrub_counts)}  # fmt: skip
+
+        results.append(process_item(ctx, ref.key, [ref], work))
+    return results
+
+
+def _tokenizer(store: ObjectStore, buckets: layout.Buckets) -> tuple[Any, str]:
+    """Load the stored tokenizer, or train one on every scrubbed note and store it."""
+    from oncopipe.notes.tokenizer import load_tokenizer_json, tokenizer_json, train_tokenizer
+
+    if store.exists(buckets.artifacts, TOKENIZER_KEY):
+        raw = store.get_bytes(buckets.artifacts, TOKENIZER_KEY)
+    else:
+        texts = [store.get_bytes(buckets.curated, k).decode("utf-8")
+                 for k in store.list_keys(buckets.curated, CURATED_SCRUBBED)]  # fmt: skip
+        raw = tokenizer_json(train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)).encode("utf-8")
+        store.client.put_object(Bucket=buckets.artifacts, Key=TOKENIZER_KEY, Body=raw,
+                                ContentType="application/json")  # fmt: skip
+        log.info("trained the notes tokenizer on %d scrubbed notes", len(texts))
+    return load_tokenizer_json(raw.decode("utf-8")), hashlib.sha256(raw).hexdigest()[:16]
+
+
+def tokenize_run_notes(
+    store: ObjectStore, buckets: layout.Buckets, run_id: str
+) -> list[ItemResult]:
+    """Write the token ids of every note extracted in a run (step ``note-tokens``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oncopipe.notes.tokenizer import encode
+
+    extracted = []
+    for key in store.list_keys(buckets.quarantine, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"):
+        summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
+        if summary.get("status") == "extracted":
+            extracted.append(summary)
+    if not extracted:
+        return []
+    tokenizer, tokenizer_hash = _tokenizer(store, buckets)
+    ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id,
+                      step=TOKENS_STEP, params={"tokenizer": tokenizer_hash})  # fmt: skip
+    results = []
+    for summary in sorted(extracted, key=lambda s: (s["patient_key"], s["note_id"])):
+        ref = store.head(buckets.curated, summary["scrubbed"])
+        if ref is None:
+            continue
+
+        def work(writer: ItemWriter, ref: ObjectRef = ref,
+                 summary: dict[str, Any] = summary) -> Mapping[str, Any]:  # fmt: skip
+            text = store.get_bytes(ref.bucket, ref.key, ref.version_id).decode("utf-8")
+            ids = encode(tokenizer, text)
+            table = pa.table({"patient_key": [summary["patient_key"]],
+                              "note_id": [summary["note_id"]],
+                              "token_ids": pa.array([ids], pa.list_(pa.int32())),
+                              "tokenizer": [tokenizer_hash]})  # fmt: skip
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression="zstd")
+            writer.put(buckets.curated,
+                       f"{CURATED_TOKENS}{summary['patient_key']}/{summary['note_id']}.parquet",
+                       buffer.getvalue())  # fmt: skip
+            return {"kind": "note", "status": "tokenized", "tokens": len(ids)}
+
+        results.append(process_item(ctx, summary["note_id"], [ref], work))
+    return results

@@ -447,15 +447,22 @@ def test_processing_role_reads_volumes_and_writes_features_only(synthesized: Any
         {"Properties": {"AssumeRolePolicyDocument": Match.object_like({"Statement": [
             Match.object_like({"Principal": {"Service": "sagemaker.amazonaws.com"}})]})}},
     )  # fmt: skip
-    assert len(roles) == 1
-    role_id = next(iter(roles))
-    policies = [p for p in template.find_resources("AWS::IAM::Policy").values()
-                if {"Ref": role_id} in p["Properties"]["Roles"]]  # fmt: skip
-    document = json.dumps(policies)
+    assert sorted(r.rstrip("0123456789ABCDEF") for r in roles) == ["NotesRole", "ProcessingRole"]
+
+    def policy_of(name: str) -> str:
+        role_id = next(r for r in roles if r.startswith(name))
+        return json.dumps([p for p in template.find_resources("AWS::IAM::Policy").values()
+                           if {"Ref": role_id} in p["Properties"]["Roles"]])  # fmt: skip
+
+    document = policy_of("ProcessingRole")
     for prefix in ("imaging/volumes/*", "imaging/masks/*", "imaging/radiomics/*", "_manifests/*"):
         assert prefix in document
     assert "imaging/dicom" not in document and "genomics/" not in document
-    assert "s3:*" not in document
+    assert "s3:*" not in document and "Ingest" not in document
+    # the notes job reads notes and sample sheets of ingest (PHI), never FASTQ or DICOM
+    notes = policy_of("NotesRole")
+    assert "/notes/*" in notes and "/samplesheets/*" in notes and "PseudonymSecret" in notes
+    assert "/fastq/" not in notes and "/dicom/" not in notes
 
 
 def _pipeline_definition(built: OncopipeApp) -> str:

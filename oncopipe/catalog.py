@@ -127,9 +127,51 @@ RADIOMICS = TableSpec(
     classification="parquet",
 )
 
+NOTE_CONCEPTS = TableSpec(
+    name="note_concepts",
+    prefix=f"{layout.CURATED_NOTES}concepts/",
+    description="Concepts of scrubbed clinical notes with their context (Parquet, zstd).",
+    columns=(
+        Column("patient_key", "string", "pseudonymous patient key"),
+        Column("note_id", "string", "note id (hash of the ingest key, never the key)"),
+        Column(
+            "concept", "string", "histology, stage, ecog, biomarker, smoking, metastasis, therapy"
+        ),
+        Column("value", "string", "normalised value, e.g. KRAS G12C, IIIA, adenocarcinoma"),
+        Column("numeric_value", "double", "ECOG, PD-L1 percent, pack-years"),
+        Column("negated", "boolean", "negated in the note (ConText)"),
+        Column("certainty", "string", "certain or uncertain"),
+        Column("temporality", "string", "current, historical or hypothetical"),
+        Column("experiencer", "string", "patient or family"),
+        Column("section", "string", "note section, e.g. assessment_plan"),
+        Column("start", "int", "character offset in the scrubbed note"),
+        Column("end", "int", "end offset (exclusive) in the scrubbed note"),
+    ),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
+
+NOTE_TOKENS = TableSpec(
+    name="note_tokens",
+    prefix=f"{layout.CURATED_NOTES}tokens/",
+    description="Token ids of scrubbed notes for the model (Parquet, zstd).",
+    columns=(
+        Column("patient_key", "string", "pseudonymous patient key"),
+        Column("note_id", "string", "note id"),
+        Column("token_ids", "array<int>", "ids of the notes tokenizer, [CLS] ... [SEP]"),
+        Column("tokenizer", "string", "hash of the tokenizer.json that produced them"),
+    ),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
+
 #: Every curated table, by name.
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES, RADIOMICS)
+    t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES, RADIOMICS, NOTE_CONCEPTS, NOTE_TOKENS)
 }
 
 

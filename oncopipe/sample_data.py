@@ -20,6 +20,7 @@ import gzip
 import io
 import random
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from oncopipe import layout
@@ -89,21 +90,6 @@ def _random_pair(rng: random.Random, sample: str, reads: int) -> tuple[bytes, by
     )
 
 
-def _note(rng: random.Random, mrn: str, name: str) -> str:
-    ecog = rng.choice((0, 1, 1, 2))
-    day = rng.randrange(1, 28)
-    return (
-        f"Patient-ID: {mrn}\n"
-        f"Note-Date: 2026-03-{day:02d}\n"
-        "\n"
-        f"HISTORY: {name} is a {rng.randrange(45, 80)}-year-old with a new lung mass. "
-        f"Contact: 555-01{rng.randrange(10, 99)}.\n"
-        "ASSESSMENT AND PLAN: Stage IIIA adenocarcinoma of the lung. "
-        f"ECOG {ecog}. No evidence of brain metastasis. "
-        "Mother had breast cancer. Plan: molecular profiling of tumour and normal.\n"
-    )
-
-
 def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) -> CohortFiles:
     """Write the sample cohort under ``out``; return the keys written.
 
@@ -132,7 +118,11 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
                                  with_rtstruct=True)  # fmt: skip
         for path in series:
             data[path.relative_to(out).as_posix()] = path.read_bytes()
-        data[note_key] = _note(rng, mrn, name).encode("utf-8")
+        from oncopipe.notes.sample import generate_note  # it imports this module's names
+
+        note, _, _ = generate_note(rng, mrn=mrn, name=name,
+                                   note_date=date(2026, 3, rng.randrange(1, 28)))  # fmt: skip
+        data[note_key] = note.encode("utf-8")
         germline_pos = 150 + 37 * p
         contig = list(sequences)[p % len(sequences)]
         base = sequences[contig][germline_pos - 1]

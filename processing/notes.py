@@ -19,12 +19,18 @@ from datetime import UTC, datetime, timedelta
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processing.notes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m processing.notes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=("stage",))
     parser.add_argument("--run-id", default=None, help="default: yesterday's ingest run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # PyFastNER (inside PyRuSH) logs rule syntax on the root logger at INFO by the thousand
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    logging.getLogger("oncopipe").setLevel(logging.INFO)
     from oncopipe.notes.stage import process_run_notes, tokenize_run_notes
     from oncopipe.pseudonym import load_secret
     from oncopipe.runs import validate_run_id
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenized = {r.item: r.summary.get("tokens") for r in tokens}
     for result in notes:
         summary = dict(result.summary)
-        line = {"run_id": run_id, "item_status": result.status,
+        line: dict[str, object] = {"run_id": run_id, "item_status": result.status,
                 **{k: summary.get(k) for k in ("status", "patient_key", "note_id", "concepts",
                                                "decode_replaced", "reason_code")
                    if k in summary}}  # fmt: skip

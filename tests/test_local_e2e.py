@@ -116,6 +116,14 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert table.num_rows == 1316 and set(table.column("roi").to_pylist()) == {"ROI 1"}
     assert set(table.column("run_id").to_pylist()) == {"e2e-1"}
     assert features[0].split("/")[2] == table.column("patient_key")[0].as_py()
+    # Clinical notes: scrubbed text, concepts and tokens per note; PHI gone (checked below)
+    for kind, suffix in (("scrubbed", ".txt"), ("concepts", ".parquet"), ("tokens", ".parquet")):
+        found = [k for k in curated if k.startswith(f"notes/{kind}/pk-") and k.endswith(suffix)]
+        assert len(found) == 2, (kind, found)
+    concepts = pq.read_table(io.BytesIO(s3.get_object(
+        Bucket=buckets["curated"], Key=next(k for k in curated if k.startswith("notes/concepts/"))
+    )["Body"].read()))  # fmt: skip
+    assert {"ecog", "histology"} <= set(concepts.column("concept").to_pylist())
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
         for planted in (b"MRN-", b"Riverside", b"Okafor", b"Harbour Road", b"ALT-", *NAMES):

@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from oncopipe import layout
@@ -51,7 +52,7 @@ class SheetNote:
     """What an accepted sample sheet says about a note (PHI: never log it)."""
 
     source_patient_id: str
-    note_date: str | None
+    note_date: date | None
 
 
 def _route_documents(store: ObjectStore, buckets: layout.Buckets, run_id: str) -> list[Any]:
@@ -75,8 +76,7 @@ def sheet_notes(store: ObjectStore, documents: list[Any]) -> dict[str, SheetNote
         for row in sheet.rows:
             if row.notes:
                 key = row.notes.split("/", 3)[3] if row.notes.startswith("s3://") else row.notes
-                found[key] = SheetNote(row.patient, row.note_date.isoformat()
-                                       if row.note_date else None)  # fmt: skip
+                found[key] = SheetNote(row.patient, row.note_date)
     return found
 
 
@@ -105,9 +105,11 @@ def process_run_notes(
 
             data = store.get_bytes(ref.bucket, ref.key, ref.version_id)
             try:
-                result = process_note(data, ref.key, secret=secret,
-                                      fallback_patient_id=from_sheet.source_patient_id
-                                      if from_sheet else None)  # fmt: skip
+                result = process_note(
+                    data, ref.key, secret=secret,
+                    fallback_patient_id=from_sheet.source_patient_id if from_sheet else None,
+                    fallback_note_date=from_sheet.note_date if from_sheet else None,
+                )  # fmt: skip
             except InputError as e:
                 return {"kind": "note"} | write_quarantine(writer, buckets, ref, run_id, STEP, e)
             pk, note = result.patient_key, result.note_id
@@ -117,8 +119,9 @@ def process_run_notes(
             buffer = io.BytesIO()
             table = pa.Table.from_pylist(concept_rows(result), schema=notes_schema())
             pq.write_table(table, buffer, compression="zstd")
+            parquet = "application/vnd.apache.parquet"
             writer.put(buckets.curated, f"{CURATED_CONCEPTS}{pk}/{note}.parquet",
-                       buffer.getvalue(), content_type="application/vnd.apache.parquet")  # fmt: skip
+                       buffer.getvalue(), content_type=parquet)  # fmt: skip
             return {"kind": "note", "status": "extracted", "patient_key": pk, "note_id": note,
                     "note_date": result.note_date, "scrubbed": text_key,
                     "concepts": len(result.concepts), "decode_replaced": result.decode_replaced,

@@ -1,0 +1,259 @@
+"""Parse one clinical note and turn it into scrubbed text plus concept rows.
+
+A note is UTF-8 text with an optional header at the top, then a blank line, then the free
+text::
+
+    Patient-ID: MRN-1234567
+    Note-Date: 2026-03-14
+
+    HISTORY: ...
+
+The header's patient wins over the caller's fallback (the sample sheet's patient). Line breaks
+are normalised to ``\\n``, so offsets index the text :func:`process_note` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from oncopipe.errors import InputError, MissingPatientError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from oncopipe.notes.nlp import Concept
+
+log = logging.getLogger(__name__)
+
+#: Share of control characters (other than tab, CR, LF, FF) above which a note is binary.
+MAX_CONTROL_FRACTION = 0.10
+_ALLOWED_CONTROLS = frozenset("\t\r\n\f")
+_HEADER_RE = re.compile(
+    r"^(?P<key>patient-id|note-date)[ \t]*:[ \t]*(?P<value>.*?)[ \t]*$", re.IGNORECASE
+)
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: Parquet columns of :func:`concept_rows`, in order.
+NOTES_COLUMNS = (
+    "patient_key",
+    "note_id",
+    "concept",
+    "value",
+    "numeric_value",
+    "negated",
+    "certainty",
+    "temporality",
+    "experiencer",
+    "section",
+    "start",
+    "end",
+)
+
+
+class NoteInputError(InputError):
+    """A note cannot be processed (empty, binary, bad header); quarantine it.
+
+    The message names the source and the reason, never the note text.
+    """
+
+    reason_code = "invalid-note"
+
+
+@dataclass(frozen=True)
+class ParsedNote:
+    """A note split into its header fields and body."""
+
+    source_patient_id: str
+    note_date: date | None
+    body: str
+    decode_replaced: bool = False
+
+
+@dataclass(frozen=True)
+class NoteResult:
+    """What a note becomes: pseudonymous keys, scrubbed text and concepts (no PHI)."""
+
+    patient_key: str
+    note_id: str
+    note_date: str | None
+    text: str
+    concepts: list[Concept]
+    decode_replaced: bool
+    scrub_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _decode(data: bytes, source: str) -> tuple[str, bool]:
+    if not data.strip():
+        raise NoteInputError(source, "note is empty")
+    if b"\x00" in data:
+        raise NoteInputError(source, "note is binary (NUL bytes)")
+    try:
+        text, replaced = data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, replaced = data.decode("utf-8", errors="replace"), True
+    text = text.removeprefix("\ufeff")
+    controls = sum(
+        1 for ch in text if ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) == "Cc"
+    )
+    if controls > MAX_CONTROL_FRACTION * len(text):
+        raise NoteInputError(
+            source, f"note is binary ({controls} of {len(text)} characters are control characters)"
+        )
+    return text.replace("\r\n", "\n").replace("\r", "\n"), replaced
+
+
+def parse_note(
+    data: bytes,
+    source: str,
+    *,
+    fallback_patient_id: str | None = None,
+    fallback_note_date: date | None = None,
+) -> ParsedNote:
+    """Return the header fields and body of a note.
+
+    The header wins over the fallbacks (the sample sheet's patient and note date). Not valid
+    UTF-8 is decoded with replacement characters and flagged (``decode_replaced``).
+
+    Raises:
+        NoteInputError: empty or whitespace only, binary (NUL bytes or more than 10 % control
+            characters), or a ``Note-Date`` that is not YYYY-MM-DD.
+        MissingPatientError: no ``Patient-ID`` header and no fallback.
+    """
+    text, replaced = _decode(data, source)
+    lines = text.split("\n")
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    start = i
+    while i < len(lines) and (m := _HEADER_RE.match(lines[i])):
+        fields[m["key"].lower()] = m["value"]
+        i += 1
+    if i == start:
+        body = text
+    else:
+        if i < len(lines) and not lines[i].strip():
+            i += 1  # the blank line that ends the header
+        body = "\n".join(lines[i:])
+    note_date = fallback_note_date
+    if raw_date := fields.get("note-date"):
+        try:
+            if not _DATE_RE.match(raw_date):
+                raise ValueError(raw_date)
+            note_date = date.fromisoformat(raw_date)
+        except ValueError:
+            raise NoteInputError(source, "Note-Date header is not a YYYY-MM-DD date") from None
+    patient = (fields.get("patient-id") or "").strip() or (fallback_patient_id or "").strip()
+    if not patient:
+        raise MissingPatientError(
+            source, "note has no Patient-ID header and the sample sheet gives no patient"
+        )
+    if not body.strip():
+        raise NoteInputError(source, "note has a header but no text")
+    return ParsedNote(patient, note_date, body, replaced)
+
+
+def note_id_for(source: str) -> str:
+    """Return the default note id: the first 16 hex digits of sha256(source).
+
+    Object keys can hold PHI (a name in a file name), so the key itself is never the id.
+    """
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def process_note(
+    data: bytes,
+    source: str,
+    *,
+    secret: bytes,
+    fallback_patient_id: str | None,
+    note_id: str | None = None,
+    patient_names: Sequence[str] = (),
+    fallback_note_date: date | None = None,
+) -> NoteResult:
+    """Parse, pseudonymise, scrub and extract one note.
+
+    The patient key and the date shift come from the project secret and the source patient
+    id, exactly as for images, so a note's dates line up with the same patient's DICOM dates.
+    The source patient id is also scrubbed from the body wherever it appears; ``patient_names``
+    (e.g. from the sample sheet) are scrubbed too, on top of the lexicon and title rules.
+
+    Raises:
+        NoteInputError: see :func:`parse_note`.
+        MissingPatientError: see :func:`parse_note`.
+        ValueError: the secret is shorter than 32 bytes.
+    """
+    from oncopipe.imaging.deid import date_shift_days
+    from oncopipe.notes.nlp import extract
+    from oncopipe.notes.scrub import scrub
+    from oncopipe.pseudonym import patient_key
+
+    parsed = parse_note(
+        data,
+        source,
+        fallback_patient_id=fallback_patient_id,
+        fallback_note_date=fallback_note_date,
+    )
+    key = patient_key(secret, parsed.source_patient_id)
+    shift = date_shift_days(secret, parsed.source_patient_id)
+    scrubbed = scrub(
+        parsed.body,
+        patient_names=patient_names,
+        identifiers=(parsed.source_patient_id,),
+        date_shift_days=shift,
+    )
+    shifted = (parsed.note_date + timedelta(days=shift)).isoformat() if parsed.note_date else None
+    concepts = extract(scrubbed.text)
+    log.debug("note processed: %d concepts, scrub counts %s", len(concepts), scrubbed.counts)
+    return NoteResult(
+        patient_key=key,
+        note_id=note_id or note_id_for(source),
+        note_date=shifted,
+        text=scrubbed.text,
+        concepts=concepts,
+        decode_replaced=parsed.decode_replaced,
+        scrub_counts=scrubbed.counts,
+    )
+
+
+def concept_rows(result: NoteResult) -> list[dict[str, Any]]:
+    """Return one Parquet-ready row per concept (columns :data:`NOTES_COLUMNS`)."""
+    return [
+        {"patient_key": result.patient_key, "note_id": result.note_id, **c.as_dict()}
+        for c in result.concepts
+    ]
+
+
+def notes_schema() -> pa.Schema:
+    """Return the pyarrow schema of :func:`concept_rows` (pyarrow imported on first use)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("patient_key", pa.string(), nullable=False),
+            pa.field("note_id", pa.string(), nullable=False),
+            pa.field("concept", pa.string(), nullable=False),
+            pa.field("value", pa.string()),
+            pa.field("numeric_value", pa.float64()),
+            pa.field("negated", pa.bool_(), nullable=False),
+            pa.field("certainty", pa.string(), nullable=False),
+            pa.field("temporality", pa.string(), nullable=False),
+            pa.field("experiencer", pa.string(), nullable=False),
+            pa.field("section", pa.string()),
+            pa.field("start", pa.int32(), nullable=False),
+            pa.field("end", pa.int32(), nullable=False),
+        ]
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # NOTES_SCHEMA stays an attribute without importing pyarrow with this module
+    if name == "NOTES_SCHEMA":
+        return notes_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,288 @@
+"""Concept extraction from scrubbed note text with medspaCy.
+
+The pipeline is a blank spaCy English model (no model download is possible) with medspaCy's
+PyRuSH sentence splitter, its target matcher loaded with :func:`oncopipe.notes.rules.
+concept_rule_specs`, ConText (medspaCy's default rules plus
+:func:`oncopipe.notes.rules.context_rule_dicts`) and the sectionizer with our own section rules.
+A small component after PyRuSH also ends sentences at line breaks, `` - `` and ``->``: clinical
+notes are lists more than prose, and a ConText cue ("denies", "no") must not run on into the
+next list item. A ``;`` ends every cue but a relative's.
+
+Assertion attributes of a row:
+
+* ``negated``: ConText negation, or the mention itself ("KRAS wild-type", "EGFR neg").
+* ``certainty``: ``uncertain`` when ConText finds a possibility cue (r/o, concerning for, ?).
+* ``temporality``: ``hypothetical`` (if, consider, should she...) over ``historical`` (h/o,
+  s/p, prior, past medical history section) over ``current``.
+* ``experiencer``: ``family`` for a relative cue or the family history section. Relative cues
+  only modify histology, smoking, biomarkers and metastases: a therapy "discussed with son"
+  is still the patient's.
+
+Note-level clean-up (documented because it changes rows): a gene-level positive
+(``EGFR mutation`` from "EGFR-mutant") is dropped when the same note names a specific
+alteration of that gene for the same experiencer; smoking status and pack-years written apart
+("former smoker ... 40 PY") are joined when the note has exactly one of each for an
+experiencer; "not a smoker" becomes ``never``.
+
+The pipeline is built once per process (:func:`get_nlp`); building takes one to two seconds.
+PyRuSH logs every sentence through loguru at DEBUG, which would write note text to stderr, so
+building the pipeline disables loguru for ``PyRuSH``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from oncopipe.notes import rules
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+    from spacy.tokens import Doc
+
+log = logging.getLogger(__name__)
+
+#: Section-based defaults applied by the sectionizer to the concepts inside a section.
+SECTION_DEFAULTS: dict[str, dict[str, bool]] = {
+    "family_history": {"is_family": True},
+    "past_medical_history": {"is_historical": True},
+}
+_SENTENCE_COMPONENT = "oncopipe_sentence_bounds"
+_CLAUSE_END = "CLAUSE_END"
+_POSSIBLE_NOT_NEGATED = frozenset({"to exclude", "evaluate for", "test for", "checked for"})
+_BATCH_SIZE = 32
+# medspaCy's matchers hold regex rules only, so spaCy warns that their token matcher is empty
+_NO_PATTERNS_WARNING = r".*\[W036\]"
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept mention; ``start``/``end`` index the scrubbed text the row came from."""
+
+    concept: str
+    value: str | None
+    numeric_value: float | None
+    negated: bool
+    certainty: str
+    temporality: str
+    experiencer: str
+    section: str | None
+    start: int
+    end: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the row as a plain dict (Parquet-ready, no text)."""
+        return asdict(self)
+
+
+def _sentence_bounds(doc: Doc) -> Doc:
+    for i in range(1, len(doc)):
+        prev, tok = doc[i - 1], doc[i]
+        if tok.is_space:
+            continue
+        starts = (
+            (prev.is_space and "\n" in prev.text)
+            or "\n" in prev.whitespace_
+            or (prev.text in (".", "?", "!") and (tok.text[0].isupper() or tok.text[0].isdigit()))
+            # " - " and "->" separate clauses in notes ("MRI brain - no mets", "PD -> osi")
+            or (tok.text in ("-", "--", "->", "-->") and bool(prev.whitespace_))
+        )
+        if starts:
+            tok.is_sent_start = True
+    return doc
+
+
+def _default_context_rules(path: str) -> list[Any]:
+    """Return medspaCy's default ConText rules with three edits.
+
+    * relative cues ("mother", "son"...) only modify :data:`rules.FAMILY_TYPES`;
+    * "to exclude", "evaluate for", "test for", "checked for" mark a possibility, not a
+      negation ("biopsy to exclude metastasis"), like the defaults' own "r/o" and "rule out";
+    * "present" no longer ends every cue's scope (the default "presentation" terminator is
+      meant for "presents with"; as an adjective it cut "son present, asked about EGFR").
+    """
+    from medspacy.context import ConTextRule
+
+    out = []
+    for rule in ConTextRule.from_json(path):
+        if rule.category == "FAMILY":
+            rule.allowed_types = set(rules.FAMILY_TYPES)
+        if rule.literal in _POSSIBLE_NOT_NEGATED:
+            rule.category = "POSSIBLE_EXISTENCE"
+        if rule.literal == "presentation":
+            rule = ConTextRule(
+                literal=rule.literal,
+                category=rule.category,
+                pattern=[{"LOWER": {"IN": ["presenting", "presents"]}}],
+                direction=rule.direction,
+            )
+        out.append(rule)
+    return out
+
+
+@lru_cache(maxsize=1)
+def get_nlp() -> Language:
+    """Return the medspaCy pipeline, built on the first call.
+
+    Raises:
+        ImportError: medspaCy or spaCy is not installed.
+    """
+    from loguru import logger as loguru_logger
+
+    loguru_logger.disable("PyRuSH")  # it logs every token at DEBUG: note text on stderr
+
+    import medspacy
+    from medspacy.context import ConTextRule
+    from medspacy.section_detection import SectionRule
+    from medspacy.target_matcher import TargetRule
+    from spacy.language import Language
+
+    if _SENTENCE_COMPONENT not in Language.factories:
+        Language.component(_SENTENCE_COMPONENT, func=_sentence_bounds)
+    nlp = medspacy.load(medspacy_enable=["medspacy_pyrush", "medspacy_target_matcher"])
+    nlp.add_pipe(_SENTENCE_COMPONENT, after="medspacy_pyrush")
+    matcher = nlp.get_pipe("medspacy_target_matcher")
+    matcher.add(
+        [
+            TargetRule(
+                literal=f"{spec.concept}:{spec.kind}:{i}",
+                category=spec.concept.upper(),
+                pattern=spec.pattern,
+                metadata={"concept": spec.concept, "kind": spec.kind, "value": spec.value},
+            )
+            for i, spec in enumerate(rules.concept_rule_specs())
+        ]
+    )
+    context = nlp.add_pipe("medspacy_context", config={"rules": None})
+    defaults = _default_context_rules(context.DEFAULT_RULES_FILEPATH)
+    added = [ConTextRule(**kwargs) for kwargs in rules.context_rule_dicts()]
+    for rule in [*defaults, *added]:
+        if rule.category != "FAMILY":
+            # a ";" ends negation, uncertainty and time cues but not a relative's: "brother
+            # with lung cancer; both heavy smokers", "negative for lung cancer; mother w/ SCC"
+            rule.terminated_by = {*rule.terminated_by, _CLAUSE_END}
+    context.add(defaults)
+    context.add(added)
+    # max_scope=1: medspaCy only limits a cue by another whose scope overlaps at an edge, and
+    # a whole-sentence scope would contain (not overlap) the cue's scope
+    context.add(
+        ConTextRule(
+            literal=";",
+            category=_CLAUSE_END,
+            direction="PSEUDO",
+            pattern=[{"ORTH": ";"}],
+            max_scope=1,
+        )
+    )
+    sectionizer = nlp.add_pipe(
+        "medspacy_sectionizer", config={"rules": None, "span_attrs": SECTION_DEFAULTS}
+    )
+    sectionizer.add(
+        [
+            SectionRule(literal=name, category=name, pattern=pattern)
+            for name, pattern in rules.section_patterns().items()
+        ]
+    )
+    log.info("built the notes NLP pipeline: %s", ", ".join(nlp.pipe_names))
+    return nlp
+
+
+def _concepts(doc: Doc) -> list[Concept]:
+    out: list[Concept] = []
+    for ent in doc.ents:
+        meta = ent._.target_rule.metadata
+        concept, kind = meta["concept"], meta["kind"]
+        if ent._.is_hypothetical:
+            temporality = "hypothetical"
+        elif ent._.is_historical:
+            temporality = "historical"
+        else:
+            temporality = "current"
+        section = ent._.section_category
+        # the family history section runs to the next header; only facts recorded for
+        # relatives take its default ("ECOG 2" after the family lines is the patient's)
+        family = bool(ent._.is_family) and ent.label_ in rules.FAMILY_TYPES
+        for m in rules.normalise(concept, kind, ent.text, meta["value"]):
+            negated = bool(ent._.is_negated) if m.negated is None else m.negated
+            value = m.value
+            if concept == "smoking" and kind == "bare" and negated:
+                value, negated = "never", False  # "not a smoker"
+            out.append(
+                Concept(
+                    concept=concept,
+                    value=value,
+                    numeric_value=m.numeric_value,
+                    negated=negated,
+                    certainty="uncertain" if ent._.is_uncertain else "certain",
+                    temporality=temporality,
+                    experiencer="family" if family else "patient",
+                    section=section,
+                    start=ent.start_char + m.start,
+                    end=ent.start_char + m.end,
+                )
+            )
+    return _note_level(out)
+
+
+def _note_level(concepts: list[Concept]) -> list[Concept]:
+    specific = {
+        (c.experiencer, c.value.split()[0])
+        for c in concepts
+        if c.concept == "biomarker" and c.value and not c.negated and c.value != "PD-L1"
+        if not c.value.endswith(" mutation")
+    }
+    kept = [
+        c
+        for c in concepts
+        if not (
+            c.concept == "biomarker"
+            and c.value
+            and c.value.endswith(" mutation")
+            and not c.negated
+            and (c.experiencer, c.value.split()[0]) in specific
+        )
+    ]
+    statuses: dict[str, set[str]] = defaultdict(set)
+    pack_years: dict[str, set[float]] = defaultdict(set)
+    for c in kept:
+        if c.concept == "smoking" and not c.negated:
+            if c.value:
+                statuses[c.experiencer].add(c.value)
+            if c.numeric_value is not None:
+                pack_years[c.experiencer].add(c.numeric_value)
+    joined = []
+    for c in kept:
+        if c.concept == "smoking" and not c.negated:
+            status, years = statuses[c.experiencer], pack_years[c.experiencer]
+            if c.value is None and len(status) == 1:
+                c = replace(c, value=next(iter(status)))
+            if c.numeric_value is None and len(years) == 1 and c.value != "never":
+                c = replace(c, numeric_value=next(iter(years)))
+        joined.append(c)
+    return joined
+
+
+def extract(text: str) -> list[Concept]:
+    """Return the concept mentions of one scrubbed note, in text order."""
+    nlp = get_nlp()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_PATTERNS_WARNING)
+        return _concepts(nlp(text))
+
+
+def extract_many(texts: Iterable[str]) -> list[list[Concept]]:
+    """Return the concept mentions of each scrubbed note (``nlp.pipe``, for throughput)."""
+    nlp = get_nlp()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_PATTERNS_WARNING)
+        return [_concepts(doc) for doc in nlp.pipe(texts, batch_size=_BATCH_SIZE)]
+
+
+def concept_dicts(concepts: Sequence[Concept]) -> list[dict[str, Any]]:
+    """Return the rows as plain dicts."""
+    return [c.as_dict() for c in concepts]

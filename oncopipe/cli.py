@@ -364,6 +364,61 @@ def radiomics(volumes: tuple[Path, ...], mask: Path | None, params: Path | None,
         sys.exit(1)
 
 
+# -- clinical notes -----------------------------------------------------------------------
+@main.command("notes")
+@click.argument("inputs", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Concepts Parquet: a row per mention, offsets in the scrubbed text.")  # fmt: skip
+@click.option("--scrubbed-out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each scrubbed note here as <patient_key>/<note_id>.txt.")  # fmt: skip
+@click.option("--patient", default=None,
+              help="Source patient id for notes without a Patient-ID header.")  # fmt: skip
+def notes(inputs: tuple[Path, ...], out: Path, scrubbed_out: Path | None,
+          patient: str | None) -> None:  # fmt: skip
+    """Scrub PHI from clinical notes (.txt files or folders) and extract their concepts.
+
+    The pseudonymisation secret (patient key, date shift) comes from
+    ONCOPIPE_PSEUDONYM_SECRET (hex) or PSEUDONYM_SECRET_ARN. A note that cannot be read
+    (empty, binary, no patient) is reported by file and skipped; exit 1 if any was.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oncopipe.notes.core import concept_rows, notes_schema, process_note
+    from oncopipe.pseudonym import load_secret
+
+    try:
+        secret = load_secret()
+    except OncopipeError as e:
+        _fail(e)
+    paths = sorted({p for i in inputs for p in ([i] if i.is_file() else i.rglob("*.txt"))})
+    rows: list[dict[str, object]] = []
+    refused = 0
+    for path in paths:
+        try:
+            result = process_note(path.read_bytes(), str(path), secret=secret,
+                                  fallback_patient_id=patient)  # fmt: skip
+        except OncopipeError as e:
+            refused += 1
+            err_console.print(f"refused {e}", highlight=False, markup=False)
+            continue
+        rows += concept_rows(result)
+        if result.decode_replaced:
+            err_console.print(f"{path}: not UTF-8, decoded with replacement characters",
+                              highlight=False, markup=False)  # fmt: skip
+        if scrubbed_out is not None:
+            target = scrubbed_out / result.patient_key / f"{result.note_id}.txt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(result.text, encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=notes_schema()), str(out), compression="zstd")
+    console.print(f"{out}: {len(rows)} concepts from {len(paths) - refused} notes"
+                  + (f" ({refused} refused)" if refused else ""))  # fmt: skip
+    if refused:
+        sys.exit(1)
+
+
 # -- sample sheet --------------------------------------------------------------------------
 @main.command("validate-samplesheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -499,3 +499,43 @@ def test_building_and_running_writes_no_phi_or_text(
     assert sentences and not [s for s in sentences if s in logged]
     assert not [v for v in phi if v in logged]
     assert "notes/aiko.txt" not in logged
+
+
+def test_cli_scrubs_and_extracts_and_refuses_bad_notes(tmp_path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from oncopipe.cli import main
+
+    monkeypatch.delenv("PSEUDONYM_SECRET_ARN", raising=False)
+    monkeypatch.setenv("ONCOPIPE_PSEUDONYM_SECRET", "ab" * 32)
+    notes = tmp_path / "in"
+    notes.mkdir()
+    (notes / "a.txt").write_text(
+        "Patient-ID: MRN-7654321\nNote-Date: 2026-03-02\n\nSeen by Dr. Okafor on 03/02/2026. "
+        "Stage IV adenocarcinoma, KRAS G12C. ECOG 1. No brain metastases.\n"
+    )
+    (notes / "empty.txt").write_bytes(b"")
+    result = CliRunner().invoke(
+        main,
+        [
+            "notes",
+            str(notes),
+            "--out",
+            str(tmp_path / "c.parquet"),
+            "--scrubbed-out",
+            str(tmp_path / "s"),
+        ],
+    )
+    assert result.exit_code == 1 and "empty.txt" in result.output
+    table = pq.read_table(tmp_path / "c.parquet").to_pylist()
+    assert {(r["concept"], r["value"], r["negated"]) for r in table} >= {
+        ("biomarker", "KRAS G12C", False),
+        ("ecog", "1", False),
+        ("metastasis", "brain", True),
+    }
+    scrubbed = next((tmp_path / "s").rglob("*.txt")).read_text()
+    assert (
+        "Okafor" not in scrubbed and "MRN-7654321" not in scrubbed and "03/02/2026" not in scrubbed
+    )
+    assert "MRN-7654321" not in result.output and "Okafor" not in result.output

@@ -369,7 +369,7 @@ def radiomics(volumes: tuple[Path, ...], mask: Path | None, params: Path | None,
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Concepts Parquet: a row per mention, offsets in the scrubbed text.")  # fmt: skip
+              help="Concepts Parquet: a row per mention, offsets in scrubbed text.")  # fmt: skip
 @click.option("--scrubbed-out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write each scrubbed note here as <patient_key>/<note_id>.txt.")  # fmt: skip
 @click.option("--patient", default=None,

@@ -131,6 +131,36 @@ def scaling(tmp: Path, size: int, slices: int, series: int) -> None:
     print(f"  speed-up 1 -> 2 processes: {seconds[1] / seconds[2]:.2f}x (2 cores)\n")
 
 
+def notes_throughput(count: int) -> None:
+    """Notes per second: the whole notes core against its NLP part alone, same notes."""
+    import random
+    from datetime import date
+
+    from oncopipe.notes.core import parse_note, process_note
+    from oncopipe.notes.nlp import extract, get_nlp
+    from oncopipe.notes.sample import generate_note
+
+    rng = random.Random(3)
+    notes = [generate_note(rng, mrn=f"MRN-{1000000 + i}", name="Ada Okafor",
+                           note_date=date(2026, 3, 1 + i % 27))[0].encode()
+             for i in range(count)]  # fmt: skip
+    secret = bytes(range(32))
+    get_nlp()  # built once per process, as in the job
+    started = time.perf_counter()
+    for i, data in enumerate(notes):
+        process_note(data, f"notes/n{i}.txt", secret=secret, fallback_patient_id=None)
+    whole = time.perf_counter() - started
+    bodies = [parse_note(d, "n").body for d in notes]
+    started = time.perf_counter()
+    for body in bodies:
+        extract(body)
+    nlp = time.perf_counter() - started
+    print(f"notes stage ({count} generated notes, one process):")
+    print(f"  parse + scrub + concepts: {count / whole:6.1f} notes/s")
+    print(f"  concepts only (medspaCy): {count / nlp:6.1f} notes/s")
+    print(f"  ratio whole/NLP time    : {whole / nlp:.2f}x (the scrubber's share)\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller volumes, fewer repeats")
@@ -140,6 +170,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         per_scan(Path(tmp), size, slices, repeats=2 if args.quick else 3)
         scaling(Path(tmp), size, slices, series=4 if args.quick else 8)
+    notes_throughput(50 if args.quick else 200)
 
 
 if __name__ == "__main__":

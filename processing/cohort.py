@@ -32,7 +32,7 @@ def build(curated: str, build_id: str, store: object, *, seed: int = 0) -> dict[
 
     from oncopipe import layout
     from oncopipe.cohort.dataset import build_dataset_from_dir, write_dataset
-    from oncopipe.cohort.payload import patient_payloads
+    from oncopipe.cohort.dataset import patient_payloads
 
     with tempfile.TemporaryDirectory(prefix="oncopipe-cohort-") as tmp:
         root = Path(tmp) / "in"

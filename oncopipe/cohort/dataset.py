@@ -1,0 +1,757 @@
+"""The cohort table: one row per labelled patient, joined from the three modalities.
+
+:func:`build_dataset` joins the curated tables (variants, long-format radiomics, note
+concepts) with the labels and returns a :class:`CohortDataset`: a pyarrow table with the
+columns of :data:`COHORT_COLUMNS` and the :class:`Preprocessing` fitted on the training
+split, which :func:`write_dataset` saves as ``dataset.parquet`` and ``preprocess.json``.
+Serving applies the same :meth:`Preprocessing.encode_patient` to raw features, so a model
+sees the same numbers in training and in production.
+
+Rules (each is a decision a reader of the model's outputs may need):
+
+* Splits are per patient, from ``sha256(f"{seed}:{patient_key}")``: a patient's split
+  does not depend on who else is in the cohort, and no patient is in two splits.
+* Only somatic calls count: variant rows with ``filter != "PASS"`` are dropped. A
+  patient with any variant row (even only filtered ones) has ``has_genomics`` true.
+  Alteration tokens are ``"<gene> <protein_change>"`` or ``"<gene> non-coding"``.
+* Radiomics: when a patient has several series or ROIs, the ROI with the largest
+  ``original_shape_VoxelVolume`` is used (the primary tumour is the largest lesion in
+  the usual case; ties and ROIs without the volume feature go by series key then ROI
+  name). Values are z-scored with the training split's per-feature mean and standard
+  deviation (1 when constant), clipped to +-10; a missing feature becomes 0 (the mean).
+* Note concepts become tokens ``"<concept>=<value>"`` (``"<concept>"`` without a value).
+  Numeric values are z-scored per concept with the training split's statistics. Context
+  is kept as bit flags (:data:`NOTE_FLAG_BITS`) rather than dropping negated or family
+  mentions, so the model can learn that they do not count.
+* Vocabularies (genes, alterations, note tokens) come from the training split only;
+  rarer tokens than ``min_count`` map to ``[UNK]`` at training time.
+* Patients without a label (null ``response``) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oncopipe.catalog import Column
+from oncopipe.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+PAD, UNK = "[PAD]", "[UNK]"
+VOLUME_FEATURE = "original_shape_VoxelVolume"
+CLIP = 10.0
+PREPROCESS_VERSION = 1
+
+#: Bits of ``note_flags``: context of a concept mention.
+NOTE_FLAG_BITS = {
+    "negated": 1,
+    "uncertain": 2,
+    "historical": 4,
+    "hypothetical": 8,
+    "family": 16,
+    "has_numeric": 32,
+}
+
+#: Columns of ``dataset.parquet`` (Glue types), for the catalog's cohort table.
+COHORT_COLUMNS: tuple[Column, ...] = (
+    Column("patient_key", "string", "pseudonymous patient key"),
+    Column("split", "string", "train, validation or test (hash of key and seed)"),
+    Column("response", "int", "therapy response label (0/1)"),
+    Column("eligible", "int", "trial eligibility label (0/1), null when unknown"),
+    Column("has_genomics", "boolean", "the patient has variant calls"),
+    Column("has_radiomics", "boolean", "the patient has radiomic features"),
+    Column("has_notes", "boolean", "the patient has note concepts"),
+    Column("variant_genes", "array<string>", "genes of somatic PASS calls, by VAF desc"),
+    Column("variant_alterations", "array<string>", "'GENE CHANGE' or 'GENE non-coding'"),
+    Column("variant_vafs", "array<double>", "variant allele fractions"),
+    Column("radiomic_series", "string", "series key of the ROI used (largest volume)"),
+    Column("radiomic_roi", "string", "ROI used (largest original_shape_VoxelVolume)"),
+    Column("radiomic_values", "array<float>", "z-scored features, preprocess.json order"),
+    Column("note_tokens", "array<string>", "concept tokens 'concept=value'"),
+    Column("note_numeric", "array<float>", "z-scored numeric value per token (0 if none)"),
+    Column(
+        "note_flags",
+        "array<int>",
+        "context bits: 1 negated, 2 uncertain, 4 historical, "
+        "8 hypothetical, 16 family, 32 has numeric",
+    ),
+    Column("note_ids", "array<string>", "note of each token"),
+    Column("note_starts", "array<int>", "start offset of each mention in its scrubbed note"),
+    Column("note_ends", "array<int>", "end offset of each mention in its scrubbed note"),
+)
+
+REQUIRED = {
+    "variants": ("patient_key", "filter", "gene", "protein_change", "vaf"),
+    "radiomics": ("patient_key", "series_key", "roi", "feature", "value"),
+    "notes": (
+        "patient_key",
+        "note_id",
+        "concept",
+        "value",
+        "numeric_value",
+        "negated",
+        "certainty",
+        "temporality",
+        "experiencer",
+        "start",
+        "end",
+    ),
+    "labels": ("patient_key", "response"),
+}
+
+
+class CohortError(InputError):
+    """A table cannot be joined into the cohort (missing columns, no labelled patient)."""
+
+    reason_code = "invalid-cohort"
+
+
+def cohort_schema() -> Any:
+    """Return the pyarrow schema of ``dataset.parquet`` (see :data:`COHORT_COLUMNS`)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("patient_key", pa.string()),
+            ("split", pa.string()),
+            ("response", pa.int32()),
+            ("eligible", pa.int32()),
+            ("has_genomics", pa.bool_()),
+            ("has_radiomics", pa.bool_()),
+            ("has_notes", pa.bool_()),
+            ("variant_genes", pa.list_(pa.string())),
+            ("variant_alterations", pa.list_(pa.string())),
+            ("variant_vafs", pa.list_(pa.float64())),
+            ("radiomic_series", pa.string()),
+            ("radiomic_roi", pa.string()),
+            ("radiomic_values", pa.list_(pa.float32())),
+            ("note_tokens", pa.list_(pa.string())),
+            ("note_numeric", pa.list_(pa.float32())),
+            ("note_flags", pa.list_(pa.int32())),
+            ("note_ids", pa.list_(pa.string())),
+            ("note_starts", pa.list_(pa.int32())),
+            ("note_ends", pa.list_(pa.int32())),
+        ]
+    )
+
+
+def split_of(
+    patient_key: str, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15)
+) -> str:
+    """Return the split of a patient: a pure function of key, seed and fractions."""
+    digest = hashlib.sha256(f"{seed}:{patient_key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    edge = 0.0
+    total = float(sum(fractions))
+    for name, fraction in zip(SPLITS, fractions, strict=True):
+        edge += fraction / total
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def alteration(gene: str, protein_change: str | None) -> str:
+    """Return the alteration token of a call: ``"KRAS G12C"`` or ``"TERT non-coding"``."""
+    change = (protein_change or "").strip()
+    return f"{gene} {change}" if change else f"{gene} non-coding"
+
+
+def note_token(concept: str, value: str | None) -> str:
+    """Return the token of a concept mention: ``"ecog=1"``, ``"biomarker=KRAS G12C"``."""
+    value = (value or "").strip()
+    return f"{concept}={value}" if value else concept
+
+
+def note_flags(mention: Mapping[str, Any]) -> int:
+    """Return the context bits (:data:`NOTE_FLAG_BITS`) of one concept mention."""
+    bits = 0
+    if mention.get("negated"):
+        bits |= NOTE_FLAG_BITS["negated"]
+    if mention.get("certainty") == "uncertain":
+        bits |= NOTE_FLAG_BITS["uncertain"]
+    if mention.get("temporality") == "historical":
+        bits |= NOTE_FLAG_BITS["historical"]
+    if mention.get("temporality") == "hypothetical":
+        bits |= NOTE_FLAG_BITS["hypothetical"]
+    if mention.get("experiencer") == "family":
+        bits |= NOTE_FLAG_BITS["family"]
+    if _number(mention.get("numeric_value")) is not None:
+        bits |= NOTE_FLAG_BITS["has_numeric"]
+    return bits
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def image_class(feature: str) -> str:
+    """Return the group of a radiomic feature: ``"wavelet-LLH_glcm"`` for one of its features."""
+    parts = feature.split("_")
+    return "_".join(parts[:2]) if len(parts) >= 3 else feature
+
+
+@dataclass
+class Preprocessing:
+    """What the training split taught the data pipeline; saved as ``preprocess.json``.
+
+    Vocabularies start with ``[PAD]`` and ``[UNK]``; ``radiomic_features`` fixes the order
+    of ``radiomic_values``.
+    """
+
+    radiomic_features: list[str]
+    radiomic_mean: list[float]
+    radiomic_std: list[float]
+    numeric_stats: dict[str, tuple[float, float]]
+    genes: list[str]
+    alterations: list[str]
+    note_tokens: list[str]
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    min_count: dict[str, int] = field(default_factory=dict)
+    version: int = PREPROCESS_VERSION
+
+    def to_json(self) -> str:
+        """Return the JSON text of ``preprocess.json``."""
+        doc = {
+            "version": self.version,
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+            "min_count": self.min_count,
+            "radiomic_features": self.radiomic_features,
+            "radiomic_mean": self.radiomic_mean,
+            "radiomic_std": self.radiomic_std,
+            "numeric_stats": {k: list(v) for k, v in sorted(self.numeric_stats.items())},
+            "genes": self.genes,
+            "alterations": self.alterations,
+            "note_tokens": self.note_tokens,
+            "note_flag_bits": NOTE_FLAG_BITS,
+            "clip": CLIP,
+        }
+        return json.dumps(doc, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        """Parse ``preprocess.json``.
+
+        Raises:
+            ValueError: not a preprocessing file of a version this code reads.
+        """
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("version") != PREPROCESS_VERSION:
+            raise ValueError(
+                f"not a version-{PREPROCESS_VERSION} preprocess.json "
+                f"(version {doc.get('version') if isinstance(doc, dict) else None})"
+            )
+        return cls(
+            radiomic_features=list(doc["radiomic_features"]),
+            radiomic_mean=[float(x) for x in doc["radiomic_mean"]],
+            radiomic_std=[float(x) for x in doc["radiomic_std"]],
+            numeric_stats={k: (float(v[0]), float(v[1])) for k, v in doc["numeric_stats"].items()},
+            genes=list(doc["genes"]),
+            alterations=list(doc["alterations"]),
+            note_tokens=list(doc["note_tokens"]),
+            seed=int(doc["seed"]),
+            fractions=tuple(doc["fractions"]),  # type: ignore[arg-type]
+            min_count=dict(doc.get("min_count", {})),
+        )
+
+    def save(self, path: Path | str) -> Path:
+        """Write ``preprocess.json`` at ``path``; return it."""
+        p = Path(path)
+        p.write_text(self.to_json() + "\n", encoding="utf-8")
+        return p
+
+    @classmethod
+    def load(cls, path: Path | str) -> Preprocessing:
+        """Read a ``preprocess.json``.
+
+        Raises:
+            ValueError: unreadable or of another version.
+        """
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    # -- encoding (shared by the dataset build and serving) -------------------------------
+
+    def normalise_radiomics(self, matrix: Any) -> Any:
+        """Return z-scored, clipped float32 values of a (patients, features) matrix; NaN -> 0."""
+        mean = np.asarray(self.radiomic_mean)
+        std = np.asarray(self.radiomic_std)
+        z = (np.asarray(matrix, dtype=np.float64) - mean) / std
+        return np.nan_to_num(np.clip(z, -CLIP, CLIP), nan=0.0).astype(np.float32)
+
+    def radiomic_vector(self, features: Mapping[str, Any]) -> Any:
+        """Return one ROI's values (feature -> value) as the normalised vector."""
+        try:  # fast path: numbers and None (numpy turns None into NaN)
+            raw = np.array([features.get(n) for n in self.radiomic_features], dtype=float)
+        except (TypeError, ValueError):
+            raw = np.array([_number(features.get(n)) for n in self.radiomic_features], dtype=float)
+        return self.normalise_radiomics(raw[None, :])[0]
+
+    def encode_variants(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        """Return the variant columns of one patient from raw calls (non-PASS dropped)."""
+        kept = [r for r in rows if r.get("filter") == "PASS" and r.get("gene")]
+        kept.sort(
+            key=lambda r: (
+                -(_number(r.get("vaf")) or 0.0),
+                alteration(str(r["gene"]), r.get("protein_change")),
+            )
+        )
+        return {
+            "variant_genes": [str(r["gene"]) for r in kept],
+            "variant_alterations": [
+                alteration(str(r["gene"]), r.get("protein_change")) for r in kept
+            ],
+            "variant_vafs": [_number(r.get("vaf")) or 0.0 for r in kept],
+        }
+
+    def encode_notes(self, mentions: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        """Return the note columns of one patient from raw concept mentions."""
+        ordered = sorted(
+            mentions, key=lambda m: (str(m.get("note_id") or ""), int(m.get("start") or 0))
+        )
+        numeric = []
+        for m in ordered:
+            x = _number(m.get("numeric_value"))
+            mean, std = self.numeric_stats.get(str(m.get("concept")), (0.0, 1.0))
+            numeric.append(0.0 if x is None else float(np.clip((x - mean) / std, -CLIP, CLIP)))
+        return {
+            "note_tokens": [note_token(str(m.get("concept")), m.get("value")) for m in ordered],
+            "note_numeric": numeric,
+            "note_flags": [note_flags(m) for m in ordered],
+            "note_ids": [str(m.get("note_id") or "") for m in ordered],
+            "note_starts": [int(m.get("start") or 0) for m in ordered],
+            "note_ends": [int(m.get("end") or 0) for m in ordered],
+        }
+
+    def encode_patient(
+        self,
+        variants: Sequence[Mapping[str, Any]] | None,
+        radiomics: Mapping[str, Any] | None,
+        notes: Sequence[Mapping[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """Return one cohort row (without key, split and labels) from raw features.
+
+        ``None`` means the modality is missing; an empty list of variants or notes means
+        present but empty (a sequenced tumour without somatic calls).
+        """
+        row: dict[str, Any] = {
+            "has_genomics": variants is not None,
+            "has_radiomics": radiomics is not None,
+            "has_notes": notes is not None,
+            "radiomic_series": None,
+            "radiomic_roi": None,
+        }
+        row.update(self.encode_variants(variants or []))
+        row["radiomic_values"] = (
+            [float(x) for x in self.radiomic_vector(radiomics)] if radiomics is not None else []
+        )
+        row.update(self.encode_notes(notes or []))
+        return row
+
+
+@dataclass(frozen=True)
+class CohortDataset:
+    """The cohort table (:data:`COHORT_COLUMNS`) and its fitted :class:`Preprocessing`."""
+
+    table: Any  # pyarrow.Table
+    preprocessing: Preprocessing
+
+    def split(self, name: str) -> Any:
+        """Return the rows of one split (``train``, ``validation`` or ``test``).
+
+        Raises:
+            ValueError: an unknown split name.
+        """
+        import pyarrow.compute as pc
+
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; one of {', '.join(SPLITS)}")
+        return self.table.filter(pc.equal(self.table["split"], name))
+
+    def counts(self) -> dict[str, int]:
+        """Return patients per split."""
+        splits = self.table["split"].to_pylist()
+        return {s: splits.count(s) for s in SPLITS}
+
+
+def _check(table: Any, name: str) -> None:
+    missing = [c for c in REQUIRED[name] if c not in table.column_names]
+    if missing:
+        raise CohortError(f"{name} table", f"missing columns: {', '.join(missing)}")
+
+
+def _largest_rois(radiomics: Any, keys: Sequence[str]) -> tuple[Any, list[str], list[Any]]:
+    """Pick each patient's largest ROI; return (matrix, feature names, [(series, roi)]).
+
+    The matrix is (len(keys), features) raw values, NaN where a feature is missing or the
+    patient has no radiomics; the names are in the v1 order, unknown names sorted after.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from oncopipe.cohort.synthetic import radiomic_feature_names
+
+    n = len(keys)
+    key_array = pa.array(list(keys), pa.string())
+    known = radiomic_feature_names()
+    seen = set(pc.unique(radiomics["feature"]).to_pylist()) if radiomics.num_rows else set()
+    names = [f for f in known if f in seen] + sorted(seen - set(known))
+    chosen: list[Any] = [None] * n
+    if not radiomics.num_rows:
+        return np.full((n, len(names)), np.nan), names, chosen
+
+    def codes(column: Any) -> tuple[Any, list[str]]:
+        encoded = pc.dictionary_encode(pc.fill_null(column, "")).combine_chunks()
+        return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary.to_pylist()
+
+    # an ROI is identified by integer codes (string joins over millions of rows are slow)
+    patient = pc.fill_null(pc.index_in(radiomics["patient_key"], value_set=key_array), -1)
+    patient = patient.to_numpy(zero_copy_only=False).astype(np.int64)
+    series, series_names = codes(radiomics["series_key"])
+    roi, roi_names = codes(radiomics["roi"])
+    roi_code = (patient * len(series_names) + series) * len(roi_names) + roi
+    column = pc.index_in(radiomics["feature"], value_set=pa.array(names, pa.string()))
+    column = pc.fill_null(column, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.fill_null(radiomics["value"].cast(pa.float64()), float("nan")).to_numpy(
+        zero_copy_only=False
+    )
+    volume_of: dict[int, float] = {}
+    if VOLUME_FEATURE in names:
+        is_volume = column == names.index(VOLUME_FEATURE)
+        for code, v in zip(roi_code[is_volume].tolist(), values[is_volume].tolist(), strict=True):
+            volume_of[code] = v if np.isfinite(v) else float("-inf")
+    best: dict[int, tuple[float, str, str, int]] = {}
+    for code in np.unique(roi_code[patient >= 0]).tolist():
+        p, rest = divmod(code, len(series_names) * len(roi_names))
+        s, r = divmod(rest, len(roi_names))
+        # largest volume first; ties (and ROIs without a volume) by series key, ROI name
+        rank = (-volume_of.get(code, float("-inf")), series_names[s], roi_names[r], code)
+        if p not in best or rank < best[p]:
+            best[p] = rank
+    winners = np.array([rank[3] for rank in best.values()], dtype=np.int64)
+    keep = np.isin(roi_code, winners) & (patient >= 0) & (column >= 0)
+    matrix = np.full((n, len(names)), np.nan)
+    matrix[patient[keep], column[keep]] = values[keep]
+    for p, (_, series_key, roi_name, _) in best.items():
+        chosen[p] = (series_key, roi_name)
+    return matrix, names, chosen
+
+
+def _group_rows(table: Any, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in table.to_pylist():
+        if row["patient_key"] in keys:
+            groups[row["patient_key"]].append(row)
+    return groups
+
+
+def _vocabulary(counts: Counter[str]) -> list[str]:
+    return [PAD, UNK, *sorted(counts)]
+
+
+def build_dataset(
+    variants: Any,
+    radiomics: Any,
+    notes: Any,
+    labels: Any,
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    min_count: Mapping[str, int] | None = None,
+) -> CohortDataset:
+    """Join the modality tables with the labels into the cohort (see the module docstring).
+
+    ``min_count`` (``genes``, ``alterations``, ``note_tokens``; defaults 2, 3, 2) is stored
+    in the preprocessing for the model's vocabulary; the saved vocabularies hold every
+    training token with its count threshold applied.
+
+    Returns: the cohort table (one row per labelled patient, sorted by key) and the
+    preprocessing fitted on the training split.
+
+    Raises:
+        CohortError: a table lacks a required column, or no patient is labelled.
+        ValueError: ``fractions`` are not three non-negative numbers with a positive sum.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    for table, name in (
+        (variants, "variants"),
+        (radiomics, "radiomics"),
+        (notes, "notes"),
+        (labels, "labels"),
+    ):
+        _check(table, name)
+    thresholds = {"genes": 2, "alterations": 3, "note_tokens": 2, **(min_count or {})}
+
+    labelled = labels.filter(pc.is_valid(labels["response"]))
+    eligible_col = (
+        labelled["eligible"].to_pylist()
+        if "eligible" in labelled.column_names
+        else [None] * labelled.num_rows
+    )
+    label_of: dict[str, tuple[int, int | None]] = {}
+    for pk, resp, elig in zip(
+        labelled["patient_key"].to_pylist(),
+        labelled["response"].to_pylist(),
+        eligible_col,
+        strict=True,
+    ):
+        label_of[pk] = (int(resp), None if elig is None else int(elig))
+    keys = sorted(label_of)
+    if not keys:
+        raise CohortError("labels table", "no patient has a response label")
+    key_set = set(keys)
+    split = [split_of(k, seed, fractions) for k in keys]
+    train = {k for k, s in zip(keys, split, strict=True) if s == "train"}
+
+    variant_rows = _group_rows(variants.select(list(REQUIRED["variants"])), key_set)
+    note_rows = _group_rows(notes.select(list(REQUIRED["notes"])), key_set)
+    matrix, names, chosen = _largest_rois(radiomics, keys)
+
+    # statistics of the training split only
+    is_train = np.array([k in train for k in keys])
+    has_rad = np.array([c is not None for c in chosen])
+    train_matrix = matrix[is_train & has_rad]
+    with warnings.catch_warnings():
+        # a feature no training patient has gives an all-NaN column: mean 0, std 1 below
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        mean = np.nanmean(train_matrix, axis=0) if len(train_matrix) else np.zeros(len(names))
+        std = np.nanstd(train_matrix, axis=0) if len(train_matrix) else np.ones(len(names))
+    mean = np.nan_to_num(mean, nan=0.0)
+    std = np.where(~np.isfinite(std) | (std <= 1e-12 * np.maximum(np.abs(mean), 1.0)), 1.0, std)
+    numeric: dict[str, list[float]] = defaultdict(list)
+    gene_counts: Counter[str] = Counter()
+    alt_counts: Counter[str] = Counter()
+    token_counts: Counter[str] = Counter()
+    for k in sorted(train):
+        for r in variant_rows.get(k, []):
+            if r["filter"] == "PASS" and r["gene"]:
+                gene_counts[str(r["gene"])] += 1
+                alt_counts[alteration(str(r["gene"]), r["protein_change"])] += 1
+        for m in note_rows.get(k, []):
+            token_counts[note_token(str(m["concept"]), m["value"])] += 1
+            x = _number(m["numeric_value"])
+            if x is not None:
+                numeric[str(m["concept"])].append(x)
+    stats = {}
+    for concept, xs in numeric.items():
+        s = float(np.std(xs))
+        stats[concept] = (float(np.mean(xs)), s if s > 1e-12 else 1.0)
+
+    def frequent(counts: Counter[str], name: str) -> list[str]:
+        return _vocabulary(Counter({t: c for t, c in counts.items() if c >= thresholds[name]}))
+
+    prep = Preprocessing(
+        radiomic_features=names,
+        radiomic_mean=[float(x) for x in mean],
+        radiomic_std=[float(x) for x in std],
+        numeric_stats=stats,
+        genes=frequent(gene_counts, "genes"),
+        alterations=frequent(alt_counts, "alterations"),
+        note_tokens=frequent(token_counts, "note_tokens"),
+        seed=seed,
+        fractions=(float(fractions[0]), float(fractions[1]), float(fractions[2])),
+        min_count=dict(thresholds),
+    )
+    normalised = prep.normalise_radiomics(matrix) if len(names) else np.zeros((len(keys), 0))
+
+    rows: list[dict[str, Any]] = []
+    for i, k in enumerate(keys):
+        calls = variant_rows.get(k)
+        mentions = note_rows.get(k)
+        row: dict[str, Any] = {
+            "patient_key": k,
+            "split": split[i],
+            "response": label_of[k][0],
+            "eligible": label_of[k][1],
+        }
+        row["has_genomics"] = calls is not None
+        row["has_radiomics"] = chosen[i] is not None
+        row["has_notes"] = mentions is not None
+        row.update(prep.encode_variants(calls or []))
+        row["radiomic_series"], row["radiomic_roi"] = chosen[i] or (None, None)
+        row["radiomic_values"] = None  # filled column-wise below
+        row.update(prep.encode_notes(mentions or []))
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=cohort_schema())
+    # radiomic values as one list column built from the matrix (fast for 1,316 features)
+    lengths = np.where(has_rad, len(names), 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = normalised[has_rad].reshape(-1).astype(np.float32)
+    values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32()))
+    table = table.set_column(
+        table.schema.get_field_index("radiomic_values"), "radiomic_values", values
+    )
+    log.info(
+        "cohort: %d patients (%s), %d radiomic features",
+        len(keys),
+        {s: split.count(s) for s in SPLITS},
+        len(names),
+    )
+    return CohortDataset(table, prep)
+
+
+def _read(path: Path, name: str) -> Any:
+    import pyarrow.parquet as pq
+
+    from oncopipe.cohort import synthetic
+    from oncopipe.radiomics.core import schema
+
+    if path.exists():
+        return pq.read_table(str(path))
+    # a modality with no file yet is a modality every patient lacks
+    empty = {
+        "variants": synthetic.variants_schema,
+        "radiomics": schema,
+        "notes": synthetic.notes_schema,
+    }
+    if name not in empty:
+        raise CohortError(str(path), f"no {name} file")
+    return empty[name]().empty_table()
+
+
+NOTE_FIELDS = ("concept", "value", "numeric_value", "negated", "certainty", "temporality",
+               "experiencer", "note_id", "start", "end")  # fmt: skip
+
+
+def patient_payloads(
+    variants: Any, radiomics: Any, notes: Any, *, keys: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Return each patient's raw features in the serving request's shape.
+
+    The shape is what :mod:`training.inference` accepts (``patient_key``, ``variants``,
+    ``radiomics``, ``notes``); a modality the patient lacks is left out. Every variant row
+    is included (the server drops non-PASS calls itself); radiomics are the largest ROI's,
+    chosen as in :func:`build_dataset`. ``keys`` limits and orders the patients (default:
+    everyone in any table, sorted).
+    """
+    import pyarrow.compute as pc
+
+    if keys is None:
+        found: set[str] = set()
+        for table in (variants, radiomics, notes):
+            found.update(pc.unique(table["patient_key"]).to_pylist())
+        keys = sorted(k for k in found if k)
+    wanted = set(keys)
+    out: dict[str, dict[str, Any]] = {k: {"patient_key": k} for k in keys}
+    variant_cols = ["patient_key", "gene", "protein_change", "vaf", "filter"]
+    for k, rows in _group_rows(variants.select(variant_cols), wanted).items():
+        out[k]["variants"] = [{c: r[c] for c in variant_cols[1:]} for r in rows]
+    matrix, names, chosen = _largest_rois(radiomics, keys)
+    for i, k in enumerate(keys):
+        if chosen[i] is not None:
+            row = matrix[i]
+            out[k]["radiomics"] = {
+                n: float(v) for n, v in zip(names, row.tolist(), strict=True) if v == v
+            }
+    for k, rows in _group_rows(notes.select(["patient_key", *NOTE_FIELDS]), wanted).items():
+        out[k]["notes"] = [{c: r[c] for c in NOTE_FIELDS} for r in rows]
+    return out
+
+
+def build_dataset_from_dir(
+    in_dir: Path | str,
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+) -> CohortDataset:
+    """Build the cohort from ``variants``, ``radiomics``, ``notes`` and ``labels`` Parquet.
+
+    Each may be a file ``<name>.parquet`` or a folder of Parquet files of that name; a
+    missing modality file means no patient has that modality.
+
+    Raises:
+        CohortError: no labels file, or a table lacks a required column.
+    """
+    import pyarrow.parquet as pq
+
+    root = Path(in_dir)
+    tables = {}
+    for name in ("variants", "radiomics", "notes", "labels"):
+        folder = root / name
+        if folder.is_dir():
+            tables[name] = pq.read_table(str(folder))
+        else:
+            tables[name] = _read(root / f"{name}.parquet", name)
+    return build_dataset(
+        tables["variants"],
+        tables["radiomics"],
+        tables["notes"],
+        tables["labels"],
+        seed=seed,
+        fractions=fractions,
+    )
+
+
+def write_dataset(ds: CohortDataset, out_dir: Path | str) -> dict[str, Path]:
+    """Write ``dataset.parquet`` (zstd) and ``preprocess.json`` into ``out_dir``.
+
+    Returns: ``{"dataset": path, "preprocess": path}``.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "dataset.parquet"
+    pq.write_table(ds.table, str(data), compression="zstd")
+    prep = ds.preprocessing.save(out / "preprocess.json")
+    return {"dataset": data, "preprocess": prep}
+
+
+def read_dataset(in_dir: Path | str) -> CohortDataset:
+    """Read a folder written by :func:`write_dataset`.
+
+    Raises:
+        CohortError: ``dataset.parquet`` or ``preprocess.json`` is missing.
+    """
+    import pyarrow.parquet as pq
+
+    root = Path(in_dir)
+    for name in ("dataset.parquet", "preprocess.json"):
+        if not (root / name).exists():
+            raise CohortError(str(root), f"no {name} (write it with build_dataset)")
+    table = pq.read_table(str(root / "dataset.parquet"), schema=cohort_schema())
+    return CohortDataset(table, Preprocessing.load(root / "preprocess.json"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m oncopipe.cohort.dataset --input DIR --out DIR [--seed N]``."""
+    parser = argparse.ArgumentParser(prog="python -m oncopipe.cohort.dataset")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="folder with variants/radiomics/notes/labels Parquet",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    ds = build_dataset_from_dir(args.input, seed=args.seed)
+    paths = write_dataset(ds, args.out)
+    print(json.dumps({"patients": ds.counts(), **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""Multimodal model: training, checkpoints, MLflow, ablations, explanations, pruning, serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from oncopipe.cohort.dataset import (  # noqa: E402
+    build_dataset,
+    patient_payloads,
+    read_dataset,
+    write_dataset,
+)
+from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from training.data import encode_rows, modality_dropout  # noqa: E402
+from training.train import HyperParameters, fit, predict, roc_auc, train  # noqa: E402
+
+# two image types (13 radiomic groups) keep the tests fast; both carry the heterogeneity signal
+FEATURES = [
+    f for f in radiomic_feature_names() if f.startswith(("original_", "log-sigma-1-0-mm-3D_"))
+]
+FAST = HyperParameters(epochs=12, batch_size=32, lr=3e-3, layers=2, threads=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cohort() -> Any:
+    tables = generate_tables(900, seed=11, features=FEATURES)
+    ds = build_dataset(
+        tables.variants,
+        tables.radiomics,
+        tables.notes,
+        tables.labels,
+        seed=0,
+        fractions=(0.6, 0.2, 0.2),
+    )
+    return tables, ds
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(cohort: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dataset")
+    write_dataset(cohort[1], out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoded(cohort: Any) -> dict[str, Any]:
+    ds = cohort[1]
+    return {s: encode_rows(ds.split(s), ds.preprocessing) for s in ("train", "validation", "test")}
+
+
+@pytest.fixture(scope="module")
+def ablation(cohort: Any, encoded: dict[str, Any]) -> dict[str, Any]:
+    """One model per single modality and one on all three (same split, same settings)."""
+    prep = cohort[1].preprocessing
+    models = {}
+    for modalities in (["genomics"], ["radiomics"], ["notes"], ["genomics", "radiomics", "notes"]):
+        hp = HyperParameters(**{**FAST.__dict__, "modalities": modalities})
+        models["+".join(modalities)] = fit(encoded["train"], encoded["validation"], prep, hp).model
+    return models
+
+
+@pytest.fixture(scope="module")
+def model_dir(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    train(dataset_dir, out, hparams=HyperParameters(**{**FAST.__dict__, "epochs": 8}))
+    return out
+
+
+def _eval_sets(encoded: dict[str, Any]) -> tuple[Any, Any]:
+    return encoded["test"], encoded["test"].labels
+
+
+def test_training_is_deterministic_with_a_seed(cohort: Any, encoded: dict[str, Any]) -> None:
+    prep = cohort[1].preprocessing
+    hp = HyperParameters(**{**FAST.__dict__, "epochs": 2})
+    a = fit(encoded["train"], encoded["validation"], prep, hp).model.state_dict()
+    b = fit(encoded["train"], encoded["validation"], prep, hp).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = HyperParameters(**{**FAST.__dict__, "epochs": 2, "seed": 1})
+    c = fit(encoded["train"], encoded["validation"], prep, other).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_modality_dropout_never_drops_every_modality() -> None:
+    rng = np.random.default_rng(0)
+    present = np.ones((5000, 3), bool)
+    present[::3, 1] = False
+    out = modality_dropout(present, 0.9, rng)
+    assert out.any(axis=1).all()
+    assert not (out & ~present).any()  # never switches a missing modality on
+    assert 0.3 < 1 - out[present].mean() < 0.9
+
+
+def test_multimodal_model_beats_every_single_modality(
+    ablation: dict[str, Any], encoded: dict[str, Any]
+) -> None:
+    data, y = _eval_sets(encoded)
+    aucs = {name: roc_auc(y, predict(m, data)) for name, m in ablation.items()}
+    full = aucs.pop("genomics+radiomics+notes")
+    # measured (cohort seeds 11-13): all three 0.82-0.88, best single 0.73-0.81, margin
+    # 0.07-0.09 on 180 test patients
+    assert full > 0.75
+    assert full > max(aucs.values()) + 0.05, (full, aucs)
+
+
+def test_a_missing_modality_still_gives_a_prediction(
+    ablation: dict[str, Any], encoded: dict[str, Any]
+) -> None:
+    model = ablation["genomics+radiomics+notes"]
+    data, y = _eval_sets(encoded)
+    full = predict(model, data)
+    for j in range(3):
+        present = data.present.copy()
+        present[:, j] = False
+        p = predict(model, data, present=present)
+        assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+        assert roc_auc(y, p) > 0.6  # degrades, does not collapse
+    nothing = predict(model, data, present=np.zeros_like(data.present))
+    assert np.isfinite(nothing).all()
+    assert not np.allclose(full, nothing)
+
+
+def test_train_writes_model_config_preprocess_metrics_and_mlflow(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{store}")
+    # train() sets MLFLOW_ALLOW_FILE_STORE for file: stores; monkeypatch restores it after
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "placeholder")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    hp = HyperParameters(**{**FAST.__dict__, "epochs": 2})
+    result = train(
+        dataset_dir,
+        tmp_path / "model",
+        output_dir=tmp_path / "out",
+        hparams=hp,
+        experiment="test-exp",
+    )
+    model = tmp_path / "model"
+    assert {"model.pt", "config.json", "preprocess.json"} <= {p.name for p in model.iterdir()}
+    assert json.loads((model / "config.json").read_text())["d_model"] == hp.d_model
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["samples_per_second"] > 0
+    assert metrics["mlflow_run_id"] == result.metrics["mlflow_run_id"]
+    import mlflow
+
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    assert run.data.params["lr"] == str(hp.lr) and run.data.params["modalities"]
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_auc")
+    assert [m.step for m in history] == [1, 2]
+    assert list(store.rglob("MLmodel")), "the model was not logged"
+    assert os.environ.get("MLFLOW_ALLOW_FILE_STORE") == "true"
+
+
+def _train_cmd(dataset_dir: Path, out: Path, ckpt: Path) -> list[str]:
+    script = str(REPO / "training" / "train.py")
+    folders = ["--train", str(dataset_dir), "--model-dir", str(out / "model"),
+               "--output-dir", str(out / "output"), "--checkpoint-dir", str(ckpt)]  # fmt: skip
+    settings = "--epochs 6 --batch-size 8 --layers 1 --threads 1 --log-level WARNING"
+    return [sys.executable, script, *folders, *settings.split()]
+
+
+def test_training_resumes_after_sigkill_with_identical_weights(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW", "SM_"))}
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(_train_cmd(dataset_dir, tmp_path / "a", ckpt), env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ckpt / "checkpoint.pt").exists():
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)  # a spot interruption gives no warning here
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    assert 1 <= saved["epoch"] < 6 and saved["optimizer"]["state"]
+    assert not (tmp_path / "a" / "model" / "model.pt").exists()
+
+    subprocess.run(_train_cmd(dataset_dir, tmp_path / "a", ckpt), env=env, check=True)
+    resumed = json.loads((tmp_path / "a" / "output" / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] >= 1 and len(resumed["history"]) == 6
+
+    subprocess.run(
+        _train_cmd(dataset_dir, tmp_path / "b", tmp_path / "ckpt-b"), env=env, check=True
+    )
+    a = torch.load(tmp_path / "a" / "model" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_explanations_put_kras_first_for_g12c_responders(
+    ablation: dict[str, Any], cohort: Any, tmp_path: Path
+) -> None:
+    from training.data import RadiomicLayout
+    from training.explain import explain_patient, write_explanation
+    from training.inference import LoadedModel
+
+    ds = cohort[1]
+    prep = ds.preprocessing
+    loaded = LoadedModel(
+        ablation["genomics+radiomics+notes"],
+        prep,
+        RadiomicLayout.from_features(prep.radiomic_features),
+        tmp_path,
+    )
+    rows = [
+        r
+        for r in ds.split("test").to_pylist()
+        if r["response"] == 1
+        and "KRAS G12C" in r["variant_alterations"]
+        and len(r["variant_alterations"]) >= 3
+    ]
+    assert len(rows) >= 5
+    hits = 0
+    for row in rows[:8]:
+        expl = explain_patient(loaded, row, steps=24)
+        top = [v["alteration"] for v in expl["variants"][:3]]
+        hits += "KRAS G12C" in top
+        assert expl["convergence_delta"] < 0.05  # attributions add up to the logit change
+        spans = {(n["note_id"], n["start"], n["end"]) for n in expl["notes"]}
+        assert spans == set(zip(row["note_ids"], row["note_starts"], row["note_ends"], strict=True))
+    assert hits >= 0.75 * min(8, len(rows))
+    path = write_explanation(expl, tmp_path / "explanations")
+    assert path.name == f"{row['patient_key']}.json"
+    html_text = path.with_suffix(".html").read_text()
+    assert "KRAS G12C" in html_text and "<script" not in html_text and "http" not in html_text
+
+
+def test_html_report_escapes_text() -> None:
+    from training.explain import render_html
+
+    expl = {
+        "patient_key": "pk-<script>alert(1)</script>",
+        "response_probability": 0.5,
+        "convergence_delta": 0.0,
+        "method": "ig",
+        "modalities_present": ["notes"],
+        "modality_attribution": {"notes": 0.1},
+        "variants": [{"gene": "<b>", "alteration": "A&B", "vaf": 0.1, "attribution": 0.1}],
+        "radiomic_groups": [],
+        "notes": [
+            {
+                "token": "biomarker=<img src=x>",
+                "flags": [],
+                "note_id": 'n"1',
+                "start": 1,
+                "end": 2,
+                "attribution": -0.1,
+            }
+        ],
+    }
+    page = render_html(expl)
+    assert "<script>" not in page and "<img" not in page and "<b>" not in page
+    assert "&lt;script&gt;" in page and "A&amp;B" in page and "&lt;img src=x&gt;" in page
+
+
+def test_pruned_model_is_smaller_and_predicts_close(
+    model_dir: Path, dataset_dir: Path, tmp_path: Path
+) -> None:
+    from training.model import load_model
+    from training.prune import prune
+
+    report = prune(
+        model_dir,
+        dataset_dir,
+        tmp_path / "pruned",
+        remove_blocks=[3],
+        finetune_epochs=2,
+        latency_calls=50,
+    )
+    assert report["kept"]["removed_blocks"] == 3
+    assert report["parameters"]["pruned"] < report["parameters"]["full"]
+    assert abs(report["auc_loss"]) < 0.05
+    full, pruned = load_model(model_dir), load_model(tmp_path / "pruned")
+    assert full.parameter_count() == report["parameters"]["full"]
+    assert pruned.parameter_count() == report["parameters"]["pruned"]
+
+    def blocks(m: Any) -> int:
+        return sum((layer.qkv is not None) + (layer.ff1 is not None) for layer in m.layers)
+
+    assert blocks(pruned) == blocks(full) - 3
+    kept_ff = [layer.ff1.out_features for layer in pruned.layers if layer.ff1 is not None]
+    assert all(f < full.config.ff for f in kept_ff)  # physically smaller Linear layers
+    ds = read_dataset(dataset_dir)
+    data = encode_rows(ds.split("test"), ds.preprocessing)
+    diff = np.abs(predict(full, data) - predict(pruned, data))
+    assert float(np.mean(diff)) < 0.08
+    assert report["latency_ms"]["pruned"]["p50_ms"] > 0
+
+
+def test_inference_handler_round_trip_matches_training_preprocessing(
+    model_dir: Path, cohort: Any
+) -> None:
+    from training.inference import input_fn, model_fn, output_fn, predict_fn, predict_local
+
+    tables, ds = cohort
+    rows = ds.split("test").to_pylist()[:4]
+    keys = [r["patient_key"] for r in rows]
+    by_key = patient_payloads(tables.variants, tables.radiomics, tables.notes, keys=keys)
+    payloads = [by_key[k] for k in keys]
+    assert json.loads(json.dumps(payloads)) == payloads  # plain JSON types
+    model = model_fn(model_dir)
+    body = output_fn(
+        predict_fn(input_fn(json.dumps(payloads), "application/json"), model), "application/json"
+    )
+    served = json.loads(body)
+    expected = predict(model.model, encode_rows(rows, model.preprocessing))
+    assert [s["patient_key"] for s in served] == [r["patient_key"] for r in rows]
+    assert np.allclose([s["response_probability"] for s in served], expected, atol=1e-5)
+    one = predict_local(model_dir, payloads[0])
+    assert one["patient_key"] == rows[0]["patient_key"]
+    assert set(one["modalities_present"]) <= {"genomics", "radiomics", "notes"}
+    # a patient with no modality at all still gets a probability
+    empty = predict_local(model_dir, {"patient_key": "pk-aaaaaaaaaaaaaaaa"})
+    assert empty["modalities_present"] == [] and 0 < empty["response_probability"] < 1
+
+
+def test_inference_rejects_bad_requests(model_dir: Path) -> None:
+    from training.inference import RequestError, input_fn, model_fn, output_fn, predict_fn
+
+    with pytest.raises(RequestError, match="unsupported content type 'text/csv'"):
+        input_fn("a,b", "text/csv")
+    with pytest.raises(RequestError, match="not JSON"):
+        input_fn("{nope", "application/json")
+    with pytest.raises(RequestError, match=r"patient 0: variants\[0\] needs a string 'gene'"):
+        input_fn(json.dumps({"variants": [{"vaf": 0.2}]}), "application/json")
+    with pytest.raises(RequestError, match="non-empty list"):
+        input_fn("[]", "application/json; charset=utf-8")
+    model = model_fn(model_dir)
+    data = input_fn(json.dumps({"radiomics": {"not_a_feature": 1.0}}), "application/json")
+    with pytest.raises(RequestError, match="none of the radiomic features"):
+        predict_fn(data, model)
+    ok = predict_fn(input_fn("{}", "application/json"), model)
+    with pytest.raises(RequestError, match="accept"):
+        output_fn(ok, "text/html")
+    assert isinstance(RequestError("x"), ValueError)

@@ -1,0 +1,299 @@
+"""Evaluation of the response model: metrics, modality ablations and graceful degradation.
+
+:func:`evaluate` trains one model per non-empty subset of the modalities (3 single, 3
+pairs, all three) on the same training split with the same hyperparameters and seed,
+picks each one's epoch on the validation split, and scores all of them on the held-out
+test split. The all-three model is also scored with one modality masked for every test
+patient (what happens when a modality is missing in production). It writes
+``evaluation.json`` (every row's metrics, the goals and whether they are met) and
+``roc.png`` (ROC curves of the seven models).
+
+Metrics per row (:func:`binary_metrics`): ROC AUC, recall (sensitivity) at 90 %
+specificity, Brier score, expected calibration error over 10 equal-width bins and the
+reliability bins themselves.
+
+Usage: ``python -m training.evaluate --dataset DIR --out DIR [--epochs N ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from training.data import MODALITIES, Encoded, RadiomicLayout, encode_rows, select_modalities
+from training.train import HyperParameters, fit, predict, roc_auc
+
+log = logging.getLogger(__name__)
+
+ABLATIONS: tuple[tuple[str, ...], ...] = (
+    ("genomics",),
+    ("radiomics",),
+    ("notes",),
+    ("genomics", "radiomics"),
+    ("genomics", "notes"),
+    ("radiomics", "notes"),
+    MODALITIES,
+)
+GOAL_AUC = 0.85
+GOAL_MARGIN = 0.10
+SPECIFICITY = 0.90
+
+
+def roc_curve(labels: Any, scores: Any) -> tuple[Any, Any]:
+    """Return (false positive rates, true positive rates) at every distinct threshold."""
+    y = np.asarray(labels, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    pos, neg = max(y.sum(), 1.0), max(len(y) - y.sum(), 1.0)
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+
+
+def recall_at_specificity(labels: Any, scores: Any, specificity: float = SPECIFICITY) -> float:
+    """Return the highest recall among thresholds whose specificity is >= ``specificity``."""
+    fpr, tpr = roc_curve(labels, scores)
+    ok = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def calibration(labels: Any, probs: Any, bins: int = 10) -> tuple[float, list[dict[str, Any]]]:
+    """Return (expected calibration error, reliability bins) over equal-width bins."""
+    y = np.asarray(labels, dtype=float)
+    p = np.asarray(probs, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    table = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        row: dict[str, Any] = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": n}
+        if n:
+            row["mean_predicted"] = float(p[sel].mean())
+            row["observed_rate"] = float(y[sel].mean())
+            ece += n / len(y) * abs(row["mean_predicted"] - row["observed_rate"])
+        table.append(row)
+    return float(ece), table
+
+
+def binary_metrics(labels: Any, probs: Any) -> dict[str, Any]:
+    """Return AUC, recall at 90 % specificity, Brier, ECE and reliability bins."""
+    y = np.asarray(labels, dtype=float)
+    p = np.asarray(probs, dtype=float)
+    ece, bins = calibration(y, p)
+    return {
+        "patients": len(y),
+        "positives": int(y.sum()),
+        "auc": roc_auc(y, p),
+        "recall_at_90_specificity": recall_at_specificity(y, p),
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": ece,
+        "reliability": bins,
+    }
+
+
+def _name(modalities: Sequence[str]) -> str:
+    return "+".join(modalities)
+
+
+def _plot(curves: dict[str, tuple[Any, Any, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training instances
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for name, (fpr, tpr, auc) in curves.items():
+        width = 2.4 if name == _name(MODALITIES) else 1.2
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})", linewidth=width)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Response model: modality ablations (test split)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def goals(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return the benchmark goals (AUC >= 0.85, >= best single modality + 0.10)."""
+    full = rows[_name(MODALITIES)]["auc"]
+    singles = {m: rows[m]["auc"] for m in MODALITIES}
+    best = max(singles, key=lambda m: singles[m])
+    return {
+        "multimodal_auc": full,
+        "best_single_modality": best,
+        "best_single_auc": singles[best],
+        "margin": full - singles[best],
+        "auc_goal": GOAL_AUC,
+        "margin_goal": GOAL_MARGIN,
+        "meets_auc_goal": bool(full >= GOAL_AUC),
+        "meets_margin_goal": bool(full - singles[best] >= GOAL_MARGIN),
+    }
+
+
+def evaluate_data(
+    dataset: Any,
+    out_dir: Path | str,
+    *,
+    hparams: HyperParameters | None = None,
+    ablations: Sequence[Sequence[str]] = ABLATIONS,
+) -> dict[str, Any]:
+    """Train and score the ablations on a :class:`CohortDataset`; write the report files.
+
+    Returns: the content of ``evaluation.json``.
+
+    Raises:
+        ValueError: the test split is empty or has a single class.
+    """
+    hp = hparams or HyperParameters()
+    prep = dataset.preprocessing
+    layout = RadiomicLayout.from_features(prep.radiomic_features)
+
+    def enc(split: str) -> Encoded:
+        return encode_rows(
+            dataset.split(split),
+            prep,
+            max_variants=hp.max_variants,
+            max_notes=hp.max_notes,
+            layout=layout,
+        )
+
+    train, val, test = enc("train"), enc("validation"), enc("test")
+    y = test.labels
+    if not len(test) or len(set(y[~np.isnan(y)].tolist())) < 2:
+        raise ValueError("the test split needs patients of both classes")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    curves: dict[str, tuple[Any, Any, float]] = {}
+    models: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    for modalities in ablations:
+        name = _name(modalities)
+        t0 = time.perf_counter()
+        result = fit(train, val, prep, replace(hp, modalities=list(modalities)))
+        probs = predict(result.model, test, present=select_modalities(test.present, modalities))
+        row = binary_metrics(y, probs)
+        row.update(
+            {
+                "modalities": list(modalities),
+                "best_epoch": result.best_epoch,
+                "val_auc": result.best_val_auc,
+                "train_seconds": result.train_seconds,
+                "samples_per_second": result.samples_per_second,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        rows[name] = row
+        fpr, tpr = roc_curve(y, probs)
+        curves[name] = (fpr, tpr, row["auc"])
+        models[name] = result.model
+        log.info(
+            "%s: test AUC %.3f (val %.3f, %.0f s)",
+            name,
+            row["auc"],
+            result.best_val_auc or float("nan"),
+            row["seconds"],
+        )
+    masked: dict[str, dict[str, Any]] = {}
+    full = _name(MODALITIES)
+    if full in models:
+        for j, missing in enumerate(MODALITIES):
+            present = test.present.copy()
+            present[:, j] = False
+            probs = predict(models[full], test, present=present)
+            masked[f"{full} without {missing}"] = {
+                "masked": missing,
+                "nan_predictions": int(np.isnan(probs).sum()),
+                **binary_metrics(y, np.nan_to_num(probs, nan=0.5)),
+            }
+    report: dict[str, Any] = {
+        "split_counts": dataset.counts(),
+        "hparams": asdict(hp),
+        "ablations": rows,
+        "masked_at_inference": masked,
+        "total_seconds": time.perf_counter() - t_all,
+    }
+    if full in rows and all(m in rows for m in MODALITIES):
+        report["goals"] = goals(rows)
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    _plot(curves, out / "roc.png")
+    report["models"] = models  # in memory only: callers may reuse the trained models
+    return report
+
+
+def evaluate(
+    dataset_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    hparams: HyperParameters | None = None,
+    ablations: Sequence[Sequence[str]] = ABLATIONS,
+) -> dict[str, Any]:
+    """Run the ablations on a dataset folder (``dataset.parquet`` + ``preprocess.json``).
+
+    Writes ``evaluation.json`` and ``roc.png`` into ``out_dir``.
+
+    Returns: the report (as in ``evaluation.json``, plus ``models``: name -> trained model).
+
+    Raises:
+        CohortError: the folder is not a dataset.
+        ValueError: the test split is empty or has a single class.
+    """
+    from oncopipe.cohort.dataset import read_dataset
+
+    return evaluate_data(read_dataset(dataset_dir), out_dir, hparams=hparams, ablations=ablations)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Return the ablation and masking rows as an aligned text table."""
+    lines = [f"{'model':<34}{'AUC':>7}{'rec@90sp':>10}{'Brier':>8}{'ECE':>7}{'val AUC':>9}"]
+    for name, r in report["ablations"].items():
+        val = r.get("val_auc")
+        lines.append(
+            f"{name:<34}{r['auc']:>7.3f}{r['recall_at_90_specificity']:>10.3f}"
+            f"{r['brier']:>8.3f}{r['ece']:>7.3f}"
+            f"{(val if val is not None else float('nan')):>9.3f}"
+        )
+    for name, r in report.get("masked_at_inference", {}).items():
+        lines.append(
+            f"{name:<34}{r['auc']:>7.3f}{r['recall_at_90_specificity']:>10.3f}"
+            f"{r['brier']:>8.3f}{r['ece']:>7.3f}{'':>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry (see the module docstring)."""
+    from training.train import hparams_from_args, parse_args
+
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate")
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args, rest = parser.parse_known_args(argv)
+    train_args = parse_args(["--train", str(args.dataset), "--model-dir", str(args.out), *rest])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = evaluate(args.dataset, args.out, hparams=hparams_from_args(train_args))
+    print(format_table(report))
+    print(json.dumps(report.get("goals", {}), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,665 @@
+"""Train the multimodal response model: SageMaker script mode, and the same run locally.
+
+In a SageMaker training job (``SAGEMAKER_PROGRAM=training/train.py``) the toolkit passes
+the hyperparameters as arguments and sets:
+
+* ``SM_CHANNEL_TRAIN``: a folder with ``dataset.parquet`` + ``preprocess.json``
+  (:func:`oncopipe.cohort.dataset.write_dataset`). Training uses its ``train`` split and
+  validates on its ``validation`` split, unless ``SM_CHANNEL_VALIDATION`` names another
+  such folder (its ``validation`` rows, or all rows when it has none).
+* ``SM_MODEL_DIR``: receives ``model.pt``, ``config.json`` and ``preprocess.json`` (what
+  :mod:`training.inference` loads).
+* ``SM_OUTPUT_DATA_DIR``: receives ``metrics.json`` (per-epoch loss and validation AUC,
+  the chosen epoch, training samples/s).
+
+Locally the same script runs with ``--train DIR --model-dir DIR --output-dir DIR``.
+
+Checkpoints (Managed Spot Training): after every epoch the model, optimiser, scheduler,
+RNG state, epoch, best metric and best weights go to ``<checkpoint dir>/checkpoint.pt``,
+written to a temporary file and renamed, so an interruption leaves the previous
+checkpoint whole. A run that finds a checkpoint resumes after its epoch. Every epoch
+reseeds its own random streams (shuffle, modality dropout, dropout) from ``(seed, epoch)``,
+so a resumed run ends with the same weights as an uninterrupted one. The checkpoint
+folder is ``--checkpoint-dir``, else ``SM_CHECKPOINT_DIR``, else ``/opt/ml/checkpoints``
+when it exists (SageMaker syncs it with ``checkpoint_s3_uri``), else none.
+
+MLflow: when ``MLFLOW_TRACKING_URI`` is set, parameters, per-epoch metrics and the model
+(``mlflow.pytorch.log_model``, pickle format with this code attached) are logged; a
+resumed job continues the same MLflow run. Locally a file store (``file:///path``) works:
+MLflow 3.17 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE=true``, which this script
+sets for ``file:`` URIs only. In the cloud the URI is the SageMaker managed MLflow tracking
+server's ARN, which needs the ``sagemaker-mlflow`` plugin in the training image
+(``training/requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `training` and `oncopipe` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from oncopipe.cohort.dataset import CohortDataset, read_dataset
+from training.data import (
+    MODALITIES,
+    Encoded,
+    RadiomicLayout,
+    encode_rows,
+    modality_dropout,
+    select_modalities,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPOT_CHECKPOINTS = Path("/opt/ml/checkpoints")
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class HyperParameters:
+    """Training settings (the job's hyperparameters)."""
+
+    epochs: int = 16
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    d_model: int = 32
+    # three layers: as accurate as two on the development cohort, and the depth that
+    # structured pruning then removes (training/prune.py)
+    layers: int = 3
+    heads: int = 2
+    ff: int = 64
+    # residual dropout costs ~20 % of a CPU step; the radiomic noise below regularises
+    # better (chosen on a development cohort's validation split)
+    dropout: float = 0.0
+    modality_dropout: float = 0.15
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    seed: int = 0
+    threads: int | None = None
+    max_variants: int = 32
+    max_notes: int = 48
+    warmup: float = 0.05
+    radiomic_noise: float = 1.0
+    radiomic_group_dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(
+                f"modalities must be a non-empty subset of {','.join(MODALITIES)}, "
+                f"got {','.join(self.modalities)}"
+            )
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: Any  # MultimodalTransformer with the chosen epoch's weights
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_auc: float | None
+    samples_per_second: float
+    train_seconds: float
+    resumed_from_epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def roc_auc(labels: Any, scores: Any) -> float:
+    """Return the area under the ROC curve (Mann-Whitney, ties count half); NaN if one class."""
+    y = np.asarray(labels, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks of tied scores
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def build_model(prep: Any, hp: HyperParameters) -> Any:
+    """Return a freshly initialised model for a preprocessing and hyperparameters."""
+    from training.model import ModelConfig, MultimodalTransformer
+
+    layout = RadiomicLayout.from_features(prep.radiomic_features)
+    config = ModelConfig(
+        n_genes=len(prep.genes),
+        n_alterations=len(prep.alterations),
+        n_note_tokens=len(prep.note_tokens),
+        radiomic_groups=layout.groups,
+        group_size=layout.group_size,
+        d_model=hp.d_model,
+        layers=hp.layers,
+        heads=hp.heads,
+        ff=hp.ff,
+        dropout=hp.dropout,
+        modalities=list(hp.modalities),
+        max_variants=hp.max_variants,
+        max_notes=hp.max_notes,
+        radiomic_noise=hp.radiomic_noise,
+        radiomic_group_dropout=hp.radiomic_group_dropout,
+    )
+    return MultimodalTransformer(config)
+
+
+def predict(model: Any, data: Encoded, *, present: Any | None = None, batch_size: int = 256) -> Any:
+    """Return response probabilities (N,) for encoded patients (eval mode, no gradients)."""
+    import torch
+
+    was_training = model.training
+    if was_training:  # switching modes walks every module: skip it when serving
+        model.eval()
+    out = []
+    flags = data.present if present is None else present
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(data)))
+            out.append(torch.sigmoid(model(data.batch(idx, flags[idx]))).numpy())
+    if was_training:
+        model.train()
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def fit(
+    train_data: Encoded,
+    val_data: Encoded | None,
+    prep: Any,
+    hp: HyperParameters,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    state_extra: dict[str, Any] | None = None,
+    model: Any | None = None,
+    teacher: Any | None = None,
+    distill_weight: float = 0.5,
+) -> TrainResult:
+    """Train on encoded patients; return the model of the epoch with the best validation AUC.
+
+    ``model`` continues training an existing model (fine-tuning after pruning) instead of
+    a fresh one built from ``hp``. With ``teacher`` (knowledge distillation) the loss mixes
+    the labels with the teacher's probabilities on the same inputs, ``distill_weight`` on
+    the teacher.
+
+    With ``checkpoint_dir``, resume from its checkpoint when there is one and write one
+    after every epoch. ``state_extra`` is stored in (and, on resume, updated from) the
+    checkpoint (e.g. the MLflow run id).
+
+    Raises:
+        ValueError: the checkpoint was written with other hyperparameters, or no patient
+            in ``train_data`` has a label.
+    """
+    import torch
+
+    from training.model import set_determinism
+
+    set_determinism(hp.seed, threads=hp.threads)
+    labelled = np.flatnonzero(~np.isnan(train_data.labels))
+    if not len(labelled):
+        raise ValueError("no labelled training patient")
+    model = model if model is not None else build_model(prep, hp)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=hp.lr,
+    )
+    steps_per_epoch = math.ceil(len(labelled) / hp.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, _schedule(steps_per_epoch * hp.epochs, hp.warmup)
+    )
+    history: list[dict[str, float]] = []
+    best_auc = -1.0
+    best_epoch = 0
+    best_state: dict[str, Any] | None = None
+    start_epoch = 0
+    ckpt_path = checkpoint_dir / CHECKPOINT_FILE if checkpoint_dir else None
+    if ckpt_path is not None and ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if saved.get("hparams") != asdict(hp):
+            raise ValueError(
+                f"{ckpt_path}: checkpoint of a run with other hyperparameters; remove it or "
+                "use another --checkpoint-dir"
+            )
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        start_epoch = int(saved["epoch"])
+        history = list(saved["history"])
+        best_auc = float(saved["best_metric"])
+        best_epoch = int(saved["best_epoch"])
+        best_state = saved["best_state"]
+        if state_extra is not None:
+            state_extra.update(saved.get("extra", {}))
+        log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+
+    present_train = select_modalities(train_data.present, hp.modalities)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    train_seconds = 0.0
+    samples = 0
+    if teacher is not None:
+        teacher.eval()
+    for epoch in range(start_epoch, hp.epochs):
+        # every epoch's randomness derives from (seed, epoch): resume gives identical runs
+        torch.manual_seed(hp.seed * 1_000_003 + epoch)
+        rng = np.random.default_rng([hp.seed, epoch])
+        model.train()
+        order = rng.permutation(labelled)
+        t0 = time.perf_counter()
+        total_loss = 0.0
+        for start in range(0, len(order), hp.batch_size):
+            idx = order[start : start + hp.batch_size]
+            flags = modality_dropout(present_train[idx], hp.modality_dropout, rng)
+            batch = train_data.batch(idx, flags)
+            target = torch.from_numpy(train_data.labels[idx])
+            logits = model(batch)
+            loss = loss_fn(logits, target)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.sigmoid(teacher(batch))
+                loss = (1 - distill_weight) * loss + distill_weight * loss_fn(logits, soft)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(idx)
+        train_seconds += time.perf_counter() - t0
+        samples += len(order)
+        metrics = {"epoch": float(epoch + 1), "loss": total_loss / len(order)}
+        if val_data is not None and len(val_data):
+            present_val = select_modalities(val_data.present, hp.modalities)
+            p = predict(model, val_data, present=present_val)
+            y = val_data.labels
+            ok = ~np.isnan(y)
+            metrics["val_auc"] = roc_auc(y[ok], p[ok])
+            eps = 1e-7
+            metrics["val_loss"] = float(
+                -np.mean(y[ok] * np.log(p[ok] + eps) + (1 - y[ok]) * np.log(1 - p[ok] + eps))
+            )
+        history.append(metrics)
+        score = metrics.get("val_auc", float(epoch))
+        if not math.isnan(score) and score > best_auc:
+            best_auc, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckpt_path is not None:
+            _atomic_save(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best_metric": best_auc,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "hparams": asdict(hp),
+                    "extra": dict(state_extra or {}),
+                },
+                ckpt_path,
+            )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+        log.info("epoch %d %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    has_val = val_data is not None and len(val_data) > 0
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch or hp.epochs,
+        best_val_auc=best_auc if has_val and best_auc >= 0 else None,
+        samples_per_second=samples / train_seconds if train_seconds > 0 else float("nan"),
+        train_seconds=train_seconds,
+        resumed_from_epoch=start_epoch,
+    )
+
+
+def _validation_rows(train_ds: CohortDataset, validation_dir: Path | None) -> Any:
+    if validation_dir is None:
+        return train_ds.split("validation")
+    other = read_dataset(validation_dir)
+    rows = other.split("validation")
+    return rows if rows.num_rows else other.table
+
+
+class _MlflowLogger:
+    """Logs to MLflow when ``MLFLOW_TRACKING_URI`` is set; does nothing otherwise."""
+
+    def __init__(self, experiment: str, run_id: str | None):
+        self.enabled = bool(os.environ.get("MLFLOW_TRACKING_URI"))
+        self.run_id = run_id
+        self._mlflow: Any = None
+        if not self.enabled:
+            return
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        if uri.startswith("file:"):
+            # MLflow 3.17 refuses file stores unless told to (local mode only)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run()
+        self.run_id = run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            self._mlflow.log_params({k: str(v) for k, v in params.items()})
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            clean = {k: v for k, v in metrics.items() if k != "epoch" and math.isfinite(v)}
+            self._mlflow.log_metrics(clean, step=epoch)
+
+    def finish(self, model: Any, summary: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        import mlflow.pytorch
+
+        self._mlflow.log_metrics({k: v for k, v in summary.items() if math.isfinite(v)})
+        root = Path(__file__).resolve().parent.parent
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",  # the default pt2 needs a traceable tensor input
+            code_paths=[str(root / "training"), str(root / "oncopipe")],
+            pip_requirements=[line for line in _requirements() if line],
+        )
+        self._mlflow.end_run()
+
+    def abort(self) -> None:
+        if self.enabled:
+            self._mlflow.end_run(status="FAILED")
+
+
+def _requirements() -> list[str]:
+    path = Path(__file__).with_name("requirements.txt")
+    if not path.exists():
+        return ["torch"]
+    return [
+        ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+
+
+def resolve_checkpoint_dir(explicit: str | Path | None) -> Path | None:
+    """Return the checkpoint folder: explicit, ``SM_CHECKPOINT_DIR``, or /opt/ml/checkpoints."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SM_CHECKPOINT_DIR"):
+        return Path(os.environ["SM_CHECKPOINT_DIR"])
+    return DEFAULT_SPOT_CHECKPOINTS if DEFAULT_SPOT_CHECKPOINTS.is_dir() else None
+
+
+def train(
+    train_dir: Path | str,
+    model_dir: Path | str,
+    *,
+    output_dir: Path | str | None = None,
+    validation_dir: Path | str | None = None,
+    checkpoint_dir: Path | str | None = None,
+    hparams: HyperParameters | None = None,
+    experiment: str = "oncopipe-response",
+) -> TrainResult:
+    """Train from a dataset folder and write the model folder (see the module docstring).
+
+    Returns: the run's :class:`TrainResult` (``metrics`` is what ``metrics.json`` holds).
+
+    Raises:
+        CohortError: the dataset folder lacks ``dataset.parquet`` or ``preprocess.json``.
+        ValueError: bad hyperparameters or a checkpoint of other hyperparameters.
+    """
+    hp = hparams or HyperParameters()
+    ds = read_dataset(train_dir)
+    prep = ds.preprocessing
+    layout = RadiomicLayout.from_features(prep.radiomic_features)
+    enc = {"max_variants": hp.max_variants, "max_notes": hp.max_notes, "layout": layout}
+    train_data = encode_rows(ds.split("train"), prep, **enc)  # type: ignore[arg-type]
+    val_rows = _validation_rows(ds, Path(validation_dir) if validation_dir else None)
+    val_data = encode_rows(val_rows, prep, **enc)  # type: ignore[arg-type]
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    extra: dict[str, Any] = {}
+    if ckpt is not None and (ckpt / CHECKPOINT_FILE).exists():
+        import torch
+
+        saved = torch.load(ckpt / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        extra = dict(saved.get("extra", {}))
+    tracker = _MlflowLogger(experiment, extra.get("mlflow_run_id"))
+    if tracker.run_id:
+        extra["mlflow_run_id"] = tracker.run_id
+    if not extra.get("params_logged"):
+        tracker.params(
+            {**asdict(hp), "train_patients": len(train_data), "validation_patients": len(val_data)}
+        )
+        extra["params_logged"] = True
+    try:
+        result = fit(
+            train_data,
+            val_data,
+            prep,
+            hp,
+            checkpoint_dir=ckpt,
+            on_epoch=tracker.epoch,
+            state_extra=extra,
+        )
+    except BaseException:
+        tracker.abort()
+        raise
+    from training.model import save_model
+
+    out = Path(model_dir)
+    save_model(result.model, out, hparams=asdict(hp))
+    shutil.copyfile(Path(train_dir) / "preprocess.json", out / "preprocess.json")
+    result.metrics = {
+        "best_epoch": result.best_epoch,
+        "best_val_auc": result.best_val_auc,
+        "epochs": hp.epochs,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "train_patients": len(train_data),
+        "validation_patients": len(val_data),
+        "samples_per_second": result.samples_per_second,
+        "train_seconds": result.train_seconds,
+        "parameters": result.model.parameter_count(),
+        "history": result.history,
+        "hparams": asdict(hp),
+        "mlflow_run_id": tracker.run_id,
+    }
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "metrics.json").write_text(
+            json.dumps(result.metrics, indent=1) + "\n", encoding="utf-8"
+        )
+    summary = {
+        "best_val_auc": result.best_val_auc or float("nan"),
+        "samples_per_second": result.samples_per_second,
+    }
+    tracker.finish(result.model, summary)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the job's arguments; folders default to the SageMaker ``SM_*`` variables."""
+    env = os.environ
+    d = HyperParameters()
+    p = argparse.ArgumentParser(prog="training/train.py", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--train",
+        default=env.get("SM_CHANNEL_TRAIN"),
+        help="dataset folder (default $SM_CHANNEL_TRAIN)",
+    )
+    p.add_argument("--validation", default=env.get("SM_CHANNEL_VALIDATION"))
+    p.add_argument("--model-dir", default=env.get("SM_MODEL_DIR"))
+    p.add_argument("--output-dir", default=env.get("SM_OUTPUT_DATA_DIR"))
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="default $SM_CHECKPOINT_DIR, else /opt/ml/checkpoints if it exists",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--d-model", type=int, default=d.d_model)
+    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--heads", type=int, default=d.heads)
+    p.add_argument("--ff", type=int, default=d.ff)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout)
+    p.add_argument("--modalities", default=",".join(d.modalities))
+    p.add_argument("--radiomic-noise", type=float, default=d.radiomic_noise)
+    p.add_argument("--radiomic-group-dropout", type=float, default=d.radiomic_group_dropout)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 for bit-identical runs across machines)",
+    )
+    p.add_argument("--experiment", default="oncopipe-response", help="MLflow experiment")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--package",
+        type=lambda v: str(v).lower() in ("1", "true", "yes"),
+        default=bool(os.environ.get("SM_MODEL_DIR")),
+        help="also write pruned/ and code/ for serving (default: in SageMaker)",
+    )
+    args = p.parse_args(argv)
+    missing = [n for n in ("train", "model_dir") if not getattr(args, n)]
+    if missing:
+        p.error(
+            f"no {', '.join('--' + m.replace('_', '-') for m in missing)} "
+            "(or SM_CHANNEL_TRAIN / SM_MODEL_DIR)"
+        )
+    return args
+
+
+def hparams_from_args(args: argparse.Namespace) -> HyperParameters:
+    """Return the hyperparameters of parsed arguments."""
+    return HyperParameters(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        d_model=args.d_model,
+        layers=args.layers,
+        heads=args.heads,
+        ff=args.ff,
+        dropout=args.dropout,
+        modality_dropout=args.modality_dropout,
+        modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
+        seed=args.seed,
+        threads=args.threads,
+        radiomic_noise=args.radiomic_noise,
+        radiomic_group_dropout=args.radiomic_group_dropout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Script entry: train, write the model and metrics; print a one-line summary."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    result = train(
+        args.train,
+        args.model_dir,
+        output_dir=args.output_dir,
+        validation_dir=args.validation,
+        checkpoint_dir=resolve_checkpoint_dir(args.checkpoint_dir),
+        hparams=hparams_from_args(args),
+        experiment=args.experiment,
+    )
+    summary = {
+        k: result.metrics[k]
+        for k in ("best_epoch", "best_val_auc", "samples_per_second", "resumed_from_epoch")
+    }
+    if args.package:
+        summary["pruned"] = package_for_serving(args.model_dir, args.train, args.output_dir)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def package_for_serving(model_dir: Path | str, train_dir: Path | str,
+                        output_dir: Path | str | None) -> dict[str, Any]:  # fmt: skip
+    """Make the model folder a SageMaker PyTorch model package; return the prune report.
+
+    Adds ``pruned/`` (:func:`training.prune.prune`, chosen on the validation split) and
+    ``code/`` (``inference.py`` re-exporting the serving functions, with ``training/`` and
+    ``oncopipe/`` beside it) so the PyTorch inference image can serve ``model.tar.gz``.
+    """
+    from training.prune import prune
+
+    root = Path(model_dir)
+    report = prune(root, train_dir, root / "pruned")
+    code = root / "code"
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("training", "oncopipe"):
+        skip = shutil.ignore_patterns("__pycache__", "local")
+        shutil.copytree(repo / package, code / package, dirs_exist_ok=True, ignore=skip)
+    (code / "inference.py").write_text(
+        '"""SageMaker PyTorch serving entry (SAGEMAKER_PROGRAM=inference.py)."""\n'
+        "from training.inference import input_fn, model_fn, output_fn, predict_fn\n\n"
+        '__all__ = ["input_fn", "model_fn", "output_fn", "predict_fn"]\n',
+        encoding="utf-8",
+    )
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "prune_report.json").write_text(
+            json.dumps(report, indent=2, default=str), encoding="utf-8"
+        )
+    return {k: report[k] for k in report if not isinstance(report[k], dict | list)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -169,10 +169,28 @@ NOTE_TOKENS = TableSpec(
     classification="parquet",
 )
 
+
+def _cohort_columns() -> tuple[Column, ...]:
+    from oncopipe.cohort.dataset import COHORT_COLUMNS
+
+    return tuple(COHORT_COLUMNS)
+
+
 #: Every curated table, by name.
 TABLES: dict[str, TableSpec] = {
     t.name: t for t in (SAMPLES, VARIANTS, IMAGING_VOLUMES, RADIOMICS, NOTE_CONCEPTS, NOTE_TOKENS)
 }
+TABLES["cohort_dataset"] = TableSpec(
+    name="cohort_dataset",
+    prefix=layout.CURATED_COHORT_DATASET,
+    description="The model's training dataset, one row per labelled patient (Parquet); one "
+    "folder per build.",
+    columns=_cohort_columns(),
+    serde=PARQUET_SERDE,
+    input_format=PARQUET_INPUT,
+    output_format=PARQUET_OUTPUT,
+    classification="parquet",
+)
 
 
 def database_name(project: str, env: str) -> str:

@@ -278,8 +278,9 @@ def _model_settings(env: str, raw: Mapping[str, Any], num: Any) -> dict[str, Any
         "serving_instance_type": _ml_instance_type(
             env, "serving_instance_type", raw["serving_instance_type"]
         ),
-        "serving_serverless": _expect(env, "serving_serverless", raw["serving_serverless"], bool,
-                                      "true or false"),  # fmt: skip
+        "serving_serverless": _expect(
+            env, "serving_serverless", raw["serving_serverless"], bool, "true or false"
+        ),
         "pytorch_inference_image": image,
     }
 

@@ -28,6 +28,7 @@ CURATED_NOTES = "notes/"
 #: training dataset written by the cohort step, one folder per build.
 CURATED_LABELS = "cohort/labels/"
 CURATED_COHORT_DATASET = "cohort/dataset/"
+CURATED_COHORT_INFERENCE = "cohort/inference/"
 
 # Artifacts bucket.
 ARTIFACTS_ATHENA_RESULTS = "athena-results/"

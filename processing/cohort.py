@@ -31,8 +31,7 @@ def build(curated: str, build_id: str, store: object, *, seed: int = 0) -> dict[
     import pyarrow.parquet as pq
 
     from oncopipe import layout
-    from oncopipe.cohort.dataset import build_dataset_from_dir, write_dataset
-    from oncopipe.cohort.dataset import patient_payloads
+    from oncopipe.cohort.dataset import build_dataset_from_dir, patient_payloads, write_dataset
 
     with tempfile.TemporaryDirectory(prefix="oncopipe-cohort-") as tmp:
         root = Path(tmp) / "in"
@@ -53,9 +52,15 @@ def build(curated: str, build_id: str, store: object, *, seed: int = 0) -> dict[
             payloads = patient_payloads(tables["variants"], tables["radiomics"], tables["notes"])
             lines = [json.dumps(p, default=str) for p in payloads.values()]
         (out / "patients.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # the dataset folder stays a Parquet table for Athena: "_" files are skipped, and
+        # the batch-transform input lives under cohort/inference/
         prefix = f"{layout.CURATED_COHORT_DATASET}{build_id}/"
+        inference = f"{layout.CURATED_COHORT_INFERENCE}{build_id}/"
+        names = {"dataset.parquet": f"{prefix}dataset.parquet",
+                 "preprocess.json": f"{prefix}_preprocess.json",
+                 "patients.jsonl": f"{inference}patients.jsonl"}  # fmt: skip
         for path in (*written.values(), out / "patients.jsonl"):
-            key = prefix + ("inference/" if path.name == "patients.jsonl" else "") + path.name
+            key = names[path.name]
             store.upload_file(str(path), curated, key,  # type: ignore[attr-defined]
                               tags={"step": "cohort", "build-id": build_id})  # fmt: skip
         return {"build_id": build_id, "patients": dataset.table.num_rows,

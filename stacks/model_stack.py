@@ -212,11 +212,15 @@ class ModelStack(Stack):
         for prefix in readable:
             self.curated.grant_read(role, f"{prefix}*")
         self.curated.grant_read_write(role, f"{layout.CURATED_COHORT_DATASET}*")
+        self.curated.grant_read_write(role, f"{layout.CURATED_COHORT_INFERENCE}*")
         acknowledge_job_role(role, log_group, {
             **{bucket_objects_finding(self.curated, f"{p}*"): "Reads a feature table or labels."
                for p in readable},
             bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
                 "Writes the joined, split and normalised dataset."
+            ),
+            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_INFERENCE}*"): (
+                "Writes the batch-transform input (one patient per line)."
             ),
         })  # fmt: skip
         return role
@@ -400,7 +404,7 @@ class ModelStack(Stack):
                     "DataSource": {"S3DataSource": {
                         "S3DataType": "S3Prefix",
                         "S3Uri.$": f"States.Format('s3://{self.curated.bucket_name}/"
-                        f"{layout.CURATED_COHORT_DATASET}{{}}/inference/', $$.Execution.Name)",
+                        f"{layout.CURATED_COHORT_INFERENCE}{{}}/', $$.Execution.Name)",
                     }},
                     "ContentType": "application/json",
                     "SplitType": "Line",
@@ -512,7 +516,7 @@ class ModelStack(Stack):
             log_group=log_group, images=[], key=self.key,
         )  # fmt: skip
         self.artifacts.grant_read(role, f"{layout.ARTIFACTS_MODELS}*")
-        self.curated.grant_read(role, f"{layout.CURATED_COHORT_DATASET}*")
+        self.curated.grant_read(role, f"{layout.CURATED_COHORT_INFERENCE}*")
         self.artifacts.grant_read_write(role, f"{layout.ARTIFACTS_TRANSFORM}*")
         self.artifacts.grant_write(role, f"{layout.ARTIFACTS_DATA_CAPTURE}*")
         role.add_to_policy(iam.PolicyStatement(
@@ -526,7 +530,7 @@ class ModelStack(Stack):
             bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MODELS}*"): (
                 "Loads the trained model artifacts."
             ),
-            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
+            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_INFERENCE}*"): (
                 "Batch transform reads the cohort's inference records."
             ),
             bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_TRANSFORM}*"): (

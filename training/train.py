@@ -502,7 +502,9 @@ def train(
 
     out = Path(model_dir)
     save_model(result.model, out, hparams=asdict(hp))
-    shutil.copyfile(Path(train_dir) / "preprocess.json", out / "preprocess.json")
+    from oncopipe.cohort.dataset import preprocess_path
+
+    shutil.copyfile(preprocess_path(train_dir), out / "preprocess.json")
     result.metrics = {
         "best_epoch": result.best_epoch,
         "best_val_auc": result.best_val_auc,

@@ -728,11 +728,24 @@ def read_dataset(in_dir: Path | str) -> CohortDataset:
     import pyarrow.parquet as pq
 
     root = Path(in_dir)
-    for name in ("dataset.parquet", "preprocess.json"):
+    for name in ("dataset.parquet", preprocess_path(root).name):
         if not (root / name).exists():
             raise CohortError(str(root), f"no {name} (write it with build_dataset)")
     table = pq.read_table(str(root / "dataset.parquet"), schema=cohort_schema())
-    return CohortDataset(table, Preprocessing.load(root / "preprocess.json"))
+    return CohortDataset(table, Preprocessing.load(preprocess_path(root)))
+
+
+def preprocess_path(root: Path | str) -> Path:
+    """``preprocess.json`` of a dataset folder, or ``_preprocess.json`` as the cohort step
+    uploads it (Athena skips files starting with "_", so the folder stays a Parquet table).
+    """
+    root = Path(root)
+    hidden = root / "_preprocess.json"
+    return (
+        hidden
+        if hidden.exists() and not (root / "preprocess.json").exists()
+        else (root / "preprocess.json")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -405,7 +405,9 @@ def test_deid_on_read_is_off_by_default(synthesized: Any) -> None:
 
 
 def _features_definition(built: OncopipeApp) -> str:
-    machines = Template.from_stack(built.features).find_resources("AWS::StepFunctions::StateMachine")
+    machines = Template.from_stack(built.features).find_resources(
+        "AWS::StepFunctions::StateMachine"
+    )
     assert len(machines) == 1
     return json.dumps(next(iter(machines.values()))["Properties"]["DefinitionString"])
 
@@ -525,5 +527,7 @@ def test_endpoint_serves_the_approved_package_privately_with_capture(tmp_path: P
                                                 "KmsKeyId": Match.any_value()}),
         "ProductionVariants": [Match.object_like({"InstanceType": dev["serving_instance_type"]})],
     })  # fmt: skip
-    template.has_resource_properties("AWS::SageMaker::EndpointConfig", {
-        "ProductionVariants": [Match.object_like({"ServerlessConfig": Match.any_value()})]})  # fmt: skip
+    serverless = Match.object_like({"ServerlessConfig": Match.any_value()})
+    template.has_resource_properties(
+        "AWS::SageMaker::EndpointConfig", {"ProductionVariants": [serverless]}
+    )

@@ -36,21 +36,22 @@ from stacks.paths import REPO_ROOT
 TRAINING_IMAGE_EXCLUDES = ["*", "!oncopipe", "!training", "**/__pycache__", "oncopipe/local"]
 
 #: Default hyperparameters of a pipeline training job (strings, as SageMaker passes them).
-HYPERPARAMETERS = {"epochs": "30", "batch-size": "64", "lr": "0.001", "d-model": "64",
-                   "layers": "2", "heads": "4", "dropout": "0.1", "modality-dropout": "0.15",
-                   "seed": "7"}  # fmt: skip
+HYPERPARAMETERS = {"epochs": "16", "batch-size": "32", "lr": "0.003", "d-model": "32",
+                   "layers": "3", "heads": "2", "dropout": "0.0", "modality-dropout": "0.15",
+                   "seed": "0", "package": "true"}  # fmt: skip
 #: What the tuner searches, and what it maximises (train.py prints ``val_auc=...``).
 TUNING_RANGES = {
     "ContinuousParameterRanges": [
         {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
-        {"Name": "dropout", "MinValue": "0.0", "MaxValue": "0.3", "ScalingType": "Linear"},
+        {"Name": "radiomic-noise", "MinValue": "0.25", "MaxValue": "1.5",
+         "ScalingType": "Linear"},
     ],
     "CategoricalParameterRanges": [{"Name": "d-model", "Values": ["32", "64", "128"]},
                                    {"Name": "layers", "Values": ["1", "2", "3"]}],
 }  # fmt: skip
 METRICS = [
     {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
-    {"Name": "train:loss", "Regex": "train_loss=([0-9.]+)"},
+    {"Name": "train:loss", "Regex": " loss=([0-9.]+)"},
 ]
 
 
@@ -312,7 +313,7 @@ class ModelStack(Stack):
                 "TrainingJobDefinition": {
                     **definition,
                     "StaticHyperParameters": {k: v for k, v in HYPERPARAMETERS.items()
-                                              if k not in ("lr", "dropout", "d-model", "layers")},
+                                              if k not in ("lr", "radiomic-noise", "d-model", "layers")},
                     "AlgorithmSpecification": {**job["AlgorithmSpecification"]},
                     "Environment": job["Environment"],
                 },

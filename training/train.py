@@ -352,7 +352,10 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
-        log.info("epoch %d %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        # one "key=value" line per epoch: SageMaker's metric definitions (and the tuner's
+        # objective, validation:auc) read val_auc=... and train_loss=... from the log
+        log.info("epoch=%d %s", epoch + 1,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))  # fmt: skip
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -49,6 +49,7 @@ TUNING_RANGES = {
     "CategoricalParameterRanges": [{"Name": "d-model", "Values": ["32", "64", "128"]},
                                    {"Name": "layers", "Values": ["1", "2", "3"]}],
 }  # fmt: skip
+TUNED = ("lr", "radiomic-noise", "d-model", "layers")
 METRICS = [
     {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
     {"Name": "train:loss", "Regex": " loss=([0-9.]+)"},
@@ -313,7 +314,7 @@ class ModelStack(Stack):
                 "TrainingJobDefinition": {
                     **definition,
                     "StaticHyperParameters": {k: v for k, v in HYPERPARAMETERS.items()
-                                              if k not in ("lr", "radiomic-noise", "d-model", "layers")},
+                                              if k not in TUNED},
                     "AlgorithmSpecification": {**job["AlgorithmSpecification"]},
                     "Environment": job["Environment"],
                 },

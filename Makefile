@@ -57,12 +57,13 @@ demo: setup
 	@set -e; trap '$(PY) -m oncopipe local down >/dev/null 2>&1 || true' EXIT; \
 	$(PY) -m oncopipe local up --env $(ENV); \
 	$(PY) -m oncopipe local run; \
-	$(PY) -m oncopipe local status
+	$(PY) -m oncopipe local status; \
+	$(PY) -m oncopipe local model
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy oncopipe stacks lambdas batch_jobs processing app.py
+	$(VENV)/bin/mypy oncopipe stacks lambdas batch_jobs processing training app.py
 
 synth: setup
 	$(CDK) synth --quiet -c env=$(ENV)
@@ -73,6 +74,7 @@ bench: setup
 	$(PY) benchmarks/genomics.py
 	$(PY) benchmarks/imaging.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/model.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt

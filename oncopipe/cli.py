@@ -419,6 +419,90 @@ def notes(inputs: tuple[Path, ...], out: Path, scrubbed_out: Path | None,
         sys.exit(1)
 
 
+# -- multimodal model ---------------------------------------------------------------------
+@main.command("synthetic-cohort")
+@click.option("--patients", type=int, default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def synthetic_cohort(patients: int, seed: int, out: Path) -> None:
+    """Write synthetic feature tables and labels (the stages' schemas) for the model.
+
+    Labels follow a documented rule that needs all three modalities
+    (oncopipe.cohort.synthetic.GROUND_TRUTH).
+    """
+    from oncopipe.cohort.synthetic import generate_tables, write_tables
+
+    written = write_tables(generate_tables(patients, seed=seed), out)
+    console.print(f"{out}: {', '.join(sorted(p.name for p in written.values()))}")
+
+
+@main.command("cohort")
+@click.option("--input", "input_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), required=True,
+              help="Holds variants, radiomics, notes, labels (.parquet or folders).")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+def cohort(input_dir: Path, out: Path, seed: int) -> None:
+    """Join feature tables and labels into the training dataset (patient-level splits)."""
+    from oncopipe.cohort.dataset import build_dataset_from_dir, write_dataset
+
+    try:
+        dataset = build_dataset_from_dir(input_dir, seed=seed)
+    except OncopipeError as e:
+        _fail(e)
+    write_dataset(dataset, out)
+    console.print(f"{out}: {dataset.table.num_rows} patients {dataset.counts()}")
+
+
+@main.command("train", context_settings={"ignore_unknown_options": True,
+                                         "allow_extra_args": True})  # fmt: skip
+@click.pass_context
+def train_command(ctx: click.Context) -> None:
+    """Train the multimodal model: the SageMaker script's arguments (see --help-script).
+
+    Example: oncopipe train --train DATASET_DIR --model-dir MODEL --output-dir OUT
+    [--epochs 16 --modalities genomics,radiomics,notes --checkpoint-dir CKPT].
+    """
+    from training.train import main as train_main
+
+    args = list(ctx.args)
+    if "--help-script" in args:
+        args = ["--help"]
+    sys.exit(train_main(args))
+
+
+@main.command("evaluate")
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True)  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def evaluate_command(dataset: Path, out: Path) -> None:
+    """Ablations (each modality, pairs, all three) -> evaluation.json and roc.png."""
+    from training.evaluate import evaluate, format_table
+
+    report = evaluate(dataset, out)
+    console.print(format_table(report), highlight=False, markup=False)
+    console.print(f"{out / 'evaluation.json'}, {out / 'roc.png'}")
+
+
+@main.command("predict")
+@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True)  # fmt: skip
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), required=True,
+              help="JSON: one patient's features or a list (the endpoint's request).")  # fmt: skip
+def predict(model_dir: Path, input_file: Path) -> None:
+    """Run the SageMaker serving handler locally on a JSON request."""
+    import json
+
+    from training.inference import RequestError, predict_local
+
+    try:
+        answer = predict_local(model_dir, input_file.read_bytes())
+    except (RequestError, FileNotFoundError) as e:
+        _fail(e)
+    console.print_json(json.dumps(answer))
+
+
 # -- sample sheet --------------------------------------------------------------------------
 @main.command("validate-samplesheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -608,6 +692,50 @@ def _print_report(report: object, state: object) -> None:
         f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"
     )
+
+
+@local.command("model")
+@click.option("--patients", type=int, default=1000, show_default=True,
+              help="Synthetic training patients.")  # fmt: skip
+def local_model(patients: int) -> None:
+    """Train, evaluate, explain and prune the model; score the local run's patients."""
+    from oncopipe.local import runner
+    from oncopipe.local.model_demo import run_model_demo
+    from oncopipe.local.state import LocalState, home
+
+    try:
+        state = LocalState.load()
+    except OncopipeError as e:
+        _fail(e)
+    store, _ = runner.clients(state)
+    with console.status("training the multimodal model (synthetic cohort, then ablations)"):
+        report = run_model_demo(home() / "model", patients=patients, store=store,
+                                curated=state.buckets.curated)  # fmt: skip
+    console.print("[bold]ablations[/] (held-out test split of the synthetic cohort):")
+    console.print(report.table, highlight=False, markup=False)
+    g = report.goals
+    if g:
+        console.print(
+            f"multimodal AUC {g['multimodal_auc']:.3f} (goal >= {g['auc_goal']}); best single "
+            f"modality {g['best_single_modality']} {g['best_single_auc']:.3f}, margin "
+            f"{g['margin']:+.3f} (goal >= +{g['margin_goal']})", highlight=False, markup=False,
+        )  # fmt: skip
+    p = report.prune
+    console.print(
+        f"pruned: AUC {p['test_auc']['pruned']:.3f} vs {p['test_auc']['full']:.3f}, "
+        f"p50 {p['latency_ms']['pruned']['p50_ms']:.2f} ms vs "
+        f"{p['latency_ms']['full']['p50_ms']:.2f} ms ({p['speedup_p50']:.2f}x faster)",
+        highlight=False, markup=False,
+    )  # fmt: skip
+    for prediction in report.predictions:
+        console.print(f"  {prediction.get('patient_key')}: response probability "
+                      f"{prediction.get('response_probability'):.3f} "
+                      f"(modalities {prediction.get('modalities_present')})",
+                      highlight=False, markup=False)  # fmt: skip
+    console.print(f"ROC plot {report.out / 'evaluation' / 'roc.png'}; explanations "
+                  f"{report.out / 'evaluation' / 'explanations'} "
+                  f"({len(report.explanations)} HTML reports); MLflow runs "
+                  f"{report.out / 'mlruns'}", highlight=False, markup=False)  # fmt: skip
 
 
 @local.command("status")

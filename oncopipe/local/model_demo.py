@@ -1,0 +1,83 @@
+"""The model part of ``make demo`` (``oncopipe local model``), on the local machine.
+
+The three sample patients are too few to train on, so the model is trained on a
+synthetic cohort emitted directly as feature tables with the stages' schemas
+(:mod:`oncopipe.cohort.synthetic`, labels from its documented ground-truth rule), then
+applied to the real sample patients whose features the local run wrote to curated:
+
+1. synthetic tables -> cohort dataset (patient-level splits, train-only normalisation);
+2. training (script mode's code path) with checkpoints and an MLflow file store;
+3. ablations on the held-out split -> ``evaluation.json`` and ``roc.png``;
+4. per-patient explanations (Integrated Gradients) -> JSON and HTML;
+5. pruning -> the pruned model, its AUC and latency against the full one;
+6. the serving handler on the curated features of the sample patients.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelReport:
+    out: Path
+    table: str
+    goals: dict[str, Any]
+    prune: dict[str, Any]
+    explanations: list[Path]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _curated_tables(store: Any, bucket: str) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oncopipe.cohort import synthetic
+    from oncopipe.radiomics.core import schema
+
+    prefixes = {"variants": ("genomics/variants/", synthetic.variants_schema),
+                "radiomics": ("imaging/radiomics/", schema),
+                "notes": ("notes/concepts/", synthetic.notes_schema)}  # fmt: skip
+    tables = {}
+    for name, (prefix, make_schema) in prefixes.items():
+        keys = [k for k in store.list_keys(bucket, prefix) if k.endswith(".parquet")]
+        parts = [pq.read_table(io.BytesIO(store.get_bytes(bucket, k))) for k in keys]
+        tables[name] = (pa.concat_tables(parts, promote_options="permissive") if parts
+                        else make_schema().empty_table())  # fmt: skip
+    return tables
+
+
+def run_model_demo(
+    out: Path, *, patients: int = 1000, store: Any = None, curated: str | None = None
+) -> ModelReport:
+    """Run steps 1-6 under ``out``; return what to print."""
+    from oncopipe.cohort.dataset import build_dataset_from_dir, patient_payloads, write_dataset
+    from oncopipe.cohort.synthetic import generate_tables, write_tables
+    from training.evaluate import evaluate, format_table
+    from training.explain import explain
+    from training.inference import predict_local
+    from training.prune import prune
+    from training.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(generate_tables(patients, seed=0), out / "synthetic")
+    write_dataset(build_dataset_from_dir(out / "synthetic"), out / "dataset")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "mlruns").resolve().as_uri())
+    train(out / "dataset", out / "model", output_dir=out / "output",
+          checkpoint_dir=out / "checkpoints")  # fmt: skip
+    report = evaluate(out / "dataset", out / "evaluation")
+    explain(out / "model", out / "dataset", out / "evaluation", limit=3)
+    pruned = prune(out / "model", out / "dataset", out / "pruned")
+    result = ModelReport(out, format_table(report), report.get("goals", {}), pruned,
+                         sorted((out / "evaluation" / "explanations").glob("*.html")))  # fmt: skip
+    if store is not None and curated:
+        tables = _curated_tables(store, curated)
+        payloads = patient_payloads(tables["variants"], tables["radiomics"], tables["notes"])
+        if payloads:
+            answer = predict_local(out / "pruned", list(payloads.values()))
+            result.predictions = answer if isinstance(answer, list) else [answer]
+    return result

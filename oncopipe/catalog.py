@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oncopipe import layout
+from oncopipe.catalog_types import Column
 
 JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
 TEXT_INPUT = "org.apache.hadoop.mapred.TextInputFormat"
@@ -19,11 +20,6 @@ PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
 PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
 
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-    comment: str
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ NOTE_TOKENS = TableSpec(
 
 
 def _cohort_columns() -> tuple[Column, ...]:
-    from oncopipe.cohort.dataset import COHORT_COLUMNS
+    from oncopipe.cohort.columns import COHORT_COLUMNS
 
     return tuple(COHORT_COLUMNS)
 

@@ -20,8 +20,6 @@ PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
 PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
 
 
-
-
 @dataclass(frozen=True)
 class TableSpec:
     """One curated dataset: its prefix in the curated bucket, format and columns."""

@@ -32,10 +32,10 @@ import numpy as np
 from oncopipe.imaging.masks import write_masks
 from oncopipe.imaging.volume import Geometry, to_sitk, write_volume
 from oncopipe.radiomics.core import DEFAULT_PARAMS, Job, extract_many, load_params
-from oncopipe.radiomics.ibsi import run_check
+from oncopipe.radiomics.ibsi import phantom_dir, run_check
 
 REPO = Path(__file__).resolve().parent.parent
-PHANTOM = REPO.parent / "shared" / "data" / "ibsi_digital_phantom"
+PHANTOM = phantom_dir()
 
 
 def ibsi_table() -> None:

@@ -27,10 +27,10 @@ from oncopipe.radiomics.core import (
     load_params,
     to_hounsfield,
 )
-from oncopipe.radiomics.ibsi import run_check
+from oncopipe.radiomics.ibsi import phantom_dir, run_check
 from tests.conftest import REPO
 
-PHANTOM = REPO.parent / "shared" / "data" / "ibsi_digital_phantom"
+PHANTOM = phantom_dir()
 FEATURES_PER_ROI = 1316  # 14 shape + 93 x 14 images (params/radiomics-v1.yaml)
 
 

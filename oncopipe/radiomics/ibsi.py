@@ -22,6 +22,27 @@ from oncopipe.radiomics.core import PARAMS_DIR, extract_roi, load_params
 PHANTOM_PARAMS = PARAMS_DIR / "ibsi-phantom.yaml"
 
 
+def phantom_dir() -> Path:
+    """The IBSI phantom folder: ``$ONCOPIPE_SHARED_DIR``, ``../shared`` beside the
+    repository, or ``/work/shared``, under ``data/ibsi_digital_phantom``.
+
+    Raises:
+        FileNotFoundError: none of them has it (the message lists where it looked).
+    """
+    import os
+
+    repo = Path(__file__).resolve().parents[2]
+    roots = [Path(p) for p in (os.environ.get("ONCOPIPE_SHARED_DIR"),) if p]
+    roots += [repo.parent / "shared", Path("/work/shared")]
+    tried = [root / "data" / "ibsi_digital_phantom" for root in roots]
+    for folder in tried:
+        if (folder / "reference_values.csv").exists():
+            return folder
+    raise FileNotFoundError(
+        "IBSI digital phantom not found; looked in " + ", ".join(map(str, tried))
+    )
+
+
 @dataclass(frozen=True)
 class IbsiRow:
     ibsi_code: str

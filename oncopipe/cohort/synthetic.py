@@ -53,6 +53,9 @@ from typing import Any
 
 import numpy as np
 
+from oncopipe.genomics.variants import COLUMNS as _VARIANT_COLUMNS
+from oncopipe.notes.core import NOTES_COLUMNS
+
 FEATURES_FILE = Path(__file__).with_name("radiomic_features.json")
 
 #: The feature population: same loadings and scales whatever the cohort's seed.
@@ -97,37 +100,9 @@ SIGNAL_FEATURES = {
 SIGNAL_LOADING = 0.9
 NUISANCE_LATENTS = 5
 
-VARIANT_COLUMNS = (
-    "patient_key",
-    "sample",
-    "chrom",
-    "pos",
-    "ref",
-    "alt",
-    "qual",
-    "filter",
-    "depth",
-    "alt_depth",
-    "vaf",
-    "genotype",
-    "gene",
-    "protein_change",
-    "run_id",
-)
-NOTE_COLUMNS = (
-    "patient_key",
-    "note_id",
-    "concept",
-    "value",
-    "numeric_value",
-    "negated",
-    "certainty",
-    "temporality",
-    "experiencer",
-    "section",
-    "start",
-    "end",
-)
+# the stages' own column lists: the synthetic tables must stay what the stages write
+VARIANT_COLUMNS = _VARIANT_COLUMNS
+NOTE_COLUMNS = NOTES_COLUMNS
 
 # (gene, protein change, chrom, pos, ref, alt) of the planted calls (GRCh38)
 KRAS_G12C = ("KRAS", "G12C", "chr12", 25245351, "C", "A")
@@ -207,27 +182,9 @@ class SyntheticTables:
 
 def variants_schema() -> Any:
     """Return the schema of the genomics stage's variant table (:data:`catalog.VARIANTS`)."""
-    import pyarrow as pa
+    from oncopipe.genomics.variants import schema
 
-    return pa.schema(
-        [
-            ("patient_key", pa.string()),
-            ("sample", pa.string()),
-            ("chrom", pa.string()),
-            ("pos", pa.int64()),
-            ("ref", pa.string()),
-            ("alt", pa.string()),
-            ("qual", pa.float64()),
-            ("filter", pa.string()),
-            ("depth", pa.int32()),
-            ("alt_depth", pa.int32()),
-            ("vaf", pa.float64()),
-            ("genotype", pa.string()),
-            ("gene", pa.string()),
-            ("protein_change", pa.string()),
-            ("run_id", pa.string()),
-        ]
-    )
+    return schema()
 
 
 def notes_schema() -> Any:

@@ -13,7 +13,9 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _schema() -> Any:
+def schema() -> Any:
+    """Return the pyarrow schema of the variant table (:data:`COLUMNS`)."""
+
     import pyarrow as pa
 
     return pa.schema(
@@ -105,7 +107,7 @@ def variant_rows(
 
     names, body = _vcf_body(vcf)
     if body.find(b"\t") < 0:  # no record
-        return _schema().empty_table()
+        return schema().empty_table()
     keep = names[: min(len(names), 10)]  # the fixed columns, FORMAT and the first sample
     table = pcsv.read_csv(
         pa.BufferReader(body),
@@ -190,7 +192,7 @@ def variant_rows(
             "protein_change": pa.array(changes, pa.string()),
             "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
         },
-        schema=_schema(),
+        schema=schema(),
     )
 
 

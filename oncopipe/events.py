@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from oncopipe.errors import OncopipeError
-from oncopipe.runs import validate_run_id
+from oncopipe.runs import daily_run_id, validate_run_id
 from oncopipe.storage import ObjectRef
 
 
@@ -56,4 +56,4 @@ def run_id_for(event: Mapping[str, Any]) -> str:
         moment = datetime.fromisoformat(time.replace("Z", "+00:00"))
     except ValueError as e:
         raise EventError(f"event has no usable 'time' ({time!r}) and no run_id") from e
-    return f"ingest-{moment:%Y%m%d}"
+    return daily_run_id(moment)

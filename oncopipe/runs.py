@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,17 @@ def new_run_id(prefix: str = "run", now: datetime | None = None) -> str:
     """Return a new run ID such as ``run-20261129T034000Z-3fa9c1`` (sortable by time)."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{prefix}-{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def daily_run_id(moment: datetime) -> str:
+    """Return the ingest run of a UTC day (``ingest-YYYYMMDD``): one run per day of uploads."""
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment  # naive: taken as UTC
+    return f"ingest-{utc:%Y%m%d}"
+
+
+def previous_daily_run_id(now: datetime | None = None) -> str:
+    """Return the previous UTC day's ingest run: what the daily jobs process by default."""
+    return daily_run_id((now or datetime.now(UTC)) - timedelta(days=1))
 
 
 def validate_run_id(run_id: str) -> str:

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import sys
-from datetime import UTC, datetime, timedelta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("oncopipe").setLevel(logging.INFO)
     from oncopipe.notes.stage import process_run_notes, tokenize_run_notes
     from oncopipe.pseudonym import load_secret
-    from oncopipe.runs import validate_run_id
+    from oncopipe.runs import previous_daily_run_id, validate_run_id
     from oncopipe.settings import StageSettings
     from oncopipe.storage import ObjectStore, make_client
 
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    run_id = validate_run_id(args.run_id or f"ingest-{yesterday:%Y%m%d}")
+    run_id = validate_run_id(args.run_id or previous_daily_run_id())
     settings = StageSettings.from_env()
     store = ObjectStore(make_client())
     try:

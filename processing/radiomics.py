@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PROCESSING = Path("/opt/ml/processing")
@@ -56,12 +55,11 @@ def _files(args: argparse.Namespace) -> int:
 
 def _stage(args: argparse.Namespace) -> int:
     from oncopipe.radiomics.stage import build_series_features
-    from oncopipe.runs import validate_run_id
+    from oncopipe.runs import previous_daily_run_id, validate_run_id
     from oncopipe.settings import StageSettings
     from oncopipe.storage import ObjectStore, make_client
 
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    run_id = validate_run_id(args.run_id or f"ingest-{yesterday:%Y%m%d}")
+    run_id = validate_run_id(args.run_id or previous_daily_run_id())
     settings = StageSettings.from_env()
     try:
         results = build_series_features(ObjectStore(make_client()), settings.buckets, run_id,

@@ -13,10 +13,9 @@ import argparse
 import json
 import logging
 import sys
-from datetime import UTC, datetime, timedelta
 
 from oncopipe.imaging.stage import build_series_volumes
-from oncopipe.runs import validate_run_id
+from oncopipe.runs import previous_daily_run_id, validate_run_id
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -27,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="default: yesterday's ingest run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    run_id = validate_run_id(args.run_id or f"ingest-{yesterday:%Y%m%d}")
+    run_id = validate_run_id(args.run_id or previous_daily_run_id())
     settings = StageSettings.from_env()
     try:
         results = build_series_volumes(ObjectStore(make_client()), settings.buckets, run_id)

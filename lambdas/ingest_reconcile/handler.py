@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.ingest import Router
-from oncopipe.runs import validate_run_id
+from oncopipe.runs import daily_run_id, validate_run_id
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -28,8 +28,7 @@ def runs_for(event: dict[str, Any]) -> tuple[str, list[str]]:
     if event.get("run_id"):
         return validate_run_id(str(event["run_id"])), []
     moment = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
-    day = moment - timedelta(days=1)
-    return f"ingest-{day:%Y%m%d}", [f"ingest-{moment:%Y%m%d}"]
+    return daily_run_id(moment - timedelta(days=1)), [daily_run_id(moment)]
 
 
 @logger.inject_lambda_context(log_event=False)

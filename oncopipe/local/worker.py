@@ -239,41 +239,37 @@ def run_genomics_jobs(
     return results
 
 
+def _run_job_command(state: LocalState, module: str, args: list[str], log_name: str) -> Any:
+    """Run a job image's command like its container would; log stderr, return the process."""
+    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=env, cwd=str(REPO_ROOT))  # fmt: skip
+    with (home() / "logs" / log_name).open("a", encoding="utf-8") as log:
+        log.write(done.stderr)
+    return done
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
 def run_imaging_job(state: LocalState, run_id: str) -> JobResult:
     """Run the daily imaging Batch job's command for a run (volumes and masks)."""
-    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "batch_jobs.imaging", "volumes", "--run-id", run_id],
-        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
-    )  # fmt: skip
-    with (home() / "logs" / "batch-jobs.log").open("a", encoding="utf-8") as log:
-        log.write(done.stderr)
-    series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return JobResult("volumes", run_id, done.returncode, {"series": series})
+    done = _run_job_command(state, "batch_jobs.imaging", ["volumes", "--run-id", run_id],
+                            "batch-jobs.log")  # fmt: skip
+    return JobResult("volumes", run_id, done.returncode, {"series": _json_lines(done.stdout)})
 
 
 def run_radiomics_job(state: LocalState, run_id: str, *, workers: int = 2) -> JobResult:
     """Run the radiomics SageMaker Processing job's command for a run (after the volumes)."""
-    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "processing.radiomics", "stage", "--run-id", run_id,
-         "--workers", str(workers)],
-        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
-    )  # fmt: skip
-    with (home() / "logs" / "processing-jobs.log").open("a", encoding="utf-8") as log:
-        log.write(done.stderr)
-    series = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return JobResult("radiomics", run_id, done.returncode, {"series": series})
+    done = _run_job_command(state, "processing.radiomics",
+                            ["stage", "--run-id", run_id, "--workers", str(workers)],
+                            "processing-jobs.log")  # fmt: skip
+    return JobResult("radiomics", run_id, done.returncode, {"series": _json_lines(done.stdout)})
 
 
 def run_notes_job(state: LocalState, run_id: str) -> JobResult:
     """Run the notes processing job's command for a run (scrub, extract, tokenise)."""
-    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "processing.notes", "stage", "--run-id", run_id],
-        capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
-    )  # fmt: skip
-    with (home() / "logs" / "processing-jobs.log").open("a", encoding="utf-8") as log:
-        log.write(done.stderr)
-    notes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return JobResult("notes", run_id, done.returncode, {"notes": notes})
+    done = _run_job_command(state, "processing.notes", ["stage", "--run-id", run_id],
+                            "processing-jobs.log")  # fmt: skip
+    return JobResult("notes", run_id, done.returncode, {"notes": _json_lines(done.stdout)})

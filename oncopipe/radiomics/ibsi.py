@@ -22,25 +22,20 @@ from oncopipe.radiomics.core import PARAMS_DIR, extract_roi, load_params
 PHANTOM_PARAMS = PARAMS_DIR / "ibsi-phantom.yaml"
 
 
+#: The IBSI-1 digital phantom, shipped with the package (CC BY 4.0, see its LICENSE.md
+#: and README.md): a clone or an installed wheel checks itself with nothing beside it.
+PHANTOM_DIR = Path(__file__).resolve().parent / "ibsi_phantom"
+
+
 def phantom_dir() -> Path:
-    """The IBSI phantom folder: ``$ONCOPIPE_SHARED_DIR``, ``../shared`` beside the
-    repository, or ``/work/shared``, under ``data/ibsi_digital_phantom``.
+    """Return the folder of the IBSI phantom shipped with the package.
 
     Raises:
-        FileNotFoundError: none of them has it (the message lists where it looked).
+        FileNotFoundError: the package was installed without its data files.
     """
-    import os
-
-    repo = Path(__file__).resolve().parents[2]
-    roots = [Path(p) for p in (os.environ.get("ONCOPIPE_SHARED_DIR"),) if p]
-    roots += [repo.parent / "shared", Path("/work/shared")]
-    tried = [root / "data" / "ibsi_digital_phantom" for root in roots]
-    for folder in tried:
-        if (folder / "reference_values.csv").exists():
-            return folder
-    raise FileNotFoundError(
-        "IBSI digital phantom not found; looked in " + ", ".join(map(str, tried))
-    )
+    if not (PHANTOM_DIR / "reference_values.csv").exists():
+        raise FileNotFoundError(f"IBSI digital phantom missing from the package: {PHANTOM_DIR}")
+    return PHANTOM_DIR
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,36 @@ def patient_key(secret: bytes, source_patient_id: str) -> str:
     return KEY_PREFIX + base64.b32encode(digest[:10]).decode("ascii").lower()
 
 
+OBJECT_REF_PREFIX = "obj-"
+OBJECT_REF_PATTERN = re.compile(r"^obj-[a-z2-7]{20}$")
+
+
+def object_ref(secret: bytes, key: str) -> str:
+    """Return the opaque reference of an object key (what logs, state outputs and curated use).
+
+    Ingest keys are PHI (exports name files after patients), so anything that leaves the PHI
+    zone names an object by ``"obj-" + base32(HMAC-SHA256(secret, "object:" + key))[:20]``
+    (100 bits): stable for one key and secret, meaningless without the secret. The
+    ``object:`` domain separator keeps a reference from ever equalling a patient key's
+    digest for the same string.
+
+    Raises:
+        ValueError: the key is empty or the secret shorter than 32 bytes (the message never
+            contains the key).
+    """
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"pseudonymisation secret must be at least {MIN_SECRET_BYTES} bytes")
+    if not key:
+        raise ValueError("object key is empty")
+    digest = hmac.new(secret, ("object:" + key).encode("utf-8"), hashlib.sha256).digest()
+    return OBJECT_REF_PREFIX + base64.b32encode(digest).decode("ascii").lower()[:20]
+
+
+def is_object_ref(value: str) -> bool:
+    """Return True when ``value`` has the shape of a reference made by :func:`object_ref`."""
+    return bool(OBJECT_REF_PATTERN.match(value))
+
+
 def is_patient_key(value: str) -> bool:
     """Return True when ``value`` has the shape of a key made by :func:`patient_key`."""
     return bool(KEY_PATTERN.match(value))

@@ -57,6 +57,8 @@ def test_slash_suffixes_and_crlf_are_accepted() -> None:
         (GOOD_1.replace("IIIIIIIIII", "IIII IIIII", 1), GOOD_2, "S_R1.fastq.gz",
          "quality characters outside"),
         ("", "", "S_R1.fastq.gz", "no reads"),
+        (GOOD_1, "", "S_R2.fastq.gz", "file is empty: no reads"),
+        ("", GOOD_2, "S_R1.fastq.gz", "file is empty: no reads"),
     ],
 )  # fmt: skip
 def test_bad_pairs_name_file_and_read(r1: str, r2: str, file: str, message: str) -> None:
@@ -76,3 +78,27 @@ def test_truncated_gzip_is_named() -> None:
 def test_not_gzip_at_all() -> None:
     with pytest.raises(InvalidFastqError, match="truncated or corrupt"):
         check(io.BytesIO(GOOD_1.encode()), gz(GOOD_2))
+
+
+def test_zero_byte_file_is_empty_not_a_count_mismatch() -> None:
+    with pytest.raises(InvalidFastqError, match=r"^S_R1\.fastq\.gz: file is empty: no reads$"):
+        check(io.BytesIO(b""), gz(GOOD_2))
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_line_limit_is_exact(ending: str) -> None:
+    """A line of max_line_bytes passes whatever its terminator; one byte more does not."""
+    for length, ok in ((10, True), (11, False)):
+        r1 = f"@r1\n{'A' * length}\n+\n{'I' * length}{ending}"
+        r2 = f"@r1\n{'A' * length}\n+\n{'I' * length}\n"
+        if ok:
+            assert validate_pair(*pair(r1, r2), name_1="a", name_2="b", max_line_bytes=10).reads
+        else:
+            with pytest.raises(InvalidFastqError, match="a: read 1: the sequence line is longer"):
+                validate_pair(*pair(r1, r2), name_1="a", name_2="b", max_line_bytes=10)
+
+
+def test_gzip_errors_do_not_quote_the_data() -> None:
+    with pytest.raises(InvalidFastqError) as err:
+        check(io.BytesIO(b"@JaneDoe\nACGT\n+\nIIII\n"), gz(GOOD_2))
+    assert "Jane" not in str(err.value) and "@J" not in str(err.value)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,10 +74,22 @@ def ensure_index(reference: Path) -> None:
         _run(["samtools", "faidx", str(reference)], "samtools faidx")
 
 
+def last_words(stderr: str, *, lines: int = 3, limit: int = 400) -> str:
+    """Return a tool's last non-empty stderr lines on one line (for a one-line error)."""
+    tail = [line.strip() for line in stderr.splitlines() if line.strip()][-lines:]
+    text = " | ".join(tail)
+    return text[-limit:] if text else "no message"
+
+
 def _run(command: list[str], what: str) -> str:
+    """Run a tool; return its stdout.
+
+    Raises:
+        AlignmentError: it exited non-zero (with its last words).
+    """
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise AlignmentError(f"{what} failed ({result.returncode}): {result.stderr[-500:]}")
+        raise AlignmentError(f"{what} failed ({result.returncode}): {last_words(result.stderr)}")
     return result.stdout
 
 
@@ -101,25 +114,32 @@ def align_pair(
     threads = threads or os.cpu_count() or 1
     ensure_index(reference)
     partial = out_bam.with_name(out_bam.name + ".partial")
-    bwa = subprocess.Popen(
-        ["bwa", "mem", "-t", str(threads), "-Y", "-K", "100000000",
-         "-R", read_group.header_line(), str(reference), str(r1), str(r2)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    sort = subprocess.run(
-        ["samtools", "sort", "-@", str(threads), "-m", "768M", "-o", str(partial),
-         "-T", str(partial) + ".tmp", "-"],
-        stdin=bwa.stdout, capture_output=True, text=True,
-    )  # fmt: skip
-    assert bwa.stdout is not None and bwa.stderr is not None
-    bwa.stdout.close()
-    bwa_err = bwa.stderr.read().decode(errors="replace")
-    if bwa.wait() != 0:
+    # bwa's stderr goes to a file, not a pipe: it logs a line per batch, and a full pipe
+    # nobody reads until samtools ends would block bwa for good.
+    with tempfile.TemporaryFile() as bwa_log:
+        bwa = subprocess.Popen(
+            ["bwa", "mem", "-t", str(threads), "-Y", "-K", "100000000",
+             "-R", read_group.header_line(), str(reference), str(r1), str(r2)],
+            stdout=subprocess.PIPE, stderr=bwa_log,
+        )  # fmt: skip
+        assert bwa.stdout is not None
+        try:
+            sort = subprocess.run(
+                ["samtools", "sort", "-@", str(threads), "-m", "768M", "-o", str(partial),
+                 "-T", str(partial) + ".tmp", "-"],
+                stdin=bwa.stdout, capture_output=True, text=True,
+            )  # fmt: skip
+        finally:
+            bwa.stdout.close()
+            bwa.wait()
+        bwa_log.seek(0)
+        bwa_err = bwa_log.read().decode(errors="replace")
+    if bwa.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise AlignmentError(f"bwa mem failed ({bwa.returncode}): {bwa_err[-500:]}")
+        raise AlignmentError(f"bwa mem failed ({bwa.returncode}): {last_words(bwa_err)}")
     if sort.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise AlignmentError(f"samtools sort failed ({sort.returncode}): {sort.stderr[-500:]}")
+        raise AlignmentError(f"samtools sort failed ({sort.returncode}): {last_words(sort.stderr)}")
     partial.replace(out_bam)
     _run(["samtools", "index", str(out_bam)], "samtools index")
     return qc_metrics(reference, out_bam)

@@ -16,13 +16,29 @@ multi-allelic records.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from oncopipe.genomics.align import AlignmentError, ensure_index, require_tools
+from oncopipe.errors import InputError
+from oncopipe.genomics.align import AlignmentError, ensure_index, last_words, require_tools
 
 ERROR_RATE = 0.001
+#: What ``samtools quickcheck``'s exit status bits mean (samtools 1.16, bam_quickcheck.c).
+_QUICKCHECK = {
+    2: "cannot be opened as BAM, CRAM or SAM (not alignment data, or unreadable)",
+    4: "is not alignment data (empty, or not BAM/CRAM/SAM)",
+    8: "has no reference sequences (@SQ lines) in its header",
+    16: "has no BGZF end-of-file marker: the file is truncated",
+}
+
+
+class InvalidBamError(InputError):
+    """An alignment file cannot be called: truncated, corrupt or not a BAM."""
+
+    reason_code = "invalid-bam"
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,31 @@ def error_qual(alt: int, depth: int, error_rate: float = ERROR_RATE) -> float:
     return min(999.0, round(-10 * log_tail / math.log(10), 1))
 
 
+def check_bam(bam: Path, *, name: str | None = None) -> None:
+    """Check that ``bam`` opens as alignment data with a header and is not truncated.
+
+    ``samtools quickcheck`` reads the header and the BGZF end-of-file marker (a file cut
+    at a block boundary has none); ``name`` names the file in the error (default: path).
+
+    Raises:
+        InvalidBamError: the check failed, with what it means.
+    """
+    require_tools("samtools")
+    result = subprocess.run(["samtools", "quickcheck", "-q", str(bam)], capture_output=True)
+    if result.returncode != 0:
+        reasons = [text for bit, text in _QUICKCHECK.items() if result.returncode & bit]
+        raise InvalidBamError(
+            name or str(bam),
+            "; ".join(reasons) or f"fails samtools quickcheck (exit {result.returncode})",
+        )
+
+
+def _decodes(bam: Path) -> bool:
+    """Return whether every record of ``bam`` decompresses and parses (a full read)."""
+    result = subprocess.run(["samtools", "view", "-c", str(bam)], capture_output=True)
+    return result.returncode == 0 and b"[E::" not in result.stderr
+
+
 def call_variants(
     reference: Path,
     tumour_bam: Path,
@@ -62,63 +103,107 @@ def call_variants(
 ) -> int:
     """Call variants and write a bgzipped, indexed, normalised VCF; return the record count.
 
-    The VCF's samples are the BAMs' read-group samples (tumour first).
+    The VCF's samples are ``TUMOUR`` (and ``NORMAL``). Intermediate files live in a
+    temporary folder beside ``out_vcf``, removed whatever happens; the VCF and its
+    ``.tbi`` are moved into place only when complete, so a failure leaves neither.
 
     Raises:
-        AlignmentError: bcftools failed.
+        InvalidBamError: a BAM is truncated, corrupt or not a BAM (htslib read errors
+            make ``bcftools mpileup`` print ``[E::`` lines yet exit 0: they are checked).
+        AlignmentError: bcftools or samtools failed otherwise.
+    """
+    require_tools("bcftools", "samtools")
+    settings = settings or CallerSettings()
+    inputs = [(tumour_bam, "TUMOUR")] + ([(normal_bam, "NORMAL")] if normal_bam else [])
+    for bam, _ in inputs:
+        check_bam(bam)
+    ensure_index(reference)
+    out_vcf.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_vcf.parent, prefix=f".{out_vcf.name}.") as tmp:
+        work = Path(tmp)
+        # mpileup runs in the work folder on links with plain names: its read-group file
+        # is whitespace-separated (a path with a space would break it), and its
+        # messages then carry no user path.
+        bams: list[str] = []
+        for bam, label in inputs:
+            linked = work / f"{label.lower()}.bam"
+            linked.symlink_to(bam.resolve())
+            bams.append(linked.name)
+        raw, called, staged = work / "pileup.bcf", work / "called.vcf", work / "calls.vcf.gz"
+        # Tumour and normal carry the same SM (the patient key): name the samples per
+        # file, or mpileup would merge them into one.
+        groups = work / "samples.txt"
+        groups.write_text("".join(f"* {link} {label}\n" for link, (_, label)
+                                  in zip(bams, inputs, strict=True)))  # fmt: skip
+        pileup = subprocess.run(
+            ["bcftools", "mpileup", "--no-version", "-f", str(reference.resolve()),
+             "-a", "FORMAT/AD,FORMAT/DP", "-d", "1000000", "-L", "1000000",
+             "-q", str(settings.min_mapping_quality), "-Q", str(settings.min_base_quality),
+             "-G", groups.name, "-Ob", "-o", raw.name, *bams],
+            capture_output=True, text=True, cwd=work,
+        )  # fmt: skip
+        if pileup.returncode != 0 or "[E::" in pileup.stderr:
+            for (bam, _), link in zip(inputs, bams, strict=True):
+                if not _decodes(work / link):
+                    raise InvalidBamError(
+                        str(bam), "is corrupt: reading its alignments failed (bad BGZF block, "
+                        "CRC mismatch or truncated record)",
+                    )  # fmt: skip
+            raise AlignmentError(f"bcftools mpileup failed: {last_words(pileup.stderr)}")
+        count = _filter_alleles(raw, called, settings, normal=normal_bam is not None)
+        norm = subprocess.run(
+            ["bcftools", "norm", "--no-version", "-f", str(reference), "-m", "-both",
+             "-Oz", "-o", str(staged), str(called)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if norm.returncode != 0 or "[E::" in norm.stderr:
+            raise AlignmentError(f"bcftools norm failed: {last_words(norm.stderr)}")
+        import pysam
+
+        try:
+            pysam.tabix_index(str(staged), preset="vcf", force=True)
+        except (OSError, ValueError) as e:
+            raise AlignmentError(f"tabix failed on the normalised VCF ({e})") from e
+        os.replace(staged, out_vcf)
+        os.replace(f"{staged}.tbi", f"{out_vcf}.tbi")
+    return count
+
+
+def _filter_alleles(raw: Path, called: Path, settings: CallerSettings, *, normal: bool) -> int:
+    """Write the alleles of the pileup ``raw`` that pass to ``called``; return how many.
+
+    Raises:
+        AlignmentError: the pileup BCF cannot be read.
     """
     import pysam
 
-    require_tools("bcftools")
-    settings = settings or CallerSettings()
-    ensure_index(reference)
-    raw = out_vcf.with_name(out_vcf.name + ".pileup.bcf")
-    bams = [str(tumour_bam)] + ([str(normal_bam)] if normal_bam else [])
-    # Tumour and normal carry the same SM (the patient key): name the samples per file,
-    # or mpileup would merge them into one.
-    groups = out_vcf.with_name(out_vcf.name + ".samples.txt")
-    groups.write_text(
-        "".join(f"* {bam} {name}\n" for bam, name in zip(bams, ("TUMOUR", "NORMAL"), strict=False))
-    )
-    pileup = subprocess.run(
-        ["bcftools", "mpileup", "-f", str(reference), "-a", "FORMAT/AD,FORMAT/DP",
-         "-d", "1000000", "-L", "1000000", "-q", str(settings.min_mapping_quality),
-         "-Q", str(settings.min_base_quality), "-G", str(groups), "-Ob", "-o", str(raw), *bams],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if pileup.returncode != 0:
-        raise AlignmentError(f"bcftools mpileup failed: {pileup.stderr[-500:]}")
-    called = out_vcf.with_name(out_vcf.name + ".called.vcf")
     count = 0
-    with pysam.VariantFile(str(raw)) as source:
-        header = pysam.VariantHeader()
-        for contig in source.header.contigs.values():
-            header.contigs.add(contig.name, length=contig.length)
-        header.add_line('##FILTER=<ID=germline,Description="Allele present in the normal">')
-        header.add_line('##INFO=<ID=SOMATIC,Number=0,Type=Flag,Description="Not in the normal">')
-        header.add_line('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">')
-        header.add_line('##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths">')
-        header.add_line('##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">')
-        header.add_line(
-            '##FORMAT=<ID=VAF,Number=A,Type=Float,Description="Variant allele fraction">'
-        )
-        samples = list(source.header.samples)
-        for sample in samples:
-            header.add_sample(sample)
-        with pysam.VariantFile(str(called), "w", header=header) as sink:
-            for record in source:
-                count += _emit(record, sink, samples, settings, normal=normal_bam is not None)
-    raw.unlink(missing_ok=True)
-    groups.unlink(missing_ok=True)
-    norm = subprocess.run(
-        ["bcftools", "norm", "-f", str(reference), "-m", "-both", "-Oz", "-o", str(out_vcf),
-         str(called)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    called.unlink(missing_ok=True)
-    if norm.returncode != 0:
-        raise AlignmentError(f"bcftools norm failed: {norm.stderr[-500:]}")
-    pysam.tabix_index(str(out_vcf), preset="vcf", force=True)
+    verbosity = pysam.set_verbosity(0)  # no "[E::idx_find_and_load]": the BCF has no index
+    try:
+        with pysam.VariantFile(str(raw)) as source:
+            header = pysam.VariantHeader()
+            for contig in source.header.contigs.values():
+                header.contigs.add(contig.name, length=contig.length)
+            header.add_line('##FILTER=<ID=germline,Description="Allele present in the normal">')
+            header.add_line(
+                '##INFO=<ID=SOMATIC,Number=0,Type=Flag,Description="Not in the normal">'
+            )
+            header.add_line('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">')
+            header.add_line('##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths">')
+            header.add_line('##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">')
+            header.add_line(
+                '##FORMAT=<ID=VAF,Number=A,Type=Float,Description="Variant allele fraction">'
+            )
+            samples = list(source.header.samples)
+            for sample in samples:
+                header.add_sample(sample)
+            with pysam.VariantFile(str(called), "w", header=header) as sink:
+                for record in source:
+                    count += _emit(record, sink, samples, settings, normal=normal)
+    except (OSError, ValueError) as e:
+        raise AlignmentError(f"reading the pileup failed ({type(e).__name__})") from e
+    finally:
+        pysam.set_verbosity(verbosity)
     return count
 
 

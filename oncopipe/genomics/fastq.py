@@ -4,13 +4,19 @@ Checks every record of both mates in one pass: gzip integrity (a truncated uploa
 most common fault), the four-line structure, sequence alphabet, quality length and range,
 mate names in step, and equal read counts. Errors name the file and the read number (the
 1-based record index), never the read content.
+
+Memory is bounded per record: a line is read with a length limit
+(:data:`MAX_LINE_BYTES` by default), so a file that is one enormous line (a corrupt
+upload, a gzip of a single line that inflates to gigabytes) is rejected after reading
+at most that many bytes instead of being held whole.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -18,6 +24,10 @@ from oncopipe.errors import InputError
 
 _SEQUENCE = frozenset(b"ACGTNacgtn")
 _QUALITY_MIN, _QUALITY_MAX = 33, 126  # '!'..'~' (Phred+33)
+#: Longest FASTQ line accepted (bytes, line terminator excluded). Short-read lines are a
+#: few hundred bytes; 1 MiB leaves room for long reads while bounding memory per record.
+MAX_LINE_BYTES = 1 << 20
+_LINE_NAMES = ("header", "sequence", "'+'", "quality")
 
 
 class InvalidFastqError(InputError):
@@ -44,28 +54,70 @@ def _mate_name(header: bytes) -> bytes:
     return name
 
 
-def _records(handle: Iterable[bytes], name: str) -> Iterator[tuple[bytes, int]]:
+def describe_gzip_error(error: Exception) -> str:
+    """Return what a gzip read error means, without the library's message (it can quote
+    the file's first bytes)."""
+    if isinstance(error, EOFError):
+        return "it ends before the end of the gzip stream"
+    if isinstance(error, gzip.BadGzipFile):
+        return "not gzip data, or a gzip checksum mismatch"
+    if isinstance(error, zlib.error):
+        return "corrupt compressed data"
+    return type(error).__name__
+
+
+def _line_reader(
+    handle: io.BufferedIOBase, name: str, max_line: int
+) -> Callable[[int, int], bytes]:
+    """Return ``read(record, line_in_record)``: the next line, at most ``max_line`` bytes
+    (plus its terminator), or ``b""`` at the end of the file.
+
+    Raises (from the returned function):
+        InvalidFastqError: a line is too long, or the gzip stream is truncated or corrupt.
+    """
+    readline = handle.readline
+    limit = max_line + 2  # room for "\r\n"
+
+    def read(record: int, line: int) -> bytes:
+        try:
+            text = readline(limit)
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+            raise InvalidFastqError(
+                name,
+                f"read {record}: the gzip stream is truncated or corrupt "
+                f"({describe_gzip_error(e)})",
+            ) from e
+        if len(text) > max_line and len(text.rstrip(b"\r\n")) > max_line:
+            raise InvalidFastqError(
+                name,
+                f"read {record}: the {_LINE_NAMES[line]} line is longer than {max_line} bytes "
+                "(the file is corrupt, or raise the line limit for long reads)",
+            )
+        return text
+
+    return read
+
+
+def _records(handle: io.BufferedIOBase, name: str, max_line: int) -> Iterator[tuple[bytes, int]]:
     """Yield (read name, sequence length) for each record, validating as it goes.
 
     Raises:
-        InvalidFastqError: structure, alphabet, quality or gzip problems.
+        InvalidFastqError: an empty file; structure, alphabet, quality, line length or
+            gzip problems.
     """
+    read = _line_reader(handle, name, max_line)
     number = 0
-    lines = iter(handle)
     while True:
-        try:
-            header = next(lines, None)
-            if header is None:
-                return
-            number += 1
-            sequence = next(lines, None)
-            plus = next(lines, None)
-            quality = next(lines, None)
-        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-            raise InvalidFastqError(
-                name, f"read {number}: the gzip stream is truncated or corrupt ({type(e).__name__})"
-            ) from e
-        if sequence is None or plus is None or quality is None:
+        header = read(number + 1, 0)
+        if not header:
+            if number == 0:
+                raise InvalidFastqError(name, "file is empty: no reads")
+            return
+        number += 1
+        sequence = read(number, 1)
+        plus = read(number, 2) if sequence else b""
+        quality = read(number, 3) if plus else b""
+        if not quality:
             raise InvalidFastqError(name, f"read {number}: the file ends inside the record")
         if not header.startswith(b"@"):
             raise InvalidFastqError(name, f"read {number}: the header line does not start with '@'")
@@ -77,9 +129,8 @@ def _records(handle: Iterable[bytes], name: str) -> Iterator[tuple[bytes, int]]:
             raise InvalidFastqError(name, f"read {number}: empty sequence")
         if not _SEQUENCE.issuperset(sequence):
             bad = sorted({chr(c) for c in sequence if c not in _SEQUENCE})
-            raise InvalidFastqError(
-                name, f"read {number}: illegal sequence characters {''.join(bad)!r}"
-            )
+            shown = "".join(c if c.isprintable() and c.isascii() else "?" for c in bad[:10])
+            raise InvalidFastqError(name, f"read {number}: illegal sequence characters {shown!r}")
         if len(quality) != len(sequence):
             raise InvalidFastqError(
                 name,
@@ -90,18 +141,32 @@ def _records(handle: Iterable[bytes], name: str) -> Iterator[tuple[bytes, int]]:
         yield _mate_name(header.rstrip(b"\r\n")), len(sequence)
 
 
-def validate_pair(r1: IO[bytes], r2: IO[bytes], *, name_1: str, name_2: str) -> FastqStats:
+def validate_pair(
+    r1: IO[bytes],
+    r2: IO[bytes],
+    *,
+    name_1: str,
+    name_2: str,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> FastqStats:
     """Validate a gzip-compressed FASTQ pair, streamed; return its statistics.
 
     ``r1`` / ``r2`` are binary streams of the compressed files (local files or S3 bodies).
+    No line may exceed ``max_line_bytes`` (its terminator excluded), which bounds the
+    memory a record can take.
 
     Raises:
-        InvalidFastqError: the first problem found, naming the file and read number.
+        InvalidFastqError: the first problem found, naming the file and read number (an
+            empty file, including a zero-byte one, is "file is empty: no reads").
+        ValueError: ``max_line_bytes`` is not positive.
     """
+    if max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     reads = bases = 0
     min_length, max_length = 1 << 30, 0
     with gzip.open(r1, "rb") as g1, gzip.open(r2, "rb") as g2:
-        mates_1, mates_2 = _records(g1, name_1), _records(g2, name_2)
+        mates_1 = _records(g1, name_1, max_line_bytes)
+        mates_2 = _records(g2, name_2, max_line_bytes)
         while True:
             first, second = next(mates_1, None), next(mates_2, None)
             if first is None and second is None:
@@ -119,6 +184,4 @@ def validate_pair(r1: IO[bytes], r2: IO[bytes], *, name_1: str, name_2: str) -> 
             bases += first[1] + second[1]
             min_length = min(min_length, first[1], second[1])
             max_length = max(max_length, first[1], second[1])
-    if reads == 0:
-        raise InvalidFastqError(name_1, "no reads: the FASTQ pair is empty")
     return FastqStats(reads=reads, bases=bases, min_length=min_length, max_length=max_length)

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oncopipe.errors import InputError
+
 # The standard genetic code (NCBI translation table 1).
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
@@ -28,6 +30,12 @@ CODON_TABLE = {
 def translate(codon: str) -> str:
     """Return the one-letter amino acid of a codon (``X`` if it has an N)."""
     return CODON_TABLE.get(codon.upper(), "X")
+
+
+class InvalidPanelError(InputError):
+    """A panel annotation cannot be read; the message names the file and gene entry."""
+
+    reason_code = "invalid-panel"
 
 
 @dataclass(frozen=True)
@@ -53,21 +61,42 @@ class Panel:
 
     @classmethod
     def load(cls, path: Path) -> Panel:
-        """Read a panel annotation (JSON list of genes)."""
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(
-            genes=tuple(
-                Gene(
-                    gene=g["gene"],
-                    contig=g["contig"],
-                    cds_start=int(g["cds_start"]),
-                    first_codon=int(g["first_codon"]),
-                    cds_end=int(g["cds_end"]),
-                    hotspots={int(k): v for k, v in g.get("hotspots", {}).items()},
+        """Read a panel annotation (JSON list of genes).
+
+        Raises:
+            InvalidPanelError: not JSON, not a list of gene objects, or a gene lacks a
+                key or has a non-integer coordinate (the message names gene entry).
+        """
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidPanelError(
+                str(path), f"not a readable JSON file ({type(e).__name__})"
+            ) from e
+        if not isinstance(raw, list):
+            raise InvalidPanelError(str(path), "must be a JSON list of gene objects")
+        genes = []
+        for number, g in enumerate(raw, start=1):
+            try:
+                genes.append(
+                    Gene(
+                        gene=str(g["gene"]),
+                        contig=str(g["contig"]),
+                        cds_start=int(g["cds_start"]),
+                        first_codon=int(g["first_codon"]),
+                        cds_end=int(g["cds_end"]),
+                        hotspots={int(k): str(v) for k, v in g.get("hotspots", {}).items()},
+                    )
                 )
-                for g in raw
-            )
-        )
+            except KeyError as e:
+                raise InvalidPanelError(str(path), f"gene entry {number}: no {e.args[0]!r}") from e
+            except (TypeError, ValueError, AttributeError) as e:
+                raise InvalidPanelError(
+                    str(path),
+                    f"gene entry {number}: coordinates and hotspot codons must be integers "
+                    f"({type(e).__name__})",
+                ) from e
+        return cls(genes=tuple(genes))
 
     def dump(self, path: Path) -> None:
         path.write_text(

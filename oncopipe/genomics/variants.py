@@ -1,16 +1,118 @@
-"""VCF -> Parquet variant table, annotated with gene and hotspot protein change."""
+"""VCF -> Parquet variant table, annotated with gene and hotspot protein change.
+
+The reader parses column-wise with Arrow (its C++ CSV reader and compute kernels) and
+validates the same way, column by column: a bad input is rejected with
+:class:`InvalidVcfError` naming the file and the record (1-based record number and line
+number), never quoting the record (a record can carry sample identifiers): at most the
+column name and a short description of the offending value ("an empty value", "NaN",
+"text of 3 characters").
+
+What is checked: gzip / BGZF integrity (every block's CRC and length, and the BGZF
+end-of-file marker, whose absence means a truncated file), that the file is VCF text
+(``##fileformat=VCF`` first, ``##`` meta lines, the ``#CHROM`` header with the fixed
+columns), the column count of every record, UTF-8, no empty field, CHROM, POS (a positive
+integer), REF and ALT alleles, QUAL, and per sample: no more fields than FORMAT names,
+GT, AD (integers, one per allele: Number=R) and DP (an integer).
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from oncopipe.errors import InputError
 from oncopipe.genomics.panel import Panel
 
 COLUMNS = (
     "patient_key", "sample", "chrom", "pos", "ref", "alt", "qual", "filter", "depth",
     "alt_depth", "vaf", "genotype", "gene", "protein_change", "run_id",
 )  # fmt: skip
+FIXED = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
+#: The empty BGZF block that ends every BGZF file (SAM specification, section 4.1.2).
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+# Value patterns, VCF 4.3 section 1.6 (AD and DP: see _is_count, at most 9 digits: int32).
+_CHROM = r"^[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*$"
+_REF = r"^[ACGTNacgtn]+$"
+_BASES = "[ACGTNacgtn]"
+_ALT = (
+    rf"^(?:{_BASES}+|\*|\.|<[^<>,\s]+>|{_BASES}*[\[\]][^\[\]\s]+[\[\]]{_BASES}*"
+    rf"|\.{_BASES}+|{_BASES}+\.)$"
+)
+_QUAL = r"^(?:\.|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)$"
+_GT = r"^(?:\.|[0-9]+)(?:[/|](?:\.|[0-9]+))*$"
+
+
+class InvalidVcfError(InputError, ValueError):
+    """A VCF cannot be read into the variant table; the message names file and record.
+
+    Also a ``ValueError``, which is what this module raised for a bad VCF before.
+    """
+
+    reason_code = "invalid-vcf"
+
+
+def describe(value: str | None) -> str:
+    """Return a short description of a bad value that does not quote it.
+
+    ``"an empty value"``, ``"NaN"``, ``"a negative number"``, ``"a decimal number"``,
+    ``"text of 7 characters"``...
+    """
+    if value is None or value == "":
+        return "an empty value"
+    if value == ".":
+        return "'.' (missing)"
+    if value.strip() != value:
+        return "a value with surrounding whitespace"
+    lowered = value.lower().lstrip("+-")
+    if lowered == "nan":
+        return "NaN"
+    if lowered in {"inf", "infinity"}:
+        return "infinity"
+    if re.fullmatch(r"[-+]?0+", value):
+        return "zero"
+    if re.fullmatch(r"-[0-9]+", value):
+        return "a negative number"
+    if re.fullmatch(
+        r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+", value
+    ):
+        return "a decimal number"
+    if re.fullmatch(r"[0-9]+", value):
+        return f"a number of {len(value)} digits"
+    return f"text of {len(value)} character{'s' if len(value) > 1 else ''}"
+
+
+@dataclass(frozen=True)
+class _Body:
+    """The records of a VCF (bytes after the ``#CHROM`` line) and where they start."""
+
+    source: str
+    data: bytes
+    first_line: int  # the line number of the first byte of ``data``
+    names: tuple[str, ...]  # positional column names: the fixed ones, FORMAT, SAMPLE_1..
+
+    def line_of(self, record: int) -> int:
+        """Return the line number of 0-based ``record`` (blank lines are not records)."""
+        data, start, line, seen = self.data, 0, self.first_line, -1
+        while start < len(data):
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end
+            if data[start:end].strip(b"\r"):
+                seen += 1
+                if seen == record:
+                    return line
+            start, line = end + 1, line + 1
+        return line
+
+    def fail(self, record: int, message: str) -> NoReturn:
+        """Raise InvalidVcfError naming ``record`` (0-based) by number and line."""
+        raise InvalidVcfError(
+            self.source, f"record {record + 1} (line {self.line_of(record)}): {message}"
+        )
 
 
 def schema() -> Any:
@@ -39,50 +141,303 @@ def schema() -> Any:
     )
 
 
-def _inflate_bgzf(raw: bytes) -> bytes:
+def _inflate_bgzf(raw: bytes, source: str) -> bytes:
     """Decompress a BGZF (or plain gzip) file, BGZF blocks in parallel threads.
 
     BGZF is a series of independent gzip members whose header's ``BC`` extra field gives
-    the block size; zlib releases the GIL, so threads use every core.
+    the block size; zlib releases the GIL, so threads use every core. Each block is
+    inflated with its gzip wrapper, so zlib checks its CRC-32 and length; a BGZF file
+    must end with the empty end-of-file block (else it was cut at a block boundary).
+
+    Raises:
+        InvalidVcfError: the stream is truncated or corrupt (naming the block).
     """
     import gzip
-    import os
     import struct
     import zlib
     from concurrent.futures import ThreadPoolExecutor
 
+    from oncopipe.genomics.fastq import describe_gzip_error
+
+    def is_bgzf_header(offset: int) -> bool:
+        return (
+            raw[offset : offset + 4] == b"\x1f\x8b\x08\x04"
+            and raw[offset + 12 : offset + 14] == b"BC"
+        )
+
+    if not is_bgzf_header(0):  # plain gzip: one stream
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, zlib.error, OSError) as e:  # BadGzipFile is an OSError
+            raise InvalidVcfError(
+                source, f"the gzip stream is truncated or corrupt ({describe_gzip_error(e)})"
+            ) from None
     blocks: list[tuple[int, int]] = []
     offset = 0
     while offset < len(raw):
-        if (
-            raw[offset : offset + 4] != b"\x1f\x8b\x08\x04"
-            or raw[offset + 12 : offset + 14] != b"BC"
-        ):
-            return gzip.decompress(raw)  # not BGZF: one stream
+        number = len(blocks) + 1
+        if len(raw) - offset < 18:
+            raise InvalidVcfError(
+                source, f"the BGZF stream is truncated: block {number} is cut short"
+            )
+        if not is_bgzf_header(offset):
+            raise InvalidVcfError(
+                source, f"BGZF block {number} (byte {offset}) has no BGZF header: corrupt file"
+            )
         size = struct.unpack_from("<H", raw, offset + 16)[0] + 1
+        if offset + size > len(raw):
+            raise InvalidVcfError(
+                source, f"the BGZF stream is truncated: block {number} is cut short"
+            )
         blocks.append((offset, size))
         offset += size
+    if not raw.endswith(BGZF_EOF):
+        raise InvalidVcfError(
+            source, "the BGZF end-of-file marker is missing: the file is truncated"
+        )
+    view = memoryview(raw)
 
-    def inflate(block: tuple[int, int]) -> bytes:
-        start, size = block
-        return zlib.decompress(raw[start + 18 : start + size - 8], -15)
+    def inflate_batch(first: int) -> bytes:
+        out = []
+        for number in range(first, min(first + 256, len(blocks))):
+            start, size = blocks[number]
+            try:
+                out.append(zlib.decompress(view[start : start + size], 31))
+            except zlib.error:
+                raise InvalidVcfError(
+                    source,
+                    f"BGZF block {number + 1} (byte {start}) is corrupt "
+                    "(bad compressed data, CRC or length)",
+                ) from None
+        return b"".join(out)
 
-    batches = [blocks[i : i + 256] for i in range(0, len(blocks), 256)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        parts = pool.map(lambda batch: b"".join(map(inflate, batch)), batches)
-        return b"".join(parts)
+        return b"".join(pool.map(inflate_batch, range(0, len(blocks), 256)))
 
 
-def _vcf_body(vcf: Path) -> tuple[list[str], bytes]:
-    """Return the column names of the ``#CHROM`` line and the records as bytes."""
+def _vcf_body(vcf: Path, source: str) -> _Body:
+    """Return the records of a VCF after checking it is VCF text with a valid header.
+
+    Raises:
+        InvalidVcfError: empty, not VCF (random bytes, BCF), truncated or corrupt gzip,
+            a bad meta line or ``#CHROM`` line.
+    """
     raw = vcf.read_bytes()
-    data = _inflate_bgzf(raw) if raw[:2] == b"\x1f\x8b" else raw
-    marker = data.find(b"#CHROM")
+    if not raw:
+        raise InvalidVcfError(source, "not a VCF: the file is empty")
+    data = _inflate_bgzf(raw, source) if raw[:2] == b"\x1f\x8b" else raw
+    if data.startswith(b"BCF\x02"):
+        raise InvalidVcfError(
+            source, "is BCF (binary VCF), not VCF text: convert it with `bcftools view -Oz`"
+        )
+    if not data.startswith(b"##fileformat=VCF"):
+        head = data[:4096]
+        binary = b"\x00" in head or not _is_utf8(head)
+        raise InvalidVcfError(
+            source,
+            "not a VCF: "
+            + ("binary data" if binary else "the first line is not ##fileformat=VCFv4.x"),
+        )
+    marker = data.find(b"\n#CHROM")
     if marker < 0:
-        raise ValueError(f"{vcf}: no #CHROM header line")
-    end = data.find(b"\n", marker)
-    header = data[marker + 1 : end if end >= 0 else len(data)].decode().split("\t")
-    return header, data[end + 1 :] if end >= 0 else b""
+        raise InvalidVcfError(source, "not a VCF: no #CHROM header line")
+    line = 1
+    start = data.find(b"\n") + 1
+    while start <= marker:  # the meta lines between ##fileformat and #CHROM
+        line += 1
+        end = data.find(b"\n", start)
+        if not data.startswith(b"##", start) and data[start:end].strip(b"\r"):
+            raise InvalidVcfError(
+                source, f"line {line}: a meta line before #CHROM does not start with '##'"
+            )
+        start = end + 1
+    line += 1  # the #CHROM line
+    end = data.find(b"\n", marker + 1)
+    end = len(data) if end < 0 else end
+    try:
+        header = data[marker + 2 : end].rstrip(b"\r").decode("utf-8").split("\t")
+    except UnicodeDecodeError:
+        raise InvalidVcfError(source, f"line {line}: the #CHROM line is not UTF-8") from None
+    fixed = ("CHROM", *header[1:8])
+    if tuple(fixed) != FIXED or (len(header) > 8 and header[8] != "FORMAT"):
+        raise InvalidVcfError(
+            source,
+            f"line {line}: the #CHROM header line must name the columns "
+            f"{', '.join(FIXED)} (then FORMAT and the samples), tab-separated",
+        )
+    samples = tuple(f"SAMPLE_{i}" for i in range(1, len(header) - 8))
+    names = (*FIXED, *(("FORMAT",) if len(header) > 8 else ()), *samples)
+    return _Body(source=source, data=data[end + 1 :], first_line=line + 1, names=names)
+
+
+def _is_utf8(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # a character cut by the 4 KiB slice is fine
+    return True
+
+
+def _diagnose_parse_error(body: _Body) -> NoReturn:
+    """Find the record Arrow could not parse (wrong column count, not UTF-8) and raise.
+
+    Runs only after a parse error, so a record-by-record scan is acceptable here.
+
+    Raises:
+        InvalidVcfError: always; naming the record.
+    """
+    data, expected = body.data, len(body.names)
+    start, line, record = 0, body.first_line, -1
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        text = data[start:end].rstrip(b"\r")
+        if text:
+            record += 1
+            columns = text.count(b"\t") + 1
+            if columns != expected:
+                raise InvalidVcfError(
+                    body.source,
+                    f"record {record + 1} (line {line}): {columns} columns, "
+                    f"the #CHROM header has {expected}",
+                )
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidVcfError(
+                    body.source, f"record {record + 1} (line {line}): not UTF-8 text"
+                ) from None
+        start, line = end + 1, line + 1
+    raise InvalidVcfError(body.source, "the records cannot be parsed as tab-separated VCF text")
+
+
+def _read_records(body: _Body) -> Any:
+    """Parse the records' fixed columns, FORMAT and the first sample as strings.
+
+    Raises:
+        InvalidVcfError: a record has the wrong column count or is not UTF-8.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    keep = list(body.names[:10])  # the fixed columns, FORMAT and the first sample
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(body.data),
+            read_options=pcsv.ReadOptions(column_names=list(body.names), use_threads=True),
+            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=keep,
+                column_types={n: pa.string() for n in keep},
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        ).combine_chunks()
+    except pa.ArrowInvalid:  # its message quotes the record: never pass it on
+        table = None
+    if table is None:
+        _diagnose_parse_error(body)
+    return table
+
+
+def _check(
+    body: _Body, values: Any, ok: Any, what: str, records: Any = None, *, show: bool = True
+) -> None:
+    """Raise naming the first value where ``ok`` is false.
+
+    ``ok`` None means all are good. ``records`` maps the values' positions to record
+    indices (default: the identity); ``show`` adds a description of the bad value
+    (:func:`describe`, never the value).
+
+    Raises:
+        InvalidVcfError: some ``ok`` is false (or null).
+    """
+    import pyarrow.compute as pc
+
+    if ok is None:  # known good (see _matches)
+        return
+    ok = pc.fill_null(ok, False)
+    if len(ok) == 0 or pc.all(ok).as_py():
+        return
+    i = pc.index(ok, False).as_py()
+    record = i if records is None else records[i].as_py()
+    body.fail(record, f"{what} (got {describe(values[i].as_py())})" if show else what)
+
+
+def _matches(values: Any, pattern: str) -> Any:
+    """Return whether each value matches ``pattern``, or None when all do.
+
+    When values repeat (contigs, genotypes, SNV alleles: most of them) the regex runs
+    once per distinct value, and the per-value mask is built only if one fails.
+    """
+    import pyarrow.compute as pc
+
+    distinct = pc.unique(values)
+    if len(distinct) * 4 > len(values):
+        return pc.match_substring_regex(values, pattern)
+    good = pc.match_substring_regex(distinct, pattern)
+    if pc.all(good).as_py():
+        return None
+    return pc.is_in(values, value_set=pc.filter(distinct, good))
+
+
+def _is_count(values: Any) -> Any:
+    """Return whether each value is '.' or a non-negative integer of at most 9 digits."""
+    import pyarrow.compute as pc
+
+    digits = pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), 9))
+    return pc.or_(pc.equal(values, "."), digits)
+
+
+def _validate_records(body: _Body, table: Any, alts: Any) -> tuple[Any, Any]:
+    """Check the fixed columns of every record, column-wise.
+
+    Returns:
+        (POS as int64, QUAL as float64 with null for '.'), one value per record.
+
+    Raises:
+        InvalidVcfError: the first bad value, naming record and column.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column in table.column_names:
+        values = table[column]
+        _check(body, values, pc.greater(pc.binary_length(values), 0), f"the {_label(column)} "
+               "column is empty (use '.' for a missing value)", show=False)  # fmt: skip
+    chrom = table["CHROM"]
+    _check(body, chrom, _matches(chrom, _CHROM), "CHROM is not a valid contig name")
+    text = table["POS"]
+    what = "POS must be a positive integer"
+    _check(body, text, pc.and_(pc.ascii_is_decimal(text),
+                               pc.less_equal(pc.binary_length(text), 18)), what)  # fmt: skip
+    pos = pc.cast(text, pa.int64())
+    _check(body, text, pc.greater(pos, 0), what)
+    ref = table["REF"]
+    _check(body, ref, _matches(ref, _REF), "REF must be bases (A, C, G, T, N)")
+    flat = pc.list_flatten(alts)
+    _check(body, flat, _matches(flat, _ALT),
+           "an ALT allele must be bases, '*', '.', a <symbolic> allele or a breakend",
+           records=pc.list_parent_indices(alts))  # fmt: skip
+    text = table["QUAL"]
+    what = "QUAL must be a non-negative number or '.'"
+    missing = pc.equal(text, ".")
+    try:
+        qual = pc.cast(pc.if_else(missing, "0", text), pa.float64())
+    except pa.ArrowInvalid:
+        qual = None
+    if qual is None:
+        _check(body, text, pc.match_substring_regex(text, _QUAL), what)
+        raise InvalidVcfError(body.source, f"{what}: a record's QUAL cannot be read")
+    _check(body, text, pc.or_(missing, pc.and_(pc.is_finite(qual),
+                                               pc.greater_equal(qual, 0))), what)  # fmt: skip
+    return pos, pc.if_else(missing, pa.scalar(None, pa.float64()), qual)
+
+
+def _label(column: str) -> str:
+    """Return the user-facing name of a positional column (never a sample ID)."""
+    return "first sample" if column == "SAMPLE_1" else column
 
 
 def variant_rows(
@@ -93,64 +448,90 @@ def variant_rows(
     run_id: str,
     panel: Panel | None = None,
     reference: Path | None = None,
+    source: str | None = None,
 ) -> Any:
     """Return the variant table (a ``pyarrow.Table``) of the first sample of a VCF.
 
     One row per ALT allele (multi-allelic records are split). Depths come from the
     sample's ``AD`` and ``DP``; ``gene`` and ``protein_change`` from the panel annotation
-    and the reference sequence. Records are parsed column-wise by Arrow's C++ CSV reader
-    and compute kernels, not record by record.
+    and the reference sequence. Records are parsed and validated column-wise by Arrow's
+    C++ CSV reader and compute kernels, not record by record. ``source`` names the file
+    in errors (default: the path).
+
+    Raises:
+        InvalidVcfError: the file is not a readable VCF; the message names the file and
+            the record and never quotes it.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
 
-    names, body = _vcf_body(vcf)
-    if body.find(b"\t") < 0:  # no record
+    name = str(vcf) if source is None else source
+    body = _vcf_body(vcf, name)
+    try:
+        return _variant_table(body, patient_key=patient_key, sample=sample, run_id=run_id,
+                              panel=panel, reference=reference)  # fmt: skip
+    except pa.ArrowException as e:  # a case the checks missed; Arrow's text may quote it
+        failure = type(e).__name__
+    raise InvalidVcfError(name, f"the records cannot be converted to the variant table ({failure})")
+
+
+def _variant_table(
+    body: _Body,
+    *,
+    patient_key: str,
+    sample: str,
+    run_id: str,
+    panel: Panel | None,
+    reference: Path | None,
+) -> Any:
+    """Return the variant table of validated records (see :func:`variant_rows`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if re.search(rb"\S", body.data) is None:  # no record
         return schema().empty_table()
-    keep = names[: min(len(names), 10)]  # the fixed columns, FORMAT and the first sample
-    table = pcsv.read_csv(
-        pa.BufferReader(body),
-        read_options=pcsv.ReadOptions(column_names=names, use_threads=True),
-        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
-        convert_options=pcsv.ConvertOptions(
-            include_columns=keep,
-            column_types={n: pa.int64() if n == "POS" else pa.string() for n in keep},
-        ),
-    ).combine_chunks()
-    alts = pc.split_pattern(table["ALT"].chunk(0), ",")
+    table = _read_records(body)
+    keep = table.column_names
+    alts = pc.split_pattern(table["ALT"].combine_chunks(), ",")
+    record_pos, record_qual = _validate_records(body, table, alts)
     parents = pc.list_parent_indices(alts)
-    if len(parents) == len(alts):  # no multi-allelic record: every ALT is the first
+    single = len(parents) == len(alts)  # no multi-allelic record: rows are records
+
+    def per_row(values: Any) -> Any:
+        return values if single else pc.take(values, parents)
+
+    if single:  # every ALT is the first
         alt_index = pa.repeat(pa.scalar(0, pa.int64()), len(parents))
     else:
         starts = pc.take(alts.offsets.slice(0, len(alts)).cast(pa.int64()), parents)
         positions = pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()),
                                                             len(parents))), 1)  # fmt: skip
         alt_index = pc.subtract(positions, starts)
-    rows = table.take(parents)
+    rows = table if single else table.take(parents)
     n = rows.num_rows
+    positions_1 = per_row(record_pos)
     null_int = pa.nulls(n, pa.int64())
     depth, alt_depth, genotype = null_int, null_int, pa.nulls(n, pa.string())
     if len(keep) >= 10:
+        # AD has one value per allele (Number=R): REF plus the ALTs ('.' is no ALT)
+        n_alt = pc.if_else(pc.equal(table["ALT"], "."), 0, pc.list_value_length(alts))
+        alleles = per_row(pc.add(pc.cast(n_alt, pa.int64()), 1))
         # Vectorised per FORMAT layout (a VCF usually has one or two), then put back in
         # row order.
         parts_out: list[tuple[Any, Any, Any, Any]] = []
         formats = rows["FORMAT"].combine_chunks()
-        samples = rows[keep[9]].combine_chunks()
+        samples = rows["SAMPLE_1"].combine_chunks()
         for layout_text in pc.unique(formats).to_pylist():
-            if layout_text is None:
-                where = pc.indices_nonzero(pc.is_null(formats))
-            else:
-                where = pc.indices_nonzero(pc.fill_null(pc.equal(formats, layout_text), False))
+            where = pc.indices_nonzero(pc.fill_null(pc.equal(formats, layout_text), False))
             gt, ad_alt_part, dp_part = _sample_fields(
-                pc.take(samples, where), pc.take(alt_index, where), layout_text or ""
-            )
+                body, pc.take(samples, where), pc.take(alt_index, where), layout_text,
+                records=pc.take(parents, where), alleles=pc.take(alleles, where),
+            )  # fmt: skip
             parts_out.append((where, gt, ad_alt_part, dp_part))
         order = pc.sort_indices(pa.concat_arrays([p[0] for p in parts_out]))
         genotype = pc.take(pa.concat_arrays([p[1] for p in parts_out]), order)
         alt_depth = pc.take(pa.concat_arrays([p[2] for p in parts_out]), order)
         depth = pc.take(pa.concat_arrays([p[3] for p in parts_out]), order)
-    quals = pc.cast(pc.if_else(pc.equal(rows["QUAL"], "."), None, rows["QUAL"]), pa.float64())
+    quals = per_row(record_qual)
     vaf = pc.round(pc.divide(pc.cast(alt_depth, pa.float64()),
                              pc.if_else(pc.equal(depth, 0), None, depth)), 4)  # fmt: skip
     genes: list[str | None] = [None] * n
@@ -165,9 +546,9 @@ def variant_rows(
                 sequences = {name: fasta.fetch(name) for name in fasta.references}
         contigs = pa.array(sorted({g.contig for g in panel.genes}))
         candidates = pc.indices_nonzero(pc.is_in(rows["CHROM"], value_set=contigs)).to_pylist()
-        chroms, positions = rows["CHROM"], rows["POS"]
+        chroms = rows["CHROM"]
         for i in candidates:
-            contig, pos = chroms[i].as_py(), positions[i].as_py()
+            contig, pos = chroms[i].as_py(), positions_1[i].as_py()
             gene = panel.gene_at(contig, pos)
             genes[i] = gene.gene if gene else None
             if contig in sequences:
@@ -179,7 +560,7 @@ def variant_rows(
             "patient_key": pa.repeat(pa.scalar(patient_key, pa.string()), n),
             "sample": pa.repeat(pa.scalar(sample, pa.string()), n),
             "chrom": rows["CHROM"],
-            "pos": rows["POS"],
+            "pos": positions_1,
             "ref": rows["REF"],
             "alt": alt_column,
             "qual": quals,
@@ -196,36 +577,65 @@ def variant_rows(
     )
 
 
-def _sample_fields(values: Any, alt_index: Any, layout_text: str) -> tuple[Any, Any, Any]:
-    """Return (GT, alt depth, depth) of sample values sharing one FORMAT layout."""
+def _sample_fields(
+    body: _Body, values: Any, alt_index: Any, layout_text: str, *, records: Any, alleles: Any
+) -> tuple[Any, Any, Any]:
+    """Return (GT, alt depth, depth) of sample values sharing one FORMAT layout.
+
+    ``records`` gives each value's record index (for errors), ``alleles`` its record's
+    allele count (REF + ALTs, the length AD must have).
+
+    Raises:
+        InvalidVcfError: more fields than FORMAT names, or a bad GT, AD or DP.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(values)
-    layout = {k: j for j, k in enumerate(layout_text.split(":"))} if layout_text else {}
+    keys = layout_text.split(":") if layout_text and layout_text != "." else []
+    layout = {k: j for j, k in enumerate(keys)}
     fields = pc.split_pattern(values, ":")
+    counts = pc.list_value_length(fields)
+    _check(body, values, pc.less_equal(counts, max(len(keys), 1)),
+           f"the first sample has more fields than FORMAT names ({len(keys)})",
+           records=records)  # fmt: skip
 
     def field(name: str) -> Any:
         if name not in layout:
             return None
         # a sample may carry fewer fields than FORMAT names (trailing fields dropped)
-        short = pc.less_equal(pc.list_value_length(fields), layout[name])
+        short = pc.less_equal(counts, layout[name])
         padded = pc.if_else(short, pa.scalar(["."] * (layout[name] + 1), fields.type), fields)
         return pc.list_element(padded, layout[name])
 
     genotype = field("GT")
+    if genotype is not None:
+        _check(body, genotype, _matches(genotype, _GT),
+               "the first sample's GT must be allele numbers separated by / or |",
+               records=records)  # fmt: skip
     genotype = pa.nulls(n, pa.string()) if genotype is None else genotype
     alt_depth, depth = pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64())
     if (ad := field("AD")) is not None:
         parts = pc.split_pattern(ad, ",")
         flat_text = parts.flatten()
+        _check(body, flat_text, _is_count(flat_text),
+               "the first sample's AD values must be non-negative integers or '.'",
+               records=pc.take(records, pc.list_parent_indices(parts)))  # fmt: skip
+        lengths = pc.list_value_length(parts)
+        _check(body, ad, pc.or_(pc.equal(ad, "."), pc.equal(lengths, alleles)),
+               "the first sample's AD must have one value per allele (REF and each ALT)",
+               records=records)  # fmt: skip
         flat = pc.cast(pc.if_else(pc.equal(flat_text, "."), "0", flat_text), pa.int64())
         base = parts.offsets.slice(0, n).cast(pa.int64())
         wanted = pc.add(alt_index, 1)
-        inside = pc.less(wanted, pc.list_value_length(parts))
+        inside = pc.less(wanted, lengths)
         picked = pc.take(flat, pc.if_else(inside, pc.add(base, wanted), base))
         alt_depth = pc.if_else(inside, picked, pa.scalar(None, pa.int64()))
     dp = field("DP")
+    if dp is not None:
+        _check(body, dp, _is_count(dp),
+               "the first sample's DP must be a non-negative integer or '.'",
+               records=records)  # fmt: skip
     known = pc.not_equal(dp, ".") if dp is not None else None
     if dp is not None and pc.all(known).as_py():  # DP everywhere: no need to sum AD
         return genotype, alt_depth, pc.cast(dp, pa.int64())
@@ -253,9 +663,20 @@ def _sum_lists(parts: Any, flat: Any) -> Any:
 
 
 def write_parquet(table: Any, out: Path) -> int:
-    """Write the variant table as zstd Parquet; return the number of rows."""
+    """Write the variant table as zstd Parquet; return the number of rows.
+
+    The file is written under a temporary name beside ``out`` and renamed when complete,
+    so a failure never leaves a partial Parquet file at ``out``.
+    """
     import pyarrow.parquet as pq
 
-    # zstd level 1: within a few % of level 3's size here, at about half the time
-    pq.write_table(table, str(out), compression="zstd", compression_level=1)
+    handle, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        # zstd level 1: within a few % of level 3's size here, at about half the time
+        pq.write_table(table, partial, compression="zstd", compression_level=1)
+        os.replace(partial, out)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return int(table.num_rows)

@@ -57,3 +57,21 @@ def run_id_for(event: Mapping[str, Any]) -> str:
     except ValueError as e:
         raise EventError(f"event has no usable 'time' ({time!r}) and no run_id") from e
     return daily_run_id(moment)
+
+
+class RedactedError(Exception):
+    """An error whose message was dropped at an adapter's boundary (it may name PHI)."""
+
+
+def redacted_error(error: BaseException, subject: str) -> RedactedError:
+    """Return an error to raise in place of ``error`` from a handler, safe to surface.
+
+    A Lambda's unhandled error becomes the Step Functions error and cause (state output,
+    execution history) and a CloudWatch log line, and its message can name an object key
+    (``NoSuchKey``, a path in an ``OSError``). The returned error has the same class name,
+    so retries and catches on error names (``ClientError``, ...) still match, and a message
+    naming only ``subject`` (an opaque reference or a code) and the original type.
+    """
+    name = type(error).__name__
+    cls = type(name, (RedactedError,), {"__module__": __name__, "__qualname__": name})
+    return cls(f"{name} while handling {subject}; the message was withheld (it may hold PHI)")

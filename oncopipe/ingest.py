@@ -3,14 +3,21 @@
 What it does for one ingest object (one item of the ``route`` step):
 
 - sample sheet: validated against the objects it names; a valid sheet becomes a
-  pseudonymised sample table in the curated zone (no source patient ids) and its samples
-  are returned for the stage branches; an invalid one is quarantined with every problem.
+  de-identified sample table in the curated zone (pseudonymous keys, shifted dates, opaque
+  references: no source id, ingest key or unshifted date) and, in the PHI zone beside the
+  route manifests, the stage inputs (the same rows with their ingest keys), which the
+  stages read through :func:`load_sample_inputs`; an invalid sheet is quarantined with
+  every problem.
 - FASTQ, DICOM, note: checked to be what its prefix says, then recorded as received;
   the stages pick them up (from the sample sheet, or their own branch).
 - anything else, or a file whose content contradicts its prefix: quarantined with the
   reason. The original stays in the ingest bucket; nothing is written to curated.
 
 Every outcome is committed by the item's manifest, so a duplicate event is a no-op.
+
+Privacy: ingest keys name patients, so nothing here logs a key or a reason; the readable
+reason goes to the quarantine zone, and the adapters report objects by
+:func:`oncopipe.pseudonym.object_ref` only.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from oncopipe import layout
-from oncopipe.errors import InputError, MissingPatientError, UnknownObjectError
+from oncopipe.errors import ConfigError, InputError, MissingPatientError, UnknownObjectError
 from oncopipe.manifest import (
     MANIFEST_ROOT,
     ItemResult,
@@ -32,15 +39,15 @@ from oncopipe.manifest import (
     StepContext,
     process_item,
 )
-from oncopipe.runs import item_slug
-from oncopipe.samplesheet import parse_samplesheet, pseudonymised_records
+from oncopipe.pseudonym import object_ref
+from oncopipe.samplesheet import parse_samplesheet, pseudonymised_records, stage_records
 from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
 
 STEP = "route"
 #: Bump when the routing rules change, so a re-run re-routes instead of skipping.
-RULES_VERSION = 1
+RULES_VERSION = 2
 SNIFF_BYTES = 4096
 #: Python exception names of transient failures: retried before the catch-all quarantines.
 TRANSIENT_ERRORS = (
@@ -125,7 +132,11 @@ def reason_document(
     message: str,
     details: Sequence[str],
 ) -> dict[str, Any]:
-    """Return the reason document written beside a quarantined object (no PHI)."""
+    """Return the reason document written beside a quarantined object.
+
+    It holds the readable reason and the source object's key: PHI, which is why it lives in
+    the quarantine zone only and is never logged or returned to a state machine.
+    """
     return {
         "run_id": run_id,
         "step": step,
@@ -145,14 +156,19 @@ def write_quarantine(
     step: str,
     error: InputError,
 ) -> dict[str, Any]:
-    """Copy a rejected object to quarantine with its reason; return the item summary."""
+    """Copy a rejected object to quarantine with its reason; return the item summary.
+
+    The summary (recorded in the item's manifest) keeps the readable ``reason`` and
+    ``details``; adapters must not pass them on to logs or state outputs.
+    """
+    writer.reject(error.reason_code)  # the item's manifest is a tombstone (retracts outputs)
     writer.copy(ref, buckets.quarantine, layout.quarantine_key(run_id, ref.key))
     writer.put_json(
         buckets.quarantine,
         layout.quarantine_reason_key(run_id, ref.key),
         reason_document(ref, run_id, step, error.reason_code, str(error), error.details),
     )
-    logger.info("quarantined %s: %s", ref.key, error.reason_code)
+    logger.info("quarantined an object of step %s: %s", step, error.reason_code)
     return {
         "status": "quarantined",
         "reason_code": error.reason_code,
@@ -182,11 +198,17 @@ def _split_s3_uri(value: str, default_bucket: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Router:
-    """Routes ingest objects for one deployment (buckets, store, pseudonymisation)."""
+    """Routes ingest objects for one deployment (buckets, store, pseudonymisation).
+
+    ``secret`` (the pseudonymisation secret) is needed to accept a sample sheet: the curated
+    table's date shift and opaque references derive from it. Without it (reconcile) a
+    sample sheet raises :class:`~oncopipe.errors.ConfigError`.
+    """
 
     store: ObjectStore
     buckets: layout.Buckets
     patient_key: Callable[[str], str]
+    secret: bytes | None = None
 
     def resolve(self, ref: ObjectRef) -> ObjectRef | None:
         """Return the current reference of an event's object (see :func:`resolve`)."""
@@ -206,6 +228,8 @@ class Router:
             run_id=run_id,
             step=STEP,
             params={"rules_version": RULES_VERSION},
+            phi_zone=True,  # route manifests name ingest keys
+            tables_bucket=self.buckets.curated,  # the sample table (Glue table samples)
         )
 
     def route(self, ref: ObjectRef, run_id: str) -> ItemResult:
@@ -239,37 +263,56 @@ class Router:
     ) -> dict[str, Any]:
         if ref.size > MAX_SAMPLESHEET_BYTES:
             raise InputError(ref.key, f"sample sheet larger than {MAX_SAMPLESHEET_BYTES} bytes")
+        if self.secret is None:
+            raise ConfigError("the router needs the pseudonymisation secret to accept sheets")
         data = self.store.get_bytes(ref.bucket, ref.key, ref.version_id)
+        ingest = self.buckets.ingest
 
-        def exists(value: str) -> bool:
-            bucket, key = _split_s3_uri(value, self.buckets.ingest)
-            return bool(key) and self.store.exists(bucket, key)
+        def exists(key: str) -> bool:
+            return self.store.exists(ingest, key)
 
-        def prefix_exists(value: str) -> bool:
-            bucket, key = _split_s3_uri(value, self.buckets.ingest)
-            return bool(key) and self.store.prefix_exists(bucket, key.rstrip("/") + "/")
+        def prefix_exists(key: str) -> bool:
+            return self.store.prefix_exists(ingest, key.rstrip("/") + "/")
 
         # An invalid sheet raises SampleSheetError (an InputError): quarantined by route().
-        sheet = parse_samplesheet(data, source=ref.key, exists=exists, prefix_exists=prefix_exists)
+        sheet = parse_samplesheet(
+            data,
+            source=ref.key,
+            exists=exists,
+            prefix_exists=prefix_exists,
+            ingest_bucket=ingest,
+        )
         try:
-            records = pseudonymised_records(sheet, self.patient_key, run_id=run_id)
+            curated = pseudonymised_records(
+                sheet, self.secret, run_id=run_id, patient_key=self.patient_key
+            )
+            inputs = stage_records(sheet, self.patient_key, run_id=run_id)
         except ValueError as e:  # an id the key function refuses (blank after stripping)
             raise MissingPatientError(ref.key, str(e)) from e
-        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+        # Named by the sheet's opaque reference: its key may name a patient.
+        table_key = f"{layout.CURATED_SAMPLES}{run_id}/{object_ref(self.secret, ref.key)}.jsonl"
+        # The stage inputs first: the curated table announces a sheet whose inputs exist.
+        writer.put(
+            self.buckets.quarantine,
+            sample_inputs_key(table_key),
+            _json_lines(inputs),
+            content_type="application/x-ndjson",
+        )
         out = writer.put(
             self.buckets.curated,
-            f"{layout.CURATED_SAMPLES}{run_id}/{item_slug(ref.key)}.jsonl",
-            body,
+            table_key,
+            _json_lines(curated),
             content_type="application/x-ndjson",
         )
         return {
             "status": "accepted",
             "samples": [
                 {k: r[k] for k in ("sample", "type", "patient_key", "fastq_1", "fastq_2")}
-                for r in records
+                for r in inputs
             ],
             "referenced_keys": sheet.referenced_keys(),
             "sample_table": out.key,
+            "sample_inputs": sample_inputs_key(table_key),
         }
 
     def reconcile(self, run_id: str, *, also_named_by: Sequence[str] = ()) -> list[ItemResult]:
@@ -297,6 +340,7 @@ class Router:
             run_id=run_id,
             step="reconcile",
             params={"rules_version": RULES_VERSION},
+            phi_zone=True,
         )
         results = []
         for document in sorted(routed, key=lambda d: str(d.get("item"))):
@@ -320,6 +364,46 @@ class Router:
         return results
 
 
+def _json_lines(records: Sequence[Mapping[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+
+
+def sample_inputs_key(table_key: str) -> str:
+    """Return the PHI-zone key of the stage inputs that go with a curated sample table.
+
+    ``cohort/samples/<run>/<ref>.jsonl`` (curated) -> ``_sample-inputs/<run>/<ref>.jsonl``
+    (quarantine bucket): the same name, so a stage given the curated table finds them.
+
+    Raises:
+        ValueError: ``table_key`` is not a sample table key.
+    """
+    name = table_key.removeprefix(layout.CURATED_SAMPLES)
+    if name == table_key or not name.endswith(".jsonl") or ".." in name.split("/"):
+        raise ValueError(f"not a sample table key (expected {layout.CURATED_SAMPLES}...jsonl)")
+    return layout.QUARANTINE_SAMPLE_INPUTS + name
+
+
+def load_sample_inputs(
+    store: ObjectStore, buckets: layout.Buckets, table_key: str
+) -> list[dict[str, Any]]:
+    """Return the stage inputs of an accepted sample sheet, given its curated table's key.
+
+    The one reader every stage uses: rows of :func:`oncopipe.samplesheet.stage_records`
+    (patient key, source patient id, sample, lane, ingest keys...), read from the PHI zone.
+    They are PHI: never log them.
+
+    Raises:
+        ValueError: ``table_key`` is not a sample table key.
+        InputError: the stage inputs are not there (the sheet was not accepted by this
+            router version).
+    """
+    key = sample_inputs_key(table_key)
+    if not store.exists(buckets.quarantine, key):
+        raise InputError(table_key, "no stage inputs for this sample table; route the sheet again")
+    text = store.get_bytes(buckets.quarantine, key).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def route_error_to_quarantine(
     store: ObjectStore,
     buckets: layout.Buckets,
@@ -335,7 +419,8 @@ def route_error_to_quarantine(
     """
     error = InputError(ref.key, f"routing failed with {error_name}; see the execution history")
     error.reason_code = "processing-error"
-    ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id, step=step)
+    ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id, step=step,
+                      phi_zone=True)  # fmt: skip
     return process_item(
         ctx,
         ref.key,

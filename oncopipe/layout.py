@@ -15,6 +15,11 @@ INGEST_FASTQ = "fastq/"
 INGEST_DICOM = "dicom/"
 INGEST_NOTES = "notes/"
 
+# Quarantine bucket (PHI zone: rejected input, route manifests). The stage inputs of each
+# accepted sample sheet (ingest keys, source ids): what the stages work from, beside the
+# route manifests, as the curated sample table holds only opaque references.
+QUARANTINE_SAMPLE_INPUTS = "_sample-inputs/"
+
 # Curated bucket (de-identified).
 CURATED_SAMPLES = "cohort/samples/"
 CURATED_GENOMICS_BAM = "genomics/bam/"

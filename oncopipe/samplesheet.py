@@ -7,15 +7,17 @@ A sample sheet is UTF-8 CSV (a byte-order mark is allowed) with a header row. Co
 column         required  meaning
 =============  ========  ===================================================================
 patient        yes       source patient id (PHI: never echoed in a message)
-sample         yes       sample id, ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``, unique in the sheet
+sample         yes       sample id, ``[A-Za-z0-9][A-Za-z0-9_.-]*``, unique in the sheet; with
+                         ``.<lane>`` it is the read group ID, at most 64 characters
 type           yes       ``tumour`` (or ``tumor``) / ``normal``
-fastq_1        yes       ingest key (or ``s3://`` URI) of read 1, ``.fastq.gz`` / ``.fq.gz``
-fastq_2        yes       ingest key of read 2
-lane           no        sequencing lane (default ``1``)
-library        no        library id, read group LB (default: the sample)
-platform       no        read group PL: ILLUMINA (default), ONT, PACBIO, ELEMENT, ULTIMA
-dicom          no        ingest prefix of the patient's DICOM series folder
-notes          no        ingest key of a clinical note of the patient
+fastq_1        yes       ingest key of read 1 under ``fastq/``, ``.fastq.gz`` / ``.fq.gz``
+fastq_2        yes       ingest key of read 2 under ``fastq/``
+lane           no        sequencing lane, a positive integer up to 999 (default ``1``)
+library        no        library id, read group LB, ``[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}``
+                         (default: the sample)
+platform       no        read group PL, a SAM specification value (default ILLUMINA)
+dicom          no        ingest prefix of the patient's DICOM series folder, under ``dicom/``
+notes          no        ingest key of a clinical note of the patient, under ``notes/``
 note_date      no        ISO date (YYYY-MM-DD) of that note
 =============  ========  ===================================================================
 
@@ -23,10 +25,24 @@ Any other column is an error (a typo such as ``fastq2`` must not silently drop d
 Values are stripped of surrounding whitespace; fully blank lines are skipped. Every problem
 is collected and raised at once as a :class:`SampleSheetError`.
 
+Locations: a key is relative to the ingest bucket and lies under its column's prefix; no
+absolute path, no ``.``/``..``/empty segment, no backslash, no control character. An
+``s3://`` URI is accepted only for the ingest bucket itself (``ingest_bucket``; when it is
+not known, as in the offline check, every URI is refused) and is normalised to its key.
+
+Cells: no cell may hold a control character, nor start with a spreadsheet formula
+character (``= + - @``, also after leading spaces, or a tab or carriage return: the
+OWASP CSV-injection list, plus their full-width forms), in any column.
+
 Privacy: no message ever contains a value of the ``patient`` column. Values of other
 columns are echoed (file keys, sample ids), except where they contain a patient id of the
 sheet, which is then shown as ``<patient id>``. Sample and library ids travel into the
-de-identified zone, so they must not contain a patient id of the sheet.
+de-identified zone, so they must not contain a patient id of the sheet in any spelling:
+both are compared on their upper-cased letters and digits (``MRN6433012T`` contains
+``MRN-6433012``), in both directions, when the shorter of the two has at least
+:data:`MIN_ID_OVERLAP` of them (so that a one-character id does not refuse every sample);
+the patient id's number alone (at least :data:`MIN_ID_DIGITS` digits) counts too.
+The refusal names neither value.
 """
 
 from __future__ import annotations
@@ -34,22 +50,47 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
+from oncopipe import layout
 from oncopipe.errors import InputError
 
 REQUIRED = ("patient", "sample", "type", "fastq_1", "fastq_2")
 OPTIONAL = ("lane", "library", "platform", "dicom", "notes", "note_date")
 ALLOWED = REQUIRED + OPTIONAL
 TYPES = {"tumour": "tumour", "tumor": "tumour", "normal": "normal"}
-PLATFORMS = ("ILLUMINA", "ONT", "PACBIO", "ELEMENT", "ULTIMA")
+#: Read group PL values of the SAM specification (v1, section 1.3, @RG PL).
+PLATFORMS = (
+    "ILLUMINA", "CAPILLARY", "DNBSEQ", "ELEMENT", "HELICOS", "IONTORRENT",
+    "LS454", "ONT", "PACBIO", "SINGULAR", "SOLID", "ULTIMA",
+)  # fmt: skip
 FASTQ_SUFFIXES = (".fastq.gz", ".fq.gz")
-SAMPLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The aligner's read-group value rule (``oncopipe.genomics.align``): ``ID`` is
+#: ``<sample>.<lane>`` and ``LB`` the library, each at most this long.
+READ_GROUP_MAX = 64
+SAMPLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+LIBRARY_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{READ_GROUP_MAX - 1}}}")
+LANE_RE = re.compile(r"[0-9]{1,3}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # s3://bucket/key; bucket names per the S3 naming rules (3-63 lower-case characters).
-S3_URI_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S.*")
+S3_URI_RE = re.compile(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S.*)")
+#: The ingest prefix each location column must lie under (``oncopipe.layout``).
+LOCATION_PREFIXES = {
+    "fastq_1": layout.INGEST_FASTQ,
+    "fastq_2": layout.INGEST_FASTQ,
+    "notes": layout.INGEST_NOTES,
+    "dicom": layout.INGEST_DICOM,
+}
+#: OWASP CSV injection: cells starting with these run as formulas in spreadsheets.
+FORMULA_PREFIXES = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+FORMULA_RAW_PREFIXES = frozenset("\t\r")
+#: Shortest normalised id fragment the patient-id-in-sample check compares (see above).
+MIN_ID_OVERLAP = 4
+#: Fewest digits for a patient id's number to be compared on its own (MRNs have 6-10).
+MIN_ID_DIGITS = 6
 REDACTED = "<patient id>"
 
 
@@ -57,7 +98,10 @@ REDACTED = "<patient id>"
 class SampleRow:
     """One validated row. ``patient`` is the source id: PHI, never log it.
 
-    ``line`` is the 1-based line of the row in the file (the header is line 1).
+    ``line`` is the 1-based line of the row in the file (the header is line 1). The
+    locations (``fastq_1``, ``fastq_2``, ``dicom``, ``notes``) are keys in the ingest bucket
+    (an ``s3://`` URI of the sheet is given here as its key): PHI too, as exports name
+    files after patients.
     """
 
     line: int
@@ -156,12 +200,67 @@ class _Redactor:
             else None
         )
 
+        self._normalised: set[str] = set()
+        for patient in patients:
+            normalised = _normalise_id(patient)
+            digits = "".join(c for c in normalised if c.isdigit())
+            self._normalised.add(normalised)
+            # The number alone identifies the patient where the letters are a constant
+            # prefix (MRN-, PT): compared when long enough to be an identifier.
+            if len(digits) >= MIN_ID_DIGITS and digits != normalised:
+                self._normalised.add(digits)
+        self._normalised.discard("")
+
     def contains_patient(self, value: str) -> bool:
         """Return True when ``value`` contains a patient id of the sheet as a whole token."""
         return self._pattern is not None and self._pattern.search(value) is not None
 
+    def overlaps_patient(self, value: str) -> bool:
+        """Return True when ``value`` and a patient id of the sheet contain one another.
+
+        Both are compared as upper-cased letters and digits, so ``MRN6433012T`` overlaps
+        ``MRN-6433012`` and ``433012`` does too; the patient id's digits alone (when there
+        are at least :data:`MIN_ID_DIGITS`) are compared as well, so ``X6433012N`` overlaps
+        it. Pairs whose shorter side has fewer than :data:`MIN_ID_OVERLAP` characters are
+        not compared.
+        """
+        mine = _normalise_id(value)
+        for patient in self._normalised:
+            shorter = min(len(mine), len(patient))
+            if shorter >= MIN_ID_OVERLAP and (patient in mine or mine in patient):
+                return True
+        return False
+
     def __call__(self, value: str) -> str:
         return self._pattern.sub(REDACTED, value) if self._pattern else value
+
+
+def _normalise_id(value: str) -> str:
+    """Return the upper-cased letters and digits of an id (how ids are compared)."""
+    return "".join(c for c in value.upper() if c.isalnum())
+
+
+def _cell_issues(header: list[str], record: list[str], line: int) -> list[SheetIssue]:
+    """Return the control-character and formula-prefix problems of a row's raw cells.
+
+    The value is never echoed: it may be a patient id.
+    """
+    issues = []
+    for column, raw in zip(header, record, strict=True):
+        if any(unicodedata.category(c) == "Cc" for c in raw.strip(" \t\r\n")):
+            issues.append(SheetIssue(line, column, "the value contains a control character"))
+        elif (raw[:1] in FORMULA_RAW_PREFIXES and raw.strip()) or (
+            raw.lstrip()[:1] in FORMULA_PREFIXES
+        ):
+            issues.append(
+                SheetIssue(
+                    line,
+                    column,
+                    "the value starts with a spreadsheet formula character (= + - @, or a "
+                    "tab or carriage return); remove it",
+                )
+            )
+    return issues
 
 
 def _decode(data: str | bytes, source: str) -> str:
@@ -225,16 +324,20 @@ def parse_samplesheet(
     source: str,
     exists: Callable[[str], bool] | None = None,
     prefix_exists: Callable[[str], bool] | None = None,
+    ingest_bucket: str | None = None,
 ) -> SampleSheet:
     """Parse and validate a sample sheet.
 
     Args:
         data: the file's content (bytes must be UTF-8; a byte-order mark is allowed).
         source: the sheet's object key or path, used in messages.
-        exists: called with each ``fastq_1``, ``fastq_2`` and ``notes`` value, as written
-            in the sheet (key or ``s3://`` URI); False reports a missing file. None skips.
-        prefix_exists: called with each ``dicom`` value; False reports an empty prefix.
+        exists: called with the ingest key of each ``fastq_1``, ``fastq_2`` and ``notes``
+            value (an ``s3://`` URI is passed as its key); False reports a missing file.
+            None skips.
+        prefix_exists: called with each ``dicom`` key; False reports an empty prefix.
             None skips. Each distinct value is checked once.
+        ingest_bucket: the ingest bucket's name, the only bucket an ``s3://`` URI may
+            name. None (not known, e.g. offline) refuses every ``s3://`` URI.
 
     Returns:
         The sheet with one :class:`SampleRow` per data row, in file order.
@@ -272,12 +375,27 @@ def parse_samplesheet(
                 SheetIssue(line, None, f"{len(record)} fields, the header has {len(header)}")
             )
             continue
+        cell_issues = _cell_issues(header, record, line)
         values = {h: v.strip() for h, v in zip(header, record, strict=True)}
-        row_issues = _check_row(
-            values, line, redact, first_line_of_sample, first_line_of_fastq, identity
-        )
+        bad_cells = {i.column for i in cell_issues}
+        row_issues = cell_issues + [
+            i
+            for i in _check_row(
+                values,
+                line,
+                redact,
+                first_line_of_sample,
+                first_line_of_fastq,
+                identity,
+                ingest_bucket,
+            )
+            if i.column not in bad_cells
+        ]
         issues.extend(row_issues)
         flagged = {i.column for i in row_issues}
+        for column in LOCATION_PREFIXES:
+            if values.get(column) and column not in flagged:
+                values[column] = _as_key(values[column])
         if exists is not None:
             for column in ("fastq_1", "fastq_2", "notes"):
                 key = values.get(column, "")
@@ -306,15 +424,58 @@ def parse_samplesheet(
     return SampleSheet(source=source, rows=tuple(rows))
 
 
-def _check_location(column: str, value: str, line: int, shown: str) -> SheetIssue | None:
-    """Return an issue when ``value`` is neither an ingest key nor an s3://bucket/key URI."""
-    if value.lower().startswith("s3://"):
-        if not S3_URI_RE.fullmatch(value):
+def _as_key(value: str) -> str:
+    """Return the ingest key of a validated location (an ``s3://`` URI loses its bucket)."""
+    match = S3_URI_RE.fullmatch(value)
+    return match.group(2) if match else value
+
+
+def _check_location(
+    column: str, value: str, line: int, shown: str, ingest_bucket: str | None
+) -> SheetIssue | None:
+    """Return an issue when ``value`` is not a safe ingest key under its column's prefix.
+
+    ``value`` is a key or an ``s3://`` URI of the ingest bucket; the key must lie under
+    :data:`LOCATION_PREFIXES` ``[column]`` with no absolute path, backslash or ``.``,
+    ``..`` or empty segment (``dicom`` may end with ``/``). The problem is described,
+    the value is echoed only as ``shown`` (patient ids redacted) where harmless.
+    """
+    key = value
+    if value[:5].lower() == "s3://":
+        match = S3_URI_RE.fullmatch(value)
+        if not match:
             return SheetIssue(line, column, f"{shown} is not an s3://bucket/key URI")
+        if ingest_bucket is None:
+            return SheetIssue(
+                line,
+                column,
+                "s3:// URIs are accepted only for the ingest bucket, which is not known "
+                "here: give the key in the ingest bucket instead",
+            )
+        if match.group(1) != ingest_bucket:
+            return SheetIssue(
+                line,
+                column,
+                "the s3:// URI names another bucket than the ingest bucket; upload the file "
+                "to the ingest bucket and give its key",
+            )
+        key = match.group(2)
     elif "://" in value:
         return SheetIssue(
             line, column, f"{shown}: give a key in the ingest bucket or an s3://bucket/key URI"
         )
+    prefix = LOCATION_PREFIXES[column]
+    if key.startswith("/"):
+        return SheetIssue(line, column, f"an absolute path; give a key under {prefix}")
+    if "\\" in key:
+        return SheetIssue(line, column, "a backslash in the key; S3 keys separate with '/'")
+    segments = (key[:-1] if column == "dicom" and key.endswith("/") else key).split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return SheetIssue(
+            line, column, "the key has an empty, '.' or '..' segment; give a plain key"
+        )
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        return SheetIssue(line, column, f"the key must lie under {prefix} in the ingest bucket")
     return None
 
 
@@ -325,6 +486,7 @@ def _check_row(
     first_line_of_sample: dict[str, int],
     first_line_of_fastq: dict[str, int],
     identity: dict[str, tuple[str, str, int]],
+    ingest_bucket: str | None,
 ) -> list[SheetIssue]:
     """Return the problems of one row; record its sample and FASTQ keys for later rows."""
     issues: list[SheetIssue] = []
@@ -337,9 +499,15 @@ def _check_row(
             )
             issues.append(SheetIssue(line, column, what))
 
+    lane = values.get("lane", "")
+    lane_ok = not lane or (LANE_RE.fullmatch(lane) is not None and int(lane) > 0)
+    if not lane_ok:
+        issues.append(SheetIssue(line, "lane", "the lane is not a whole number between 1 and 999"))
+    lane = str(int(lane)) if lane and lane_ok else "1"
     sample = values.get("sample", "")
     if sample:
-        if redact.contains_patient(sample):
+        longest = READ_GROUP_MAX - 1 - len(lane)  # the read group ID is <sample>.<lane>
+        if redact.contains_patient(sample) or redact.overlaps_patient(sample):
             issues.append(
                 SheetIssue(
                     line,
@@ -353,13 +521,22 @@ def _check_row(
                 SheetIssue(
                     line,
                     "sample",
-                    "sample ids use 1-64 letters, digits, '_', '.', '-', starting with a "
-                    "letter or digit",
+                    f"sample ids use 1-{READ_GROUP_MAX - 2} letters, digits, '_', '.', '-', "
+                    "starting with a letter or digit",
+                )
+            )
+        elif len(sample) > longest:
+            issues.append(
+                SheetIssue(
+                    line,
+                    "sample",
+                    f"the sample id has {len(sample)} characters: with its lane it makes the "
+                    f"read group ID '<sample>.{lane}', which the aligner limits to "
+                    f"{READ_GROUP_MAX}, so use at most {longest}",
                 )
             )
         else:
             # One row per lane: a sample may span rows, a (sample, lane) pair may not.
-            lane = values.get("lane") or "1"
             key = f"{sample}\x00{lane}"
             if key in first_line_of_sample:
                 issues.append(
@@ -388,7 +565,7 @@ def _check_row(
                 identity[sample] = (patient, kind, line)
 
     library = values.get("library", "")
-    if library and redact.contains_patient(library):
+    if library and (redact.contains_patient(library) or redact.overlaps_patient(library)):
         issues.append(
             SheetIssue(
                 line,
@@ -396,17 +573,15 @@ def _check_row(
                 "library id contains a patient id; it reaches the de-identified zone",
             )
         )
-
-    for column in ("fastq_1", "fastq_2", "notes", "dicom"):
-        if values.get(column) and redact.contains_patient(values[column]):
-            issues.append(
-                SheetIssue(
-                    line,
-                    column,
-                    f"{redact(values[column])} names the patient id; keys are recorded in the "
-                    "de-identified zone, so rename the file without it",
-                )
+    elif library and not LIBRARY_RE.fullmatch(library):
+        issues.append(
+            SheetIssue(
+                line,
+                "library",
+                f"library ids (read group LB) use 1-{READ_GROUP_MAX} letters, digits, '_', "
+                "'.', ':', '-', starting with a letter or digit",
             )
+        )
 
     kind = values.get("type", "")
     if kind and kind.lower() not in TYPES:
@@ -419,26 +594,28 @@ def _check_row(
         if not key:
             continue
         shown = redact(key)
-        bad_location = _check_location(column, key, line, shown)
+        bad_location = _check_location(column, key, line, shown, ingest_bucket)
+        plain = _as_key(key)
         if bad_location is not None:
             issues.append(bad_location)
         elif not key.lower().endswith(FASTQ_SUFFIXES):
             issues.append(SheetIssue(line, column, f"{shown} is not a .fastq.gz or .fq.gz file"))
-        elif key in first_line_of_fastq and first_line_of_fastq[key] != line:
+        elif plain in first_line_of_fastq and first_line_of_fastq[plain] != line:
             issues.append(
                 SheetIssue(
-                    line, column, f"{shown} is already used on line {first_line_of_fastq[key]}"
+                    line, column, f"{shown} is already used on line {first_line_of_fastq[plain]}"
                 )
             )
         else:
-            first_line_of_fastq.setdefault(key, line)
-    if values.get("fastq_1") and values.get("fastq_1") == values.get("fastq_2"):
+            first_line_of_fastq.setdefault(plain, line)
+    fastq_1, fastq_2 = values.get("fastq_1", ""), values.get("fastq_2", "")
+    if fastq_1 and _as_key(fastq_1) == _as_key(fastq_2):
         issues.append(SheetIssue(line, "fastq_2", "fastq_2 is the same file as fastq_1"))
 
     for column in ("dicom", "notes"):
         value = values.get(column, "")
         if value:
-            bad_location = _check_location(column, value, line, redact(value))
+            bad_location = _check_location(column, value, line, redact(value), ingest_bucket)
             if bad_location is not None:
                 issues.append(bad_location)
 
@@ -479,7 +656,7 @@ def _row(values: dict[str, str], line: int) -> SampleRow:
         type=TYPES[values["type"].lower()],
         fastq_1=values["fastq_1"],
         fastq_2=values["fastq_2"],
-        lane=values.get("lane") or "1",
+        lane=str(int(values["lane"])) if values.get("lane") else "1",
         library=values.get("library") or values["sample"],
         platform=(values.get("platform") or "ILLUMINA").upper(),
         dicom=values.get("dicom") or None,
@@ -489,28 +666,92 @@ def _row(values: dict[str, str], line: int) -> SampleRow:
 
 
 def pseudonymised_records(
-    sheet: SampleSheet, patient_key: Callable[[str], str], *, run_id: str
+    sheet: SampleSheet,
+    secret: bytes,
+    *,
+    run_id: str,
+    patient_key: Callable[[str], str] | None = None,
 ) -> list[dict[str, object]]:
-    """Return the rows for the curated sample table, one dict per row in file order.
+    """Return the rows for the curated (de-identified) sample table, in file order.
 
-    Each dict has ``patient_key`` (``patient_key(row.patient)``) in place of the source
-    patient id, which it never contains, plus the row's other values, ``note_date`` as an
-    ISO string or None, ``source_line``, ``samplesheet`` (the sheet's source) and ``run_id``.
+    Each dict holds ``patient_key`` in place of the source patient id; ``sample``,
+    ``type``, ``lane``, ``library``, ``platform``; ``note_date`` shifted by the patient's
+    date shift (the one DICOM de-identification and the notes stage apply, so the shift
+    cannot be read off by comparing the two) as an ISO string or None; the locations only
+    as opaque references (``fastq_1_ref``, ``fastq_2_ref``, ``dicom_ref``, ``notes_ref``,
+    ``samplesheet_ref``: :func:`oncopipe.pseudonym.object_ref` of the ingest key, or None);
+    ``source_line`` and ``run_id``. No value is an ingest key, a source id or an unshifted
+    date.
+
+    Args:
+        patient_key: the key function to use (a memoised :func:`oncopipe.pseudonym.keyer`);
+            default: :func:`oncopipe.pseudonym.patient_key` with ``secret``.
 
     Raises:
-        Whatever ``patient_key`` raises (the pseudonym function raises ValueError for an
-        empty id).
+        ValueError: an id the key function refuses (empty after stripping), or a secret
+            shorter than 32 bytes. The message names neither.
+    """
+    from oncopipe.imaging.deid import date_shift_days
+    from oncopipe.pseudonym import keyer, object_ref
+
+    key_of = patient_key or keyer(secret)
+
+    def ref(value: str | None) -> str | None:
+        return object_ref(secret, value) if value else None
+
+    records: list[dict[str, object]] = []
+    for row in sheet.rows:
+        shifted = (
+            (row.note_date + timedelta(days=date_shift_days(secret, row.patient))).isoformat()
+            if row.note_date
+            else None
+        )
+        records.append(
+            {
+                "patient_key": key_of(row.patient),
+                "sample": row.sample,
+                "type": row.type,
+                "lane": row.lane,
+                "library": row.library,
+                "platform": row.platform,
+                "note_date": shifted,
+                "fastq_1_ref": ref(row.fastq_1),
+                "fastq_2_ref": ref(row.fastq_2),
+                "dicom_ref": ref(row.dicom),
+                "notes_ref": ref(row.notes),
+                "samplesheet_ref": ref(sheet.source),
+                "source_line": row.line,
+                "run_id": run_id,
+            }
+        )
+    return records
+
+
+def stage_records(
+    sheet: SampleSheet, patient_key: Callable[[str], str], *, run_id: str
+) -> list[dict[str, object]]:
+    """Return the rows the stages work from (PHI: they are kept in the PHI zone only).
+
+    Each dict has ``patient_key``, ``source_patient_id`` (the notes stage derives a note's
+    key and date shift from it when the note names no patient), ``sample``, ``type``,
+    ``lane``, ``library``, ``platform``, the ingest keys ``fastq_1``, ``fastq_2``,
+    ``dicom``, ``notes`` (None when absent), the unshifted ``note_date`` (ISO or None),
+    ``source_line``, ``samplesheet`` (the sheet's key) and ``run_id``.
+
+    Raises:
+        Whatever ``patient_key`` raises (ValueError for an empty id).
     """
     return [
         {
             "patient_key": patient_key(row.patient),
+            "source_patient_id": row.patient,
             "sample": row.sample,
             "type": row.type,
-            "fastq_1": row.fastq_1,
-            "fastq_2": row.fastq_2,
             "lane": row.lane,
             "library": row.library,
             "platform": row.platform,
+            "fastq_1": row.fastq_1,
+            "fastq_2": row.fastq_2,
             "dicom": row.dicom,
             "notes": row.notes,
             "note_date": row.note_date.isoformat() if row.note_date else None,

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from oncopipe.errors import InputError, UnknownObjectError
-from oncopipe.ingest import Router, classify
+from oncopipe.errors import ConfigError, InputError, UnknownObjectError
+from oncopipe.genomics.stage import load_samples
+from oncopipe.ingest import Router, classify, load_sample_inputs, sample_inputs_key
 from oncopipe.layout import Buckets
-from oncopipe.pseudonym import keyer, patient_key
+from oncopipe.pseudonym import keyer, object_ref, patient_key
 from oncopipe.storage import ObjectStore
 from tests.conftest import make_bucket
 
@@ -38,7 +39,7 @@ def store(s3: Any) -> ObjectStore:
 
 @pytest.fixture
 def router(store: ObjectStore) -> Router:
-    return Router(store=store, buckets=BUCKETS, patient_key=keyer(SECRET))
+    return Router(store=store, buckets=BUCKETS, patient_key=keyer(SECRET), secret=SECRET)
 
 
 def upload(store: ObjectStore, key: str, body: bytes) -> Any:
@@ -117,8 +118,18 @@ def test_valid_samplesheet_becomes_a_pseudonymised_sample_table(
     record = json.loads(table.splitlines()[0])
     assert record["patient_key"] == patient_key(SECRET, MRN)
     assert record["sample"] == "P1-T"
+    assert record["fastq_1_ref"] == object_ref(SECRET, "fastq/P1-T_R1.fastq.gz")
     for key in curated_keys(store):
-        assert MRN.encode() not in store.get_bytes(BUCKETS.curated, key), key
+        body = store.get_bytes(BUCKETS.curated, key)
+        assert MRN.encode() not in body, key
+        assert b"cohort.csv" not in body and "cohort.csv" not in key, key
+    # The stages read the ingest keys from the PHI zone, through the one reader.
+    assert result.summary["sample_inputs"].startswith("_sample-inputs/run-1/")
+    inputs = load_sample_inputs(store, BUCKETS, result.summary["sample_table"])
+    assert [(r["sample"], r["fastq_1"], r["fastq_2"]) for r in inputs] == [
+        ("P1-T", "fastq/P1-T_R1.fastq.gz", "fastq/P1-T_R2.fastq.gz")
+    ]
+    assert load_samples(store, BUCKETS, result.summary["sample_table"]) == inputs
 
 
 def test_invalid_samplesheet_is_quarantined_with_every_problem(
@@ -214,7 +225,9 @@ def test_router_handler_routes_the_event_and_logs_no_phi(
     result = handler.lambda_handler(_event("samplesheets/cohort.csv"), _Context())
     assert result["status"] == "accepted"
     assert result["run_id"] == "ingest-20261129"
-    assert result["manifest"].startswith("_manifests/ingest-20261129/route/")
+    assert result["object"] == object_ref(SECRET, "samplesheets/cohort.csv")
+    assert result["sample_ids"] == ["P1-T"] and result["tumour_ids"] == ["P1-T"]
+    assert result["sample_table"].startswith("cohort/samples/ingest-20261129/obj-")
     assert MRN not in capsys.readouterr().out
     again = handler.lambda_handler(_event("samplesheets/cohort.csv"), _Context())
     assert again["skipped"] is True
@@ -236,6 +249,7 @@ def test_quarantine_handler_records_only_the_error_type(
     error = {"Error": "KeyError", "Cause": f"'{MRN}' in some traceback"}
     result = handler.lambda_handler({"event": _event("notes/p1.txt"), "error": error}, _Context())
     assert result["status"] == "quarantined"
+    assert result["reason_code"] == "processing-error" and result["error"] == "KeyError"
     reason = store.get_bytes(BUCKETS.quarantine, "ingest-20261129/notes/p1.txt.reason.json")
     assert b"KeyError" in reason and MRN.encode() not in reason
 
@@ -271,14 +285,48 @@ def test_reconcile_handler_checks_the_previous_day(
         ["ingest-20261129"],
     )
     result = handler.lambda_handler({"time": "2026-11-29T02:30:00Z"}, _Context())
-    assert result == {
-        "run_id": "ingest-20261128",
-        "checked": 1,
-        "quarantined": ["fastq/X_R1.fastq.gz"],
-    }
+    assert result == {"run_id": "ingest-20261128", "checked": 1, "quarantined": 1}
 
 
 def test_prefixes_are_exact_lower_case() -> None:
     with pytest.raises(UnknownObjectError, match="no stage takes objects under this prefix"):
         classify("DICOM/p1/1.dcm", b"\0" * 128 + b"DICM", 132)
     assert classify("fastq/S_R1.FASTQ.GZ", b"\x1f\x8b\x08", 3) == "fastq"
+
+
+def test_a_sheet_needs_the_secret_and_leaves_nothing_when_it_is_missing(
+    store: ObjectStore,
+) -> None:
+    upload(store, "fastq/P1-T_R1.fastq.gz", FASTQ)
+    upload(store, "fastq/P1-T_R2.fastq.gz", FASTQ)
+    keyless = Router(store=store, buckets=BUCKETS, patient_key=keyer(SECRET))
+    with pytest.raises(ConfigError, match="secret"):
+        keyless.route(upload(store, "samplesheets/cohort.csv", SHEET), "run-1")
+    assert curated_keys(store) == []
+    assert list(store.list_keys(BUCKETS.quarantine, "_sample-inputs/")) == []
+
+
+def test_sample_inputs_key_refuses_what_is_not_a_sample_table() -> None:
+    assert sample_inputs_key("cohort/samples/r/obj-x.jsonl") == "_sample-inputs/r/obj-x.jsonl"
+    for bad in ("genomics/bam/x.jsonl", "cohort/samples/r/x.csv", "cohort/samples/../x.jsonl"):
+        with pytest.raises(ValueError, match="not a sample table key"):
+            sample_inputs_key(bad)
+
+
+def test_s3_uris_of_the_ingest_bucket_are_routed_as_its_keys(
+    store: ObjectStore, router: Router
+) -> None:
+    upload(store, "fastq/P1-T_R1.fastq.gz", FASTQ)
+    upload(store, "fastq/P1-T_R2.fastq.gz", FASTQ)
+    sheet = (
+        "patient,sample,type,fastq_1,fastq_2\n"
+        f"{MRN},P1-T,tumour,s3://{BUCKETS.ingest}/fastq/P1-T_R1.fastq.gz,fastq/P1-T_R2.fastq.gz\n"
+    ).encode()
+    result = router.route(upload(store, "samplesheets/uri.csv", sheet), "run-1")
+    assert result.summary["status"] == "accepted"
+    inputs = load_sample_inputs(store, BUCKETS, result.summary["sample_table"])
+    assert inputs[0]["fastq_1"] == "fastq/P1-T_R1.fastq.gz"
+    other = sheet.replace(BUCKETS.ingest.encode(), BUCKETS.curated.encode())
+    refused = router.route(upload(store, "samplesheets/other.csv", other), "run-1")
+    assert refused.summary["status"] == "quarantined"
+    assert "another bucket than the ingest bucket" in refused.summary["details"][0]

@@ -1,7 +1,11 @@
 """Lambda adapter for the state machine's catch-all: quarantine what failed to route.
 
 Event: ``{"event": <the original Object Created event>, "error": {"Error", "Cause"}}``.
-Only the error's type is recorded; its text is not known to be free of PHI.
+Only the error's type is recorded; its text is not known to be free of PHI. The result
+(state output) and the log lines carry the run, the status and codes: never the object's
+key (it names patients; the execution's input identifies the object, and the quarantine
+zone holds the copy with its reason). This function has no pseudonymisation secret, so it
+cannot name the object by an opaque reference either, and does not need to.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from oncopipe.events import object_created, run_id_for
+from oncopipe.events import object_created, redacted_error, run_id_for
 from oncopipe.ingest import resolve, route_error_to_quarantine
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
@@ -23,19 +27,29 @@ STORE = ObjectStore(make_client())
 
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Quarantine the failed object; return run, status, reason code and error type.
+
+    Raises:
+        RedactedError: quarantining failed (under the original class name, no message).
+    """
     original = event["event"]
     ref = object_created(original)
     run_id = run_id_for(original)
     error_name = str(event.get("error", {}).get("Error", "UnknownError"))[:128]
-    current = resolve(STORE, ref)
-    if current is None:
-        logger.warning("object gone before quarantine", extra={"key": ref.key})
-        return {"run_id": run_id, "key": ref.key, "status": "gone", "error": error_name}
-    result = route_error_to_quarantine(STORE, SETTINGS.buckets, current, run_id, error_name)
-    logger.info("quarantined after error", extra={"key": ref.key, "error": error_name})
+    try:
+        current = resolve(STORE, ref)
+        if current is None:
+            logger.warning("object gone before quarantine", extra={"run_id": run_id})
+            return {"run_id": run_id, "status": "gone", "error": error_name}
+        result = route_error_to_quarantine(STORE, SETTINGS.buckets, current, run_id, error_name)
+    except Exception as e:  # noqa: BLE001 - the boundary: re-raised without its message
+        logger.error("quarantine failed", extra={"run_id": run_id, "error": type(e).__name__})
+        raise redacted_error(e, f"the quarantine of a failed object of run {run_id}") from None
+    logger.info("quarantined after error", extra={"run_id": run_id, "error": error_name})
     return {
         "run_id": run_id,
-        "key": ref.key,
-        "manifest": result.manifest_key,
-        **result.summary,
+        "status": result.summary.get("status"),
+        "reason_code": result.summary.get("reason_code"),
+        "error": error_name,
+        "skipped": result.status == "skipped",
     }

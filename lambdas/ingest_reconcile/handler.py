@@ -3,6 +3,7 @@
 Event: the EventBridge schedule's event (its ``time`` decides the run: the previous UTC
 day's ``ingest-YYYYMMDD``), or ``{"run_id": ...}`` to reconcile one run by hand. Sheets
 routed on the day after also count, so an upload that crossed midnight is not orphaned.
+The result and the log hold counts, never the quarantined files' keys (they name patients).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # Reconcile reads manifests only; patient keys are never needed, so no secret.
     router = Router(store=STORE, buckets=SETTINGS.buckets, patient_key=_no_patient_key)
     results = router.reconcile(run_id, also_named_by=later)
-    quarantined = [r.item for r in results if r.summary.get("status") == "quarantined"]
-    logger.info("reconciled", extra={"run_id": run_id, "quarantined": len(quarantined)})
+    # Items are ingest keys (PHI): the result and the log carry counts only; the
+    # quarantine zone lists the files with their reason.
+    quarantined = sum(1 for r in results if r.summary.get("status") == "quarantined")
+    logger.info("reconciled", extra={"run_id": run_id, "quarantined": quarantined})
     return {"run_id": run_id, "checked": len(results), "quarantined": quarantined}
 
 

@@ -1,8 +1,13 @@
 """Lambda adapter of the ingest router: first task of the ingest state machine.
 
 Event: the EventBridge "Object Created" event of the ingest bucket, as the rule delivers
-it to the state machine (plus an optional ``run_id``). Result: the route step's summary,
+it to the state machine (plus an optional ``run_id``). Result: the route step's outcome,
 on which the state machine branches (``status``: accepted / received / quarantined).
+
+The result is Step Functions state output and the log lines go to CloudWatch, so neither
+holds an object key, a reason or a detail (keys name patients): the object is named by
+its opaque reference (:func:`oncopipe.pseudonym.object_ref`), outcomes by codes and
+counts. The readable reason is in the quarantine zone, beside the quarantined copy.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from oncopipe.events import object_created, run_id_for
+from oncopipe.events import object_created, redacted_error, run_id_for
 from oncopipe.ingest import Router
-from oncopipe.pseudonym import keyer, load_secret
+from oncopipe.pseudonym import keyer, load_secret, object_ref
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -22,47 +27,68 @@ logger = Logger(service="ingest-router")
 SETTINGS = StageSettings.from_env()  # fails at cold start when misconfigured
 STORE = ObjectStore(make_client())
 
+#: Summary fields that may leave the function: codes, counts, ids of the curated zone.
+#: Anything else a summary holds (reason, details, samples, keys) stays in the manifest.
+RESULT_FIELDS = ("kind", "status", "reason_code", "sample_table")
+
 
 class ObjectGoneError(Exception):
     """The object of the event no longer exists (deleted before routing)."""
 
 
-@logger.inject_lambda_context(log_event=False)  # the event holds object keys only, still: no
+@logger.inject_lambda_context(log_event=False)  # the event holds an object key: PHI
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Route the event's object; return its outcome (no key, no reason: see the module).
+
+    Raises:
+        ObjectGoneError: the object was deleted before routing.
+        RedactedError: any other failure, under the original error's class name (the state
+            machine retries and catches on it) and without its message.
+    """
+    secret = load_secret()
     ref = object_created(event)
+    obj = object_ref(secret, ref.key)
     run_id = run_id_for(event)
-    router = Router(store=STORE, buckets=SETTINGS.buckets, patient_key=keyer(load_secret()))
-    current = router.resolve(ref)
-    if current is None:
-        raise ObjectGoneError(f"s3://{ref.bucket}/{ref.key} no longer exists")
-    result = router.route(current, run_id)
+    try:
+        router = Router(
+            store=STORE, buckets=SETTINGS.buckets, patient_key=keyer(secret), secret=secret
+        )
+        current = router.resolve(ref)
+        if current is None:
+            raise ObjectGoneError(f"object {obj} no longer exists in the ingest bucket")
+        result = router.route(current, run_id)
+    except ObjectGoneError:
+        logger.warning("object gone before routing", extra={"object": obj, "run_id": run_id})
+        raise
+    except Exception as e:  # noqa: BLE001 - the boundary: re-raised without its message
+        logger.error(
+            "routing failed", extra={"object": obj, "run_id": run_id, "error": type(e).__name__}
+        )
+        raise redacted_error(e, obj) from None
+    outcome = {k: result.summary[k] for k in RESULT_FIELDS if k in result.summary}
+    if "samples" in result.summary:
+        samples = result.summary["samples"]
+        outcome["sample_count"] = len(samples)
+        # ids only (no patient data, checked at the sheet): the state machine maps the
+        # genomics jobs over them; a sample with several lanes has several rows: one job each
+        outcome["sample_ids"] = list(dict.fromkeys(s["sample"] for s in samples))
+        outcome["tumour_ids"] = list(
+            dict.fromkeys(s["sample"] for s in samples if s["type"] == "tumour")
+        )
     logger.info(
         "routed",
         extra={
-            "key": current.key,
+            "object": obj,
             "run_id": run_id,
-            "status": result.summary.get("status"),
-            "kind": result.summary.get("kind"),
+            "status": outcome.get("status"),
+            "kind": outcome.get("kind"),
+            "reason_code": outcome.get("reason_code"),
             "skipped": result.status == "skipped",
         },
     )
-    # Step Functions payloads are limited to 256 KB: the per-sample lists stay in the
-    # manifest and the sample table; the state machine gets counts and where to look.
-    summary = {k: v for k, v in result.summary.items() if k not in ("samples", "referenced_keys")}
-    if "samples" in result.summary:
-        samples = result.summary["samples"]
-        summary["sample_count"] = len(samples)
-        # ids only (no patient data): the state machine maps the genomics jobs over them
-        # a sample with several lanes has several rows: one job per sample
-        summary["sample_ids"] = list(dict.fromkeys(s["sample"] for s in samples))
-        summary["tumour_ids"] = list(
-            dict.fromkeys(s["sample"] for s in samples if s["type"] == "tumour")
-        )
     return {
         "run_id": run_id,
-        "bucket": current.bucket,
-        "key": current.key,
-        "manifest": result.manifest_key,
+        "object": obj,
         "skipped": result.status == "skipped",
-        **summary,
+        **outcome,
     }

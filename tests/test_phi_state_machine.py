@@ -1,0 +1,92 @@
+"""The ingest state machine surfaces no PHI: no Fail cause, path or log carries a key.
+
+Keys, reasons and details name patients; the states may pass on codes, counts and
+opaque references only (the readable reason is in the quarantine zone).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aws_cdk import App
+from aws_cdk.assertions import Template
+
+from stacks.app_factory import build_app
+from tests.conftest import cdk_context
+
+pytestmark = pytest.mark.slow
+
+#: Fields of the router's (or any task's) result that hold or may hold PHI.
+PHI_FIELDS = ("key", "reason", "details", "Cause", "bucket", "manifest", "samples",
+              "referenced_keys")  # fmt: skip
+PATH_FIELDS = ("CausePath", "ErrorPath", "OutputPath", "InputPath", "ResultPath", "ItemsPath")
+PHI_PATH = re.compile(r"\$[\w.\[\]$]*\.(" + "|".join(PHI_FIELDS) + r")\b")
+
+
+@pytest.fixture(scope="module")
+def ingest() -> Template:
+    built = build_app(App(context=cdk_context(env="dev")))
+    return Template.from_stack(built.ingest)
+
+
+def _definition(template: Template) -> dict[str, Any]:
+    (machine,) = template.find_resources("AWS::StepFunctions::StateMachine").values()
+    raw = machine["Properties"]["DefinitionString"]
+    if isinstance(raw, dict):  # Fn::Join of strings and tokens (ARNs): tokens are not paths
+        raw = "".join(p if isinstance(p, str) else "TOKEN" for p in raw["Fn::Join"][1])
+    return json.loads(raw)
+
+
+def _states(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in definition["States"].items():
+        yield name, state
+        for nested in (state.get("ItemProcessor"), state.get("Iterator"),
+                       *state.get("Branches", [])):  # fmt: skip
+            if nested:
+                yield from _states(nested)
+
+
+def _paths(value: Any) -> Iterator[str]:
+    """Every JSONPath string in a state field (``"x.$": "$..."`` and plain paths)."""
+    if isinstance(value, str) and value.startswith("$"):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _paths(item)
+
+
+def test_no_fail_state_causes_with_a_key_or_reason(ingest: Template) -> None:
+    fails = {n: s for n, s in _states(_definition(ingest)) if s["Type"] == "Fail"}
+    assert {"InputQuarantined", "RoutingFailed", "GenomicsFailed"} <= set(fails)
+    for name, state in fails.items():
+        for field in ("Cause", "Error", "CausePath", "ErrorPath"):
+            value = str(state.get(field, ""))
+            assert not PHI_PATH.search(value), f"{name}.{field} = {value}"
+        cause = state.get("CausePath", "")
+        assert not cause or cause.endswith((".Error", ".reason_code")), f"{name}: {cause}"
+
+
+def test_no_state_passes_on_a_phi_field(ingest: Template) -> None:
+    for name, state in _states(_definition(ingest)):
+        for field in (*PATH_FIELDS, "Parameters", "ItemSelector", "ResultSelector", "Arguments"):
+            for path in _paths(state.get(field)):
+                assert not PHI_PATH.search(path), f"{name}.{field}: {path}"
+
+
+def test_every_lambda_task_keeps_only_the_payload(ingest: Template) -> None:
+    """The full Invoke result (headers, request ids and all) is not kept as state."""
+    for name, state in _states(_definition(ingest)):
+        if state["Type"] == "Task" and "lambda:invoke" in str(state.get("Resource")):
+            assert state.get("ResultSelector") == {"result.$": "$.Payload"}, name
+
+
+def test_execution_data_is_not_logged(ingest: Template) -> None:
+    (machine,) = ingest.find_resources("AWS::StepFunctions::StateMachine").values()
+    assert machine["Properties"]["LoggingConfiguration"]["IncludeExecutionData"] is False

@@ -209,12 +209,12 @@ def test_burned_in_and_risky_modalities_are_refused() -> None:
 def test_malformed_input_gets_a_clear_error_naming_the_file() -> None:
     with open(get_testdata_file("CT_small.dcm", download=False), "rb") as handle:
         ct = handle.read()
-    with open(get_testdata_file("rtstruct.dcm", download=False), "rb") as handle:
-        no_meta = handle.read()  # a raw data set: no preamble, no file meta
+    with open(get_testdata_file("no_meta.dcm", download=False), "rb") as handle:
+        broken_raw = handle.read()  # starts one byte off: no data set pydicom can find
     cases = {
         b"": "empty file",
         b"hello, not dicom at all" * 10: "not a DICOM Part 10 file",
-        no_meta: "not a DICOM Part 10 file",
+        broken_raw: "not a DICOM Part 10 file",
         ct[: len(ct) - 5000]: "truncated or malformed",
         ct[:200]: "truncated or malformed|not a DICOM",
     }

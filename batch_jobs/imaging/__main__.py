@@ -4,7 +4,10 @@ Converts every DICOM series de-identified in a run into a Parquet volume, with t
 of the patient's RTSTRUCT/SEG objects beside it (:func:`build_series_volumes`). Without
 ``--run-id`` it takes the previous UTC day's ingest run (the daily schedule). Environment:
 the zone buckets (``INGEST_BUCKET`` ... ``ARTIFACTS_BUCKET``). Prints one JSON line per
-series; exit 1 on failure.
+series. One bad series never stops the others: a series that cannot be converted is
+reported (``inconsistent`` or ``quarantined`` with the reason: a data problem, exit 0);
+a series that failed unexpectedly is reported ``failed`` after all the others were
+done, and the job exits 1 so that the failure is seen (the re-run redoes only it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
                           **dict(result.summary)}, default=str))  # fmt: skip
-    return 0
+    return 1 if any(result.status == "failed" for result in results) else 0
 
 
 if __name__ == "__main__":

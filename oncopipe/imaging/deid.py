@@ -14,9 +14,25 @@ to every element, recursing into every sequence item:
 - Private elements are removed (except an explicit safelist), overlays (60xx) and curves
   (50xx) are removed; PatientIdentityRemoved, DeidentificationMethod and the method code
   sequence record what was done.
+- What the table does not list: public attributes unknown to the data dictionary are
+  removed (nobody can say what they hold), and so is every unlisted element of a binary
+  or unknown value representation (OB, OD, OF, OL, OV, OW, UN) that is not on the binary
+  safelist (pixel data, LUTs, waveform samples: ``binary_safelist.csv``), at every
+  nesting level. Unlisted person names and free text are removed too.
+- Encapsulated documents (Encapsulated PDF, CDA, STL/OBJ/MTL: SOP classes
+  ``1.2.840.10008.5.1.4.1.1.104.*``, or an Encapsulated Document element at the top level)
+  are refused (reason ``encapsulated-document``): the document is the payload, it has no
+  imaging value and no cleaning rule; a nested Encapsulated Document is removed.
+- Every UID is validated (:mod:`oncopipe.imaging.uids`) before it is replaced, kept or
+  used in a path; an object with an invalid one is refused (reason ``invalid-uid``).
 - Pixel data is never touched. Objects with burned-in annotation (BurnedInAnnotation YES,
   or modalities that carry burned-in text: US, SC) are refused: there is no cleaning rule
   for their pixels.
+- Input: DICOM Part 10 files, and raw data sets without the 128-byte preamble and file
+  meta (older exports; pydicom's own ``rtstruct.dcm``), which are read and written out as
+  proper Part 10 files. Empty, random, truncated or over-long input (an element whose
+  length runs past the end of the file) is refused naming the file; nothing is allocated
+  from a length field before it is checked against the bytes there are.
 
 Errors never carry tag values (they are PHI); they name the file and the attribute.
 """
@@ -26,17 +42,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
+import struct
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from oncopipe.errors import InputError
-from oncopipe.imaging.profile import load_rules
+from oncopipe.imaging.profile import BINARY_VRS, load_binary_safelist, load_rules
+from oncopipe.imaging.uids import (
+    InvalidUIDError as InvalidUIDError,  # re-exported
+    path_uids,
+    validate_uid,
+)
 from oncopipe.pseudonym import patient_key
 
 #: Modalities that carry burned-in text and for which no pixel cleaning rule exists.
 BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC", "OT"})
+#: Encapsulated PDF, CDA, STL, OBJ, MTL (PS3.4 B.5): documents, refused as a whole.
+ENCAPSULATED_DOCUMENT_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
+ENCAPSULATED_DOCUMENT_TAG = 0x00420011
+#: DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes): kept as they are.
+DICOM_UID_ROOT = "1.2.840.10008."
+#: Part 10 file meta elements that survive; the implementation UID and version name are
+#: the writer's (pydicom fills them in), AE titles and private information go.
+KEPT_META = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010})
 SECONDARY_CAPTURE_CLASSES = frozenset(
     {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
      "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"}
@@ -63,6 +96,18 @@ class DeidentificationError(InputError):
     """The object cannot be released de-identified; it belongs in quarantine."""
 
     reason_code = "not-deidentifiable"
+
+
+class EncapsulatedDocumentError(DeidentificationError):
+    """The object is an encapsulated document (PDF, CDA, 3D model): never released."""
+
+    reason_code = "encapsulated-document"
+
+
+class InvalidDicomError(InputError):
+    """The bytes are not readable DICOM (empty, not DICOM, truncated, malformed)."""
+
+    reason_code = "invalid-dicom"
 
 
 @dataclass(frozen=True)
@@ -120,6 +165,7 @@ class Deidentifier:
         self.secret = secret
         self.options = options or DeidOptions()
         self.rules, self.patterns = load_rules()
+        self._binary_safelist = load_binary_safelist()
         self._enabled = self.options.enabled
 
     def deidentify(self, ds: Any, *, source: str) -> tuple[Any, str]:
@@ -128,7 +174,23 @@ class Deidentifier:
         Raises:
             DeidentificationError: no PatientID, burned-in annotation, or a value that
                 cannot be processed (named by attribute, never by value).
+            EncapsulatedDocumentError: an encapsulated document (PDF, CDA, 3D model).
+            InvalidUIDError: a UID that is not a DICOM UID, or no Study/Series/SOP
+                Instance UID.
         """
+        meta = getattr(ds, "file_meta", None)
+        classes = [str(ds.get("SOPClassUID", "") or "")]
+        if meta is not None:
+            classes.append(str(meta.get("MediaStorageSOPClassUID", "") or ""))
+        if any(c.startswith(ENCAPSULATED_DOCUMENT_CLASS_PREFIX) for c in classes) or (
+            ENCAPSULATED_DOCUMENT_TAG in ds
+        ):
+            raise EncapsulatedDocumentError(
+                source,
+                "encapsulated document (PDF, CDA or 3D model): the document is free content "
+                "with no cleaning rule and no imaging value; not released",
+            )
+        validate_uid(classes[0], source=source, attribute="SOPClassUID", strict=False)
         source_id = str(ds.get("PatientID", "") or "").strip()
         if not source_id:
             raise DeidentificationError(
@@ -151,17 +213,18 @@ class Deidentifier:
         days = date_shift_days(self.secret, source_id)
         identifiers = self._identifying_strings(ds) if "clean_descriptors" in self._enabled else []
         self._walk(ds, days, identifiers, source)
-        if getattr(ds, "file_meta", None) is not None:
-            meta = ds.file_meta
-            if "MediaStorageSOPInstanceUID" in meta:
-                meta.MediaStorageSOPInstanceUID = deterministic_uid(
-                    self.secret, str(meta.MediaStorageSOPInstanceUID)
-                )
+        # every UID was checked on the walk; these three make paths and must be there
+        path_uids(ds, source=source)
+        if meta is not None:
             # Only what Part 10 requires survives: AE titles and private information go.
-            required = {0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
             for tag in list(meta.keys()):
-                if int(tag) not in required:
+                if int(tag) not in KEPT_META:
                     del meta[tag]
+            if "TransferSyntaxUID" in meta:
+                validate_uid(meta.TransferSyntaxUID, source=source, attribute="TransferSyntaxUID")
+            # The meta names the instance it carries: the de-identified one.
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID = key
         ds.PatientIdentityRemoved = "YES"
         used = ["basic", *sorted(n for n in self._enabled if n in METHOD_CODES)]
@@ -191,7 +254,6 @@ class Deidentifier:
     def _walk(
         self, ds: Any, days: int, identifiers: list[str], source: str, top: bool = True
     ) -> None:
-        from pydicom.datadict import dictionary_VR
         from pydicom.dataelem import DataElement
         from pydicom.dataset import Dataset
 
@@ -200,22 +262,32 @@ class Deidentifier:
             number = int(tag)
             group = number >> 16
             if group & 1:  # a safelisted private element (or its creator)
+                if ds.get_item(tag).VR == "UI":  # written as it is: it must be a UID
+                    _check_kept_uid(ds[tag], source)
                 continue
             if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
                 del ds[tag]  # curves and overlays
+                continue
+            if group == 0:  # DIMSE command elements never belong in a stored object
+                del ds[tag]
                 continue
             if number == 0x00100020 and top:  # PatientID: replaced by the key at the end
                 continue
             rule = self.rules.get(number)
             # Elements that are kept are not decoded: reading and writing them stays raw.
             raw_vr = ds.get_item(tag).VR
+            known_vr = _KNOWN_VRS[number] or None
             if raw_vr is None:
-                try:
-                    raw_vr = dictionary_VR(tag)
-                except KeyError:
-                    raw_vr = "UN"
-            action = rule.action(self._enabled) if rule else self._unlisted(raw_vr)
+                raw_vr = known_vr or "UN"
+            # A known attribute written as UN is judged by what it is (pydicom decodes it so)
+            vr = known_vr if raw_vr == "UN" and known_vr else raw_vr
+            if rule:
+                action = rule.action(self._enabled)
+            else:
+                action = self._unlisted(vr, number, known=known_vr is not None)
             if action in ("K", "KU") and raw_vr != "SQ":
+                if vr == "UI":  # written as it is: it must be a UID
+                    _check_kept_uid(ds[tag], source)
                 continue
             if action == "X":
                 del ds[tag]  # no need to decode what is removed
@@ -224,10 +296,10 @@ class Deidentifier:
                 ds[tag] = DataElement(tag, raw_vr, _replacement(action, raw_vr))
                 continue
             element = ds[tag]
+            name = element.keyword or (rule.name if rule else "") or f"({number:08X})"
             try:
-                self._apply(ds, element, action, days, identifiers)
+                self._apply(ds, element, action, days, identifiers, name=name, source=source)
             except (ValueError, TypeError) as e:
-                name = rule.name if rule else element.keyword or f"{number:08X}"
                 raise DeidentificationError(
                     source,
                     f"attribute {name} ({number:08X}) could not be processed ({type(e).__name__})",
@@ -237,29 +309,54 @@ class Deidentifier:
                     if isinstance(item, Dataset):
                         self._walk(item, days, identifiers, source, top=False)
 
-    def _uid(self, uid: str) -> str:
-        # DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes) identify nothing
-        if uid.startswith("1.2.840.10008."):
-            return uid
+    def _uid(self, uid: str, attribute: str, source: str) -> str:
+        """Return the replacement of a UID, or DICOM's own UID unchanged.
+
+        Raises:
+            InvalidUIDError: the UID is not one (checked before it is hashed or kept).
+        """
+        uid = validate_uid(uid, source=source, attribute=attribute, strict=False)
+        # DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes) identify
+        # nothing; they are written as they are, so they must satisfy the strict rule
+        if uid.startswith(DICOM_UID_ROOT):
+            return validate_uid(uid, source=source, attribute=attribute)
         return deterministic_uid(self.secret, uid)
 
-    def _unlisted(self, vr: str) -> str:
+    def _unlisted(self, vr: str, tag: int, *, known: bool) -> str:
         """The action for an attribute the table does not list.
 
         The table cannot list every attribute of every IOD: dates and times of unlisted
         attributes are shifted with the option (else removed), their UIDs replaced like
         the listed ones (except DICOM's own ``1.2.840.10008.`` UIDs), and unlisted free
-        text removed. Everything else is kept, as the Basic Profile allows.
+        text and person names removed. A public attribute the data dictionary does not
+        know is removed (nobody can say what it holds), and so is an element of a binary
+        or unknown value representation unless the binary safelist names it: its bytes
+        cannot be inspected (an encapsulated PDF, a vendor's blob). Everything else is
+        kept, as the Basic Profile allows.
         """
+        if not known and (tag & 0xFFFF) != 0:  # group lengths are recomputed on write
+            return "X"
+        if BINARY_VRS.intersection(vr.split(" or ")):
+            return "K" if tag in self._binary_safelist else "X"
         if vr in ("DA", "DT"):
             return "C" if "retain_long_modified_dates" in self._enabled else "X"
         if vr == "UI":
             return "U"
-        if vr in ("LT", "ST", "UT", "UC"):
+        if vr in ("LT", "ST", "UT", "UC", "PN"):
             return "X"
         return "K"
 
-    def _apply(self, ds: Any, element: Any, action: str, days: int, identifiers: list[str]) -> None:
+    def _apply(
+        self,
+        ds: Any,
+        element: Any,
+        action: str,
+        days: int,
+        identifiers: list[str],
+        *,
+        name: str,
+        source: str,
+    ) -> None:
         vr = element.VR
         if action in ("K", "KU"):
             return
@@ -273,9 +370,9 @@ class Deidentifier:
         if action == "U":
             if element.value:
                 if element.VM > 1:
-                    element.value = [self._uid(str(v)) for v in element.value]
+                    element.value = [self._uid(str(v), name, source) for v in element.value]
                 else:
-                    element.value = self._uid(str(element.value))
+                    element.value = self._uid(str(element.value), name, source)
             return
         if action == "Z":
             if vr in ("OB", "OW", "UN"):
@@ -287,7 +384,8 @@ class Deidentifier:
             return
         if action == "D":
             if vr == "UI":
-                element.value = deterministic_uid(self.secret, str(element.value or ""))
+                uid = validate_uid(element.value, source=source, attribute=name, strict=False)
+                element.value = deterministic_uid(self.secret, uid)
             elif vr in DUMMY:
                 element.value = DUMMY[vr]
             else:
@@ -361,34 +459,294 @@ def _replace_insensitive(text: str, old: str, new: str) -> str:
     return "".join(out)
 
 
-def read_dicom(data: bytes, *, source: str) -> Any:
-    """Parse DICOM Part 10 bytes.
+def _check_kept_uid(element: Any, source: str) -> None:
+    """Refuse a UID element that is written unchanged unless its UIDs are strictly valid.
 
     Raises:
-        InputError: empty, truncated, not DICOM, or no file meta information.
+        InvalidUIDError: naming the attribute, never the value.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    if element.value in (None, ""):
+        return
+    values = element.value if element.VM > 1 else [element.value]
+    for value in values:
+        validate_uid(value, source=source, attribute=element.keyword or str(element.tag))
 
-    if not data:
-        raise InputError(source, "empty file (0 bytes)")
+
+#: Errors a parser raises on bytes that are not what they claim to be.
+_PARSE_ERRORS = (
+    EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError,
+    struct.error, OverflowError, NotImplementedError, RecursionError, MemoryError,
+)  # fmt: skip
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ZERO_HEADER = bytes(8)
+
+
+class _KnownVRs(dict[int, str]):
+    """Tag -> VR from pydicom's data dictionary (repeating groups included), memoised."""
+
+    def __missing__(self, tag: int) -> str:
+        from pydicom.datadict import dictionary_VR
+
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = ""
+        if len(self) < 65536:  # bounded: unknown tags in hostile files are many
+            self[tag] = vr
+        return vr
+
+
+_KNOWN_VRS = _KnownVRs()
+
+
+class _BoundedReader:
+    """A read-only binary file whose ``read(n)`` never asks for more than is left.
+
+    pydicom reads an element's value with ``read(length)`` straight from the length
+    field; a buffered file allocates ``length`` bytes before reading, so a header that
+    claims 4 GB would cost 4 GB. This wrapper caps every read at the remaining size (the
+    short read is then reported as truncation). Hand-written: neither pydicom nor the
+    standard library offers such a cap.
+
+    It also bounds time: pydicom reads a run of zero bytes as endless zero-length
+    elements (8 bytes each: a 4 GB zero-filled tail would take many minutes). Two
+    element headers in a row that are all zeros (tag (0000,0000), never legal in a file)
+    stop the read.
+    """
+
+    def __init__(self, handle: IO[bytes], size: int, name: str) -> None:
+        self._handle = handle
+        self._size = size
+        self._zero_headers = 0
+        self.name = name
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self._size - self._handle.tell(), 0)
+        data = self._handle.read(left if n is None or n < 0 else min(n, left))
+        if n == 8 and data == _ZERO_HEADER:
+            self._zero_headers += 1
+            if self._zero_headers > 1:
+                raise InvalidDicomError(
+                    self.name,
+                    "truncated or malformed: zero bytes where DICOM elements should be "
+                    "(padding that is not a Data Set Trailing Padding element?)",
+                )
+        else:
+            self._zero_headers = 0
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """Return True when the first bytes can start a data set written without Part 10 header.
+
+    Every IOD has SOP Class UID (0008,0016), so a raw data set starts in group 0002 (file
+    meta without the preamble) or 0008, little endian (big endian raw data sets are not
+    accepted).
+    """
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    return group in (0x0002, 0x0008) and element <= 0x0016
+
+
+def _parse(handle: Any, size: int, head: bytes, *, source: str) -> Any:
+    """Parse a DICOM file or raw data set from ``handle``; see :func:`read_dicom`."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    if size == 0:
+        raise InvalidDicomError(source, "empty file (0 bytes)")
+    part10 = len(head) >= 132 and head[128:132] == b"DICM"
+    if not part10 and not _looks_like_raw_dataset(head):
+        raise InvalidDicomError(
+            source,
+            "not a DICOM Part 10 file ('DICM' missing at byte 128) nor a raw DICOM data set",
+        )
     # pydicom's validation messages quote values (PHI): never let them reach a log.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        ds.PatientID  # noqa: B018 - parse the header now, not lazily later
-        for element in ds:  # decode every element: truncation surfaces here
-            _ = element.value
-    except InvalidDicomError as e:
-        raise InputError(source, "not a DICOM Part 10 file (no DICM preamble/meta)") from e
-    except (EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise InputError(
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(handle, force=not part10)
+            _check_ends_whole(ds, size, source)
+            _decode_all(ds, source)
+            if getattr(ds, "file_meta", None) is not None:
+                _decode_all(ds.file_meta, source)
+    except InputError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise InvalidDicomError(
             source, f"unreadable DICOM ({type(e).__name__}): truncated or malformed"
         ) from e
-    if getattr(ds, "file_meta", None) is None or "TransferSyntaxUID" not in ds.file_meta:
-        raise InputError(source, "no file meta information (TransferSyntaxUID missing)")
+    if len(ds) == 0:
+        raise InvalidDicomError(
+            source, "truncated or malformed: no data set after the file meta information"
+        )
+    if not part10:
+        ds = _as_part10(ds, source)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise InvalidDicomError(
+            source, "truncated or malformed: the file meta information has no TransferSyntaxUID"
+        )
+    for element in meta:  # every UID of the file meta, whether it is kept or replaced
+        # an empty Media Storage UID is tolerated: de-identification sets both from the data set
+        if element.VR == "UI" and (element.value or element.tag == 0x00020010):
+            validate_uid(element.value, source=source, attribute=element.keyword, strict=False)
+    validate_uid(meta.TransferSyntaxUID, source=source, attribute="TransferSyntaxUID")
+    if not isinstance(meta, FileMetaDataset):  # pragma: no cover - pydicom always sets one
+        raise InvalidDicomError(source, "no file meta information")
+    try:
+        meta.TransferSyntaxUID.is_compressed  # noqa: B018 - raises for a non-transfer syntax
+    except ValueError as e:
+        raise InvalidDicomError(
+            source, "the TransferSyntaxUID is not a transfer syntax pydicom can read"
+        ) from e
     _check_pixel_length(ds, source)
+    return ds
+
+
+def _check_ends_whole(ds: Any, size: int, source: str) -> None:
+    """Refuse a file that ends inside an element header.
+
+    pydicom stops without a word when fewer than 8 bytes are left for the next tag: the
+    bytes after the last element show such a cut.
+
+    Raises:
+        InvalidDicomError: 1 to 7 bytes follow the end of the last element.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    tags = list(ds.keys())
+    if not tags:
+        return
+    last = ds.get_item(tags[-1])
+    if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH:
+        return  # its end is not known here (a delimiter ends it); pydicom checks that
+    left = size - (last.value_tell + last.length)
+    if 0 < left < 8:
+        raise InvalidDicomError(
+            source, f"truncated or malformed: the file ends {left} bytes into an element header"
+        )
+
+
+def _decode_all(ds: Any, source: str) -> None:
+    """Check every element, at every level; refuse one whose length runs past the data.
+
+    pydicom reads a cut-off value without complaint (a short read): the declared length
+    of each raw element is compared with what was there. Sequences are decoded to check
+    their items; other values are left raw (decoding them costs time and proves nothing).
+
+    Raises:
+        InvalidDicomError: an element claims more bytes than the file holds.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != _UNDEFINED_LENGTH
+            and raw.value is not None
+            and len(raw.value) < raw.length
+        ):
+            raise InvalidDicomError(
+                source,
+                f"truncated or malformed: element ({tag.group:04X},{tag.element:04X}) claims "
+                f"{raw.length} bytes, the file holds {len(raw.value)} of them",
+            )
+        vr = raw.VR
+        if vr is None:  # implicit VR: the dictionary says whether it is a sequence
+            vr = _KNOWN_VRS[int(tag)] or "UN"
+        if vr == "SQ":  # other values stay raw: decoded when used, or never if removed
+            element = ds[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _decode_all(item, source)
+
+
+def _as_part10(ds: Any, source: str) -> Any:
+    """Give a raw data set (read without preamble) the file meta of a Part 10 file.
+
+    The transfer syntax is the encoding pydicom found (implicit or explicit VR little
+    endian); encapsulated pixel data cannot be told apart without the file meta, so such
+    a raw data set is refused.
+
+    Raises:
+        InvalidDicomError: no SOP Class/Instance UID (not a DICOM object), or encapsulated
+            pixel data.
+    """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if keyword not in ds:
+            raise InvalidDicomError(
+                source,
+                f"not a DICOM Part 10 file nor a DICOM data set (no {keyword})",
+            )
+    pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    if pixel is not None and (
+        getattr(pixel, "is_undefined_length", False)
+        or (isinstance(pixel, RawDataElement) and pixel.length == _UNDEFINED_LENGTH)
+    ):
+        raise InvalidDicomError(
+            source,
+            "raw data set (no Part 10 header) with encapsulated pixel data: its transfer "
+            "syntax cannot be known; export it as a Part 10 file",
+        )
+    implicit, little = ds.original_encoding
+    if not little:
+        raise InvalidDicomError(source, "raw data set in big endian: not supported")
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta = meta
+    return ds
+
+
+def read_dicom(data: bytes, *, source: str) -> Any:
+    """Parse DICOM bytes: a Part 10 file, or a raw data set (given Part 10 file meta).
+
+    Raises:
+        InvalidDicomError: empty, not DICOM, truncated, over-long or malformed (the
+            message names ``source`` and never a value).
+        InvalidUIDError: the transfer syntax is not a UID.
+    """
+    reader = _BoundedReader(io.BytesIO(data), len(data), source)
+    return _parse(reader, len(data), data[:132], source=source)
+
+
+def read_dicom_file(path: Path, *, source: str | None = None) -> Any:
+    """Parse a DICOM file like :func:`read_dicom`, reading no more than the file holds.
+
+    Raises:
+        InvalidDicomError: as :func:`read_dicom`, and for a file that cannot be opened.
+    """
+    name = source or str(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(132)
+            handle.seek(0)
+            ds = _parse(_BoundedReader(handle, size, name), size, head, source=name)
+    except OSError as e:
+        raise InvalidDicomError(name, f"cannot be read ({type(e).__name__})") from e
     return ds
 
 
@@ -406,29 +764,97 @@ def _check_pixel_length(ds: Any, source: str) -> None:
             * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated)
         ) // 8  # fmt: skip
     except (AttributeError, TypeError, ValueError) as e:
-        raise InputError(source, "pixel data without Rows/Columns/BitsAllocated") from e
+        raise InvalidDicomError(source, "pixel data without Rows/Columns/BitsAllocated") from e
     if len(ds.PixelData) < expected:
-        raise InputError(
+        raise InvalidDicomError(
             source,
             f"truncated or malformed: pixel data has {len(ds.PixelData)} of {expected} bytes",
         )
 
 
-def write_dicom(ds: Any) -> bytes:
-    """Serialise a dataset as DICOM Part 10 in its own transfer syntax."""
+def write_dicom(ds: Any, *, source: str = "dataset") -> bytes:
+    """Serialise a dataset as DICOM Part 10 (preamble, file meta) in its transfer syntax.
+
+    Raises:
+        DeidentificationError: a value cannot be encoded (named by type, never by value).
+    """
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(buffer, enforce_file_format=True)
+    except _PARSE_ERRORS as e:
+        raise DeidentificationError(
+            source, f"the de-identified object cannot be encoded ({type(e).__name__})"
+        ) from e
     return buffer.getvalue()
+
+
+def _release(
+    ds: Any, *, source: str, secret: bytes, options: DeidOptions | None
+) -> tuple[bytes, str, Any]:
+    try:
+        ds, key = Deidentifier(secret, options).deidentify(ds, source=source)
+    except InputError:
+        raise
+    except _PARSE_ERRORS as e:  # a nested value that does not decode, and its like
+        raise DeidentificationError(
+            source, f"an attribute could not be processed ({type(e).__name__})"
+        ) from e
+    return write_dicom(ds, source=source), key, ds
 
 
 def deidentify_bytes(
     data: bytes, *, source: str, secret: bytes, options: DeidOptions | None = None
 ) -> tuple[bytes, str, Any]:
-    """De-identify DICOM bytes; return (new bytes, patient key, the dataset).
+    """De-identify DICOM bytes; return (new Part 10 bytes, patient key, the dataset).
 
     Raises:
-        InputError: the file is not readable DICOM, or cannot be released.
+        InputError: the file is not readable DICOM (:class:`InvalidDicomError`), or
+            cannot be released (:class:`DeidentificationError` and its subclasses,
+            :class:`InvalidUIDError`).
     """
     ds = read_dicom(data, source=source)
-    ds, key = Deidentifier(secret, options).deidentify(ds, source=source)
-    return write_dicom(ds), key, ds
+    return _release(ds, source=source, secret=secret, options=options)
+
+
+def write_deidentified(out: Path, patient_key: str, ds: Any, data: bytes, *, source: str) -> Path:
+    """Write a released instance to ``out/<patient>/<study>/<series>/<instance>.dcm``.
+
+    Every segment is validated (strict UIDs, an oncopipe patient key) and the target
+    must lie inside ``out``; the file appears whole or not at all (written beside, then
+    renamed).
+
+    Returns:
+        The path written.
+
+    Raises:
+        InvalidUIDError: a segment is not safe, or the target would lie outside ``out``.
+    """
+    from oncopipe.imaging.uids import instance_path_parts
+
+    patient, study, series, instance = instance_path_parts(patient_key, ds, source=source)
+    root = out.resolve()
+    target = (root / patient / study / series / f"{instance}.dcm").resolve()
+    if not target.is_relative_to(root):  # cannot happen with strict UIDs; never trust it
+        raise InvalidUIDError(source, "the output path would lie outside the output folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def deidentify_file(
+    path: Path, *, source: str | None = None, secret: bytes, options: DeidOptions | None = None
+) -> tuple[bytes, str, Any]:
+    """De-identify a DICOM file, like :func:`deidentify_bytes` (reads no more than it holds).
+
+    Raises:
+        InputError: as :func:`deidentify_bytes`.
+    """
+    name = source or str(path)
+    return _release(read_dicom_file(path, source=name), source=name, secret=secret, options=options)

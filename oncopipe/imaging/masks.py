@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from oncopipe.imaging.volume import Geometry, SeriesError
+from oncopipe.imaging.volume import Geometry, SeriesError, write_atomically
 
 
 class OtherSeriesError(SeriesError):
@@ -42,13 +42,27 @@ def _to_voxel(points: Any, geometry: Geometry) -> Any:
     return (relative @ direction.T) / np.array(geometry.spacing)  # (i, j, k) per point
 
 
+#: What a structure set or SEG missing an attribute, or with one of the wrong shape, raises.
+_MALFORMED = (AttributeError, KeyError, ValueError, TypeError, IndexError)
+
+
 def rtstruct_masks(rtstruct: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
     """Return ROI name -> uint8 mask (z, y, x) on the volume's grid.
 
     Raises:
-        SeriesError: the structure set references another series, or a contour lies
-            off the volume's slices.
+        OtherSeriesError: the structure set references another series.
+        SeriesError: a contour lies off the volume's slices, or the structure set lacks
+            what it needs (StructureSetROISequence, contour data of whole points).
     """
+    try:
+        return _rtstruct_masks(rtstruct, geometry, source=source)
+    except _MALFORMED as e:
+        raise SeriesError(
+            source, f"malformed RTSTRUCT ({type(e).__name__}): missing or malformed attributes"
+        ) from e
+
+
+def _rtstruct_masks(rtstruct: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
     import numpy as np
 
     if geometry.series_uid not in _referenced_series(rtstruct):
@@ -104,8 +118,19 @@ def seg_masks(seg: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
     """Return segment label -> uint8 mask (z, y, x) from a DICOM SEG on the volume's grid.
 
     Raises:
-        SeriesError: frame size differs from the volume, or a frame lies off it.
+        OtherSeriesError: the SEG references another series.
+        SeriesError: frame size differs from the volume, a frame lies off it, or the SEG
+            lacks what it needs (segments, per-frame positions, decodable frames).
     """
+    try:
+        return _seg_masks(seg, geometry, source=source)
+    except _MALFORMED as e:
+        raise SeriesError(
+            source, f"malformed SEG ({type(e).__name__}): missing or malformed attributes"
+        ) from e
+
+
+def _seg_masks(seg: Any, geometry: Geometry, *, source: str) -> dict[str, Any]:
     import numpy as np
 
     columns, rows, slices = geometry.dimensions
@@ -150,8 +175,7 @@ def write_masks(masks: dict[str, Any], geometry: Geometry, out: Path) -> int:
             b"oncopipe.rois": json.dumps(list(masks)).encode(),
         }
     )
-    pq.write_table(table, str(out), compression="zstd")
-    return out.stat().st_size
+    return write_atomically(out, lambda path: pq.write_table(table, str(path), compression="zstd"))
 
 
 def read_masks(path: Path) -> tuple[dict[str, Any], Geometry]:

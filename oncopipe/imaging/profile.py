@@ -11,6 +11,12 @@ C clean, U replace UID consistently; combined codes (``X/Z``, ``X/D``, ``Z/D``,
 IOD tables at hand this implementation resolves them to the action that keeps the
 attribute present with no identifying content: ``X/Z``, ``Z/D``, ``X/Z/D`` -> Z,
 ``X/D`` -> D, ``X/Z/U*`` -> keep the sequence and replace the UIDs inside it.
+
+What the table does not list: ``binary_safelist.csv`` beside this module names the
+elements of binary value representations (OB, OD, OF, OL, OV, OW, UN) that survive when
+the table does not list them, each with why the IOD needs it (pixel data, LUTs, waveform
+and spectroscopy samples). Every other unlisted binary element is removed (see
+:meth:`oncopipe.imaging.deid.Deidentifier`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from functools import lru_cache
 from pathlib import Path
 
 TABLE_FILE = Path(__file__).resolve().parent / "annex_e.csv"
+BINARY_SAFELIST_FILE = Path(__file__).resolve().parent / "binary_safelist.csv"
+#: Value representations whose content cannot be inspected as text: an unlisted element
+#: with one of them survives only on the binary safelist.
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 EDITION = "PS3.15 Table E.1-1 (innolitics/dicom-standard extraction)"
 
 OPTION_COLUMNS = (
@@ -97,3 +107,23 @@ def load_rules() -> tuple[dict[int, Rule], tuple[Rule, ...]]:
     for rule in LOCAL_ADDITIONS:
         exact.setdefault(int(rule.tag, 16), rule)
     return exact, tuple(patterns)
+
+
+@lru_cache(maxsize=1)
+def load_binary_safelist() -> frozenset[int]:
+    """Return the tags of the unlisted binary elements that are kept (``binary_safelist.csv``).
+
+    Raises:
+        ValueError: a row without a tag of 8 hex digits or without a reason.
+    """
+    tags: set[int] = set()
+    with BINARY_SAFELIST_FILE.open(encoding="utf-8", newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            tag, reason = (row.get("tag") or "").strip(), (row.get("reason") or "").strip()
+            if len(tag) != 8 or not reason:
+                raise ValueError(
+                    f"{BINARY_SAFELIST_FILE.name} line {line}: a tag (8 hex digits) and a "
+                    "reason are required"
+                )
+            tags.add(int(tag, 16))
+    return frozenset(tags)

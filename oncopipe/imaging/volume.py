@@ -10,18 +10,26 @@ Parquet layout: one row per slice (``slice_index``, ``position``, ``pixels`` as 
 stored little-endian values), zstd-compressed, with the geometry in the schema metadata
 (``oncopipe.geometry``: dimensions, spacing, origin, direction, rescale slope/intercept,
 stored dtype, series UID). Compressed transfer syntaxes are decoded by pydicom's pixel
-handlers; one without an installed decoder is refused naming the transfer syntax.
+handlers; one without an installed decoder is refused naming the transfer syntax and
+what to install, and pixel data that is there but does not decode (truncated, wrong
+geometry) is refused as such, never with advice to install a handler.
+
+Files are read with :func:`oncopipe.imaging.deid.read_dicom_file`: an empty, random,
+truncated or over-long file is refused naming the file, and an instance that is not an
+image slice (no position, orientation, spacing or pixel data) is refused naming it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from oncopipe.errors import InputError
+from oncopipe.imaging.uids import validate_uid
 
 GEOMETRY_KEY = b"oncopipe.geometry"
 SPACING_TOLERANCE = 1e-3  # relative
@@ -65,15 +73,66 @@ class Geometry:
 
 
 def _pixels(ds: Any, source: str) -> Any:
+    """Return the decoded pixels of one instance.
+
+    Raises:
+        SeriesError: no decoder is installed for the transfer syntax (naming what to
+            install), pydicom has none for it, or the pixel data does not decode.
+    """
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.TransferSyntaxUID
     try:
-        return ds.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError) as e:
-        syntax = ds.file_meta.TransferSyntaxUID
+        decoder = get_decoder(syntax)
+    except NotImplementedError as e:
+        raise SeriesError(
+            source, f"pydicom cannot decode pixel data in transfer syntax {syntax}"
+        ) from e
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
         raise SeriesError(
             source,
             f"cannot decode pixel data in transfer syntax {syntax.name} ({syntax}): install "
-            "its pydicom pixel handler (pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)",
+            f"its pydicom pixel handler ({missing}; e.g. pylibjpeg, pylibjpeg-openjpeg, "
+            "pylibjpeg-rle)",
+        )
+    try:
+        return ds.pixel_array
+    except Exception as e:  # any decoder failure means pixel data that is not right
+        raise SeriesError(
+            source,
+            f"pixel data does not decode ({type(e).__name__}): truncated or malformed, or "
+            "Rows/Columns/BitsAllocated do not match it",
         ) from e
+
+
+def _slice_source(ds: Any, default: str) -> str:
+    name = getattr(ds, "filename", None)
+    return name if isinstance(name, str) and name else default
+
+
+def _check_slice(ds: Any, source: str) -> None:
+    """Refuse an instance that is not an image slice with geometry.
+
+    Raises:
+        SeriesError: naming the missing or malformed attribute (never its value).
+    """
+    needed = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
+    for keyword, count in needed.items():
+        value = ds.get(keyword)
+        try:
+            ok = value is not None and len([float(v) for v in value]) == count
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SeriesError(
+                source, f"not an image slice: {keyword} is missing or not {count} numbers"
+            )
+    for keyword in ("Rows", "Columns", "SeriesInstanceUID"):
+        if ds.get(keyword) in (None, ""):
+            raise SeriesError(source, f"not an image slice: no {keyword}")
+    if "PixelData" not in ds:
+        raise SeriesError(source, "not an image slice: no pixel data")
 
 
 def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry]:
@@ -86,6 +145,8 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
 
     if not datasets:
         raise SeriesError(source, "no instances")
+    for ds in datasets:
+        _check_slice(ds, _slice_source(ds, source))
     series = {str(ds.SeriesInstanceUID) for ds in datasets}
     if len(series) != 1:
         raise SeriesError(source, f"{len(series)} series mixed: convert one series at a time")
@@ -117,7 +178,7 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
             "slice positions are not evenly spaced (a missing or duplicate slice): spacings "
             f"from {gaps.min():.3f} to {gaps.max():.3f} mm",
         )
-    volume = np.stack([_pixels(d, source) for d in ordered])
+    volume = np.stack([_pixels(d, _slice_source(d, source)) for d in ordered])
     spacing_z = float(gaps.mean()) if len(gaps) else float(first.get("SliceThickness", 1) or 1)
     geometry = Geometry(
         dimensions=(int(first.Columns), int(first.Rows), len(ordered)),
@@ -148,7 +209,22 @@ def write_volume(volume: Any, geometry: Geometry, out: Path) -> int:
             "pixels": pa.array([s.tobytes() for s in volume], pa.binary()),
         }
     ).replace_schema_metadata({GEOMETRY_KEY: geometry.to_json()})
-    pq.write_table(table, str(out), compression="zstd", compression_level=9)
+    return write_atomically(
+        out, lambda path: pq.write_table(table, str(path), compression="zstd", compression_level=9)
+    )
+
+
+def write_atomically(out: Path, write: Callable[[Path], object]) -> int:
+    """Run ``write(path)`` on a file beside ``out``, then rename it to ``out``; return the size.
+
+    A failed or interrupted write leaves no ``out`` (and no partial file behind).
+    """
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        write(partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out.stat().st_size
 
 
@@ -187,10 +263,33 @@ def to_sitk(volume: Any, geometry: Geometry) -> Any:
     return image
 
 
-def series_to_parquet(paths: Sequence[Path], out: Path) -> tuple[Geometry, int]:
-    """Read DICOM files of one series and write the Parquet volume; return geometry, size."""
-    import pydicom
+def series_to_parquet(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    source: str | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[Geometry, int]:
+    """Read DICOM files of one series and write the Parquet volume; return geometry, size.
 
-    datasets = [pydicom.dcmread(str(p)) for p in sorted(paths)]
-    volume, geometry = build_volume(datasets, source=str(paths[0].parent) if paths else "")
+    ``source`` names the series in errors (default: the folder of the first file);
+    ``names`` names each file (default: its path), e.g. the object keys they came from.
+
+    Raises:
+        InputError: a file is not readable DICOM (naming it).
+        SeriesError: the files do not form one volume, or one is not an image slice.
+    """
+    from oncopipe.imaging.deid import read_dicom_file
+
+    if names is not None and len(names) != len(paths):
+        raise ValueError("names must name every path")
+    label = source if source is not None else (str(paths[0].parent) if paths else "series")
+    pairs = sorted(zip(paths, names or [str(p) for p in paths], strict=True))
+    datasets = []
+    for path, name in pairs:
+        ds = read_dicom_file(path, source=name)
+        ds.filename = name  # errors about a slice name it
+        datasets.append(ds)
+    volume, geometry = build_volume(datasets, source=label)
+    validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
     return geometry, write_volume(volume, geometry, out)

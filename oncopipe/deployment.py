@@ -44,6 +44,9 @@ class EnvConfig:
     termination_protection: bool
     #: IAM role names made Lake Formation administrators (besides the CDK deploy role).
     lake_formation_admin_role_names: tuple[str, ...]
+    #: IAM role names of the data administrators (break-glass, audits) who may read the
+    #: ingest bucket besides the stage roles that must; its bucket policy denies the rest.
+    data_admin_role_names: tuple[str, ...]
     #: Raw FASTQ/BAM move to STANDARD_IA after this many days (S3 needs >= 30).
     raw_data_infrequent_access_days: int
     #: ... and to GLACIER_IR after this many days (must be later than the IA transition).
@@ -86,6 +89,9 @@ class EnvConfig:
     processing_instance_type: str
     processing_volume_gb: int
     processing_max_runtime_minutes: int
+    #: Clinical notes: the largest note the notes job processes (bytes); a bigger one is
+    #: quarantined as ``note-too-large`` (``NOTES_MAX_BYTES`` of the job).
+    notes_max_bytes: int
     #: SageMaker training of the multimodal model: instance type, Managed Spot Training
     #: (interrupted jobs resume from checkpoints), run time and spot wait (minutes).
     training_instance_type: str
@@ -161,6 +167,7 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
                 f"{ENVIRONMENTS_KEY}.{env}.lake_formation_admin_role_names: {role!r} is not "
                 "an IAM role name"
             )
+    data_admins = _role_names(env, "data_admin_role_names", raw["data_admin_role_names"])
     ia = num("raw_data_infrequent_access_days", 30, 3650)
     glacier = num("raw_data_glacier_days", 31, 36500)
     if glacier <= ia:
@@ -194,6 +201,7 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
             "true or false",
         ),
         lake_formation_admin_role_names=tuple(admins),
+        data_admin_role_names=data_admins,
         raw_data_infrequent_access_days=ia,
         raw_data_glacier_days=glacier,
         noncurrent_version_expiration_days=num("noncurrent_version_expiration_days", 1, 36500),
@@ -225,8 +233,25 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         ),
         processing_volume_gb=num("processing_volume_gb", 1, 16_384),
         processing_max_runtime_minutes=num("processing_max_runtime_minutes", 5, 7_200),
+        notes_max_bytes=num("notes_max_bytes", 1, 100_000_000),
         **_model_settings(env, raw, num),
     )
+
+
+def _role_names(env: str, key: str, value: Any) -> tuple[str, ...]:
+    """Return a list of IAM role names (not ARNs: the stacks build ARNs in their account).
+
+    Raises:
+        ConfigurationError: not a list, or an entry is not a role name.
+    """
+    names = _expect(env, key, value, list, "a list of IAM role names")
+    for role in names:
+        if not isinstance(role, str) or not _ROLE_NAME_RE.match(role):
+            raise ConfigurationError(
+                f"{ENVIRONMENTS_KEY}.{env}.{key}: {role!r} is not an IAM role name "
+                "(1-64 of letters, digits and +=,.@_-; give the name, not the ARN)"
+            )
+    return tuple(names)
 
 
 _MODEL_PACKAGE_RE = re.compile(

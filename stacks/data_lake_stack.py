@@ -22,8 +22,19 @@ from constructs import Construct
 
 from oncopipe import catalog, layout
 from oncopipe.deployment import EnvConfig
+from stacks.components.ingest_readers import INGEST_READERS, ingest_reader_role_name
+from stacks.components.s3_grants import grant_objects
 from stacks.components.secure_bucket import SecureBucket
 from stacks.nag import acknowledge
+
+#: The services each key may be used through (``kms:ViaService``): ingest and quarantine
+#: objects only through S3; curated through S3 and the query path (Glue catalog, Athena);
+#: the platform key through the services that store data under it.
+KEY_SERVICES: dict[str, tuple[str, ...]] = {
+    "ingest_key": ("s3",),
+    "curated_key": ("s3", "glue", "athena"),
+    "platform_key": ("s3", "sqs", "secretsmanager", "lambda", "sagemaker", "ec2", "athena"),
+}
 
 
 class DataLakeStack(Stack):
@@ -43,8 +54,14 @@ class DataLakeStack(Stack):
           dedicated role, and ``analyst_role`` granted read on the curated database only.
         - The Secrets Manager secret of the pseudonymisation key.
 
-    Grants: ``analyst_role`` may query through Athena and Lake Formation; it has no S3
-    access to ingest or quarantine.
+        - The ingest bucket's policy denies reading and listing to every principal but
+          the stage roles that read it and the configured ``data_admin_role_names``
+          (:meth:`_ingest_readers_only`); each key's policy denies encrypting and
+          decrypting except through the services of :data:`KEY_SERVICES`.
+
+    Grants: ``analyst_role`` may query through Athena and Lake Formation (its Athena
+    results prefix; the curated key, with catalog encryption, only via Athena, Glue and
+    S3); it has no S3 access to ingest or quarantine.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvConfig, **kwargs: Any):
@@ -61,6 +78,8 @@ class DataLakeStack(Stack):
         self.platform_key = self._key("PlatformKey", "artifacts, logs, queues and secrets")
         self._allow_logs_service(self.platform_key)
         self._allow_eventbridge_dead_letters(self.platform_key)
+        for key, services in KEY_SERVICES.items():
+            self._only_through(getattr(self, key), services)
 
         self.access_logs = s3.Bucket(
             self,
@@ -116,6 +135,7 @@ class DataLakeStack(Stack):
             event_bridge=True,
             **common,
         ).bucket
+        self._ingest_readers_only()
         self.quarantine = SecureBucket(
             self, "Quarantine", encryption_key=self.ingest_key, **common
         ).bucket
@@ -242,6 +262,66 @@ class DataLakeStack(Stack):
             )
         )
 
+    def _only_through(self, key: kms.Key, services: tuple[str, ...]) -> None:
+        """Deny use of ``key`` by principals of the account except through ``services``.
+
+        The key policy's account statement lets IAM policies grant the key; this denial
+        caps what any such grant can do: encrypt and decrypt only as a request of one of
+        the services that store data under the key (``kms:ViaService``), never directly
+        (a direct ``kms:Decrypt`` of stolen ciphertext). AWS services acting as themselves
+        (CloudWatch Logs, EventBridge) are allowed by their own statements and conditions.
+        """
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OnlyThroughItsServices",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={
+                    "StringNotEquals": {
+                        "kms:ViaService": [f"{s}.{self.region}.amazonaws.com" for s in services]
+                    },
+                    "Bool": {"aws:PrincipalIsAWSService": "false"},
+                },
+            )
+        )
+
+    def _ingest_readers_only(self) -> None:
+        """Deny reading or listing ingest (PHI) to all but its stage readers and data admins.
+
+        The readers live in the compute stacks; referring to their ARNs here would make
+        this stack depend on them while they depend on it (a CloudFormation cycle). They
+        have deterministic names (:mod:`stacks.components.ingest_readers`), so the policy
+        builds their ARNs from the same names in this account. The denial is on the
+        principal's ARN (``aws:PrincipalArn``: the role, whatever the session). With the
+        opt-in de-identification on read, requests made by S3 Object Lambda (for the
+        de-identifying function) are left to the access points' own policies.
+        """
+
+        def role_arn(name: str) -> str:
+            return self.format_arn(service="iam", region="", resource="role", resource_name=name)
+
+        allowed = [
+            role_arn(ingest_reader_role_name(self.config, stage)) for stage in INGEST_READERS
+        ]
+        allowed += [role_arn(name) for name in self.config.data_admin_role_names]
+        conditions: dict[str, Any] = {"ArnNotLike": {"aws:PrincipalArn": allowed}}
+        if self.config.deid_on_read:
+            conditions["ForAllValues:StringNotEquals"] = {
+                "aws:CalledVia": ["s3-object-lambda.amazonaws.com"]
+            }
+        self.ingest.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OnlyIngestReadersReadOrList",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:GetObject*", "s3:ListBucket*", "s3:ListMultipartUploadParts"],
+                resources=[self.ingest.bucket_arn, self.ingest.arn_for_objects("*")],
+                conditions=conditions,
+            )
+        )
+
     # -- catalog -----------------------------------------------------------------------------
     def _catalog(self) -> None:
         self.database = glue.CfnDatabase(
@@ -339,16 +419,11 @@ class DataLakeStack(Stack):
             assumed_by=iam.ServicePrincipal("lakeformation.amazonaws.com"),
             description="Lake Formation reads the curated zone on behalf of granted principals",
         )
-        self.curated.grant_read(self.lake_location_role)
-        location_policy = self.lake_location_role.node.find_child("DefaultPolicy")
-        curated_objects = f"<{self.get_logical_id(self.curated.node.default_child)}.Arn>/*"  # type: ignore[arg-type]
-        for finding, reason in {
-            "Action::s3:GetObject*": "Lake Formation reads curated objects for granted queries.",
-            "Action::s3:GetBucket*": "Lake Formation reads curated bucket metadata.",
-            "Action::s3:List*": "Lake Formation lists the curated bucket for granted queries.",
-            f"Resource::{curated_objects}": "Every object of the curated bucket, read only.",
-        }.items():
-            acknowledge(location_policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        grant_objects(
+            self.lake_location_role,
+            self.curated,
+            read={"": "Lake Formation reads every curated object for granted queries (read only)."},
+        )
         # The catalog must be created after the settings that turn off IAM-only defaults,
         # or the database and tables get IAMAllowedPrincipals permissions.
         self.database.node.add_dependency(settings)
@@ -413,10 +488,30 @@ class DataLakeStack(Stack):
         self.analyst_role.add_to_policy(
             iam.PolicyStatement(actions=["lakeformation:GetDataAccess"], resources=["*"])
         )
-        self.artifacts.grant_read_write(self.analyst_role, f"{layout.ARTIFACTS_ATHENA_RESULTS}*")
+        results = {
+            layout.ARTIFACTS_ATHENA_RESULTS: (
+                "Athena query results of this role, under the athena-results/ prefix only."
+            )
+        }
+        grant_objects(self.analyst_role, self.artifacts, read=results, write=results)
+        # Athena writes large results in multipart uploads with the caller's credentials.
+        self.analyst_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListMultipartUploadParts"],
+                resources=[self.artifacts.arn_for_objects(f"{layout.ARTIFACTS_ATHENA_RESULTS}*")],
+            )
+        )
         if self.config.manage_glue_catalog_encryption:
-            # Reading table metadata of an encrypted catalog needs the catalog's key.
-            self.curated_key.grant_decrypt(self.analyst_role)
+            # Reading table metadata of an encrypted catalog needs the catalog's key, only
+            # as a request of the query path (Athena, Glue, S3), never a direct decrypt.
+            self.analyst_role.add_to_policy(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"],
+                    resources=[self.curated_key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": [
+                        f"{s}.{self.region}.amazonaws.com" for s in ("athena", "glue", "s3")]}},
+                )
+            )  # fmt: skip
         policy = self.analyst_role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (
@@ -426,16 +521,6 @@ class DataLakeStack(Stack):
             f"Resource::arn:<AWS::Partition>:glue:<AWS::Region>:<AWS::AccountId>:table/{self.database_name}/*": (  # noqa: E501
                 "Table metadata of the curated database only; row access is decided by Lake "
                 "Formation grants."
-            ),
-            "Action::s3:GetObject*": "CDK grant_read_write on the athena-results/ prefix only.",
-            "Action::s3:GetBucket*": "CDK grant_read_write on the athena-results/ prefix only.",
-            "Action::s3:List*": "CDK grant_read_write on the athena-results/ prefix only.",
-            "Action::s3:DeleteObject*": "CDK grant_read_write on the athena-results/ prefix only.",
-            "Action::s3:Abort*": "CDK grant_read_write on the athena-results/ prefix only.",
-            "Action::kms:GenerateDataKey*": "Encrypts Athena results with the platform key.",
-            "Action::kms:ReEncrypt*": "Encrypts Athena results with the platform key.",
-            f"Resource::<{self.get_logical_id(self.artifacts.node.default_child)}.Arn>/athena-results/*": (  # type: ignore[arg-type] # noqa: E501
-                "Athena query results of this role, under the athena-results/ prefix only."
             ),
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)

@@ -20,7 +20,10 @@ from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
+from oncopipe.manifest import MANIFEST_ROOT
+from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.s3_grants import grant_objects
 from stacks.components.sagemaker_jobs import (
     ProcessingStep,
     acknowledge_job_role,
@@ -28,9 +31,9 @@ from stacks.components.sagemaker_jobs import (
 )
 from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
-from stacks.genomics_stack import GenomicsStack
+from stacks.genomics_stack import GenomicsStack, grant_batch_sync
 from stacks.ingest_stack import grant_pseudonym_secret
-from stacks.nag import acknowledge, bucket_objects_finding
+from stacks.nag import acknowledge
 from stacks.paths import REPO_ROOT
 
 #: The processing image's build context: only oncopipe/ and processing/ (Docker syntax).
@@ -70,6 +73,7 @@ class FeaturesStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.config = config
         self.curated = lake.export_bucket(self, lake.curated, lake.curated_key)
         self.image = ecr_assets.DockerImageAsset(
             self,
@@ -117,7 +121,8 @@ class FeaturesStack(Stack):
             self, "Notes", job_prefix="notes", arguments=["processing.notes", "stage"],
             **{**common, "role": self.notes_role,
                "environment": {**environment,
-                               "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn}},
+                               "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+                               "NOTES_MAX_BYTES": str(config.notes_max_bytes)}},
         )  # fmt: skip
         self.state_machine = self._state_machine(config, lake, genomics)
         self.schedule_dead_letters = encrypted_queue(
@@ -144,23 +149,16 @@ class FeaturesStack(Stack):
             description="oncopipe SageMaker Processing: volumes and masks in, features out",
             log_group=log_group, images=[self.image], key=lake.platform_key,
         )  # fmt: skip
-        curated = self.curated
-        curated.grant_read(role, f"{layout.CURATED_IMAGING_VOLUMES}*")
-        curated.grant_read(role, f"{layout.CURATED_IMAGING}masks/*")
-        curated.grant_read_write(role, f"{layout.CURATED_IMAGING_RADIOMICS}*")
-        curated.grant_read_write(role, "_manifests/*")
-        acknowledge_job_role(role, log_group, {
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING_VOLUMES}*"): (
-                "Reads the Parquet volumes."
-            ),
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}masks/*"): "Reads masks.",
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING_RADIOMICS}*"): (
-                "Writes the feature tables."
-            ),
-            bucket_objects_finding(curated, "_manifests/*"): (
-                "Reads the volume manifests and writes its items' manifests."
-            ),
+        manifests = f"{MANIFEST_ROOT}/"
+        grant_objects(role, self.curated, list_prefixes=(manifests,), read={
+            layout.CURATED_IMAGING_VOLUMES: "Reads the Parquet volumes.",
+            f"{layout.CURATED_IMAGING}masks/": "Reads the masks.",
+            manifests: "Reads the volume manifests and its items' manifests.",
         })  # fmt: skip
+        outputs = {layout.CURATED_IMAGING_RADIOMICS: "Writes the feature tables.",
+                   manifests: "Writes its items' manifests."}  # fmt: skip
+        grant_objects(role, self.curated, read=outputs, write=outputs, delete=True)
+        acknowledge_job_role(role, log_group, {})
         return role
 
     def _notes_role(self, lake: DataLakeStack) -> iam.Role:
@@ -170,33 +168,30 @@ class FeaturesStack(Stack):
             self, "NotesRole",
             description="oncopipe notes: ingest notes in, scrubbed text and concepts out",
             log_group=log_group, images=[self.image], key=lake.platform_key,
+            role_name=ingest_reader_role_name(self.config, "notes"),
         )  # fmt: skip
         ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
         quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
         artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
-        ingest.grant_read(role, f"{layout.INGEST_NOTES}*")
-        ingest.grant_read(role, f"{layout.INGEST_SAMPLESHEETS}*")
-        quarantine.grant_read_write(role)
-        self.curated.grant_read_write(role, f"{layout.CURATED_NOTES}*")
-        self.curated.grant_read_write(role, "_manifests/*")
-        artifacts.grant_read_write(role, f"{layout.ARTIFACTS_MODELS}notes-tokenizer/*")
-        grant_pseudonym_secret(lake, role)
-        acknowledge_job_role(role, log_group, {
-            bucket_objects_finding(ingest, f"{layout.INGEST_NOTES}*"): "Reads the notes.",
-            bucket_objects_finding(ingest, f"{layout.INGEST_SAMPLESHEETS}*"): (
-                "Reads the sample sheet that names a note without a Patient-ID header."
-            ),
-            bucket_objects_finding(quarantine): (
-                "Reads the route manifests; quarantines unreadable notes with the reason."
-            ),
-            bucket_objects_finding(self.curated, f"{layout.CURATED_NOTES}*"): (
-                "Writes scrubbed notes, concepts and tokens."
-            ),
-            bucket_objects_finding(self.curated, "_manifests/*"): "Writes its manifests.",
-            bucket_objects_finding(artifacts, f"{layout.ARTIFACTS_MODELS}notes-tokenizer/*"): (
-                "Stores the notes tokenizer once and reuses it."
-            ),
+        grant_objects(role, ingest, list_prefixes=(), read={
+            layout.INGEST_NOTES: "Reads the notes.",
+            layout.INGEST_SAMPLESHEETS: "Reads the sheet that names a note without a Patient-ID.",
         })  # fmt: skip
+        manifests = f"{MANIFEST_ROOT}/"
+        grant_objects(
+            role, quarantine, delete=True,
+            list_prefixes=(manifests, layout.QUARANTINE_SAMPLE_INPUTS),
+            read={"": "Reads the route manifests and stage inputs; its quarantine copies."},
+            write={"": "Quarantines unreadable notes with the reason; writes its manifests."},
+        )  # fmt: skip
+        notes = {layout.CURATED_NOTES: "Writes scrubbed notes, concepts and tokens.",
+                 manifests: "Writes (and reads) its manifests."}  # fmt: skip
+        grant_objects(role, self.curated, read=notes, write=notes, delete=True)
+        tokenizer = {f"{layout.ARTIFACTS_MODELS}notes-tokenizer/": (
+            "Stores the notes tokenizer once and reuses it.")}  # fmt: skip
+        grant_objects(role, artifacts, read=tokenizer, write=tokenizer, delete=True)
+        grant_pseudonym_secret(lake, role)
+        acknowledge_job_role(role, log_group, {})
         return role
 
     def _state_machine(
@@ -241,11 +236,17 @@ class FeaturesStack(Stack):
             comment="oncopipe daily features: imaging volumes then radiomics; clinical notes",
         )
         self.radiomics_step.grant_start(machine)
+        self.notes_step.grant_start(machine)
+        grant_batch_sync(machine.role)
         policy = machine.role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (
-                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
-                "resource-level scoping."
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions and "
+                "batch:DescribeJobs support no resource-level scoping."
+            ),
+            "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*": (
+                "Terminates the Batch job it waits for when the execution is stopped; job "
+                "IDs are generated by Batch."
             ),
             "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job-definition/*": (  # noqa: E501
                 "The Step Functions Batch integration submits by job-definition revision; the "

@@ -20,9 +20,12 @@ from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
+from oncopipe.manifest import MANIFEST_ROOT
+from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.s3_grants import grant_objects
 from stacks.data_lake_stack import DataLakeStack
-from stacks.nag import acknowledge, bucket_objects_finding
+from stacks.nag import acknowledge
 from stacks.paths import REPO_ROOT
 
 #: Arguments of the per-sample jobs, filled from the Batch job parameters.
@@ -46,9 +49,17 @@ class GenomicsStack(Stack):
           retries spot reclaims (status reason ``Host EC2*``) and exits on anything else,
           logs to a KMS-encrypted log group.
 
-    Grants (job role): read ``fastq/*`` of ingest; read and write ``reference/*`` of
-    artifacts (the BWA index is built once and stored there); read the sample tables and
-    write ``genomics/*`` and ``_manifests/*`` of curated; write quarantine (invalid FASTQ).
+    Grants (:func:`stacks.components.s3_grants.grant_objects`, prefix by prefix):
+        - align job (``job_role``, the ingest reader named for the ingest bucket policy):
+          read ``fastq/*`` of ingest; read and write ``reference/*`` of artifacts (the BWA
+          index is built once and stored there); write ``genomics/bam/*`` and
+          ``_manifests/*`` of curated; read the sheets' stage inputs
+          (``_sample-inputs/*``) and write the quarantine zone (invalid FASTQ).
+        - call job (``call_role``): read the reference, the stage inputs and the BAMs;
+          write ``genomics/vcf/*``, ``genomics/variants/*`` and ``_manifests/*``. It never
+          reads ingest.
+        - imaging job: read the de-identification manifests (quarantine) and de-identified
+          DICOM; write volumes, masks and manifests of curated. No ingest read.
     """
 
     def __init__(
@@ -68,39 +79,12 @@ class GenomicsStack(Stack):
         curated = lake.export_bucket(self, lake.curated, lake.curated_key)
         artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
 
-        self.job_role = iam.Role(
-            self,
-            "JobRole",
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="oncopipe genomics jobs: FASTQ in, BAM/VCF/Parquet out",
-        )
-        ingest.grant_read(self.job_role, f"{layout.INGEST_FASTQ}*")
-        artifacts.grant_read_write(self.job_role, f"{layout.ARTIFACTS_REFERENCE}*")
-        curated.grant_read(self.job_role, f"{layout.CURATED_SAMPLES}*")
-        curated.grant_read_write(self.job_role, "genomics/*")
-        curated.grant_read_write(self.job_role, "_manifests/*")
-        quarantine.grant_write(self.job_role)
-        policy = self.job_role.node.find_child("DefaultPolicy")
-        for finding, reason in {
-            "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:List*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:DeleteObject*": "Deletes a failed item's partial outputs (genomics/).",
-            "Action::s3:Abort*": "Aborts its own multipart uploads of BAMs.",
-            "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
-            "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
-            bucket_objects_finding(ingest, f"{layout.INGEST_FASTQ}*"): "Reads FASTQ only.",
-            bucket_objects_finding(artifacts, f"{layout.ARTIFACTS_REFERENCE}*"): (
-                "Reads the reference and stores its BWA index once, beside it."
-            ),
-            bucket_objects_finding(curated, f"{layout.CURATED_SAMPLES}*"): (
-                "Reads the pseudonymised sample table of its run."
-            ),
-            bucket_objects_finding(curated, "genomics/*"): "Writes BAM, VCF and variant tables.",
-            bucket_objects_finding(curated, "_manifests/*"): "Writes its items' manifests.",
-            bucket_objects_finding(quarantine): "Quarantines an invalid FASTQ pair with why.",
-        }.items():
-            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        self.job_role = self._align_role(config, ingest, quarantine, curated, artifacts)
+        from stacks.ingest_stack import grant_pseudonym_secret  # (ingest_stack imports us)
+
+        # opaque references of the ingest FASTQ files in its curated manifests
+        grant_pseudonym_secret(lake, self.job_role)
+        self.call_role = self._call_role(quarantine, curated, artifacts)
 
         template = ec2.LaunchTemplate(
             self,
@@ -191,7 +175,8 @@ class GenomicsStack(Stack):
         }
         self.align_job = self._job(
             "AlignJob", ["batch_jobs.genomics", "align", *_SAMPLE_COMMAND], image, logs,
-            environment, config, role=self.job_role, vcpus=config.align_vcpus,
+            {**environment, "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn},
+            config, role=self.job_role, vcpus=config.align_vcpus,
             memory_mib=config.align_memory_mib,
         )  # fmt: skip
         self.imaging_job = self.imaging_jobs(
@@ -200,8 +185,67 @@ class GenomicsStack(Stack):
         )  # fmt: skip
         self.call_job = self._job(
             "CallJob", ["batch_jobs.genomics", "call", *_SAMPLE_COMMAND], image, logs, environment,
-            config, role=self.job_role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
+            config, role=self.call_role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
         )  # fmt: skip
+
+    def _align_role(
+        self,
+        config: EnvConfig,
+        ingest: s3.IBucket,
+        quarantine: s3.IBucket,
+        curated: s3.IBucket,
+        artifacts: s3.IBucket,
+    ) -> iam.Role:
+        """The align job's role: the only genomics role that reads FASTQ (ingest)."""
+        role = iam.Role(
+            self,
+            "JobRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description="oncopipe align job: FASTQ in, BAM out; invalid FASTQ to quarantine",
+            role_name=ingest_reader_role_name(config, "align_job"),
+        )
+        grant_objects(role, ingest, read={layout.INGEST_FASTQ: "Reads FASTQ only."},
+                      list_prefixes=())  # fmt: skip
+        reference = layout.ARTIFACTS_REFERENCE
+        grant_objects(
+            role,
+            artifacts,
+            delete=True,
+            read={reference: "Reads the reference and its BWA index."},
+            write={reference: "Stores the BWA index once, beside the reference."},
+        )
+        grant_objects(
+            role, quarantine, delete=True, list_prefixes=(layout.QUARANTINE_SAMPLE_INPUTS,),
+            read={"": "Reads the stage inputs of its sheet and its quarantine copies back."},
+            write={"": "Quarantines an invalid FASTQ pair with the reason."},
+        )  # fmt: skip
+        outputs = {layout.CURATED_GENOMICS_BAM: "Writes BAMs, their index and QC.",
+                   f"{MANIFEST_ROOT}/": "Writes (and reads) its items' manifests."}  # fmt: skip
+        grant_objects(role, curated, read=outputs, write=outputs, delete=True)
+        return role
+
+    def _call_role(
+        self, quarantine: s3.IBucket, curated: s3.IBucket, artifacts: s3.IBucket
+    ) -> iam.Role:
+        """The call job's role: BAMs and the reference in, variants out; no FASTQ read."""
+        role = iam.Role(
+            self,
+            "CallJobRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description="oncopipe call job: BAM and reference in, VCF and variant tables out",
+        )
+        reference = layout.ARTIFACTS_REFERENCE
+        grant_objects(role, artifacts, read={reference: "Reads the reference and its index."})
+        grant_objects(
+            role, quarantine, list_prefixes=(layout.QUARANTINE_SAMPLE_INPUTS,),
+            read={layout.QUARANTINE_SAMPLE_INPUTS: "Reads the stage inputs of its sheet."},
+        )  # fmt: skip
+        grant_objects(role, curated, read={layout.CURATED_GENOMICS_BAM: "Reads the BAMs."})
+        outputs = {layout.CURATED_GENOMICS_VCF: "Writes VCFs and their index.",
+                   layout.CURATED_GENOMICS_VARIANTS: "Writes the Parquet variant tables.",
+                   f"{MANIFEST_ROOT}/": "Writes (and reads) its items' manifests."}  # fmt: skip
+        grant_objects(role, curated, read=outputs, write=outputs, delete=True)
+        return role
 
     def imaging_jobs(
         self,
@@ -221,31 +265,21 @@ class GenomicsStack(Stack):
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
             description="oncopipe imaging jobs: de-identified DICOM in, volumes and masks out",
         )
-        quarantine.grant_read(role, "_manifests/*")
-        curated.grant_read(role, f"{layout.CURATED_IMAGING}dicom/*")
-        curated.grant_read_write(role, f"{layout.CURATED_IMAGING_VOLUMES}*")
-        curated.grant_read_write(role, f"{layout.CURATED_IMAGING}masks/*")
-        curated.grant_read_write(role, "_manifests/*")
-        policy = role.node.find_child("DefaultPolicy")
-        for finding, reason in {
-            "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:List*": "CDK grants, each on one prefix listed below.",
-            "Action::s3:DeleteObject*": "Deletes a failed item's partial outputs.",
-            "Action::s3:Abort*": "Aborts its own multipart uploads.",
-            "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
-            "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
-            bucket_objects_finding(quarantine, "_manifests/*"): "Reads the deid manifests.",
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}dicom/*"): (
-                "Reads de-identified DICOM only."
-            ),
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING_VOLUMES}*"): (
-                "Writes the Parquet volumes."
-            ),
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}masks/*"): "Writes masks.",
-            bucket_objects_finding(curated, "_manifests/*"): "Writes its items' manifests.",
-        }.items():
-            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        # The de-identification manifests are in the PHI zone (they record the ingest
+        # key): read and list only those; the key grant is bound to the quarantine
+        # bucket, so the ingest bucket's objects stay undecryptable to this role.
+        grant_objects(
+            role, quarantine, read={f"{MANIFEST_ROOT}/": "Reads the de-identification manifests."}
+        )
+        grant_objects(
+            role,
+            curated,
+            read={f"{layout.CURATED_IMAGING}dicom/": "Reads de-identified DICOM."},
+        )
+        outputs = {layout.CURATED_IMAGING_VOLUMES: "Writes the Parquet volumes.",
+                   f"{layout.CURATED_IMAGING}masks/": "Writes the masks.",
+                   f"{MANIFEST_ROOT}/": "Writes (and reads) its items' manifests."}  # fmt: skip
+        grant_objects(role, curated, read=outputs, write=outputs, delete=True)
         return self._job(
             "ImagingJob", ["batch_jobs.imaging", "volumes"], image, logs, environment, config,
             role=role, vcpus=config.call_vcpus, memory_mib=config.call_memory_mib,
@@ -296,3 +330,22 @@ class GenomicsStack(Stack):
             ],
             propagate_tags=True,
         )
+
+
+def grant_batch_sync(role: iam.IRole) -> None:
+    """What a state machine needs besides CDK's ``BatchSubmitJob`` grant for ``.sync``.
+
+    Step Functions describes the job it waits for and terminates it when the execution
+    is stopped (AWS "IAM policies for AWS Batch" of Step Functions); CDK grants neither.
+    ``DescribeJobs`` has no resource-level permissions; ``TerminateJob`` is scoped to jobs.
+    """
+    stack = Stack.of(role)
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["batch:TerminateJob"],
+            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+        )
+    )

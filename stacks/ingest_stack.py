@@ -23,11 +23,19 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from oncopipe.ingest import TRANSIENT_ERRORS
+from oncopipe.manifest import MANIFEST_ROOT
+from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.s3_grants import grant_objects
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
-from stacks.genomics_stack import GenomicsStack
-from stacks.nag import acknowledge, bucket_objects_finding
+from stacks.genomics_stack import GenomicsStack, grant_batch_sync
+from stacks.nag import acknowledge
+
+#: The ingest prefixes the router may list (a sample sheet names folders under them).
+INGEST_DATA_PREFIXES = (
+    layout.INGEST_SAMPLESHEETS, layout.INGEST_FASTQ, layout.INGEST_DICOM, layout.INGEST_NOTES,
+)  # fmt: skip
 
 
 class IngestStack(Stack):
@@ -45,8 +53,13 @@ class IngestStack(Stack):
         - An EventBridge rule for "Object Created" in the ingest bucket starting one
           execution per object, with retries and a KMS-encrypted dead-letter queue.
 
-    Grants: the router reads ingest and writes curated and quarantine; the catch-all
-    reads ingest and writes curated (manifests) and quarantine. Nothing else reads ingest.
+    Grants (:func:`stacks.components.s3_grants.grant_objects`: prefix-scoped, listing
+    only under ``s3:prefix``, no permanent deletes, keys only through S3): the router
+    reads ingest and writes the sample tables of curated and the quarantine zone; the
+    catch-all and the reconcile read ingest and write only the quarantine zone; the
+    de-identification reads ``dicom/`` and writes ``imaging/dicom/`` and quarantine. Each
+    ingest reader has the deterministic name the ingest bucket policy allows
+    (:mod:`stacks.components.ingest_readers`).
     """
 
     def __init__(
@@ -83,6 +96,7 @@ class IngestStack(Stack):
             self,
             "Router",
             handler="ingest_router",
+            role_name=ingest_reader_role_name(config, "router"),
             description="oncopipe: classify, validate and route an ingest object",
             environment={
                 **environment,
@@ -90,38 +104,50 @@ class IngestStack(Stack):
             },
             **common,
         )
-        ingest.grant_read(self.router.role)
-        curated.grant_read_write(self.router.role)
-        quarantine.grant_read_write(self.router.role)
+        # Reads every upload (it routes each, whatever its prefix); lists only the data
+        # prefixes a sample sheet's folders may name.
+        grant_objects(
+            self.router.role, ingest,
+            read={"": "Reads the uploaded object it routes (every prefix: it routes all)."},
+            list_prefixes=INGEST_DATA_PREFIXES,
+        )  # fmt: skip
+        _grant_quarantine_zone(self.router.role, quarantine)
+        # The sample tables and their symlink files (checked, repaired, retracted).
+        tables = {layout.CURATED_SAMPLES: "Writes the pseudonymised sample table of a sheet."}
+        grant_objects(self.router.role, curated, read=tables, write=tables, delete=True)
         grant_pseudonym_secret(lake, self.router.role)
 
         self.quarantine_on_error = StageFunction(
             self,
             "QuarantineOnError",
             handler="ingest_quarantine",
+            role_name=ingest_reader_role_name(config, "quarantine_on_error"),
             description="oncopipe: quarantine an ingest object whose routing failed",
             environment=environment,
             **common,
         )
-        ingest.grant_read(self.quarantine_on_error.role)
-        curated.grant_read_write(self.quarantine_on_error.role)
-        quarantine.grant_read_write(self.quarantine_on_error.role)
-        for fn in (self.router, self.quarantine_on_error):
-            _acknowledge_bucket_grants(fn, ingest=ingest, writable=(curated, quarantine))
+        grant_objects(
+            self.quarantine_on_error.role, ingest, list_prefixes=(),
+            read={"": "Copies the object whose routing failed (any prefix) to quarantine."},
+        )  # fmt: skip
+        _grant_quarantine_zone(self.quarantine_on_error.role, quarantine)
 
         # Daily: FASTQ files of yesterday's run that no sheet named are quarantined.
         self.reconcile = StageFunction(
             self,
             "Reconcile",
             handler="ingest_reconcile",
+            role_name=ingest_reader_role_name(config, "reconcile"),
             description="oncopipe: quarantine FASTQ files no sample sheet names (daily)",
             environment=environment,
             timeout_seconds=900,
             **common,
         )
-        ingest.grant_read(self.reconcile.role)
-        quarantine.grant_read_write(self.reconcile.role)
-        _acknowledge_bucket_grants(self.reconcile, ingest=ingest, writable=(quarantine,))
+        grant_objects(
+            self.reconcile.role, ingest, list_prefixes=(),
+            read={layout.INGEST_FASTQ: "Copies FASTQ files no sheet named to quarantine."},
+        )  # fmt: skip
+        _grant_quarantine_zone(self.reconcile.role, quarantine)
         self.reconcile_dead_letters = encrypted_queue(
             self, "ReconcileDeadLetters", key=lake.platform_key
         )
@@ -150,27 +176,24 @@ class IngestStack(Stack):
             self,
             "DicomDeid",
             handler="dicom_deid",
+            role_name=ingest_reader_role_name(config, "dicom_deid"),
             description="oncopipe: de-identify a DICOM object on write (PS3.15 Annex E)",
             environment=deid_environment,
             memory_mb=1024,
             **common,
         )
-        ingest.grant_read(self.deid.role, f"{layout.INGEST_DICOM}*")
-        curated.grant_write(self.deid.role, f"{layout.CURATED_IMAGING}dicom/*")
-        quarantine.grant_read_write(self.deid.role)
+        grant_objects(
+            self.deid.role, ingest, list_prefixes=(),
+            read={layout.INGEST_DICOM: "Reads DICOM uploads only."},
+        )  # fmt: skip
+        # Its outputs, read back where a re-run retracts an earlier version.
+        released = {f"{layout.CURATED_IMAGING}dicom/": "Writes de-identified DICOM only."}
+        grant_objects(self.deid.role, curated, read=released, write=released, delete=True)
+        _grant_quarantine_zone(self.deid.role, quarantine)
         grant_pseudonym_secret(lake, self.deid.role)
-        _acknowledge_bucket_grants(self.deid, ingest=ingest, writable=(quarantine,))
-        deid_policy = self.deid.role.node.find_child("DefaultPolicy")
-        for finding, reason in {
-            bucket_objects_finding(ingest, f"{layout.INGEST_DICOM}*"): "Reads DICOM uploads only.",
-            bucket_objects_finding(curated, f"{layout.CURATED_IMAGING}dicom/*"): (
-                "Writes de-identified DICOM only."
-            ),
-        }.items():
-            acknowledge(deid_policy, f"AwsSolutions-IAM5[{finding}]", reason)
 
         if config.deid_on_read:
-            self._deid_on_read(lake, ingest, deid_environment, common)
+            self._deid_on_read(config, lake, ingest, deid_environment, common)
 
         self.state_machine = self._state_machine(config, lake)
 
@@ -196,6 +219,7 @@ class IngestStack(Stack):
 
     def _deid_on_read(
         self,
+        config: EnvConfig,
         lake: DataLakeStack,
         ingest: s3.IBucket,
         environment: dict[str, str],
@@ -221,8 +245,23 @@ class IngestStack(Stack):
         grant_pseudonym_secret(lake, role)
         # The presigned inputS3Url is signed with the caller's credentials; the caller also
         # needs kms:Decrypt on the ingest key, as for any read of that bucket.
+        # The supporting access point serves reads made by S3 Object Lambda only: a direct
+        # GetObject through it would return the DICOM with its PHI.
+        name = f"{config.prefix}-ingest-deid"
+        objects = self.format_arn(
+            service="s3", resource="accesspoint", resource_name=f"{name}/object/*"
+        )
         access_point = s3.CfnAccessPoint(
-            self, "IngestAccessPoint", bucket=ingest.bucket_name,
+            self, "IngestAccessPoint", bucket=ingest.bucket_name, name=name,
+            policy={"Version": "2012-10-17", "Statement": [{
+                "Sid": "OnlyThroughObjectLambda",
+                "Effect": "Deny",
+                "Principal": {"AWS": "*"},
+                "Action": "s3:*",
+                "Resource": [objects],
+                "Condition": {"ForAllValues:StringNotEquals": {
+                    "aws:CalledVia": ["s3-object-lambda.amazonaws.com"]}},
+            }]},
             public_access_block_configuration=s3.CfnAccessPoint.PublicAccessBlockConfigurationProperty(
                 block_public_acls=True, block_public_policy=True, ignore_public_acls=True,
                 restrict_public_buckets=True,
@@ -274,7 +313,7 @@ class IngestStack(Stack):
         task.add_catch(failed, errors=["States.ALL"], result_path="$.deid_error")
         refused = sfn.Fail(
             self, "DicomQuarantined", error="DicomQuarantined",
-            cause_path="$.deid.result.reason",
+            cause_path="$.deid.result.reason_code",  # the readable reason is in quarantine
             comment="Not released (burned-in text, no patient, unreadable): in quarantine",
         )  # fmt: skip
         return task.next(
@@ -289,7 +328,8 @@ class IngestStack(Stack):
             self,
             "GenomicsFailed",
             error="GenomicsFailed",
-            cause_path="$.genomics_error.Cause",
+            # The Batch cause repeats the job (its parameters, reasons): the error name only.
+            cause_path="$.genomics_error.Error",
             comment="A Batch job failed after its retries; see the job's log",
         )
 
@@ -372,6 +412,7 @@ class IngestStack(Stack):
                     "error": sfn.JsonPath.object_at("$.error"),
                 }
             ),
+            result_selector={"result.$": "$.Payload"},
             result_path="$.quarantine",
             retry_on_service_exceptions=True,
         )
@@ -396,7 +437,8 @@ class IngestStack(Stack):
             self,
             "InputQuarantined",
             error="InputQuarantined",
-            cause_path="$.route.result.reason",
+            # A code: the readable reason names the object, so it stays in quarantine.
+            cause_path="$.route.result.reason_code",
             comment="Invalid input: copied to quarantine with a reason document",
         )
         self.outcome = (
@@ -438,11 +480,16 @@ class IngestStack(Stack):
             ),
             comment="oncopipe ingest: route each uploaded object",
         )
+        grant_batch_sync(machine.role)
         policy = machine.role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (
-                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
-                "resource-level scoping."
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions and "
+                "batch:DescribeJobs support no resource-level scoping."
+            ),
+            "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*": (
+                "Terminates the Batch jobs it waits for when the execution is stopped; job "
+                "IDs are generated by Batch."
             ),
             f"Resource::<{_logical(self.router.function)}.Arn>:*": (
                 "Invoke any version/alias of the router function (CDK LambdaInvoke)."
@@ -466,7 +513,9 @@ def grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
     """Let a role read the pseudonymisation secret.
 
     Secret.grant_read would add the role to the key policy of the stateful stack, a
-    dependency cycle; the same access is granted on the role's side.
+    dependency cycle; the same access is granted on the role's side. The platform key
+    decrypts only as a request of Secrets Manager for this secret (its encryption
+    context), not anything else the key protects.
     """
     role.add_to_principal_policy(
         iam.PolicyStatement(
@@ -474,7 +523,18 @@ def grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
             resources=[lake.pseudonym_secret.secret_arn],
         )
     )
-    lake.platform_key.grant_decrypt(role)
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["kms:Decrypt"],
+            resources=[lake.platform_key.key_arn],
+            conditions={
+                "StringEquals": {
+                    "kms:ViaService": f"secretsmanager.{Stack.of(role).region}.amazonaws.com",
+                    "kms:EncryptionContext:SecretARN": lake.pseudonym_secret.secret_arn,
+                }
+            },
+        )
+    )
 
 
 def _logical(construct: Construct) -> str:
@@ -484,31 +544,15 @@ def _logical(construct: Construct) -> str:
     return Stack.of(construct).get_logical_id(child)  # type: ignore[arg-type]
 
 
-def _acknowledge_bucket_grants(
-    fn: StageFunction, *, ingest: s3.IBucket, writable: tuple[s3.IBucket, ...]
-) -> None:
-    """Acknowledge the wildcard findings that CDK bucket/key grants produce, one by one."""
-    policy = fn.role.node.find_child("DefaultPolicy")
-    reasons = {
-        bucket_objects_finding(
-            ingest
-        ): "Reads the uploaded object it routes (ingest zone, read only).",
-        **{
-            bucket_objects_finding(
-                b
-            ): "Writes manifests, sample tables and quarantine copies; deletes only "
-            "a failed item's partial outputs."
-            for b in writable
-        },
-        "Action::s3:GetObject*": "CDK bucket grant: object reads of the granted buckets only.",
-        "Action::s3:GetBucket*": "CDK bucket grant: bucket metadata of the granted buckets only.",
-        "Action::s3:List*": "CDK bucket grant: listing the granted buckets only.",
-        "Action::s3:DeleteObject*": (
-            "Deletes a failed item's partial outputs in the granted buckets only."
-        ),
-        "Action::s3:Abort*": "CDK bucket grant: aborts multipart uploads in granted buckets.",
-        "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
-        "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted buckets.",
-    }
-    for finding, reason in reasons.items():
-        acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+def _grant_quarantine_zone(role: iam.IRole, quarantine: s3.IBucket) -> None:
+    """What every quarantining stage needs of the quarantine zone, and nothing more.
+
+    Writes copies and reason documents (under run IDs) and its manifests anywhere in the
+    zone, reads back what it wrote (a copy is checked after it lands), lists only the
+    manifests of a run, deletes a failed item's partial outputs (delete markers only).
+    """
+    grant_objects(
+        role, quarantine, delete=True, list_prefixes=(f"{MANIFEST_ROOT}/",),
+        read={"": "Reads back its quarantine copies and the manifests of its runs."},
+        write={"": "Quarantines rejected objects with their reasons, writes its manifests."},
+    )  # fmt: skip

@@ -21,6 +21,7 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.s3_grants import grant_objects
 from stacks.components.sagemaker_jobs import (
     ProcessingStep,
     acknowledge_job_role,
@@ -29,7 +30,7 @@ from stacks.components.sagemaker_jobs import (
 )
 from stacks.data_lake_stack import DataLakeStack
 from stacks.features_stack import FeaturesStack
-from stacks.nag import acknowledge, bucket_objects_finding
+from stacks.nag import acknowledge
 from stacks.paths import REPO_ROOT
 
 #: The training image's build context: only oncopipe/ and training/ (Docker syntax).
@@ -152,15 +153,8 @@ class ModelStack(Stack):
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="oncopipe MLflow tracking server: its artifact store only",
         )
-        self.artifacts.grant_read_write(role, f"{layout.ARTIFACTS_MLFLOW}*")
-        policy = role.node.find_child("DefaultPolicy")
-        for finding, reason in {
-            **_S3_GRANT_FINDINGS,
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MLFLOW}*"): (
-                "The tracking server's artifact store (runs, models)."
-            ),
-        }.items():
-            acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        store = {layout.ARTIFACTS_MLFLOW: "The tracking server's artifact store (runs, models)."}
+        grant_objects(role, self.artifacts, read=store, write=store, delete=True)
         return sagemaker.CfnMlflowTrackingServer(
             self,
             "TrackingServer",
@@ -179,9 +173,13 @@ class ModelStack(Stack):
             description="oncopipe training: cohort dataset in, model and checkpoints out",
             log_group=log_group, images=[self.image], key=self.key,
         )  # fmt: skip
-        self.curated.grant_read(role, f"{layout.CURATED_COHORT_DATASET}*")
-        for prefix in (layout.ARTIFACTS_MODELS, layout.ARTIFACTS_CHECKPOINTS):
-            self.artifacts.grant_read_write(role, f"{prefix}*")
+        grant_objects(role, self.curated, read={
+            layout.CURATED_COHORT_DATASET: "Reads the cohort dataset it trains on."})  # fmt: skip
+        outputs = {
+            layout.ARTIFACTS_MODELS: "Writes model.tar.gz and its evaluation.",
+            layout.ARTIFACTS_CHECKPOINTS: "Spot training saves and resumes checkpoints.",
+        }
+        grant_objects(role, self.artifacts, read=outputs, write=outputs, delete=True)
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["sagemaker-mlflow:*"],
@@ -189,15 +187,6 @@ class ModelStack(Stack):
             )
         )
         acknowledge_job_role(role, log_group, {
-            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
-                "Reads the cohort dataset it trains on."
-            ),
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MODELS}*"): (
-                "Writes model.tar.gz and its evaluation."
-            ),
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_CHECKPOINTS}*"): (
-                "Spot training saves and resumes its checkpoints."
-            ),
             "Action::sagemaker-mlflow:*": "Logs runs and models to its own tracking server.",
         })  # fmt: skip
         return role
@@ -211,20 +200,14 @@ class ModelStack(Stack):
         )  # fmt: skip
         readable = (layout.CURATED_GENOMICS_VARIANTS, layout.CURATED_IMAGING_RADIOMICS,
                     f"{layout.CURATED_NOTES}concepts/", layout.CURATED_LABELS)  # fmt: skip
-        for prefix in readable:
-            self.curated.grant_read(role, f"{prefix}*")
-        self.curated.grant_read_write(role, f"{layout.CURATED_COHORT_DATASET}*")
-        self.curated.grant_read_write(role, f"{layout.CURATED_COHORT_INFERENCE}*")
-        acknowledge_job_role(role, log_group, {
-            **{bucket_objects_finding(self.curated, f"{p}*"): "Reads a feature table or labels."
-               for p in readable},
-            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_DATASET}*"): (
-                "Writes the joined, split and normalised dataset."
-            ),
-            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_INFERENCE}*"): (
-                "Writes the batch-transform input (one patient per line)."
-            ),
-        })  # fmt: skip
+        grant_objects(role, self.curated, read={p: "Reads a feature table or labels."
+                                                for p in readable})  # fmt: skip
+        outputs = {
+            layout.CURATED_COHORT_DATASET: "Writes the joined, split and normalised dataset.",
+            layout.CURATED_COHORT_INFERENCE: "Writes the batch-transform input (a patient a line).",
+        }
+        grant_objects(role, self.curated, read=outputs, write=outputs, delete=True)
+        acknowledge_job_role(role, log_group, {})
         return role
 
     # -- the pipeline ------------------------------------------------------------------
@@ -517,10 +500,23 @@ class ModelStack(Stack):
             description="oncopipe serving and batch transform: model artifacts in",
             log_group=log_group, images=[], key=self.key,
         )  # fmt: skip
-        self.artifacts.grant_read(role, f"{layout.ARTIFACTS_MODELS}*")
-        self.curated.grant_read(role, f"{layout.CURATED_COHORT_INFERENCE}*")
-        self.artifacts.grant_read_write(role, f"{layout.ARTIFACTS_TRANSFORM}*")
-        self.artifacts.grant_write(role, f"{layout.ARTIFACTS_DATA_CAPTURE}*")
+        grant_objects(role, self.artifacts, read={
+            layout.ARTIFACTS_MODELS: "Loads the trained model artifacts."})  # fmt: skip
+        grant_objects(
+            role,
+            self.curated,
+            read={layout.CURATED_COHORT_INFERENCE: "Batch transform reads the inference records."},
+        )
+        predictions = {layout.ARTIFACTS_TRANSFORM: "Batch transform writes predictions."}
+        grant_objects(role, self.artifacts, read=predictions, write=predictions)
+        grant_objects(
+            role,
+            self.artifacts,
+            list_prefixes=(),
+            write={
+                layout.ARTIFACTS_DATA_CAPTURE: "The endpoint writes captured requests, responses."
+            },
+        )
         role.add_to_policy(iam.PolicyStatement(
             actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
                      "ecr:BatchCheckLayerAvailability"],
@@ -528,22 +524,7 @@ class ModelStack(Stack):
             resources=[Fn.sub("arn:${AWS::Partition}:ecr:${AWS::Region}:763104351884:"
                               "repository/pytorch-inference")],
         ))  # fmt: skip
-        acknowledge_job_role(role, log_group, {
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_MODELS}*"): (
-                "Loads the trained model artifacts."
-            ),
-            bucket_objects_finding(self.curated, f"{layout.CURATED_COHORT_INFERENCE}*"): (
-                "Batch transform reads the cohort's inference records."
-            ),
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_TRANSFORM}*"): (
-                "Batch transform writes predictions."
-            ),
-            bucket_objects_finding(self.artifacts, f"{layout.ARTIFACTS_DATA_CAPTURE}*"): (
-                "The endpoint writes captured requests and responses."
-            ),
-            "Action::s3:Abort*": "Aborts its own multipart uploads.",
-            "Action::s3:PutObject*": "Writes captured data and predictions.",
-        })  # fmt: skip
+        acknowledge_job_role(role, log_group, {})
         return role
 
     def _endpoints(self, config: EnvConfig) -> None:
@@ -614,14 +595,3 @@ class ModelStack(Stack):
             self, "ServerlessEndpoint",
             endpoint_config_name=serverless_config.attr_endpoint_config_name,
         )  # fmt: skip
-
-
-_S3_GRANT_FINDINGS = {
-    "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
-    "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
-    "Action::s3:List*": "CDK grants, each on one prefix listed below.",
-    "Action::s3:DeleteObject*": "Replaces its own artifacts.",
-    "Action::s3:Abort*": "Aborts its own multipart uploads.",
-    "Action::kms:GenerateDataKey*": "Writes objects encrypted with the zone's key.",
-    "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
-}

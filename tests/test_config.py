@@ -39,6 +39,8 @@ def test_unknown_environment_lists_the_known_ones() -> None:
         ("max_azs", True, "expected an integer"),
         ("project", "Onco Pipe", "lower-case letters"),
         ("lake_formation_admin_role_names", ["arn:aws:iam::1:role/x"], "not an IAM role name"),
+        ("data_admin_role_names", ["arn:aws:iam::1:role/admin"], "not an IAM role name"),
+        ("data_admin_role_names", "admin", "a list of IAM role names"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key: str, value: Any, message: str) -> None:

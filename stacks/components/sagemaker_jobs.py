@@ -43,15 +43,18 @@ def sagemaker_job_role(
     log_group: str,
     images: list[ecr_assets.DockerImageAsset],
     key: kms.IKey,
+    role_name: str | None = None,
 ) -> iam.Role:
     """A role for SageMaker jobs: pull the images, write the job type's logs, run in the VPC.
 
     ``log_group`` is SageMaker's group for the job type (``/aws/sagemaker/TrainingJobs``).
-    The key encrypts the job's volume and outputs. Bucket grants are the caller's.
+    The key encrypts the job's volume and outputs. Bucket grants are the caller's
+    (:func:`stacks.components.s3_grants.grant_objects`). ``role_name`` names the role where
+    a bucket policy must list it (an ingest reader).
     """
     role = iam.Role(scope, construct_id,
                     assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-                    description=description)  # fmt: skip
+                    description=description, role_name=role_name)  # fmt: skip
     for image in images:
         image.repository.grant_pull(role)
     key.grant_encrypt_decrypt(role)
@@ -92,13 +95,8 @@ def acknowledge_job_role(role: iam.Role, log_group: str, grants: dict[str, str])
             "ecr:GetAuthorizationToken, cloudwatch:PutMetricData and the EC2 network-"
             "interface calls SageMaker makes for VPC jobs support no resource scoping."
         ),
-        "Action::s3:GetObject*": "CDK grants, each on one prefix listed below.",
-        "Action::s3:GetBucket*": "CDK grants, each on one prefix listed below.",
-        "Action::s3:List*": "CDK grants, each on one prefix listed below.",
-        "Action::s3:DeleteObject*": "Deletes a failed item's partial outputs.",
-        "Action::s3:Abort*": "Aborts its own multipart uploads.",
-        "Action::kms:GenerateDataKey*": "Writes objects and its volume with the zone's key.",
-        "Action::kms:ReEncrypt*": "CDK key grant for objects of the granted prefixes.",
+        "Action::kms:GenerateDataKey*": "Encrypts its volume and outputs with the platform key.",
+        "Action::kms:ReEncrypt*": "CDK key grant of the volume and output key (platform).",
         "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
         f"{log_group}:*": "SageMaker's log group of this job type.",
         **grants,

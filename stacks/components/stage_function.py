@@ -52,8 +52,9 @@ class StageFunction(Construct):
     a KMS-encrypted log group, a KMS-encrypted dead-letter queue, reserved concurrency,
     active tracing, environment encrypted with ``key``, private isolated subnets.
 
-    Grants: nothing on data; the caller grants through :attr:`role` (``bucket.grant_read``,
-    ``secret.grant_read``...).
+    Grants: nothing on data; the caller grants through :attr:`role`
+    (:func:`stacks.components.s3_grants.grant_objects`, the pseudonym secret...).
+    ``role_name`` names the role, for the ingest readers the ingest bucket policy lists.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class StageFunction(Construct):
         log_retention_days: int,
         timeout_seconds: int = 120,
         memory_mb: int = 512,
+        role_name: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = encrypted_log_group(
@@ -82,6 +84,8 @@ class StageFunction(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"oncopipe {handler} function",
+            # A name only where a bucket policy must list the role (ingest readers).
+            role_name=role_name,
         )
         self.log_group.grant_write(self.role)
         self.function = lambda_.Function(

@@ -69,18 +69,22 @@ class ObjectStore:
         self.client = client
 
     # -- reading ---------------------------------------------------------------------------
-    def head(self, bucket: str, key: str) -> ObjectRef | None:
-        """Return the reference of an object, or None when it does not exist."""
+    def head(self, bucket: str, key: str, version_id: str | None = None) -> ObjectRef | None:
+        """Return the reference of an object (its current version, or ``version_id``).
+
+        Returns:
+            None when the object (or that version) does not exist or is a delete marker.
+        """
         from botocore.exceptions import ClientError
 
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            kwargs["VersionId"] = version_id
         try:
-            meta = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            meta = self.client.head_object(**kwargs)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in {
-                "404",
-                "NoSuchKey",
-                "NotFound",
-            }:
+            # 405: HEAD of a delete marker's version id
+            if _error_code(e) in {"404", "NoSuchKey", "NotFound", "NoSuchVersion", "405"}:
                 return None
             raise
         checksum = meta.get("ChecksumSHA256")
@@ -205,5 +209,125 @@ class ObjectStore:
             ExtraArgs={"Tagging": urlencode(dict(tags)), "TaggingDirective": "REPLACE"},
         )
 
-    def delete(self, bucket: str, key: str) -> None:
-        self.client.delete_object(Bucket=bucket, Key=key)
+    def delete(self, bucket: str, key: str, *, if_match: str | None = None) -> str | None:
+        """Delete an object: in a versioned bucket this places a delete marker.
+
+        With ``if_match`` (an ETag) S3 deletes only while the current version still has
+        that ETag (conditional delete); an endpoint that does not know the condition gets
+        the plain delete, the caller having checked the version just before.
+
+        Returns:
+            The version id of the delete marker (None in an unversioned bucket).
+
+        Raises:
+            PreconditionFailed: the current version no longer has ``if_match`` as ETag.
+        """
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match.strip(chr(34))}"'
+        try:
+            resp = self.client.delete_object(**kwargs)
+        except ClientError as e:
+            code = _error_code(e)
+            if code in {"PreconditionFailed", "412"}:
+                raise PreconditionFailed(bucket) from e
+            if if_match and code in {"NotImplemented", "InvalidArgument", "501"}:
+                resp = self.client.delete_object(Bucket=bucket, Key=key)
+            else:
+                raise
+        version = resp.get("VersionId")
+        return str(version) if version else None
+
+    def versions(self, bucket: str, key: str, limit: int = 2) -> list[ObjectVersion]:
+        """Return the newest ``limit`` versions of exactly ``key`` (delete markers included).
+
+        Needs ``s3:ListBucketVersions``; returns newest first.
+        """
+        found: list[ObjectVersion] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            entries = [
+                ObjectVersion(str(v["VersionId"]), str(v.get("ETag", "")).strip('"'), False,
+                              v["LastModified"], bool(v.get("IsLatest")))
+                for v in page.get("Versions", []) if v["Key"] == key
+            ] + [
+                ObjectVersion(str(m["VersionId"]), "", True, m["LastModified"],
+                              bool(m.get("IsLatest")))
+                for m in page.get("DeleteMarkers", []) if m["Key"] == key
+            ]  # fmt: skip
+            found.extend(entries)
+            if len(found) >= limit:  # a key's versions are listed newest first
+                break
+        # the latest first, then newest to oldest (a page lists versions and delete markers
+        # apart; LastModified orders them, to the millisecond S3 gives)
+        found.sort(key=lambda v: (not v.is_latest, -v.last_modified.timestamp()))
+        return found[:limit]
+
+    def restore_version(self, bucket: str, key: str, version_id: str, *, size: int,
+                        if_match: str | None = None) -> None:  # fmt: skip
+        """Make an older version of an object current again (a copy of it onto itself).
+
+        Tags and metadata come with the copy. Objects up to 5 GB are copied in one request,
+        conditional on the current version's ETag (``if_match``) where S3 supports it;
+        larger ones by the managed multipart copy.
+
+        Raises:
+            PreconditionFailed: the current version no longer has ``if_match`` as ETag.
+        """
+        from botocore.exceptions import ClientError
+
+        source = {"Bucket": bucket, "Key": key, "VersionId": version_id}
+        if size > MAX_SINGLE_COPY_BYTES:
+            self.client.copy(source, bucket, key, ExtraArgs={"TaggingDirective": "COPY"})
+            return
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "CopySource": source,
+                                  "TaggingDirective": "COPY"}  # fmt: skip
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match.strip(chr(34))}"'
+        try:
+            self.client.copy_object(**kwargs)
+        except ClientError as e:
+            code = _error_code(e)
+            if code in {"PreconditionFailed", "412"}:
+                raise PreconditionFailed(bucket) from e
+            if if_match and code in {"NotImplemented", "InvalidArgument", "501"}:
+                kwargs.pop("IfMatch")
+                self.client.copy_object(**kwargs)
+            else:
+                raise
+
+
+#: Above this, CopyObject refuses a single-request copy.
+MAX_SINGLE_COPY_BYTES = 5 * 1024**3
+
+
+class PreconditionFailed(Exception):
+    """A conditional write or delete found another version than expected (S3 412)."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"s3://{bucket}: the object changed since it was checked")
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object as ``ListObjectVersions`` lists it."""
+
+    version_id: str
+    etag: str
+    delete_marker: bool
+    last_modified: Any
+    is_latest: bool
+
+
+def is_access_denied(error: BaseException) -> bool:
+    """Return True for an S3 error that says the caller's role may not do this (403)."""
+    return _error_code(error) in {"AccessDenied", "403", "Forbidden"}
+
+
+def _error_code(error: Any) -> str:
+    response = getattr(error, "response", {}) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code or str(status or "")

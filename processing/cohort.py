@@ -1,11 +1,14 @@
 """SageMaker Processing entry: ``python -m processing.cohort stage --build-id B``.
 
-The model pipeline's first step: the curated feature tables (``genomics/variants/``,
-``imaging/radiomics/``, ``notes/concepts/``) and labels (``cohort/labels/``, Parquet with
-patient_key, response[, eligible]) -> the training dataset (patient-level splits,
-presence flags, normalisation fitted on the training split) in
+The model pipeline's first step: the curated feature tables (Glue tables ``variants``,
+``radiomics``, ``note_concepts``: their committed files only) and labels
+(``cohort/labels/``, Parquet with patient_key, response[, eligible]) -> the training
+dataset (patient-level splits, presence flags, normalisation fitted on the training split) in
 ``cohort/dataset/<build-id>/`` (``dataset.parquet``, ``preprocess.json``) and one JSON line
 per patient under ``inference/`` for the batch transform. Environment: ``CURATED_BUCKET``.
+
+Prints one JSON line: the build's counts, or on failure its error type and reason code
+(:mod:`oncopipe.boundary`), never an error message (stdout and stderr go to CloudWatch).
 """
 
 from __future__ import annotations
@@ -17,54 +20,72 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-SOURCES = {
-    "variants": "genomics/variants/",
-    "radiomics": "imaging/radiomics/",
-    "notes": "notes/concepts/",
-    "labels": "cohort/labels/",
-}
+if TYPE_CHECKING:
+    from oncopipe.storage import ObjectStore
+
+#: Summary fields the outcome line may carry (an allow-list: :func:`oncopipe.boundary.pick`).
+OUTCOME_FIELDS = ("build_id", "patients", "splits", "prefix")
 
 
-def build(curated: str, build_id: str, store: object, *, seed: int = 0) -> dict[str, object]:
-    """Download the tables, build and upload the dataset; return counts."""
+def build(curated: str, build_id: str, store: ObjectStore, *, seed: int = 0) -> dict[str, object]:
+    """Read the committed tables, build the dataset and commit it; return counts.
+
+    The build is one item of step ``cohort`` (run id = build id): its inputs are the
+    committed files it read (:func:`oncopipe.cohort.dataset.fetch_committed_sources`), its
+    outputs ``cohort/dataset/<build-id>/dataset.parquet`` (Glue table ``cohort_dataset``,
+    through its symlink file), ``_preprocess.json`` and the batch-transform input; its
+    manifest commits them. The same build id with the same inputs is skipped; a failed
+    build leaves nothing behind.
+
+    Raises:
+        CohortError: no labels, a table lacks a required column, a committed file is gone.
+    """
     import pyarrow.parquet as pq
 
     from oncopipe import layout
-    from oncopipe.cohort.dataset import build_dataset_from_dir, patient_payloads, write_dataset
+    from oncopipe.cohort.dataset import (
+        build_dataset_from_dir,
+        fetch_committed_sources,
+        patient_payloads,
+        write_dataset,
+    )
+    from oncopipe.manifest import ItemWriter, StepContext, process_item
 
+    prefix = f"{layout.CURATED_COHORT_DATASET}{build_id}/"
+    inference = f"{layout.CURATED_COHORT_INFERENCE}{build_id}/"
     with tempfile.TemporaryDirectory(prefix="oncopipe-cohort-") as tmp:
         root = Path(tmp) / "in"
-        for name, prefix in SOURCES.items():
-            for n, key in enumerate(k for k in store.list_keys(curated, prefix)  # type: ignore[attr-defined]
-                                    if k.endswith(".parquet")):  # fmt: skip
-                target = root / name / f"{n:06d}.parquet"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                store.download_file(curated, key, str(target))  # type: ignore[attr-defined]
-        dataset = build_dataset_from_dir(root, seed=seed)
-        out = Path(tmp) / "out"
-        written = write_dataset(dataset, out)
-        tables = {name: pq.read_table(str(root / name)) for name in ("variants", "radiomics",
-                                                                   "notes")
-                  if (root / name).is_dir()}  # fmt: skip
-        lines = []
-        if len(tables) == 3:
-            payloads = patient_payloads(tables["variants"], tables["radiomics"], tables["notes"])
-            lines = [json.dumps(p, default=str) for p in payloads.values()]
-        (out / "patients.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        # the dataset folder stays a Parquet table for Athena: "_" files are skipped, and
-        # the batch-transform input lives under cohort/inference/
-        prefix = f"{layout.CURATED_COHORT_DATASET}{build_id}/"
-        inference = f"{layout.CURATED_COHORT_INFERENCE}{build_id}/"
-        names = {"dataset.parquet": f"{prefix}dataset.parquet",
-                 "preprocess.json": f"{prefix}_preprocess.json",
-                 "patients.jsonl": f"{inference}patients.jsonl"}  # fmt: skip
-        for path in (*written.values(), out / "patients.jsonl"):
-            key = names[path.name]
-            store.upload_file(str(path), curated, key,  # type: ignore[attr-defined]
-                              tags={"step": "cohort", "build-id": build_id})  # fmt: skip
-        return {"build_id": build_id, "patients": dataset.table.num_rows,
-                "splits": dataset.counts(), "prefix": prefix}  # fmt: skip
+        inputs = fetch_committed_sources(store, curated, root)
+        ctx = StepContext(store=store, manifest_bucket=curated, run_id=build_id, step="cohort",
+                          params={"seed": seed, "dataset": "cohort-v1"})  # fmt: skip
+
+        def work(writer: ItemWriter) -> dict[str, object]:
+            dataset = build_dataset_from_dir(root, seed=seed)
+            out = Path(tmp) / "out"
+            written = write_dataset(dataset, out)
+            tables = {name: pq.read_table(str(root / name))
+                      for name in ("variants", "radiomics", "notes")
+                      if (root / name).is_dir()}  # fmt: skip
+            lines = []
+            if len(tables) == 3:
+                payloads = patient_payloads(tables["variants"], tables["radiomics"],
+                                            tables["notes"])  # fmt: skip
+                lines = [json.dumps(p, default=str) for p in payloads.values()]
+            (out / "patients.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            # the dataset folder stays a Parquet table for Athena: only dataset.parquet is in
+            # the table's symlink file; the batch-transform input lives under cohort/inference/
+            names = {"dataset.parquet": f"{prefix}dataset.parquet",
+                     "preprocess.json": f"{prefix}_preprocess.json",
+                     "patients.jsonl": f"{inference}patients.jsonl"}  # fmt: skip
+            for path in (*written.values(), out / "patients.jsonl"):
+                writer.upload_file(str(path), curated, names[path.name])
+            return {"build_id": build_id, "patients": dataset.table.num_rows,
+                    "splits": dataset.counts(), "prefix": prefix}  # fmt: skip
+
+        result = process_item(ctx, build_id, inputs, work)
+    return dict(result.summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,15 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from oncopipe.boundary import failure_fields, log_failure, pick
     from oncopipe.storage import ObjectStore, make_client
 
     try:
         summary = build(os.environ["CURATED_BUCKET"], args.build_id,
                         ObjectStore(make_client()), seed=args.seed)  # fmt: skip
-    except Exception:  # the boundary: log, fail the job
-        logging.getLogger("processing.cohort").exception("cohort %s failed", args.build_id)
+    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
+        # never str(e) nor a traceback's message: stdout and stderr go to CloudWatch Logs
+        print(json.dumps({"build_id": args.build_id, **failure_fields(e)}), flush=True)
+        log_failure(logging.getLogger("processing.cohort"), f"cohort build {args.build_id}", e)
         return 1
-    print(json.dumps(summary, default=str))
+    print(json.dumps(pick(summary, OUTCOME_FIELDS), default=str))
     return 0
 
 

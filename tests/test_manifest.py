@@ -16,8 +16,11 @@ from oncopipe.manifest import (
     process_item,
     read_manifest,
 )
+from oncopipe.pseudonym import object_ref
 from oncopipe.storage import ObjectStore
 from tests.conftest import make_bucket
+
+SECRET = bytes(range(32))
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def store(s3: Any) -> ObjectStore:
 def _ctx(store: ObjectStore, params: dict[str, Any] | None = None) -> StepContext:
     return StepContext(
         store=store, manifest_bucket="curated-zone", run_id="run-1", step="align",
-        params=params or {"threads": 2},
+        params=params or {"threads": 2}, key_secret=SECRET,
     )  # fmt: skip
 
 
@@ -49,7 +52,11 @@ def test_outputs_then_manifest_with_tags_and_checksums(store: ObjectStore) -> No
     assert result.status == "done"
     manifest = read_manifest(store, "curated-zone", manifest_key("run-1", "align", "S1"))
     assert manifest is not None
-    assert manifest["inputs"][0]["key"] == "fastq/S1_R1.fastq.gz"
+    # the ingest object is named by opaque reference only (its key can name a patient)
+    assert manifest["inputs"][0]["ref"] == object_ref(SECRET, "fastq/S1_R1.fastq.gz")
+    assert "key" not in manifest["inputs"][0]
+    assert b"S1_R1" not in store.get_bytes("curated-zone", manifest_key("run-1", "align", "S1"))
+    assert manifest["status"] == "committed"
     assert manifest["outputs"][0]["key"] == "genomics/S1.bam"
     assert manifest["outputs"][0]["sha256"] == __import__("hashlib").sha256(b"BAM").hexdigest()
     assert manifest["code_version"].startswith("0.1.0+")

@@ -643,6 +643,48 @@ def patient_payloads(
     return out
 
 
+#: The cohort's sources: local folder name -> curated Glue table (read through its commits).
+SOURCE_TABLES = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
+
+
+def fetch_committed_sources(store: Any, bucket: str, root: Path | str) -> list[Any]:
+    """Download the committed files of the source tables and the labels under ``root``.
+
+    ``store`` is an :class:`oncopipe.storage.ObjectStore`. Each table's files are the ones
+    its committed items name (:func:`oncopipe.catalog.committed_files`): a failed or killed
+    item's leftover, or a retracted item's output, is never read. Labels
+    (``cohort/labels/``) are uploaded by people, not written by a stage, so every Parquet
+    file there counts. Files land as ``root/<name>/<n>.parquet``, the layout
+    :func:`build_dataset_from_dir` reads.
+
+    Returns:
+        The :class:`~oncopipe.storage.ObjectRef` of every file read (the build's inputs).
+
+    Raises:
+        oncopipe.catalog.CatalogError: a symlink file names a file outside its table.
+        CohortError: a committed file is gone (the message names the table).
+    """
+    from oncopipe import catalog, layout
+
+    sources: list[tuple[str, str, list[str]]] = [
+        (name, table, catalog.committed_files(store, bucket, table))
+        for name, table in SOURCE_TABLES.items()
+    ]
+    labels = [k for k in store.list_keys(bucket, layout.CURATED_LABELS) if k.endswith(".parquet")]
+    sources.append(("labels", layout.CURATED_LABELS, labels))
+    refs = []
+    for name, table, keys in sources:
+        for n, key in enumerate(keys):
+            ref = store.head(bucket, key)
+            if ref is None:
+                raise CohortError(f"s3://{bucket}/{key}", f"committed file of {table} is gone")
+            target = Path(root) / name / f"{n:06d}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            store.download_file(bucket, key, str(target))
+            refs.append(ref)
+    return refs
+
+
 def build_dataset_from_dir(
     in_dir: Path | str,
     *,

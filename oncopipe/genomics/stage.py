@@ -15,7 +15,6 @@ index is built once when missing and stored beside it for every later job.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -37,8 +36,8 @@ from oncopipe.genomics.call import CallerSettings, call_variants
 from oncopipe.genomics.fastq import validate_pair
 from oncopipe.genomics.panel import Panel
 from oncopipe.genomics.variants import variant_rows, write_parquet
-from oncopipe.ingest import write_quarantine
-from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.ingest import load_sample_inputs, write_quarantine
+from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item, retract_item
 from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -89,14 +88,22 @@ def align_sample(
     lanes: Sequence[Mapping[str, Any]],
     run_id: str,
     *,
+    key_secret: bytes,
     reference_prefix: str = layout.ARTIFACTS_REFERENCE,
     threads: int = 2,
 ) -> ItemResult:
-    """Align one sample: its rows of the sample table, one per lane; return the result.
+    """Align one sample: its stage-input rows (:func:`load_samples`), one per lane.
+
+    ``key_secret`` (the pseudonymisation secret) names the ingest FASTQ files in the
+    curated manifest by opaque reference only.
+
+    Returns the item result.
 
     Each lane gets its own read group (``ID`` = sample.lane, ``SM`` = patient key); lanes
     are aligned one by one and merged into the sample's BAM. If any lane's FASTQ pair is
-    invalid, the sample's FASTQ files are quarantined and nothing is curated.
+    invalid, the sample's FASTQ files are quarantined (each with a reason document that
+    names the file and the read) and nothing is curated; the item's summary then holds the
+    status and reason code only, never the readable reason (it names ingest keys).
 
     Raises:
         InputError: a FASTQ file named by the sheet is gone from the ingest bucket.
@@ -127,6 +134,7 @@ def align_sample(
             store=store, manifest_bucket=buckets.curated, run_id=run_id, step="align",
             params={"aligner": ALIGNER, "reference": fasta_etag,
                     "read_groups": [g.header_line() for _, _, g in pairs]},
+            key_secret=key_secret,
         )  # fmt: skip
 
         def work(writer: ItemWriter) -> Mapping[str, Any]:
@@ -144,7 +152,11 @@ def align_sample(
                     for q1, q2, _ in pairs:
                         for ref in (q1, q2):
                             summary = write_quarantine(writer, buckets, ref, run_id, "align", e)
-                    return {"kind": "fastq", "sample": sample["sample"]} | summary
+                    # the readable reason names the FASTQ files (keys, PHI): it stays in the
+                    # quarantine reason documents; the curated manifest keeps the code only
+                    return {"kind": "fastq", "sample": sample["sample"],
+                            "status": summary["status"], "reason_code": summary["reason_code"],
+                            "quarantined": len(pairs) * 2}  # fmt: skip
                 local.append((r1, r2))
             out = workdir / "sample.bam"
             if len(pairs) == 1:
@@ -192,7 +204,12 @@ def call_sample(
             continue
         ref = store.head(buckets.curated, bam_key(patient, str(sample["sample"])))
         if ref is None:
-            raise InputError(bam_key(patient, str(sample["sample"])), "no aligned BAM to call")
+            error = InputError(bam_key(patient, str(sample["sample"])), "no aligned BAM to call")
+            # a BAM retracted upstream: the calls made from it are retracted too
+            ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id,
+                              step="call")  # fmt: skip
+            retract_item(ctx, str(tumour["sample"]), error)
+            raise error
         bams.append(ref)
     with tempfile.TemporaryDirectory(prefix="oncopipe-call-") as tmp:
         workdir = Path(tmp)
@@ -256,6 +273,9 @@ def plan(
 def load_samples(
     store: ObjectStore, buckets: layout.Buckets, table_key: str
 ) -> list[dict[str, Any]]:
-    """Return the rows of a curated sample table (JSON Lines)."""
-    text = store.get_bytes(buckets.curated, table_key).decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """Return the stage inputs (with ingest keys; PHI zone) of a curated sample table.
+
+    The curated table holds opaque references only; see
+    :func:`oncopipe.ingest.load_sample_inputs`, which this is, and what it raises.
+    """
+    return load_sample_inputs(store, buckets, table_key)

@@ -36,15 +36,17 @@ def _curated_tables(store: Any, bucket: str) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from oncopipe.catalog import committed_files
     from oncopipe.cohort import synthetic
     from oncopipe.radiomics.core import schema
 
-    prefixes = {"variants": ("genomics/variants/", synthetic.variants_schema),
-                "radiomics": ("imaging/radiomics/", schema),
-                "notes": ("notes/concepts/", synthetic.notes_schema)}  # fmt: skip
+    # the Glue tables' committed files only (what Athena reads), never a prefix listing
+    sources = {"variants": ("variants", synthetic.variants_schema),
+               "radiomics": ("radiomics", schema),
+               "notes": ("note_concepts", synthetic.notes_schema)}  # fmt: skip
     tables = {}
-    for name, (prefix, make_schema) in prefixes.items():
-        keys = [k for k in store.list_keys(bucket, prefix) if k.endswith(".parquet")]
+    for name, (table, make_schema) in sources.items():
+        keys = committed_files(store, bucket, table)
         parts = [pq.read_table(io.BytesIO(store.get_bytes(bucket, k))) for k in keys]
         tables[name] = (pa.concat_tables(parts, promote_options="permissive") if parts
                         else make_schema().empty_table())  # fmt: skip

@@ -2,15 +2,18 @@
 
 Step ``notes`` (manifests in the quarantine bucket: its items are ingest keys, which can
 hold PHI): every note routed in a run is read from the ingest zone, its patient taken from
-its ``Patient-ID`` header or else from the accepted sample sheet that names it (the sheet
-is read again from ingest: the curated sample table holds only pseudonymous keys, and the
-date shift is derived from the source id, as for images). The scrubbed text and the
+its ``Patient-ID`` header or else from the accepted sample sheet that names it (its stage
+inputs, kept by the router in the PHI zone: the curated sample table holds only
+pseudonymous keys and opaque references, and the date shift is derived from the source
+id, as for images). The scrubbed text and the
 concepts are the only things written to curated:
 
 - ``notes/scrubbed/<patient_key>/<note_id>.txt``
 - ``notes/concepts/<patient_key>/<note_id>.parquet`` (Glue table ``note_concepts``)
 
-A note that cannot be read (empty, binary, no patient) is quarantined with the reason.
+A note that cannot be read (empty, binary, no patient) is quarantined with the reason; so is a
+note larger than the size cap (``NOTES_MAX_BYTES`` in the environment, default 1 MB; reason
+``note-too-large``), which is refused from its recorded size before it is downloaded.
 
 Step ``note-tokens`` (manifests in curated): the model's token ids per note,
 ``notes/tokens/<patient_key>/<note_id>.parquet``, with the tokenizer kept in the artifacts
@@ -31,8 +34,8 @@ from datetime import date
 from typing import Any
 
 from oncopipe import layout
-from oncopipe.errors import InputError
-from oncopipe.ingest import KIND_NOTE, KIND_SAMPLESHEET, write_quarantine
+from oncopipe.errors import ConfigError, InputError
+from oncopipe.ingest import KIND_NOTE, KIND_SAMPLESHEET, load_sample_inputs, write_quarantine
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult, ItemWriter, StepContext, process_item
 from oncopipe.storage import ObjectRef, ObjectStore
 
@@ -45,6 +48,35 @@ CURATED_CONCEPTS = f"{layout.CURATED_NOTES}concepts/"
 CURATED_TOKENS = f"{layout.CURATED_NOTES}tokens/"
 TOKENIZER_KEY = f"{layout.ARTIFACTS_MODELS}notes-tokenizer/tokenizer.json"
 TOKENIZER_VOCAB = 4000
+
+
+#: Environment variable holding the size cap of a note, in bytes.
+MAX_BYTES_ENV = "NOTES_MAX_BYTES"
+#: Largest size cap accepted (the scrubber and the NLP are linear; this bounds one item's memory).
+MAX_BYTES_LIMIT = 100_000_000
+
+
+def max_bytes_from_env(environ: Mapping[str, str]) -> int:
+    """Return the size cap of a note from ``NOTES_MAX_BYTES`` (default 1 MB).
+
+    Raises:
+        ConfigError: the value is not a whole number between 1 and 100,000,000.
+    """
+    from oncopipe.notes.core import DEFAULT_MAX_NOTE_BYTES
+
+    raw = environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_NOTE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BYTES_LIMIT:
+        raise ConfigError(
+            f"{MAX_BYTES_ENV} must be a whole number of bytes between 1 and {MAX_BYTES_LIMIT}, "
+            f"got {raw!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -61,35 +93,55 @@ def _route_documents(store: ObjectStore, buckets: layout.Buckets, run_id: str) -
             for key in store.list_keys(buckets.quarantine, prefix)]  # fmt: skip
 
 
-def sheet_notes(store: ObjectStore, documents: list[Any]) -> dict[str, SheetNote]:
-    """Return note key -> patient and date from the run's accepted sample sheets."""
-    from oncopipe.samplesheet import parse_samplesheet
+def sheet_notes(
+    store: ObjectStore, buckets: layout.Buckets, documents: list[Any]
+) -> dict[str, SheetNote]:
+    """Return note key -> patient and date from the run's accepted sample sheets.
 
+    Read from the sheets' stage inputs in the PHI zone (:func:`load_sample_inputs`), where
+    the router put the validated rows with their ingest keys.
+    """
     found: dict[str, SheetNote] = {}
     for document in documents:
         summary = document.get("summary", {})
         if summary.get("kind") != KIND_SAMPLESHEET or summary.get("status") != "accepted":
             continue
-        ref = ObjectRef(**document["inputs"][0])
-        sheet = parse_samplesheet(store.get_bytes(ref.bucket, ref.key, ref.version_id),
-                                  source=ref.key)  # fmt: skip
-        for row in sheet.rows:
-            if row.notes:
-                key = row.notes.split("/", 3)[3] if row.notes.startswith("s3://") else row.notes
-                found[key] = SheetNote(row.patient, row.note_date)
+        for row in load_sample_inputs(store, buckets, str(summary["sample_table"])):
+            if row.get("notes"):
+                raw_date = row.get("note_date")
+                found[str(row["notes"])] = SheetNote(
+                    str(row["source_patient_id"]),
+                    date.fromisoformat(raw_date) if raw_date else None,
+                )
     return found
 
 
 def process_run_notes(
-    store: ObjectStore, buckets: layout.Buckets, run_id: str, secret: bytes
+    store: ObjectStore,
+    buckets: layout.Buckets,
+    run_id: str,
+    secret: bytes,
+    *,
+    max_bytes: int | None = None,
 ) -> list[ItemResult]:
-    """Scrub and extract every note routed in a run (step ``notes``); return the results."""
-    from oncopipe.notes.core import concept_rows, notes_schema, process_note
+    """Scrub and extract every note routed in a run (step ``notes``); return the results.
 
+    ``max_bytes`` is the size cap of a note (default: :func:`max_bytes_from_env` of the process
+    environment); a bigger note is quarantined with reason ``note-too-large``.
+
+    Raises:
+        ConfigError: ``max_bytes`` not given and ``NOTES_MAX_BYTES`` is invalid.
+    """
+    import os
+
+    from oncopipe.notes.core import check_size, concept_rows, notes_schema, process_note
+
+    cap = max_bytes_from_env(os.environ) if max_bytes is None else max_bytes
     documents = _route_documents(store, buckets, run_id)
-    sheets = sheet_notes(store, documents)
+    sheets = sheet_notes(store, buckets, documents)
     ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id,
-                      step=STEP, params={"version": "notes-v1"})  # fmt: skip
+                      step=STEP, params={"version": "notes-v2", "max_bytes": cap}, phi_zone=True,
+                      tables_bucket=buckets.curated)  # fmt: skip
     results = []
     for document in sorted(documents, key=lambda d: str(d.get("item"))):
         summary = document.get("summary", {})
@@ -103,12 +155,14 @@ def process_run_notes(
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            data = store.get_bytes(ref.bucket, ref.key, ref.version_id)
             try:
+                check_size(ref.size, ref.key, cap)  # before downloading it
+                data = store.get_bytes(ref.bucket, ref.key, ref.version_id)
                 result = process_note(
                     data, ref.key, secret=secret,
                     fallback_patient_id=from_sheet.source_patient_id if from_sheet else None,
                     fallback_note_date=from_sheet.note_date if from_sheet else None,
+                    max_bytes=cap,
                 )  # fmt: skip
             except InputError as e:
                 return {"kind": "note"} | write_quarantine(writer, buckets, ref, run_id, STEP, e)
@@ -125,6 +179,7 @@ def process_run_notes(
             return {"kind": "note", "status": "extracted", "patient_key": pk, "note_id": note,
                     "note_date": result.note_date, "scrubbed": text_key,
                     "concepts": len(result.concepts), "decode_replaced": result.decode_replaced,
+                    "encoding": result.encoding,
                     "scrubbed_phi": dict(result.scrub_counts)}  # fmt: skip
 
         results.append(process_item(ctx, ref.key, [ref], work))

@@ -86,6 +86,14 @@ class ObjectStore:
             # 405: HEAD of a delete marker's version id
             if _error_code(e) in {"404", "NoSuchKey", "NotFound", "NoSuchVersion", "405"}:
                 return None
+            # S3 answers a HEAD of a missing key with 403, not 404, when the caller may
+            # list the bucket only under a prefix (our roles' ListBucket carries an
+            # s3:prefix condition, which a HEAD does not satisfy). A listing of exactly
+            # that prefix is allowed: absent there means absent.
+            if _error_code(e) in {"403", "AccessDenied", "Forbidden"} and not self._listed(
+                bucket, key
+            ):
+                return None
             raise
         checksum = meta.get("ChecksumSHA256")
         sha = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
@@ -97,6 +105,15 @@ class ObjectStore:
             version_id=meta.get("VersionId"),
             sha256=sha,
         )
+
+    def _listed(self, bucket: str, key: str) -> bool:
+        """Return True when a listing of ``key`` as a prefix shows the key itself.
+
+        Raises:
+            ClientError: the listing is refused too (then the 403 was a real denial).
+        """
+        resp = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return any(obj.get("Key") == key for obj in resp.get("Contents", []))
 
     def exists(self, bucket: str, key: str) -> bool:
         return self.head(bucket, key) is not None

@@ -12,7 +12,11 @@ manifests (:func:`oncopipe.radiomics.stage.build_series_features`). Environment:
 buckets (``INGEST_BUCKET`` ... ``ARTIFACTS_BUCKET``).
 
 Both use every CPU of the instance (one process per series) unless ``--workers`` says
-otherwise, and print one JSON line per series.
+otherwise, and print one JSON line per series: its pseudonymous patient key, series, status,
+reason code and counts (:mod:`oncopipe.boundary`: stdout goes to CloudWatch Logs). The
+readable reason of a series without features is in its manifest (``stage``) or in
+``<output>/radiomics/_failures/<patient_key>/<series>.json`` (``files``, beside the tables
+and skipped by Athena); a failure of the job is logged by error type, never by message.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import sys
 from pathlib import Path
 
 PROCESSING = Path("/opt/ml/processing")
+logger = logging.getLogger("processing.radiomics")
+
+#: Summary fields a series' line may carry (an allow-list: :func:`oncopipe.boundary.pick`).
+OUTCOME_FIELDS = ("kind", "status", "reason_code", "patient_key", "rois", "features",
+                  "skipped_rois")  # fmt: skip
 
 
 def _files(args: argparse.Namespace) -> int:
@@ -45,7 +54,13 @@ def _files(args: argparse.Namespace) -> int:
         line = {"series": job.volume.stem, "patient_key": job.patient_key}
         if isinstance(result, RadiomicsError):
             failed += 1
-            print(json.dumps({**line, "status": "failed", "reason": str(result)}))
+            # the readable reason (it names the input file) goes beside the outputs (not
+            # table data: no .parquet), not to the log
+            failures = args.output / "radiomics" / "_failures" / job.patient_key
+            failures.mkdir(parents=True, exist_ok=True)
+            document = {**line, "reason_code": result.reason_code, "reason": str(result)}
+            (failures / f"{job.volume.stem}.json").write_text(json.dumps(document), "utf-8")
+            print(json.dumps({**line, "status": "failed", "reason_code": result.reason_code}))
             continue
         out = args.output / "radiomics" / job.patient_key / job.volume.name
         rows = write(result.rows, out)
@@ -54,6 +69,7 @@ def _files(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
+    from oncopipe.boundary import failure_fields, log_failure, pick
     from oncopipe.radiomics.stage import build_series_features
     from oncopipe.runs import previous_daily_run_id, validate_run_id
     from oncopipe.settings import StageSettings
@@ -64,12 +80,13 @@ def _stage(args: argparse.Namespace) -> int:
     try:
         results = build_series_features(ObjectStore(make_client()), settings.buckets, run_id,
                                         params_path=args.params, workers=args.workers)  # fmt: skip
-    except Exception:  # the boundary: log, fail the job
-        logging.getLogger("processing.radiomics").exception("radiomics of %s failed", run_id)
+    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
+        print(json.dumps({"run_id": run_id, **failure_fields(e)}), flush=True)
+        log_failure(logger, f"radiomics of run {run_id}", e)
         return 1
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
-                          **dict(result.summary)}, default=str))  # fmt: skip
+                          **pick(result.summary, OUTCOME_FIELDS)}, default=str))  # fmt: skip
     return 0
 
 
@@ -87,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=PROCESSING / "output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return _files(args) if args.mode == "files" else _stage(args)
+    if args.mode == "stage":
+        return _stage(args)
+    try:
+        return _files(args)
+    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
+        from oncopipe.boundary import failure_fields, log_failure
+
+        print(json.dumps({"run_id": args.run_id, **failure_fields(e)}), flush=True)
+        log_failure(logger, "radiomics of the processing inputs", e)
+        return 1
 
 
 if __name__ == "__main__":

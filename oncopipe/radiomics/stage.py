@@ -79,7 +79,8 @@ def extract_item(
 
     def work(writer: ItemWriter) -> Mapping[str, Any]:
         if len(inputs) != 2:
-            return {"kind": "series", "status": "no-features", "reason": "volume or masks missing"}
+            return {"kind": "series", "status": "no-features", "reason_code": "inputs-missing",
+                    "reason": "volume or masks missing"}  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="oncopipe-radiomics-") as tmp:
             volume, masks = Path(tmp) / "volume.parquet", Path(tmp) / "masks.parquet"
             store.download_file(buckets.curated, item.volume_key, str(volume))
@@ -88,7 +89,9 @@ def extract_item(
                 result = extract_series(volume, masks, params, patient_key=item.patient_key,
                                         run_id=run_id)  # fmt: skip
             except RadiomicsError as e:
-                return {"kind": "series", "status": "no-features", "reason": str(e)}
+                # the readable reason stays in the manifest; adapters print the code
+                return {"kind": "series", "status": "no-features",
+                        "reason_code": e.reason_code, "reason": str(e)}  # fmt: skip
             out = Path(tmp) / "features.parquet"
             write_features(result.rows, out)
             writer.upload_file(

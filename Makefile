@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CDK := node_modules/.bin/cdk
 ENV ?= dev
+# The run report `make demo` writes (one self-contained HTML page).
+REPORT ?= .oncopipe/report.html
 # jsii warns at length about Node 20's end of life; the CDK works on it.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 20
@@ -12,26 +14,28 @@ export CDK_DISABLE_VERSION_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 
-.PHONY: tools setup test test-fast demo lint synth bench lock clean help
+.PHONY: tools setup test test-fast demo lint synth drift bench lock clean help
 
 help:
 	@echo "make setup  - virtualenv (.venv, pinned) and the pinned CDK CLI (node_modules)"
 	@echo "make test   - the whole test suite (unit, adapters, infrastructure, local e2e)"
-	@echo "make demo   - embedded local mode on the sample cohort, ends with a summary"
+	@echo "make demo   - embedded local mode on the sample cohort, ends with the run report"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make synth  - cdk synth with both cdk-nag packs (ENV=dev|prod)"
+	@echo "make drift  - CloudFormation drift: cdk drift, then oncopipe ops drift (ENV=dev|prod)"
 	@echo "make bench  - benchmarks (printed ratios)"
 
 setup: $(VENV)/.installed node_modules/.installed tools
 
-# Debian tools of the genomics stage (the Batch image pins its own): bwa, samtools, bcftools.
-TOOLS := bwa samtools bcftools
+# Debian tools of the genomics stage (the Batch image pins its own): bwa, samtools, bcftools;
+# chromium renders the run report in its test (headless; about 350 MiB installed).
+TOOLS := bwa samtools bcftools chromium
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing$$missing (apt)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt pyproject.toml
@@ -58,7 +62,8 @@ demo: setup
 	$(PY) -m oncopipe local up --env $(ENV); \
 	$(PY) -m oncopipe local run; \
 	$(PY) -m oncopipe local status; \
-	$(PY) -m oncopipe local model
+	$(PY) -m oncopipe local model; \
+	$(PY) -m oncopipe report latest --out $(REPORT)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -67,6 +72,13 @@ lint: setup
 
 synth: setup
 	$(CDK) synth --quiet -c env=$(ENV)
+
+# Both views of drift (README, "CloudFormation drift"); fails if either finds drift (or errs).
+drift: setup
+	@rc1=0; rc2=0; \
+	$(CDK) drift --fail -c env=$(ENV) || rc1=$$?; \
+	$(PY) -m oncopipe ops drift --env $(ENV) || rc2=$$?; \
+	exit $$(( rc1 > rc2 ? rc1 : rc2 ))
 
 bench: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt

@@ -1,0 +1,684 @@
+"""Cost per sample: an estimate at the end of every job, and the actual from Cost Explorer.
+
+Estimate. A job reserves ``vcpus`` and ``memory_gib`` for ``seconds`` on an instance type
+(a Batch host such as ``m6i.2xlarge``, or a SageMaker ML instance ``ml.m5.xlarge``) that ran
+``on-demand`` or ``spot``. :func:`estimate` charges the vCPU-seconds and GiB-seconds at rates
+derived from the instance's hourly price in ``prices.csv`` (checked in beside this module,
+with its sources and date): the price is split into a per-vCPU and a per-GiB rate in the
+AWS Fargate ratio (:data:`FARGATE_GIB_HOURS_PER_VCPU_HOUR`), so a job that reserves the
+whole instance costs exactly the instance's price and a 2-vCPU job on an 8-vCPU host a
+share of it. The lifecycle is the one the job actually ran on: a Batch job asks the
+instance metadata service (:func:`instance_lifecycle`, IMDSv2); a SageMaker job knows from
+its configuration (:func:`sagemaker_lifecycle`, :func:`training_job_cost_fields`). Unknown
+lifecycle is charged at the on-demand rate (an upper bound) and recorded as ``unknown``.
+
+What goes into the item's manifest summary is :func:`job_cost_fields`; the metric is
+:func:`cost_metric` (CloudWatch, namespace :data:`METRIC_NAMESPACE`).
+
+Actual. Batch and SageMaker jobs carry the cost-allocation tags :data:`TAG_RUN_ID`,
+:data:`TAG_STAGE` and :data:`TAG_SAMPLE` (the pseudonymous sample key, never a source id:
+:func:`sample_key`). :func:`actual_costs` reads Cost Explorer ``GetCostAndUsage`` grouped by
+stage and sample for one run; :func:`cost_report` puts it beside the manifests' estimates
+and says why the actual is missing when it is (tags not activated yet, which takes up to
+24 hours after a tag is first used; Cost Explorer not enabled or access denied).
+
+Limits of the actual. Cost Explorer attributes usage to the tags of the billed resource.
+SageMaker training and processing jobs are billed resources, so their tags work as is. A
+Batch job on EC2 runs on shared instances billed by the instance: its tags (propagated to
+the ECS task) reach the bill only through AWS split cost allocation data for ECS/Batch,
+an opt-in of the Billing preferences; without it the Batch rows of the actual stay empty
+(the estimate is what there is for them). :func:`estimates_from_manifests` keys on the
+manifest's ``step``, so the stage tag must be the step name (``align``, ``call``...).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from oncopipe.errors import ConfigError
+from oncopipe.pseudonym import is_object_ref, is_patient_key, object_ref
+
+logger = logging.getLogger(__name__)
+
+PRICES_CSV = Path(__file__).resolve().parent / "prices.csv"
+
+#: Cost-allocation tags of Batch and SageMaker jobs (activate them in the Billing console or
+#: with ``ce:UpdateCostAllocationTagsStatus``; Cost Explorer shows them up to 24 h later).
+TAG_RUN_ID = "oncopipe:run-id"
+TAG_STAGE = "oncopipe:stage"
+TAG_SAMPLE = "oncopipe:sample"
+COST_ALLOCATION_TAGS = (TAG_RUN_ID, TAG_STAGE, TAG_SAMPLE)
+
+#: CloudWatch namespace and metric names of the operations metrics.
+METRIC_NAMESPACE = "oncopipe"
+METRIC_COST = "CostEstimateUSD"
+
+ON_DEMAND = "on-demand"
+SPOT = "spot"
+UNKNOWN = "unknown"
+LIFECYCLES = (ON_DEMAND, SPOT)
+
+#: AWS Fargate Linux/x86 us-east-1: USD 0.04048 per vCPU-hour, USD 0.004445 per GB-hour
+#: (https://aws.amazon.com/fargate/pricing/). Their ratio splits an instance price.
+FARGATE_USD_PER_VCPU_HOUR = 0.04048
+FARGATE_USD_PER_GIB_HOUR = 0.004445
+FARGATE_GIB_HOURS_PER_VCPU_HOUR = FARGATE_USD_PER_VCPU_HOUR / FARGATE_USD_PER_GIB_HOUR
+
+#: Cost Explorer is served from us-east-1 whatever the workload's region.
+COST_EXPLORER_REGION = "us-east-1"
+COST_METRIC = "UnblendedCost"
+
+#: Instance metadata (IMDSv2): a token first, then the item.
+IMDS_URL = "http://169.254.169.254/latest"
+IMDS_TIMEOUT_S = 1.0
+
+#: Environment of a job's adapter (set by the stacks in the job definition / job config).
+ENV_JOB_VCPUS = "ONCOPIPE_JOB_VCPUS"
+ENV_JOB_MEMORY_MIB = "ONCOPIPE_JOB_MEMORY_MIB"
+ENV_SM_MANAGED_SPOT = "ONCOPIPE_SM_MANAGED_SPOT"
+ENV_SM_INSTANCE_TYPE = "ONCOPIPE_SM_INSTANCE_TYPE"
+
+
+class PriceNotFoundError(ConfigError):
+    """No row of the price table for a region, instance type and lifecycle."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """One row of ``prices.csv`` with the per-vCPU and per-GiB rates derived from it."""
+
+    region: str
+    instance_type: str
+    lifecycle: str
+    usd_per_hour: float
+    vcpus: int
+    memory_gib: float
+    as_of: str
+
+    @property
+    def usd_per_vcpu_hour(self) -> float:
+        """Return the vCPU share of the hourly price (Fargate ratio, module docstring)."""
+        return self.usd_per_hour / (self.vcpus + self.memory_gib / FARGATE_GIB_HOURS_PER_VCPU_HOUR)
+
+    @property
+    def usd_per_gib_hour(self) -> float:
+        """Return the GiB share of the hourly price."""
+        return self.usd_per_vcpu_hour / FARGATE_GIB_HOURS_PER_VCPU_HOUR
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """The price table, keyed by (region, instance type, lifecycle)."""
+
+    prices: Mapping[tuple[str, str, str], Price]
+
+    def lookup(self, region: str, instance_type: str, lifecycle: str) -> Price:
+        """Return the price of an instance type in a region for a lifecycle.
+
+        ``instance_family_or_type`` may be a family (``m6i``): its smallest listed size is
+        used (rates per vCPU and GiB are nearly flat within a family).
+
+        Raises:
+            PriceNotFoundError: no such row; the message names the file to extend.
+        """
+        exact = self.prices.get((region, instance_type, lifecycle))
+        if exact is not None:
+            return exact
+        family = [
+            p
+            for (r, t, lc), p in self.prices.items()
+            if r == region and lc == lifecycle and t.rsplit(".", 1)[0] == instance_type
+        ]
+        if family:
+            return min(family, key=lambda p: p.vcpus)
+        raise PriceNotFoundError(
+            f"no {lifecycle} price for {instance_type} in {region} in {PRICES_CSV.name}; add a "
+            "row (region,instance_type,lifecycle,usd_per_hour,vcpus,memory_gib,as_of)"
+        )
+
+
+def load_prices(path: Path | None = None) -> PriceTable:
+    """Return the price table of a CSV file (default: the checked-in ``prices.csv``).
+
+    Lines starting with ``#`` are the header comment (sources, date, method).
+
+    Raises:
+        ConfigError: a row is malformed (the message names the line) or a lifecycle is not
+            one of on-demand, spot.
+    """
+    path = path or PRICES_CSV
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    prices: dict[tuple[str, str, str], Price] = {}
+    for n, row in enumerate(csv.DictReader(lines), start=2):
+        try:
+            price = Price(
+                region=row["region"].strip(),
+                instance_type=row["instance_type"].strip(),
+                lifecycle=row["lifecycle"].strip(),
+                usd_per_hour=float(row["usd_per_hour"]),
+                vcpus=int(row["vcpus"]),
+                memory_gib=float(row["memory_gib"]),
+                as_of=date.fromisoformat(row["as_of"].strip()).isoformat(),
+            )
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{path.name}: data row {n - 1} is malformed ({e})") from e
+        if price.lifecycle not in LIFECYCLES:
+            raise ConfigError(f"{path.name}: data row {n - 1}: lifecycle {price.lifecycle!r} "
+                              f"is not one of {', '.join(LIFECYCLES)}")  # fmt: skip
+        if price.usd_per_hour < 0 or price.vcpus <= 0 or price.memory_gib <= 0:
+            raise ConfigError(f"{path.name}: data row {n - 1}: price, vcpus and memory must "
+                              "be positive")  # fmt: skip
+        prices[(price.region, price.instance_type, price.lifecycle)] = price
+    return PriceTable(prices)
+
+
+@lru_cache(maxsize=1)
+def default_prices() -> PriceTable:
+    """Return the checked-in price table (parsed once)."""
+    return load_prices()
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """The estimated cost of one job."""
+
+    usd: float
+    vcpu_seconds: float
+    gib_seconds: float
+    lifecycle: str  # on-demand, spot or unknown (charged on-demand)
+    priced_as: str  # the lifecycle of the price row used
+    instance_type: str
+    region: str
+    price_as_of: str
+
+
+def estimate(
+    vcpus: float,
+    memory_gib: float,
+    seconds: float,
+    *,
+    region: str,
+    instance_family_or_type: str,
+    lifecycle: str,
+    prices: PriceTable | None = None,
+) -> CostEstimate:
+    """Return the estimated cost of a job that reserved ``vcpus`` and ``memory_gib``.
+
+    ``lifecycle`` is ``on-demand``, ``spot`` or anything else (``unknown``), which is
+    priced on-demand.
+
+    Raises:
+        ValueError: a negative or non-finite quantity.
+        PriceNotFoundError: the table has no row for the instance.
+    """
+    for name, value in (("vcpus", vcpus), ("memory_gib", memory_gib), ("seconds", seconds)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    table = prices or default_prices()
+    known = lifecycle if lifecycle in LIFECYCLES else UNKNOWN
+    priced_as = known if known != UNKNOWN else ON_DEMAND
+    price = table.lookup(region, instance_family_or_type, priced_as)
+    vcpu_s, gib_s = vcpus * seconds, memory_gib * seconds
+    usd = (vcpu_s * price.usd_per_vcpu_hour + gib_s * price.usd_per_gib_hour) / 3600.0
+    return CostEstimate(usd=usd, vcpu_seconds=vcpu_s, gib_seconds=gib_s, lifecycle=known,
+                        priced_as=priced_as, instance_type=price.instance_type, region=region,
+                        price_as_of=price.as_of)  # fmt: skip
+
+
+# -- pseudonymous sample key and tags ------------------------------------------------------
+def sample_key(secret: bytes, sample_id: str) -> str:
+    """Return the pseudonymous key of a sample (the value of :data:`TAG_SAMPLE`).
+
+    Sample ids come from the sample sheet and can embed a patient's id, so a tag (which
+    billing exports show to whoever reads the bill) carries ``object_ref(secret,
+    "sample:" + id)`` instead.
+
+    Raises:
+        ValueError: an empty id or a short secret (the message never names the id).
+    """
+    return object_ref(secret, "sample:" + sample_id)
+
+
+def cost_tags(run_id: str, stage: str, sample: str | None = None) -> dict[str, str]:
+    """Return the cost-allocation tags of a job (Batch ``tags``, SageMaker ``Tags``).
+
+    Raises:
+        ValueError: ``sample`` is not a pseudonymous key (a patient key ``pk-...`` or a
+            sample/object reference ``obj-...``); the message does not repeat the value.
+    """
+    tags = {TAG_RUN_ID: run_id, TAG_STAGE: stage}
+    if sample is not None:
+        tags[TAG_SAMPLE] = _pseudonymous(sample)
+    return tags
+
+
+def _pseudonymous(sample: str) -> str:
+    if not (is_patient_key(sample) or is_object_ref(sample)):
+        raise ValueError(f"{TAG_SAMPLE} must be a pseudonymous key (pk-... or obj-...), "
+                         "never a source id")  # fmt: skip
+    return sample
+
+
+# -- the lifecycle a job ran on ------------------------------------------------------------
+#: ``fetch(method, url, headers, timeout) -> body``; raises OSError on failure.
+Fetcher = Callable[[str, str, Mapping[str, str], float], str]
+
+
+def _urllib_fetch(method: str, url: str, headers: Mapping[str, str], timeout: float) -> str:
+    request = urllib.request.Request(url, method=method, headers=dict(headers))  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - fixed IMDS URL
+        body: bytes = response.read()
+    return body.decode("ascii", "replace").strip()
+
+
+def instance_metadata(
+    paths: Sequence[str],
+    *,
+    fetch: Fetcher | None = None,
+    timeout: float = IMDS_TIMEOUT_S,
+) -> dict[str, str | None]:
+    """Return IMDSv2 metadata items (``instance-life-cycle``, ``instance-type``...).
+
+    A token first (``PUT /api/token``), then each item with it. Off EC2, in a container
+    whose hop limit stops the token, or on any error, the items are None: a job's cost
+    estimate must never fail the job.
+    """
+    fetch = fetch or _urllib_fetch
+    try:
+        token = fetch("PUT", f"{IMDS_URL}/api/token",
+                      {"X-aws-ec2-metadata-token-ttl-seconds": "60"}, timeout)  # fmt: skip
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+        logger.info("instance metadata not reachable (%s): lifecycle unknown", type(e).__name__)
+        return dict.fromkeys(paths)
+    found: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            found[path] = fetch("GET", f"{IMDS_URL}/meta-data/{path}",
+                                {"X-aws-ec2-metadata-token": token}, timeout) or None  # fmt: skip
+        except (OSError, ValueError):
+            found[path] = None
+    return found
+
+
+def instance_lifecycle(*, fetch: Fetcher | None = None, timeout: float = IMDS_TIMEOUT_S) -> str:
+    """Return the lifecycle of the EC2 instance this runs on: on-demand, spot or unknown.
+
+    IMDS answers ``spot``, ``on-demand`` or ``scheduled`` (priced on-demand as unknown).
+    """
+    value = instance_metadata(["instance-life-cycle"], fetch=fetch, timeout=timeout)[
+        "instance-life-cycle"
+    ]
+    return value if value in LIFECYCLES else UNKNOWN
+
+
+def sagemaker_lifecycle(environ: Mapping[str, str] | None = None) -> str:
+    """Return the lifecycle of a SageMaker job from its environment.
+
+    SageMaker does not tell a container whether managed spot is on; the pipeline sets
+    :data:`ENV_SM_MANAGED_SPOT` (``true``/``false``) from the same configuration that sets
+    ``EnableManagedSpotTraining``. Processing jobs have no spot: on-demand.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(ENV_SM_MANAGED_SPOT, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return SPOT
+    if value in ("0", "false", "no"):
+        return ON_DEMAND
+    return UNKNOWN
+
+
+def processing_instance(config_path: Path = Path("/opt/ml/config/processingjobconfig.json"),
+                        ) -> tuple[str, int] | None:  # fmt: skip
+    """Return (instance type, count) of the SageMaker Processing job this runs in, or None.
+
+    Read from the job configuration SageMaker mounts in the container.
+    """
+    try:
+        cluster = json.loads(config_path.read_text(encoding="utf-8"))["ProcessingResources"][
+            "ClusterConfig"
+        ]
+        return str(cluster["InstanceType"]), int(cluster.get("InstanceCount", 1))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- what goes into the manifest -----------------------------------------------------------
+def job_cost_fields(
+    vcpus: float,
+    memory_gib: float,
+    seconds: float,
+    *,
+    region: str,
+    instance_type: str | None,
+    lifecycle: str,
+    sample: str | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """Return the cost fields of an item's manifest summary.
+
+    Keys: ``cost_usd_estimate`` (rounded to 1e-6 USD), ``vcpu_seconds``, ``gib_seconds``,
+    ``lifecycle``, ``price_as_of``, ``instance_type``, ``region`` and, given one,
+    ``cost_sample`` (the value of the sample tag, to join with Cost Explorer). Without an
+    instance type or a price row the estimate is None and ``cost_note`` says why: the
+    job's result never depends on its cost estimate.
+
+    Raises:
+        ValueError: negative quantities, or ``sample`` not a pseudonymous key.
+    """
+    fields: dict[str, Any] = {
+        "vcpu_seconds": round(vcpus * seconds, 3),
+        "gib_seconds": round(memory_gib * seconds, 3),
+        "lifecycle": lifecycle if lifecycle in LIFECYCLES else UNKNOWN,
+        "instance_type": instance_type,
+        "region": region,
+        "cost_usd_estimate": None,
+        "price_as_of": None,
+    }
+    if sample is not None:
+        fields["cost_sample"] = _pseudonymous(sample)
+    if not instance_type:
+        fields["cost_note"] = "instance type unknown"
+        return fields
+    try:
+        found = estimate(vcpus, memory_gib, seconds, region=region,
+                         instance_family_or_type=instance_type, lifecycle=lifecycle,
+                         prices=prices)  # fmt: skip
+    except PriceNotFoundError as e:
+        fields["cost_note"] = str(e)
+        return fields
+    fields["cost_usd_estimate"] = round(found.usd, 6)
+    fields["price_as_of"] = found.price_as_of
+    if found.lifecycle == UNKNOWN:
+        fields["cost_note"] = "lifecycle unknown: priced on-demand (upper bound)"
+    return fields
+
+
+def batch_job_cost_fields(
+    seconds: float,
+    *,
+    environ: Mapping[str, str] | None = None,
+    fetch: Fetcher | None = None,
+    sample: str | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """Return the cost fields of a Batch job that ran ``seconds`` (its adapter's call).
+
+    The job's reservation comes from :data:`ENV_JOB_VCPUS` and :data:`ENV_JOB_MEMORY_MIB`
+    (the job definition's values, set by the stack), the instance type, lifecycle and
+    region from IMDS (region falls back to ``AWS_REGION``).
+    """
+    environ = os.environ if environ is None else environ
+    meta = instance_metadata(["instance-life-cycle", "instance-type", "placement/region"],
+                             fetch=fetch)  # fmt: skip
+    try:
+        vcpus = float(environ.get(ENV_JOB_VCPUS, "0"))
+        memory_gib = float(environ.get(ENV_JOB_MEMORY_MIB, "0")) / 1024.0
+    except ValueError as e:
+        raise ConfigError(f"{ENV_JOB_VCPUS} and {ENV_JOB_MEMORY_MIB} must be numbers") from e
+    region = meta["placement/region"] or environ.get("AWS_REGION") or UNKNOWN
+    return job_cost_fields(vcpus, memory_gib, seconds, region=region,
+                           instance_type=meta["instance-type"],
+                           lifecycle=meta["instance-life-cycle"] or UNKNOWN, sample=sample,
+                           prices=prices)  # fmt: skip
+
+
+def training_job_cost_fields(
+    description: Mapping[str, Any],
+    *,
+    region: str,
+    sample: str | None = None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
+    """Return the cost fields of a finished SageMaker training job from ``DescribeTrainingJob``.
+
+    SageMaker bills ``BillableTimeInSeconds`` x ``InstanceCount`` at the ML instance's
+    rate; managed spot shows as fewer billable seconds than ``TrainingTimeInSeconds``, so
+    the on-demand row is used and the lifecycle is ``spot`` when
+    ``EnableManagedSpotTraining`` is set. The whole instance is reserved.
+    """
+    resources = description.get("ResourceConfig", {})
+    instance_type = resources.get("InstanceType")
+    count = int(resources.get("InstanceCount", 1))
+    billable = float(description.get("BillableTimeInSeconds")
+                     or description.get("TrainingTimeInSeconds") or 0.0)  # fmt: skip
+    table = prices or default_prices()
+    lifecycle = SPOT if description.get("EnableManagedSpotTraining") else ON_DEMAND
+    if not instance_type:
+        return job_cost_fields(0, 0, billable, region=region, instance_type=None,
+                               lifecycle=lifecycle, sample=sample, prices=table)  # fmt: skip
+    try:
+        row = table.lookup(region, str(instance_type), ON_DEMAND)
+    except PriceNotFoundError:
+        return job_cost_fields(0, 0, billable, region=region, instance_type=str(instance_type),
+                               lifecycle=lifecycle, sample=sample, prices=table)  # fmt: skip
+    fields = job_cost_fields(row.vcpus * count, row.memory_gib * count, billable, region=region,
+                             instance_type=str(instance_type), lifecycle=ON_DEMAND,
+                             sample=sample, prices=table)  # fmt: skip
+    fields["lifecycle"] = lifecycle
+    fields["billable_seconds"] = billable
+    if description.get("TrainingTimeInSeconds"):
+        fields["training_seconds"] = float(description["TrainingTimeInSeconds"])
+    return fields
+
+
+def cost_metric(fields: Mapping[str, Any], *, stage: str) -> dict[str, Any] | None:
+    """Return the CloudWatch datum of a job's estimate (None without an estimate).
+
+    Dimensions are the stage and lifecycle only: a run or sample dimension would make a
+    billed custom metric per run.
+    """
+    if fields.get("cost_usd_estimate") is None:
+        return None
+    return {
+        "MetricName": METRIC_COST,
+        "Dimensions": [{"Name": "Stage", "Value": stage},
+                       {"Name": "Lifecycle", "Value": str(fields.get("lifecycle", UNKNOWN))}],
+        "Value": float(fields["cost_usd_estimate"]),
+        "Unit": "None",
+    }  # fmt: skip
+
+
+def put_metrics(cloudwatch: Any, data: Iterable[Mapping[str, Any] | None],
+                namespace: str = METRIC_NAMESPACE) -> int:  # fmt: skip
+    """Publish metric data (``PutMetricData``, 1000 per call); return how many were sent."""
+    batch = [dict(d) for d in data if d is not None]
+    for start in range(0, len(batch), 1000):
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=batch[start : start + 1000])
+    return len(batch)
+
+
+# -- estimate vs actual per sample and stage -----------------------------------------------
+@dataclass
+class CostRow:
+    """Estimate (from manifests) and actual (Cost Explorer) of one stage and sample."""
+
+    stage: str
+    sample: str  # the pseudonymous sample key, or "-" for jobs without one
+    items: int = 0
+    estimate_usd: float | None = None
+    actual_usd: float | None = None
+    unpriced: int = 0  # items whose manifest has no estimate
+
+
+@dataclass
+class CostReport:
+    """What ``oncopipe ops cost --run`` prints."""
+
+    run_id: str
+    rows: list[CostRow]
+    actual_available: bool
+    note: str = ""
+    price_as_of: list[str] = field(default_factory=list)
+
+    @property
+    def estimate_total(self) -> float:
+        return sum(r.estimate_usd or 0.0 for r in self.rows)
+
+    @property
+    def actual_total(self) -> float | None:
+        return sum(r.actual_usd or 0.0 for r in self.rows) if self.actual_available else None
+
+
+def estimates_from_manifests(manifests: Iterable[Mapping[str, Any]]) -> list[CostRow]:
+    """Return the estimate per (stage, sample) of manifests' cost fields.
+
+    A manifest counts when its summary has ``cost_usd_estimate`` or ``vcpu_seconds``
+    (written by :func:`job_cost_fields`); the sample is ``cost_sample`` or ``-``.
+    """
+    rows: dict[tuple[str, str], CostRow] = {}
+    for document in manifests:
+        summary = document.get("summary") or {}
+        if "cost_usd_estimate" not in summary and "vcpu_seconds" not in summary:
+            continue
+        stage = str(document.get("step", "-"))
+        sample = str(summary.get("cost_sample") or "-")
+        row = rows.setdefault((stage, sample), CostRow(stage=stage, sample=sample))
+        row.items += 1
+        value = summary.get("cost_usd_estimate")
+        if value is None:
+            row.unpriced += 1
+        else:
+            row.estimate_usd = (row.estimate_usd or 0.0) + float(value)
+    return [rows[k] for k in sorted(rows)]
+
+
+class CostExplorerUnavailable(Exception):
+    """Cost Explorer cannot answer: not enabled, access denied, or tags not active."""
+
+
+def inactive_tags(ce: Any, keys: Sequence[str] = COST_ALLOCATION_TAGS) -> list[str]:
+    """Return which of the cost-allocation tag keys are not active (ListCostAllocationTags).
+
+    Raises:
+        CostExplorerUnavailable: the call is denied or Cost Explorer is not enabled.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        found = ce.list_cost_allocation_tags(TagKeys=list(keys), Type="UserDefined")
+    except (ClientError, BotoCoreError) as e:
+        raise CostExplorerUnavailable(_ce_reason(e)) from e
+    active = {
+        t["TagKey"] for t in found.get("CostAllocationTags", []) if t.get("Status") == "Active"
+    }
+    return [k for k in keys if k not in active]
+
+
+def _ce_reason(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    code = code or type(error).__name__
+    return f"Cost Explorer unavailable ({code})"
+
+
+def _tag_value(group_key: str, tag: str) -> str:
+    # Cost Explorer names a tag group "<key>$<value>"; "<key>$" is untagged usage
+    prefix = tag + "$"
+    value = group_key[len(prefix) :] if group_key.startswith(prefix) else group_key
+    return value or "-"
+
+
+def actual_costs(ce: Any, run_id: str, start: date, end: date) -> dict[tuple[str, str], float]:
+    """Return the unblended cost per (stage, sample) of a run between two dates.
+
+    ``end`` is exclusive (Cost Explorer's convention). Pages through ``NextPageToken``.
+
+    Raises:
+        CostExplorerUnavailable: denied, not enabled, or the data is not there yet.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    request: dict[str, Any] = {
+        "TimePeriod": {"Start": start.isoformat(), "End": end.isoformat()},
+        "Granularity": "DAILY",
+        "Metrics": [COST_METRIC],
+        "Filter": {"Tags": {"Key": TAG_RUN_ID, "Values": [run_id], "MatchOptions": ["EQUALS"]}},
+        "GroupBy": [{"Type": "TAG", "Key": TAG_STAGE}, {"Type": "TAG", "Key": TAG_SAMPLE}],
+    }
+    totals: dict[tuple[str, str], float] = {}
+    while True:
+        try:
+            page = ce.get_cost_and_usage(**request)
+        except (ClientError, BotoCoreError) as e:
+            raise CostExplorerUnavailable(_ce_reason(e)) from e
+        for period in page.get("ResultsByTime", []):
+            for group in period.get("Groups", []):
+                keys = group.get("Keys", [])
+                stage = _tag_value(keys[0], TAG_STAGE) if keys else "-"
+                sample = _tag_value(keys[1], TAG_SAMPLE) if len(keys) > 1 else "-"
+                amount = float(group.get("Metrics", {}).get(COST_METRIC, {}).get("Amount", 0))
+                totals[(stage, sample)] = totals.get((stage, sample), 0.0) + amount
+        token = page.get("NextPageToken")
+        if not token:
+            return totals
+        request["NextPageToken"] = token
+
+
+def _period(manifests: Sequence[Mapping[str, Any]]) -> tuple[date, date]:
+    stamps = [datetime.fromisoformat(str(d[k])) for d in manifests
+              for k in ("started_at", "finished_at") if d.get(k)]  # fmt: skip
+    if not stamps:
+        today = date.today()
+        return today, today + timedelta(days=1)
+    return min(stamps).date(), max(stamps).date() + timedelta(days=1)
+
+
+def cost_report(
+    run_id: str,
+    manifests: Sequence[Mapping[str, Any]],
+    ce: Any | None,
+) -> CostReport:
+    """Return estimate vs actual per stage and sample for a run.
+
+    ``manifests``: the run's committed manifests (both zones). ``ce``: a Cost Explorer
+    client, or None for estimates only. The actual is left out, with a note saying why,
+    when the tags are not active yet or Cost Explorer cannot answer.
+    """
+    rows = estimates_from_manifests(manifests)
+    as_of = sorted({str(d["summary"]["price_as_of"]) for d in manifests
+                    if (d.get("summary") or {}).get("price_as_of")})  # fmt: skip
+    if ce is None:
+        return CostReport(run_id, rows, False, "estimates only (Cost Explorer not queried)", as_of)
+    try:
+        inactive = inactive_tags(ce)
+        if inactive:
+            return CostReport(run_id, rows, False,
+                              f"estimates only: cost-allocation tags not active yet "
+                              f"({', '.join(inactive)}); activate them in Billing > Cost "
+                              "allocation tags, Cost Explorer shows them up to 24 h later",
+                              as_of)  # fmt: skip
+        start, end = _period(manifests)
+        actual = actual_costs(ce, run_id, start, end)
+    except CostExplorerUnavailable as e:
+        return CostReport(run_id, rows, False, f"estimates only: {e}", as_of)
+    by_key = {(r.stage, r.sample): r for r in rows}
+    for (stage, sample), usd in actual.items():
+        row = by_key.get((stage, sample))
+        if row is None:
+            row = by_key[(stage, sample)] = CostRow(stage=stage, sample=sample)
+        row.actual_usd = (row.actual_usd or 0.0) + usd
+    merged = [by_key[k] for k in sorted(by_key)]
+    note = "" if actual else ("no cost tagged with this run yet (Cost Explorer data lags "
+                              "by up to 24 h)")  # fmt: skip
+    return CostReport(run_id, merged, True, note, as_of)
+
+
+def iter_run_manifests(store: Any, buckets: Iterable[str], run_id: str) -> Iterator[dict[str, Any]]:
+    """Yield the committed manifests of a run from several buckets (curated, quarantine)."""
+    from oncopipe.manifest import iter_manifests
+
+    for bucket in buckets:
+        yield from iter_manifests(store, bucket, run_id)

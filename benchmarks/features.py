@@ -132,13 +132,20 @@ def scaling(tmp: Path, size: int, slices: int, series: int) -> None:
 
 
 def notes_throughput(count: int) -> None:
-    """Notes per second: the whole notes core against its NLP part alone, same notes."""
+    """Notes per second: the whole notes core against its NLP part alone, same notes.
+
+    Then the time of one long note (33 KB and 165 KB: linear means ~5x, the quadratic NLP and
+    scrubber before the chunking took 2.4 s and 47 s) and the scrubber's recall on the held-out
+    names of ``tests/data/notes/heldout_names.txt`` planted in every template position.
+    """
     import random
     from datetime import date
 
     from oncopipe.notes.core import parse_note, process_note
+    from oncopipe.notes.evaluate import leaked_name_parts, planted_name_notes, read_name_list
     from oncopipe.notes.nlp import extract, get_nlp
     from oncopipe.notes.sample import generate_note
+    from oncopipe.notes.scrub import safe_words, scrub
 
     rng = random.Random(3)
     notes = [generate_note(rng, mrn=f"MRN-{1000000 + i}", name="Ada Okafor",
@@ -146,6 +153,7 @@ def notes_throughput(count: int) -> None:
              for i in range(count)]  # fmt: skip
     secret = bytes(range(32))
     get_nlp()  # built once per process, as in the job
+    safe_words()  # the scrubber's safelist, read once per process
     started = time.perf_counter()
     for i, data in enumerate(notes):
         process_note(data, f"notes/n{i}.txt", secret=secret, fallback_patient_id=None)
@@ -158,7 +166,23 @@ def notes_throughput(count: int) -> None:
     print(f"notes stage ({count} generated notes, one process):")
     print(f"  parse + scrub + concepts: {count / whole:6.1f} notes/s")
     print(f"  concepts only (medspaCy): {count / nlp:6.1f} notes/s")
-    print(f"  ratio whole/NLP time    : {whole / nlp:.2f}x (the scrubber's share)\n")
+    print(f"  ratio whole/NLP time    : {whole / nlp:.2f}x (the scrubber's share)")
+    seconds = {}
+    for kb in (33, 165):
+        text, i = "Patient-ID: MRN-1000001\n\n", 0
+        while len(text) < kb * 1000:
+            text += bodies[i % len(bodies)]
+            i += 1
+        started = time.perf_counter()
+        process_note(text.encode(), "notes/long.txt", secret=secret, fallback_patient_id=None)
+        seconds[kb] = time.perf_counter() - started
+        print(f"  one {kb:3d} KB note       : {seconds[kb]:6.2f} s")
+    print(f"  165 KB / 33 KB time     : {seconds[165] / seconds[33]:.2f}x (linear: 5x)")
+    names = read_name_list(REPO / "tests" / "data" / "notes" / "heldout_names.txt")
+    planted = planted_name_notes(names)
+    leaked = {n for t, n in planted if leaked_name_parts(n, scrub(t, date_shift_days=None).text)}
+    print(f"  held-out names left     : {len(leaked)} of {len(names)} names "
+          f"({len(planted)} planted notes)\n")  # fmt: skip
 
 
 def main() -> None:

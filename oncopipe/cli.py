@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -27,7 +28,11 @@ err_console = Console(stderr=True)
 
 
 def _fail(error: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # the message is text, not markup (tool messages carry [brackets]); one line, unwrapped
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, highlight=False,
+                      soft_wrap=True)  # fmt: skip
     sys.exit(1)
 
 
@@ -90,15 +95,22 @@ def sample_data(out: Path, patients: int, depth: int, seed: int) -> None:  # fmt
     help="Output BAM (coordinate-sorted; .bai and .qc.json beside it).",
 )
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option(
+    "--max-line-bytes",
+    type=click.IntRange(1),
+    default=None,
+    help="Longest FASTQ line accepted (bounds memory per record) [default: 1 MiB].",
+)
 def align(r1: Path, r2: Path, reference: Path, sample: str, patient_key: str | None,
-          out: Path, threads: int | None) -> None:  # fmt: skip
+          out: Path, threads: int | None, max_line_bytes: int | None) -> None:  # fmt: skip
     """Validate a FASTQ pair and align it: BWA-MEM -> sorted, indexed BAM + QC JSON."""
     from oncopipe.genomics.align import ReadGroup, align_pair
-    from oncopipe.genomics.fastq import validate_pair
+    from oncopipe.genomics.fastq import MAX_LINE_BYTES, validate_pair
 
     try:
         with r1.open("rb") as h1, r2.open("rb") as h2:
-            stats = validate_pair(h1, h2, name_1=str(r1), name_2=str(r2))
+            stats = validate_pair(h1, h2, name_1=str(r1), name_2=str(r2),
+                                  max_line_bytes=max_line_bytes or MAX_LINE_BYTES)  # fmt: skip
         group = ReadGroup(id=sample, sample=patient_key or sample, library=sample)
         qc = align_pair(reference, r1, r2, out, read_group=group, threads=threads)
     except (OncopipeError, ValueError) as e:
@@ -173,10 +185,14 @@ def variants_to_parquet(vcf: Path, out: Path, patient_key: str, sample: str, run
 
     if panel is not None and reference is None:
         _fail(ValueError("--panel needs --reference (protein changes read the codons)"))
-    columns = variant_rows(vcf, patient_key=patient_key, sample=sample, run_id=run_id,
-                           panel=Panel.load(panel) if panel else None,
-                           reference=reference)  # fmt: skip
-    console.print(f"{out}: {write_parquet(columns, out)} rows")
+    try:
+        columns = variant_rows(vcf, patient_key=patient_key, sample=sample, run_id=run_id,
+                               panel=Panel.load(panel) if panel else None,
+                               reference=reference)  # fmt: skip
+        rows = write_parquet(columns, out)
+    except (OncopipeError, ValueError, OSError) as e:
+        _fail(e)
+    console.print(f"{out}: {rows} rows")
 
 
 # -- imaging -------------------------------------------------------------------------------
@@ -211,7 +227,7 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
     PSEUDONYM_SECRET_ARN, as for every stage. Files that cannot be released are listed
     with the reason and not written.
     """
-    from oncopipe.imaging.deid import DeidOptions, deidentify_bytes
+    from oncopipe.imaging.deid import DeidOptions, deidentify_file, write_deidentified
     from oncopipe.pseudonym import load_secret
 
     try:
@@ -230,15 +246,12 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
     written, refused = 0, 0
     for path in files:
         try:
-            data, key, ds = deidentify_bytes(path.read_bytes(), source=str(path), secret=secret,
-                                             options=options)  # fmt: skip
+            data, key, ds = deidentify_file(path, secret=secret, options=options)
+            write_deidentified(out, key, ds, data, source=str(path))
         except OncopipeError as e:
             refused += 1
             err_console.print(f"refused {e}", highlight=False, markup=False)
             continue
-        target = out / key / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
-        target.mkdir(parents=True, exist_ok=True)
-        (target / f"{ds.SOPInstanceUID}.dcm").write_bytes(data)
         written += 1
     console.print(f"{written} de-identified under {out}/, {refused} refused")
     if refused:
@@ -270,22 +283,21 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
 
     paths = sorted(p for p in series_dir.rglob("*") if p.is_file())
     try:
-        geometry, size = series_to_parquet(paths, out)
+        geometry, size = series_to_parquet(paths, out, source=str(series_dir))
     except OncopipeError as e:
         _fail(e)
     source = sum(p.stat().st_size for p in paths)
     console.print(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
                   f"{size} bytes ({size / source:.0%} of the DICOM files)")  # fmt: skip
     if rtstruct or seg:
-        import pydicom
-
+        from oncopipe.imaging.deid import read_dicom_file
         from oncopipe.imaging.masks import rtstruct_masks, seg_masks, write_masks
 
         segmentation = rtstruct or seg
         assert segmentation is not None
         convert = rtstruct_masks if rtstruct else seg_masks
         try:
-            masks = convert(pydicom.dcmread(str(segmentation)), geometry, source=str(segmentation))
+            masks = convert(read_dicom_file(segmentation), geometry, source=str(segmentation))
         except OncopipeError as e:
             _fail(e)
         target = out.with_name(out.stem + ".masks.parquet")
@@ -514,7 +526,15 @@ def predict(model_dir: Path, input_file: Path) -> None:
     "(the local copy of the ingest bucket). Default: the sheet's parent's parent.",
 )
 @click.option("--no-check-files", is_flag=True, help="Do not check that named files exist.")
-def validate_samplesheet(sheet: Path, base_dir: Path | None, no_check_files: bool) -> None:
+@click.option(
+    "--ingest-bucket",
+    default=None,
+    help="Name of the ingest bucket: the only bucket s3:// URIs of the sheet may name "
+    "(they are checked as its keys). Without it every s3:// URI is refused.",
+)
+def validate_samplesheet(
+    sheet: Path, base_dir: Path | None, no_check_files: bool, ingest_bucket: str | None
+) -> None:
     """Validate a sample sheet; list every problem by line and column."""
     from oncopipe.samplesheet import SampleSheetError, parse_samplesheet
 
@@ -527,6 +547,7 @@ def validate_samplesheet(sheet: Path, base_dir: Path | None, no_check_files: boo
             source=str(sheet),
             exists=exists,
             prefix_exists=prefix_exists,
+            ingest_bucket=ingest_bucket,
         )
     except SampleSheetError as e:
         err_console.print(e.report(), highlight=False)
@@ -556,12 +577,19 @@ def local() -> None:
     help="Do not start moto: create the resources on the endpoint of the standard "
     "AWS configuration (AWS_ENDPOINT_URL, AWS_PROFILE, AWS_REGION).",
 )
-def local_up(env: str | None, port: int | None, external: bool) -> None:  # fmt: skip
+@click.option(
+    "--iam/--no-iam",
+    default=True,
+    show_default=True,
+    help="Run each stage as its synthesized IAM role with the embedded endpoint's IAM "
+    "enforcement on (a missing grant fails the run).",
+)
+def local_up(env: str | None, port: int | None, external: bool, iam: bool) -> None:  # fmt: skip
     """Start the embedded AWS endpoint and create the platform's resources."""
     from oncopipe.local import runner
 
     try:
-        state = runner.up(env, port=port, external=external)
+        state = runner.up(env, port=port, external=external, iam=iam)
     except (OncopipeError, ValueError) as e:
         _fail(e)
     where = state.endpoint_url or "the endpoint of your AWS configuration"
@@ -569,6 +597,8 @@ def local_up(env: str | None, port: int | None, external: bool) -> None:  # fmt:
     for zone in ("ingest", "quarantine", "curated", "artifacts"):
         console.print(f"  {zone:<10} s3://{getattr(state.buckets, zone)}")
     console.print(f"  catalog    {state.database}")
+    if state.iam_enforced:
+        console.print(f"  IAM        enforced: {len(state.stage_roles)} stages as their roles")
 
 
 @local.command("run")
@@ -629,6 +659,12 @@ def local_run(cohort: Path | None, drain: bool, run_id: str | None, patients: in
     except (OncopipeError, ValueError) as e:
         _fail(e)
     _print_report(report, state)
+    if report.access_denied:
+        # As in AWS: a missing grant fails the stage; here it fails the run, by name.
+        console.print("[bold red]access denied[/] (a grant the stage's role lacks):")
+        for denial in report.access_denied:
+            console.print(f"  {denial}", highlight=False, markup=False)
+        sys.exit(1)
 
 
 def _print_report(report: object, state: object) -> None:
@@ -669,14 +705,15 @@ def _print_report(report: object, state: object) -> None:
                 detail = (
                     f"{series.get('features')} features of {', '.join(series.get('rois', []))}"
                     if series.get("status") == "extracted"
-                    else series.get("reason", "")
+                    else series.get("reason_code", "")  # the reason is in the manifest
                 )
                 console.print(f"  radiomics {series.get('patient_key', '')} "
                               f"{series.get('status')}: {detail}",
                               highlight=False, markup=False)  # fmt: skip
     failed_jobs = [j for j in report.jobs if j.exit_code != 0]
     for job in failed_jobs:
-        console.print(f"  {job.step} {job.sample} FAILED: {job.outcome.get('reason', '')}",
+        failure = job.outcome.get("reason_code") or job.outcome.get("error", "")
+        console.print(f"  {job.step} {job.sample} FAILED: {failure}",
                       highlight=False, markup=False)  # fmt: skip
     hotspots = [f"{j.sample}: {', '.join(j.outcome['hotspots'])}"
                 for j in report.jobs if j.step == "call" and j.outcome.get("hotspots")]  # fmt: skip
@@ -766,6 +803,268 @@ def local_down() -> None:
 
     stopped = runner.down()
     console.print("local mode stopped" if stopped else "local mode was not running")
+
+
+# -- operations ----------------------------------------------------------------------------
+@main.group()
+def ops() -> None:
+    """Operate the deployed platform in an AWS account."""
+
+
+@ops.command("drift")
+@click.option("--env", "env", default=None, help="Environment of cdk.json (default: dev).")
+@click.option(
+    "--stack",
+    "stacks",
+    multiple=True,
+    help="Only this stack of the app (repeatable; default: every stack).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "json", "html"]),
+    default="md",
+    show_default=True,
+    help="Report format.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report to this file (default: standard output).",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    type=click.Choice(["critical", "any", "never"]),
+    default="critical",
+    show_default=True,
+    help="Exit 1 on a critical drift / on any drift not in drift_allow_list.",
+)
+@click.option(
+    "--timeout",
+    "timeout_min",
+    type=click.FloatRange(0.1, 360),
+    default=30,
+    show_default=True,
+    help="Minutes to wait for CloudFormation's detection.",
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    type=click.FloatRange(1, 300),
+    default=10,
+    show_default=True,
+    help="Seconds between two status calls.",
+)
+@click.option("--region", default=None, help="AWS region (default: the AWS configuration).")
+def ops_drift(
+    env: str | None,
+    stacks: tuple[str, ...],
+    fmt: str,
+    output: Path | None,
+    fail_on: str,
+    timeout_min: float,
+    poll_s: float,
+    region: str | None,
+) -> None:
+    """CloudFormation drift of the app's stacks (and their nested stacks): one report with
+    severities, the allow-list of cdk.json and the coverage of the check.
+
+    Exit code: 0 no drift that --fail-on counts, 1 drift, 2 detection errors (access
+    denied, timeout, bad configuration). Progress goes to standard error."""
+    from rich.markup import escape
+
+    from oncopipe.deployment import ConfigurationError, load_config, read_cdk_json, stack_names
+    from oncopipe.ops import drift
+    from oncopipe.ops.drift_report import RENDERERS
+
+    def fail(message: str) -> None:
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+        sys.exit(2)
+
+    def show(event: drift.Progress) -> None:
+        what = {
+            "started": "detection started",
+            "waiting": f"waiting for {event.detail} stack(s)",
+            "finished": f"detection finished: {event.detail}",
+            "not-deployed": "not deployed",
+            "error": f"error ({event.detail})",
+            "timed-out": "timed out",
+        }.get(event.event, event.event)
+        label = f"{event.stack}: " if event.stack else ""
+        err_console.print(f"[{event.elapsed_s:5.0f} s] {label}{what}", markup=False,
+                          highlight=False, soft_wrap=True)  # fmt: skip
+
+    try:
+        config = load_config(read_cdk_json(), env)
+    except ConfigurationError as e:
+        fail(str(e))
+    names = stack_names(config)
+    unknown = [s for s in stacks if s not in names]
+    if unknown:
+        fail(f"not a stack of the app: {', '.join(unknown)} (stacks: {', '.join(names)})")
+    try:
+        report = drift.detect(
+            drift.make_cloudformation_client(region),
+            [n for n in names if not stacks or n in stacks],
+            allow_list=config.drift_allow_list,
+            environment=config.name,
+            poll_s=poll_s,
+            timeout_s=timeout_min * 60,
+            progress=show,
+        )
+    except drift.DriftDetectionError as e:
+        fail(str(e))
+    text = RENDERERS[fmt](report)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"report written to {output}", markup=False, highlight=False)
+    else:
+        click.echo(text, nl=False)
+    for stack in report.errors:
+        err_console.print(f"[bold red]error:[/] {escape(stack.name)}: {escape(stack.reason)}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+    code = report.exit_code(fail_on)  # type: ignore[arg-type]
+    err_console.print(
+        f"{report.drifted_resources} drifted resources ({report.critical_resources} critical), "
+        f"{len(report.errors)} detection errors: exit {code} (--fail-on {fail_on})",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    sys.exit(code)
+
+
+def _run_zones() -> tuple[Any, Any, bool]:
+    """Return (object store, buckets, local) for the run commands: CURATED_BUCKET and
+    QUARANTINE_BUCKET from the environment (the AWS configuration), else the local mode."""
+    import os
+
+    from oncopipe.layout import Buckets
+    from oncopipe.storage import ObjectStore, make_client
+
+    curated, quarantine = os.environ.get("CURATED_BUCKET"), os.environ.get("QUARANTINE_BUCKET")
+    if curated and quarantine:
+        env = os.environ
+        buckets = Buckets(ingest=env.get("INGEST_BUCKET", ""), quarantine=quarantine,
+                          curated=curated, artifacts=env.get("ARTIFACTS_BUCKET", ""))  # fmt: skip
+        return ObjectStore(make_client()), buckets, False
+    from oncopipe.local import runner
+    from oncopipe.local.state import LocalState
+
+    try:
+        state = LocalState.load()
+    except OncopipeError as e:
+        _fail(OncopipeError(f"{e} (or set CURATED_BUCKET and QUARANTINE_BUCKET)"))
+    store, _ = runner.clients(state)
+    return store, state.buckets, True
+
+
+def _latest_run(store: Any, zones: list[str]) -> str:
+    """Return the run whose manifests finished last (``oncopipe report latest``)."""
+    import json as _json
+
+    from oncopipe.manifest import MANIFEST_ROOT
+
+    latest: dict[str, str] = {}
+    for bucket in zones:
+        for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/"):
+            run = key.split("/")[1]
+            if run.startswith("_"):  # _symlinks: the tables, not a run
+                continue
+            finished = str(_json.loads(store.get_bytes(bucket, key)).get("finished_at", ""))
+            latest[run] = max(latest.get(run, ""), finished)
+    if not latest:
+        _fail(OncopipeError("no run has manifests yet"))
+    return max(latest, key=lambda r: latest[r])
+
+
+@ops.command("cost")
+@click.option("--run", "run_id", required=True, help="Run ID.")
+@click.option("--no-actual", is_flag=True, help="Do not query Cost Explorer (estimates only).")
+def ops_cost(run_id: str, no_actual: bool) -> None:
+    """Cost per sample and stage of a run: the manifests' estimates beside the actual from
+    Cost Explorer (by the oncopipe:run-id, oncopipe:stage and oncopipe:sample tags)."""
+    import boto3
+
+    from oncopipe.ops import cost
+
+    store, buckets, local_mode = _run_zones()
+    ce = None
+    if not (no_actual or local_mode):
+        ce = boto3.client("ce", region_name=cost.COST_EXPLORER_REGION)
+    zones = [buckets.curated, buckets.quarantine]
+    manifests = list(cost.iter_run_manifests(store, zones, run_id))
+    report = cost.cost_report(run_id, manifests, ce)
+    table = Table(title=f"cost of run {run_id} (USD)")
+    for column in ("stage", "sample", "items", "estimate", "actual"):
+        table.add_column(column, justify="left" if column in ("stage", "sample") else "right")
+    for row in report.rows:
+        table.add_row(row.stage, row.sample, str(row.items),
+                      "-" if row.estimate_usd is None else f"{row.estimate_usd:.4f}",
+                      "-" if row.actual_usd is None else f"{row.actual_usd:.4f}")  # fmt: skip
+    if report.rows:
+        console.print(table)
+    else:
+        console.print(f"no job of run {run_id} recorded a cost estimate in its manifest",
+                      highlight=False, markup=False)  # fmt: skip
+    total = f"estimate {report.estimate_total:.4f} USD"
+    if report.actual_total is not None:
+        total += f", actual {report.actual_total:.4f} USD"
+    console.print(total, highlight=False, markup=False)
+    if report.price_as_of:
+        console.print(f"prices as of {', '.join(report.price_as_of)} (oncopipe/ops/prices.csv)",
+                      highlight=False, markup=False)  # fmt: skip
+    note = "estimates only: local mode has no Cost Explorer" if local_mode else report.note
+    if note:
+        console.print(note, highlight=False, markup=False)
+
+
+@main.command("report")
+@click.argument("run_id", metavar="RUN")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HTML file to write (one self-contained page).")  # fmt: skip
+@click.option("--plot", "plots", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PNG plot to embed (repeatable; default: the local model's plots).")  # fmt: skip
+@click.option("--drift", "drift_json", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSON of `oncopipe ops drift --format json` to show.")  # fmt: skip
+@click.option("--no-actual", is_flag=True, help="Do not query Cost Explorer (estimates only).")
+def report_command(run_id: str, out: Path, plots: tuple[Path, ...], drift_json: Path | None,
+                   no_actual: bool) -> None:  # fmt: skip
+    """Write the run report of RUN (a run ID, or `latest`): items per stage, quarantines
+    (reason codes), durations, cost, time to insight per pseudonymous patient, drift status
+    and plots, as one self-contained HTML page."""
+    import json
+
+    import boto3
+
+    from oncopipe.ops import cost
+    from oncopipe.ops.report import collect, drift_rows, write_report
+
+    store, buckets, local_mode = _run_zones()
+    if run_id == "latest":
+        run_id = _latest_run(store, [buckets.quarantine, buckets.curated])
+    if not plots and local_mode:
+        from oncopipe.local.state import home
+
+        plots = tuple(sorted((home() / "model" / "evaluation").glob("*.png")))
+    drift, drift_note = None, None
+    if drift_json is not None:
+        try:
+            drift, drift_note = drift_rows(json.loads(drift_json.read_text(encoding="utf-8")))
+        except (ValueError, AttributeError) as e:
+            _fail(ValueError(f"{drift_json}: not the JSON of `oncopipe ops drift` ({e})"))
+    ce = None if (no_actual or local_mode) else boto3.client(
+        "ce", region_name=cost.COST_EXPLORER_REGION)  # fmt: skip
+    try:
+        data = collect(store, buckets, run_id, cost_explorer=ce, drift=drift,
+                       drift_note=drift_note, plots=plots)  # fmt: skip
+    except (OncopipeError, ValueError) as e:
+        _fail(e)
+    path = write_report(data, out)
+    console.print(f"run report {path}", highlight=False, markup=False)
 
 
 if __name__ == "__main__":

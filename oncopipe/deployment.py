@@ -33,6 +33,35 @@ class ConfigurationError(ValueError):
     """The cdk.json configuration is invalid; the message says where and how to fix it."""
 
 
+#: The app's stacks, in deployment order: ``Oncopipe-<env>-<kind>`` (see :func:`stack_names`).
+STACK_KINDS = ("DataLake", "Network", "Genomics", "Ingest", "Features", "Model")
+
+
+@dataclass(frozen=True)
+class DriftAllowEntry:
+    """Known CloudFormation drift to report as "allowed" (not failing ``ops drift``).
+
+    Each field is a glob (:func:`fnmatch.fnmatchcase`: ``*`` also matches ``/``) matched
+    against the stack name, the resource's logical ID and the property path of a drift
+    (``""`` for a deleted resource, so ``*`` matches deletions too).
+    """
+
+    stack: str
+    logical_id: str
+    property_path: str
+    #: Why this drift is expected (shown in the report next to each allowed drift).
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """Return the entry as the JSON object that :func:`parse_drift_allow_list` reads."""
+        return {
+            "stack": self.stack,
+            "logical_id": self.logical_id,
+            "property_path": self.property_path,
+            "reason": self.reason,
+        }
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """One deployment environment (dev, prod)."""
@@ -109,6 +138,9 @@ class EnvConfig:
     serving_instance_type: str
     serving_serverless: bool
     pytorch_inference_image: str
+    #: CloudFormation drift reported as "allowed" by ``oncopipe ops drift`` and the
+    #: scheduled drift check (known noise; never counted for ``--fail-on`` or the alarm).
+    drift_allow_list: tuple[DriftAllowEntry, ...]
 
     @property
     def prefix(self) -> str:
@@ -235,7 +267,53 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         processing_max_runtime_minutes=num("processing_max_runtime_minutes", 5, 7_200),
         notes_max_bytes=num("notes_max_bytes", 1, 100_000_000),
         **_model_settings(env, raw, num),
+        drift_allow_list=parse_drift_allow_list(
+            raw["drift_allow_list"], where=f"{ENVIRONMENTS_KEY}.{env}.drift_allow_list"
+        ),
     )
+
+
+def stack_names(config: EnvConfig) -> list[str]:
+    """Return the names of the app's stacks for one environment, in deployment order."""
+    return [f"Oncopipe-{config.name}-{kind}" for kind in STACK_KINDS]
+
+
+_DRIFT_ALLOW_KEYS = ("stack", "logical_id", "property_path", "reason")
+
+
+def parse_drift_allow_list(value: Any, *, where: str) -> tuple[DriftAllowEntry, ...]:
+    """Return the validated drift allow-list (``where`` names it in error messages).
+
+    Raises:
+        ConfigurationError: not a list of objects with exactly the keys stack, logical_id,
+            property_path (non-empty glob strings) and reason (a non-empty string).
+    """
+    if not isinstance(value, list):
+        raise ConfigurationError(
+            f"{where}: expected a list of objects with {', '.join(_DRIFT_ALLOW_KEYS)}"
+        )
+    entries = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(f"{where}[{i}]: expected an object, got {item!r}")
+        missing = [k for k in _DRIFT_ALLOW_KEYS if k not in item]
+        unknown = sorted(set(item) - set(_DRIFT_ALLOW_KEYS))
+        if missing or unknown:
+            raise ConfigurationError(
+                f"{where}[{i}]: "
+                + "; ".join(
+                    ([f"missing keys: {', '.join(missing)}"] if missing else [])
+                    + ([f"unknown keys: {', '.join(unknown)}"] if unknown else [])
+                )
+                + f" (allowed: {', '.join(_DRIFT_ALLOW_KEYS)})"
+            )
+        for key in _DRIFT_ALLOW_KEYS:
+            if not isinstance(item[key], str) or not item[key].strip():
+                raise ConfigurationError(
+                    f"{where}[{i}].{key}: expected a non-empty string, got {item[key]!r}"
+                )
+        entries.append(DriftAllowEntry(**{k: item[k] for k in _DRIFT_ALLOW_KEYS}))
+    return tuple(entries)
 
 
 def _role_names(env: str, key: str, value: Any) -> tuple[str, ...]:

@@ -468,7 +468,8 @@ def test_align_survives_a_chatty_aligner(tmp_path: Path) -> None:
         "import sys\nfrom pathlib import Path\n"
         "from oncopipe.genomics.align import ReadGroup, align_pair\n"
         "qc = align_pair(Path(sys.argv[1]), Path('r1'), Path('r2'), Path(sys.argv[2]),\n"
-        "                read_group=ReadGroup(id='S', sample='S', library='S'), threads=1)\n"
+        "                read_group=ReadGroup(id='S', sample='S', library='S'), threads=1,\n"
+        "                calibration_pairs=0)\n"
         "print(qc.reads)\n"
     )
     env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}",

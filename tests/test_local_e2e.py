@@ -43,17 +43,27 @@ def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         oncopipe(home, "local", "down", check=False)
 
 
-def s3_client(state: dict[str, Any]) -> Any:
+def client(state: dict[str, Any], service: str) -> Any:
+    """A client of the embedded endpoint as the local worker (its own IAM principal)."""
     return boto3.client(
-        "s3", endpoint_url=state["endpoint_url"], region_name=state["region"],
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        service, endpoint_url=state["endpoint_url"], region_name=state["region"],
+        **state["credentials"],
     )  # fmt: skip
+
+
+def s3_client(state: dict[str, Any]) -> Any:
+    return client(state, "s3")
 
 
 def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[str, Any]]) -> None:
     home, state = local_mode
+    # Every stage runs as its synthesized role, with the endpoint's IAM enforcement on.
+    from oncopipe.local.iam import STAGE_ROLES
+
+    assert set(state["stage_roles"]) == set(STAGE_ROLES)
     result = oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")
     out = result.stdout
+    assert "access denied" not in out  # no stage was refused a request
     assert "routing ingest objects" in out and "run e2e-1" in out
     assert "exports/scanner-dump.bin: no stage takes objects under this prefix" in out
     assert "notes/empty.txt: the object is empty (0 bytes)" in out
@@ -86,7 +96,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     # Curated: the pseudonymised sample table and the genomics outputs, tagged with the run.
     curated = keys(buckets["curated"])
     assert len([k for k in curated if k.startswith("genomics/bam/") and k.endswith(".bam")]) == 4
-    assert len([k for k in curated if k.startswith("genomics/variants/")]) == 2
+    assert len([k for k in curated if k.startswith("genomics/variants/pk-")]) == 2
     tables = [k for k in curated if k.startswith("cohort/samples/e2e-1/")]
     assert len(tables) == 1
     rows = [
@@ -120,9 +130,9 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     for kind, suffix in (("scrubbed", ".txt"), ("concepts", ".parquet"), ("tokens", ".parquet")):
         found = [k for k in curated if k.startswith(f"notes/{kind}/pk-") and k.endswith(suffix)]
         assert len(found) == 2, (kind, found)
-    concepts = pq.read_table(io.BytesIO(s3.get_object(
-        Bucket=buckets["curated"], Key=next(k for k in curated if k.startswith("notes/concepts/"))
-    )["Body"].read()))  # fmt: skip
+    concept_key = next(k for k in curated if k.startswith("notes/concepts/pk-"))
+    concepts = pq.read_table(io.BytesIO(
+        s3.get_object(Bucket=buckets["curated"], Key=concept_key)["Body"].read()))  # fmt: skip
     assert {"ecog", "histology"} <= set(concepts.column("concept").to_pylist())
     for key in curated:
         body = s3.get_object(Bucket=buckets["curated"], Key=key)["Body"].read()
@@ -140,12 +150,12 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     assert "radiomics" in out and "1316 features of ROI 1" in out
 
     # Glue catalog: the same database and table the stack defines.
-    glue = boto3.client(
-        "glue", endpoint_url=state["endpoint_url"], region_name=state["region"],
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )  # fmt: skip
+    glue = client(state, "glue")
     table = glue.get_table(DatabaseName=state["database"], Name="samples")["Table"]
-    assert table["StorageDescriptor"]["Location"] == f"s3://{buckets['curated']}/cohort/samples/"
+    # a symlink table: it reads the committed items' files only (oncopipe.catalog)
+    location = f"s3://{buckets['curated']}/cohort/samples/_symlinks/"
+    assert table["StorageDescriptor"]["Location"] == location
+    assert table["StorageDescriptor"]["InputFormat"].endswith("SymlinkTextInputFormat")
 
 
 def test_rerunning_a_finished_run_changes_nothing(local_mode: tuple[Path, dict[str, Any]]) -> None:
@@ -211,3 +221,45 @@ def test_local_run_against_the_endpoint_of_the_aws_configuration(tmp_path: Path)
         assert tables["KeyCount"] == 1
     finally:
         server.stop()
+
+
+def test_a_missing_grant_fails_the_run_with_access_denied(
+    local_mode: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Enforcement is real: revoke the router's access to the quarantine bucket."""
+    home, state = local_mode
+    iam = client(state, "iam")
+    role = state["stage_roles"]["router"].rsplit("/", 1)[-1]
+    original = iam.get_role_policy(RoleName=role, PolicyName="synthesized")["PolicyDocument"]
+    quarantine = f"arn:aws:s3:::{state['buckets']['quarantine']}"
+    kept = []
+    for statement in original["Statement"]:
+        resources = statement["Resource"]
+        resources = resources if isinstance(resources, list) else [resources]
+        remaining = [r for r in resources if not r.startswith(quarantine)]
+        if remaining:
+            kept.append({**statement, "Resource": remaining})
+    assert kept != original["Statement"]  # the router had a quarantine grant to lose
+    cohort = tmp_path / "cohort"
+    (cohort / "notes").mkdir(parents=True)
+    (cohort / "notes" / "N-0001.txt").write_text("ECOG 1. Adenocarcinoma.\n")  # synthetic
+    iam.put_role_policy(RoleName=role, PolicyName="synthesized",
+                        PolicyDocument=json.dumps({**original, "Statement": kept}))  # fmt: skip
+    try:
+        result = oncopipe(home, "local", "run", "--run-id", "deny-1", "--cohort", str(cohort),
+                          check=False)  # fmt: skip
+    finally:
+        iam.put_role_policy(RoleName=role, PolicyName="synthesized",
+                            PolicyDocument=json.dumps(original))  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "RoutingFailed: " in out  # the ingest flow failed (then quarantined) as in AWS
+    denied = out.split("access denied")[1]
+    # the router's first request there: does the item's manifest exist (HeadObject)?
+    assert f"router (role {role}): s3:GetObject on {quarantine}/_manifests/…" in denied
+    assert "quarantine (role" not in denied  # the other functions kept their grants
+    # ...and ran as their own roles: the quarantine-on-error function stored the object.
+    listed = s3_client(state).list_objects_v2(
+        Bucket=state["buckets"]["quarantine"], Prefix="deny-1/notes/N-0001.txt"
+    )
+    assert listed["KeyCount"] == 2  # the copy and its reason

@@ -108,10 +108,10 @@ def test_fallback_patient_when_no_header_and_crlf_normalised() -> None:
     assert note.body == "HPI: cough.\nPlan: CT.\n"
 
 
-def test_invalid_utf8_is_replaced_and_flagged() -> None:
-    note = parse_note(b"Patient-ID: P1\n\nECOG 1 caf\xe9 \xff\n", "n.txt")
-    assert note.decode_replaced is True
-    assert "\ufffd" in note.body and "ECOG 1" in note.body
+def test_not_utf8_is_decoded_as_cp1252_without_replacement_characters() -> None:
+    note = parse_note(b"Patient-ID: P1\n\nECOG 1 caf\xe9 \xff \x81\n", "n.txt")
+    assert note.decode_replaced is False and note.encoding == "cp1252"
+    assert "\ufffd" not in note.body and "ECOG 1 café ÿ \x81" in note.body
 
 
 @pytest.mark.parametrize(

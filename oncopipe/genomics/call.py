@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def call_variants(
 ) -> int:
     """Call variants and write a bgzipped, indexed, normalised VCF; return the record count.
 
+    The single-job path: :func:`call_region` on the whole genome, then
+    :func:`normalize_calls`. The scattered path runs the same two steps on regions of the
+    genome (:func:`oncopipe.genomics.shard.plan_regions`), so both give the same records.
+
     The VCF's samples are ``TUMOUR`` (and ``NORMAL``). Intermediate files live in a
     temporary folder beside ``out_vcf``, removed whatever happens; the VCF and its
     ``.tbi`` are moved into place only when complete, so a failure leaves neither.
@@ -112,8 +117,41 @@ def call_variants(
             make ``bcftools mpileup`` print ``[E::`` lines yet exit 0: they are checked).
         AlignmentError: bcftools or samtools failed otherwise.
     """
+    out_vcf.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_vcf.parent, prefix=f".{out_vcf.name}.") as tmp:
+        part = Path(tmp) / "called.vcf.gz"
+        count = call_region(reference, tumour_bam, part, normal_bam=normal_bam,
+                            settings=settings)  # fmt: skip
+        normalize_calls(reference, [part], out_vcf)
+    return count
+
+
+def call_region(
+    reference: Path,
+    tumour_bam: Path,
+    out_vcf: Path,
+    *,
+    normal_bam: Path | None = None,
+    settings: CallerSettings | None = None,
+    intervals: Sequence[tuple[str, int, int]] | None = None,
+) -> int:
+    """Write the alleles that pass, not yet normalised, as a bgzipped VCF; return how many.
+
+    ``intervals`` (contig, 1-based start, 1-based inclusive end) restricts the pileup to
+    those positions (``bcftools mpileup -R``): a site is reported by the interval holding
+    its position, an indel by the one holding its anchor base, so non-overlapping
+    intervals report every site once. None: the whole genome. The VCF is written under a
+    temporary name and renamed when complete.
+
+    Raises:
+        InvalidBamError: a BAM is truncated, corrupt or not a BAM.
+        AlignmentError: bcftools or samtools failed otherwise.
+        ValueError: ``intervals`` is empty.
+    """
     require_tools("bcftools", "samtools")
     settings = settings or CallerSettings()
+    if intervals is not None and not intervals:
+        raise ValueError("call_region: intervals is empty (None calls the whole genome)")
     inputs = [(tumour_bam, "TUMOUR")] + ([(normal_bam, "NORMAL")] if normal_bam else [])
     for bam, _ in inputs:
         check_bam(bam)
@@ -128,18 +166,33 @@ def call_variants(
         for bam, label in inputs:
             linked = work / f"{label.lower()}.bam"
             linked.symlink_to(bam.resolve())
+            if intervals is not None:  # -R jumps through the index
+                index = next((Path(f"{bam}{s}") for s in (".bai", ".csi")
+                              if Path(f"{bam}{s}").exists()), None)  # fmt: skip
+                if index is not None:
+                    Path(f"{linked}{index.suffix}").symlink_to(index.resolve())
+                else:
+                    subprocess.run(["samtools", "index", linked.name], cwd=work,
+                                   capture_output=True, check=False)  # fmt: skip
             bams.append(linked.name)
-        raw, called, staged = work / "pileup.bcf", work / "called.vcf", work / "calls.vcf.gz"
+        raw, staged = work / "pileup.bcf", work / "called.vcf.gz"
         # Tumour and normal carry the same SM (the patient key): name the samples per
         # file, or mpileup would merge them into one.
         groups = work / "samples.txt"
         groups.write_text("".join(f"* {link} {label}\n" for link, (_, label)
                                   in zip(bams, inputs, strict=True)))  # fmt: skip
+        restrict: list[str] = []
+        if intervals is not None:
+            # a file, not -r: contig names may hold ':' or ',' (GRCh38 HLA alleles)
+            (work / "regions.tsv").write_text(
+                "".join(f"{contig}\t{start}\t{end}\n" for contig, start, end in intervals)
+            )
+            restrict = ["-R", "regions.tsv"]
         pileup = subprocess.run(
             ["bcftools", "mpileup", "--no-version", "-f", str(reference.resolve()),
              "-a", "FORMAT/AD,FORMAT/DP", "-d", "1000000", "-L", "1000000",
              "-q", str(settings.min_mapping_quality), "-Q", str(settings.min_base_quality),
-             "-G", groups.name, "-Ob", "-o", raw.name, *bams],
+             "-G", groups.name, *restrict, "-Ob", "-o", raw.name, *bams],
             capture_output=True, text=True, cwd=work,
         )  # fmt: skip
         if pileup.returncode != 0 or "[E::" in pileup.stderr:
@@ -150,10 +203,40 @@ def call_variants(
                         "CRC mismatch or truncated record)",
                     )  # fmt: skip
             raise AlignmentError(f"bcftools mpileup failed: {last_words(pileup.stderr)}")
-        count = _filter_alleles(raw, called, settings, normal=normal_bam is not None)
+        count = _filter_alleles(raw, staged, settings, normal=normal_bam is not None)
+        os.replace(staged, out_vcf)
+    return count
+
+
+def normalize_calls(reference: Path, parts: Sequence[Path], out_vcf: Path) -> int:
+    """Concatenate per-region calls (in genome order), normalise, bgzip and index them.
+
+    ``bcftools concat`` (when there are several parts) -> ``bcftools norm`` (left-align
+    indels, split multi-allelic records) -> ``out_vcf`` + ``.tbi``, moved into place only
+    when complete. Returns the number of records written.
+
+    Raises:
+        AlignmentError: no parts, or bcftools or tabix failed.
+    """
+    require_tools("bcftools")
+    if not parts:
+        raise AlignmentError("normalize_calls: no VCF parts to concatenate")
+    out_vcf.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_vcf.parent, prefix=f".{out_vcf.name}.") as tmp:
+        work = Path(tmp)
+        source = parts[0]
+        if len(parts) > 1:
+            source = work / "concat.bcf"
+            concat = subprocess.run(
+                ["bcftools", "concat", "--no-version", "-Ob", "-o", str(source),
+                 *map(str, parts)], capture_output=True, text=True,
+            )  # fmt: skip
+            if concat.returncode != 0 or "[E::" in concat.stderr:
+                raise AlignmentError(f"bcftools concat failed: {last_words(concat.stderr)}")
+        staged = work / "calls.vcf.gz"
         norm = subprocess.run(
             ["bcftools", "norm", "--no-version", "-f", str(reference), "-m", "-both",
-             "-Oz", "-o", str(staged), str(called)],
+             "-Oz", "-o", str(staged), str(source)],
             capture_output=True, text=True,
         )  # fmt: skip
         if norm.returncode != 0 or "[E::" in norm.stderr:
@@ -164,9 +247,15 @@ def call_variants(
             pysam.tabix_index(str(staged), preset="vcf", force=True)
         except (OSError, ValueError) as e:
             raise AlignmentError(f"tabix failed on the normalised VCF ({e})") from e
+        verbosity = pysam.set_verbosity(0)
+        try:
+            with pysam.VariantFile(str(staged)) as handle:
+                records = sum(1 for _ in handle)
+        finally:
+            pysam.set_verbosity(verbosity)
         os.replace(staged, out_vcf)
         os.replace(f"{staged}.tbi", f"{out_vcf}.tbi")
-    return count
+    return records
 
 
 def _filter_alleles(raw: Path, called: Path, settings: CallerSettings, *, normal: bool) -> int:
@@ -197,7 +286,7 @@ def _filter_alleles(raw: Path, called: Path, settings: CallerSettings, *, normal
             samples = list(source.header.samples)
             for sample in samples:
                 header.add_sample(sample)
-            with pysam.VariantFile(str(called), "w", header=header) as sink:
+            with pysam.VariantFile(str(called), "wz", header=header) as sink:
                 for record in source:
                     count += _emit(record, sink, samples, settings, normal=normal)
     except (OSError, ValueError) as e:

@@ -98,8 +98,13 @@ def _line_reader(
     return read
 
 
-def _records(handle: io.BufferedIOBase, name: str, max_line: int) -> Iterator[tuple[bytes, int]]:
-    """Yield (read name, sequence length) for each record, validating as it goes.
+def _records(
+    handle: io.BufferedIOBase, name: str, max_line: int
+) -> Iterator[tuple[bytes, int, bytes]]:
+    """Yield (read name, sequence length, record) for each record, validating as it goes.
+
+    ``record`` is the record's four lines as written back (``\n`` line ends, the '+'
+    line bare), ready to copy into a shard.
 
     Raises:
         InvalidFastqError: an empty file; structure, alphabet, quality, line length or
@@ -138,7 +143,58 @@ def _records(handle: io.BufferedIOBase, name: str, max_line: int) -> Iterator[tu
             )
         if min(quality) < _QUALITY_MIN or max(quality) > _QUALITY_MAX:
             raise InvalidFastqError(name, f"read {number}: quality characters outside '!'..'~'")
-        yield _mate_name(header.rstrip(b"\r\n")), len(sequence)
+        header = header.rstrip(b"\r\n")
+        yield _mate_name(header), len(sequence), b"%s\n%s\n+\n%s\n" % (header, sequence, quality)
+
+
+@dataclass(frozen=True)
+class FastqPairRecord:
+    """One validated read pair: the mate name and both records (four lines each)."""
+
+    name: bytes
+    length_1: int
+    length_2: int
+    record_1: bytes
+    record_2: bytes
+
+
+def iter_pairs(
+    g1: io.BufferedIOBase,
+    g2: io.BufferedIOBase,
+    *,
+    name_1: str,
+    name_2: str,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[FastqPairRecord]:
+    """Yield the read pairs of two *decompressed* FASTQ streams, validating as it goes.
+
+    The checks of :func:`validate_pair` (which consumes this), for a caller that also
+    needs the records (the shard splitter, :mod:`oncopipe.genomics.shard`).
+
+    Raises:
+        InvalidFastqError: the first problem found, naming the file and read number.
+        ValueError: ``max_line_bytes`` is not positive.
+    """
+    if max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
+    mates_1 = _records(g1, name_1, max_line_bytes)
+    mates_2 = _records(g2, name_2, max_line_bytes)
+    reads = 0
+    while True:
+        first, second = next(mates_1, None), next(mates_2, None)
+        if first is None and second is None:
+            return
+        if first is None or second is None:
+            shorter, longer = (name_1, name_2) if first is None else (name_2, name_1)
+            raise InvalidFastqError(
+                shorter, f"has {reads} reads but {longer} has more: R1/R2 counts differ"
+            )
+        reads += 1
+        if first[0] != second[0]:
+            raise InvalidFastqError(
+                name_2, f"read {reads}: mate name does not match read {reads} of {name_1}"
+            )
+        yield FastqPairRecord(first[0], first[1], second[1], first[2], second[2])
 
 
 def validate_pair(
@@ -165,23 +221,10 @@ def validate_pair(
     reads = bases = 0
     min_length, max_length = 1 << 30, 0
     with gzip.open(r1, "rb") as g1, gzip.open(r2, "rb") as g2:
-        mates_1 = _records(g1, name_1, max_line_bytes)
-        mates_2 = _records(g2, name_2, max_line_bytes)
-        while True:
-            first, second = next(mates_1, None), next(mates_2, None)
-            if first is None and second is None:
-                break
-            if first is None or second is None:
-                shorter, longer = (name_1, name_2) if first is None else (name_2, name_1)
-                raise InvalidFastqError(
-                    shorter, f"has {reads} reads but {longer} has more: R1/R2 counts differ"
-                )
+        for pair in iter_pairs(g1, g2, name_1=name_1, name_2=name_2,
+                               max_line_bytes=max_line_bytes):  # fmt: skip
             reads += 1
-            if first[0] != second[0]:
-                raise InvalidFastqError(
-                    name_2, f"read {reads}: mate name does not match read {reads} of {name_1}"
-                )
-            bases += first[1] + second[1]
-            min_length = min(min_length, first[1], second[1])
-            max_length = max(max_length, first[1], second[1])
+            bases += pair.length_1 + pair.length_2
+            min_length = min(min_length, pair.length_1, pair.length_2)
+            max_length = max(max_length, pair.length_1, pair.length_2)
     return FastqStats(reads=reads, bases=bases, min_length=min_length, max_length=max_length)

@@ -5,6 +5,12 @@ event per line on stdin and answers one JSON line on the original stdout:
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"Error": <exception type>,
 "Cause": <message>}}`` — the shape Step Functions gives a failed Lambda task. Whatever
 the handler prints or logs goes to stderr.
+
+A failed answer also carries ``"denied"``: the AWS requests behind the error that the
+endpoint refused (``[{"code": "AccessDenied", "operation": "PutObject"}]``), found in the
+exception's chain even when the handler re-raised it with a redacted message. It is the
+local runtime's own observation (what CloudTrail would show), not part of the Lambda
+contract; it holds error codes and operation names only, never a message.
 """
 
 from __future__ import annotations
@@ -32,6 +38,34 @@ class LocalContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 900_000
+
+
+#: Error codes of a request the endpoint refused (authentication or authorisation).
+REFUSED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "403", "Forbidden",
+                           "InvalidAccessKeyId", "InvalidClientTokenId",
+                           "SignatureDoesNotMatch"})  # fmt: skip
+
+
+def refused_requests(error: BaseException) -> list[dict[str, str]]:
+    """Return ``{"code", "operation"}`` of each refused botocore request in ``error``'s chain.
+
+    Follows ``__cause__`` and ``__context__`` (a handler may re-raise ``from None``).
+    """
+    found: list[dict[str, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            operation = str(getattr(current, "operation_name", "") or "")
+            if code in REFUSED_CODES:
+                entry = {"code": code, "operation": operation}
+                if entry not in found:
+                    found.append(entry)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -63,6 +97,7 @@ def main(argv: list[str]) -> int:
             response = {
                 "ok": False,
                 "error": {"Error": type(e).__name__, "Cause": str(e)},
+                "denied": refused_requests(e),
             }
         out.write(json.dumps(response, default=str) + "\n")
     return 0

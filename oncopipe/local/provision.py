@@ -28,6 +28,15 @@ class Provisioned:
     dead_letter_queue_url: str
     secret_arn: str
     database: str
+    key_arns: dict[str, str]  # ingest / curated / platform -> KMS key ARN
+
+
+@dataclass(frozen=True)
+class IamProvisioned:
+    """The worker's own principal and the stages' roles, created before enforcement."""
+
+    credentials: dict[str, str]
+    stage_roles: dict[str, str]  # stage -> role ARN
 
 
 def _client(service: str, kwargs: dict[str, Any]) -> Any:
@@ -150,7 +159,46 @@ def provision(project: str, env: str, client_kwargs: dict[str, Any]) -> Provisio
         dead_letter_queue_url=dlq_url,
         secret_arn=secret_arn,
         database=database,
+        key_arns={
+            zone: str(kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"])
+            for zone, key_id in keys.items()
+        },
     )
+
+
+def provision_iam(
+    made: Provisioned, env: str, client_kwargs: dict[str, Any], endpoint_url: str
+) -> IamProvisioned:
+    """Create the stages' roles from the synthesized policies, then switch enforcement on.
+
+    Runs while the embedded endpoint still accepts any credentials: it creates the
+    worker's own principal (all actions: it plays the user uploading, and the services
+    that pass events on) and one role per stage with that stage's resolved policies. From
+    the next request on, every request is authenticated and authorised by moto.
+
+    Raises:
+        IamResolutionError: synthesis failed, or a policy has no local resolution.
+    """
+    from oncopipe.local import iam as local_iam
+
+    templates = local_iam.synthesized_templates(env)
+    resources = local_iam.LocalResources(
+        region=client_kwargs["region_name"],
+        buckets={
+            zone: getattr(made.buckets, zone)
+            for zone in ("ingest", "quarantine", "curated", "artifacts")
+        },
+        key_arns=made.key_arns,
+        secret_arn=made.secret_arn,
+        database=made.database,
+    )
+    policies = local_iam.stage_policies(templates, env, resources)
+    iam_client = _client("iam", client_kwargs)
+    principal, credentials = local_iam.create_admin(iam_client)
+    stage_roles = local_iam.create_stage_roles(iam_client, policies, principal)
+    local_iam.enable_enforcement(endpoint_url)
+    logger.info("IAM enforcement on: %d stage roles", len(stage_roles))
+    return IamProvisioned(credentials=credentials, stage_roles=stage_roles)
 
 
 def _key(kms: Any, alias: str) -> str:

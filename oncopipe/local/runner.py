@@ -6,15 +6,18 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
 from oncopipe import layout
 from oncopipe.deployment import load_config, read_cdk_json
 from oncopipe.ingest import Router
 from oncopipe.layout import Buckets
 from oncopipe.local import provision, server
+from oncopipe.local.iam import AccessDenial, denials_size, read_denials
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
 from oncopipe.local.worker import (
     Execution,
@@ -27,16 +30,24 @@ from oncopipe.local.worker import (
     run_radiomics_job,
 )
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
-from oncopipe.pseudonym import keyer, load_secret
 from oncopipe.sample_data import CohortFiles
 from oncopipe.storage import ObjectStore
 
 
-def up(env: str | None, *, port: int | None = None, external: bool = False) -> LocalState:
+def up(
+    env: str | None, *, port: int | None = None, external: bool = False, iam: bool = True
+) -> LocalState:
     """Start the embedded endpoint (unless ``external``) and create the resources.
 
     ``external=True`` provisions the endpoint of the standard AWS configuration
-    (``AWS_ENDPOINT_URL``, profile, region) instead of starting moto.
+    (``AWS_ENDPOINT_URL``, profile, region) instead of starting moto. With ``iam`` (the
+    default, embedded endpoint only) every stage later runs as its synthesized role with
+    the endpoint's IAM enforcement on (:mod:`oncopipe.local.iam`).
+
+    Raises:
+        ServerError: the embedded endpoint did not start.
+        IamResolutionError: the stages' policies could not be synthesized or resolved
+            (the endpoint is stopped again).
     """
     config = load_config(read_cdk_json(), env)
     try:
@@ -51,8 +62,21 @@ def up(env: str | None, *, port: int | None = None, external: bool = False) -> L
         region = boto3.session.Session().region_name or DEFAULT_REGION
     else:
         region = DEFAULT_REGION
-        pid, endpoint = server.start_server(home() / "logs" / "moto.log", port)
-    made = provision.provision(config.project, config.name, client_kwargs(region, endpoint))
+        pid, endpoint = server.start_server(
+            home() / "logs" / "moto.log", port, denials_file=denials_log()
+        )
+    kwargs = client_kwargs(region, endpoint)
+    try:
+        made = provision.provision(config.project, config.name, kwargs)
+        enforced = (
+            provision.provision_iam(made, config.name, kwargs, endpoint)
+            if iam and endpoint
+            else None
+        )
+    except BaseException:
+        if pid:
+            server.stop_server(pid)
+        raise
     state = LocalState(
         env=config.name,
         project=config.project,
@@ -64,6 +88,8 @@ def up(env: str | None, *, port: int | None = None, external: bool = False) -> L
         dead_letter_queue_url=made.dead_letter_queue_url,
         secret_arn=made.secret_arn,
         database=made.database,
+        credentials=enforced.credentials if enforced else None,
+        stage_roles=enforced.stage_roles if enforced else {},
     )
     state.save()
     return state
@@ -104,6 +130,8 @@ class RunReport:
     reconciled: list[ItemResult] = field(default_factory=list)
     jobs: list[JobResult] = field(default_factory=list)
     wall_seconds: float = 0.0
+    #: Requests a stage's role refused (IAM enforcement on): each is a missing grant.
+    access_denied: list[AccessDenial] = field(default_factory=list)
 
     @property
     def quarantined(self) -> int:
@@ -159,6 +187,7 @@ def run(
     ``progress`` is a ``rich.progress.Progress`` or None.
     """
     started = time.perf_counter()
+    denials_from = denials_size(denials_log())
     store, sqs = clients(state)
     flow = IngestFlow(state)
     executions: list[Execution] = []
@@ -200,12 +229,18 @@ def run(
     finally:
         flow.close()
     # Reconcile: FASTQ files no accepted sheet names have no patient -> quarantine.
+    # The reconcile Lambda's core, as its role (it never pseudonymises: no secret).
+    reconcile_client = boto3.client("s3", **state.stage_client_kwargs("reconcile"))  # type: ignore[call-overload]
     router = Router(
-        store=store,
-        buckets=state.buckets,
-        patient_key=keyer(load_secret(state.handler_env())),
+        store=ObjectStore(reconcile_client), buckets=state.buckets, patient_key=_no_patient_key
     )
-    reconciled = router.reconcile(run_id)
+    reconciled: list[ItemResult] = []
+    try:
+        reconciled = router.reconcile(run_id)
+    except ClientError as e:
+        if not state.iam_enforced or "AccessDenied" not in str(e):
+            raise
+        # the Lambda would fail the same way; the refusal is in the endpoint's log
     # De-identified series -> Parquet volumes and masks: the daily imaging Batch job,
     # then their radiomic features: the processing job the imaging state machine runs next.
     imaging = run_imaging_job(state, run_id)
@@ -235,7 +270,17 @@ def run(
         reconciled=reconciled,
         jobs=jobs,
         wall_seconds=time.perf_counter() - started,
+        access_denied=read_denials(denials_log(), state.stage_roles, offset=denials_from),
     )
+
+
+def denials_log() -> Path:
+    """Return where the embedded endpoint logs the requests it refused (stage roles)."""
+    return home() / "logs" / "denied.jsonl"
+
+
+def _no_patient_key(source_patient_id: str) -> str:
+    raise RuntimeError("reconcile does not pseudonymise")
 
 
 def bucket_counts(state: LocalState) -> dict[str, int]:
@@ -254,5 +299,6 @@ def runs(state: LocalState) -> dict[str, int]:
     found: dict[str, int] = defaultdict(int)
     for bucket in (state.buckets.quarantine, state.buckets.curated):
         for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/"):
-            found[key.split("/")[1]] += 1
+            if not key.split("/")[1].startswith("_"):  # _symlinks: the tables, not a run
+                found[key.split("/")[1]] += 1
     return dict(found)

@@ -25,17 +25,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(log_file: Path, port: int | None = None, timeout: float = 30.0) -> tuple[int, str]:
-    """Start ``moto.server`` in its own session; return (pid, endpoint URL).
+def start_server(
+    log_file: Path,
+    port: int | None = None,
+    timeout: float = 30.0,
+    *,
+    denials_file: Path | None = None,
+) -> tuple[int, str]:
+    """Start moto's server in its own session; return (pid, endpoint URL).
+
+    With ``denials_file``, every request its IAM enforcement refuses is appended there
+    (:mod:`oncopipe.local.moto_server`).
 
     Raises:
         ServerError: it did not answer within ``timeout`` seconds (its log is named).
     """
     port = port or free_port()
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)}
+    env.pop("ONCOPIPE_DENIALS_LOG", None)
+    if denials_file is not None:
+        denials_file.parent.mkdir(parents=True, exist_ok=True)
+        env["ONCOPIPE_DENIALS_LOG"] = str(denials_file)
     with log_file.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "oncopipe.local.moto_server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

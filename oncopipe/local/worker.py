@@ -33,6 +33,8 @@ class Invocation:
     ok: bool
     result: dict[str, Any] = field(default_factory=dict)
     error: dict[str, str] = field(default_factory=dict)
+    #: refused requests behind the error (:func:`lambda_runtime.refused_requests`)
+    denied: list[dict[str, str]] = field(default_factory=list)
 
 
 class HandlerProcess:
@@ -71,6 +73,7 @@ class HandlerProcess:
             ok=answer["ok"],
             result=answer.get("result") or {},
             error=answer.get("error") or {},
+            denied=answer.get("denied") or [],
         )
 
     def close(self) -> None:
@@ -100,11 +103,28 @@ class IngestFlow:
         logs = home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self._log = (logs / "handlers.log").open("ab")
-        env = state.handler_env()
-        self.router = HandlerProcess(ROUTER_MODULE, env, self._log)
-        self.quarantine = HandlerProcess(QUARANTINE_MODULE, env, self._log)
-        self.deid = HandlerProcess(DEID_MODULE, env, self._log)
+        # Each function as its own role (its synthesized policy, when IAM is enforced).
+        self.router = HandlerProcess(ROUTER_MODULE, state.stage_env("router"), self._log)
+        self.quarantine = HandlerProcess(QUARANTINE_MODULE, state.stage_env("quarantine"),
+                                         self._log)  # fmt: skip
+        self.deid = HandlerProcess(DEID_MODULE, state.stage_env("deid"), self._log)
         self.retry_delay = retry_delay
+        self._state = state
+
+    def _reason(self, route: Invocation, key: str) -> dict[str, Any]:
+        """Return ``reason`` and ``details`` of a quarantined object's reason document."""
+        import boto3
+
+        from oncopipe.layout import quarantine_reason_key
+
+        s3 = boto3.client("s3", **self._state.client_kwargs())
+        document_key = quarantine_reason_key(str(route.result.get("run_id")), key)
+        try:
+            body = s3.get_object(Bucket=self._state.buckets.quarantine, Key=document_key)["Body"]
+        except s3.exceptions.NoSuchKey:
+            return {}
+        document = json.loads(body.read())
+        return {"reason": document.get("message"), "details": document.get("details", [])}
 
     def execute(self, event: dict[str, Any]) -> Execution:
         started = time.perf_counter()
@@ -115,6 +135,8 @@ class IngestFlow:
             route = self.router.invoke(event)
             if route.ok or route.error.get("Error") not in TRANSIENT_ERRORS or attempt >= 3:
                 break
+            if route.denied:
+                break  # a refusal is not transient: the policy is the same on every attempt
             time.sleep(self.retry_delay * 2 ** (attempt - 1))
         if not route.ok:
             failed = {**event, "error": route.error}  # the ASL: result_path $.error
@@ -129,6 +151,10 @@ class IngestFlow:
         status = route.result.get("status")
         if status == "quarantined":
             outcome, result = "InputQuarantined", "FAILED"
+            # The router returns codes only (its result is state output): the local report
+            # reads the readable reason where it lives, in the quarantine zone.
+            return Execution(key, result, outcome, {**route.result, **self._reason(route, key)},
+                             time.perf_counter() - started)  # fmt: skip
         elif status == "accepted":
             outcome, result = "SampleSheetAccepted", "SUCCEEDED"
         elif route.result.get("kind") == "dicom":  # the Deidentify branch
@@ -218,11 +244,12 @@ def run_genomics_jobs(
     table = execution.route.get("sample_table")
     if not table:
         return []
-    env = {**os.environ, **state.handler_env(), "THREADS": str(threads),
-           "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
     results = []
     for step, ids in (("align", execution.route.get("sample_ids", [])),
                       ("call", execution.route.get("tumour_ids", []))):  # fmt: skip
+        # the job definition's role (the same JobRole for both, as synthesized today)
+        env = {**os.environ, **state.stage_env(step), "THREADS": str(threads),
+               "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
         for sample in ids:
             done = subprocess.run(
                 [sys.executable, "-m", "batch_jobs.genomics", step, "--run-id", run_id,
@@ -239,9 +266,14 @@ def run_genomics_jobs(
     return results
 
 
-def _run_job_command(state: LocalState, module: str, args: list[str], log_name: str) -> Any:
-    """Run a job image's command like its container would; log stderr, return the process."""
-    env = {**os.environ, **state.handler_env(), "PYTHONPATH": str(REPO_ROOT)}
+def _run_job_command(
+    state: LocalState, stage: str, module: str, args: list[str], log_name: str
+) -> Any:
+    """Run a job image's command like its container would, as ``stage``'s role.
+
+    Logs stderr; returns the finished process.
+    """
+    env = {**os.environ, **state.stage_env(stage), "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           env=env, cwd=str(REPO_ROOT))  # fmt: skip
     with (home() / "logs" / log_name).open("a", encoding="utf-8") as log:
@@ -255,14 +287,14 @@ def _json_lines(stdout: str) -> list[dict[str, Any]]:
 
 def run_imaging_job(state: LocalState, run_id: str) -> JobResult:
     """Run the daily imaging Batch job's command for a run (volumes and masks)."""
-    done = _run_job_command(state, "batch_jobs.imaging", ["volumes", "--run-id", run_id],
-                            "batch-jobs.log")  # fmt: skip
+    done = _run_job_command(state, "imaging", "batch_jobs.imaging",
+                            ["volumes", "--run-id", run_id], "batch-jobs.log")  # fmt: skip
     return JobResult("volumes", run_id, done.returncode, {"series": _json_lines(done.stdout)})
 
 
 def run_radiomics_job(state: LocalState, run_id: str, *, workers: int = 2) -> JobResult:
     """Run the radiomics SageMaker Processing job's command for a run (after the volumes)."""
-    done = _run_job_command(state, "processing.radiomics",
+    done = _run_job_command(state, "radiomics", "processing.radiomics",
                             ["stage", "--run-id", run_id, "--workers", str(workers)],
                             "processing-jobs.log")  # fmt: skip
     return JobResult("radiomics", run_id, done.returncode, {"series": _json_lines(done.stdout)})
@@ -270,6 +302,6 @@ def run_radiomics_job(state: LocalState, run_id: str, *, workers: int = 2) -> Jo
 
 def run_notes_job(state: LocalState, run_id: str) -> JobResult:
     """Run the notes processing job's command for a run (scrub, extract, tokenise)."""
-    done = _run_job_command(state, "processing.notes", ["stage", "--run-id", run_id],
+    done = _run_job_command(state, "notes", "processing.notes", ["stage", "--run-id", run_id],
                             "processing-jobs.log")  # fmt: skip
     return JobResult("notes", run_id, done.returncode, {"notes": _json_lines(done.stdout)})

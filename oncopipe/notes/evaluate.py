@@ -9,7 +9,10 @@ compared: gold from the generator has none.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from oncopipe.notes.rules import NAME_PARTICLES
 
 Key = tuple[str, str | None, bool, str, float | None]
 
@@ -70,3 +73,65 @@ def evaluate(pred: Sequence[Iterable[Any]], gold: Sequence[Iterable[Any]]) -> di
         "attribute_errors": attribute_errors,
         "errors": errors,
     }
+
+
+# --- name recall on planted names ---------------------------------------------------------------
+
+#: Places in a note where a name is written; ``{name}`` is the whole name as written, ``{upper}``
+#: the same in capitals, ``{first}`` its first part and ``{last}`` the rest (or the whole name
+#: when it has one part).
+NAME_TEMPLATES: tuple[str, ...] = (
+    "Patient: {name}\nECOG 1, on osimertinib.\n",
+    "PATIENT NAME: {upper}\nStage IV adenocarcinoma.\n",
+    "THORACIC ONCOLOGY NOTE - {upper}\nKRAS G12C on NGS.\n",
+    "Seen today with Dr. {last} for follow-up of EGFR-mutant NSCLC.\n",
+    "{name} is a 67-year-old with stage IIIA squamous cell carcinoma of the lung.\n",
+    "Discussed the plan with {name} and her daughter; she agrees with carboplatin.\n",
+    "{last}'s CT chest shows stable disease in the right upper lobe.\n",
+    "Mr. {last} tolerated cycle 2 of pembrolizumab well.\n",
+    "Spoke with {first} on the phone today about the MRI brain results.\n",
+    "Electronically signed by: {name}, MD\n",
+    "Thank you for this referral.\n\nSincerely,\n{name}\nThoracic Oncology\n",
+    "Husband {name} present at the visit. PD-L1 TPS 80%.\n",
+    "cc: {name}, Pulmonology\n",
+    "Case reviewed with {first} {last} at tumor board; consider SBRT.\n",
+)
+
+
+def planted_name_notes(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Return ``(note text, name)`` for every name in every :data:`NAME_TEMPLATES` position."""
+    out = []
+    for name in names:
+        parts = name.split()
+        first, last = parts[0], " ".join(parts[1:]) or parts[0]
+        for template in NAME_TEMPLATES:
+            text = template.format(name=name, upper=name.upper(), first=first, last=last)
+            out.append((text, name))
+    return out
+
+
+def leaked_name_parts(name: str, scrubbed: str) -> list[str]:
+    """Return the parts of ``name`` (not particles, two letters or more) left in ``scrubbed``.
+
+    A part is matched as a whole word, in any case, and hyphenated parts are checked one by one
+    ("Al-Sayed" leaks when "Sayed" survives).
+    """
+    import re
+
+    leaked = []
+    for part in re.findall(r"[^\W\d_]+", name):
+        if len(part) < 2 or part.lower() in NAME_PARTICLES:
+            continue
+        if re.search(rf"(?<!\w){re.escape(part)}(?!\w)", scrubbed, re.IGNORECASE):
+            leaked.append(part)
+    return leaked
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """Return the names of a held-out list: one a line, ``#`` comments and blank lines skipped.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]

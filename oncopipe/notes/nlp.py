@@ -24,6 +24,13 @@ alteration of that gene for the same experiencer; smoking status and pack-years 
 ("former smoker ... 40 PY") are joined when the note has exactly one of each for an
 experiencer; "not a smoker" becomes ``never``.
 
+Long notes are cut into pieces of at most :data:`MAX_CHUNK_CHARS` characters at line ends
+(:func:`chunks`): PyRuSH, the target matcher and ConText cost more than linear time in the length
+of one doc (measured on generated notes: 25 KB took 1.8 s in one doc, 50 KB 7.3 s), so bounded
+pieces keep a note's time linear in its length. Nothing crosses a line end anyway (sentences end
+there, see above); the section a piece starts in is carried over by writing its heading before the
+piece, so section defaults still apply, and the note-level clean-up runs on the whole note.
+
 The pipeline is built once per process (:func:`get_nlp`); building takes one to two seconds.
 PyRuSH logs every sentence through loguru at DEBUG, which would write note text to stderr, so
 building the pipeline disables loguru for ``PyRuSH``.
@@ -56,6 +63,8 @@ _SENTENCE_COMPONENT = "oncopipe_sentence_bounds"
 _CLAUSE_END = "CLAUSE_END"
 _POSSIBLE_NOT_NEGATED = frozenset({"to exclude", "evaluate for", "test for", "checked for"})
 _BATCH_SIZE = 32
+#: Longest piece of a note given to the pipeline at once (characters); see the module docstring.
+MAX_CHUNK_CHARS = 4000
 # medspaCy's matchers hold regex rules only, so spaCy warns that their token matcher is empty
 _NO_PATTERNS_WARNING = r".*\[W036\]"
 
@@ -192,9 +201,70 @@ def get_nlp() -> Language:
     return nlp
 
 
-def _concepts(doc: Doc) -> list[Concept]:
+def chunks(text: str, limit: int | None = None) -> list[tuple[int, str]]:
+    """Return ``(offset, piece)`` pairs that cut ``text`` into pieces of at most ``limit`` chars.
+
+    ``limit`` defaults to :data:`MAX_CHUNK_CHARS`. The pieces join back into ``text``. A piece
+    ends after the last line break that fits, else after the last sentence end (". "), else at
+    the last space; a run of ``limit`` characters with no space at all is cut where it falls.
+
+    Raises:
+        ValueError: ``limit`` below 2.
+    """
+    limit = MAX_CHUNK_CHARS if limit is None else limit
+    if limit < 2:
+        raise ValueError(f"limit must be at least 2, got {limit}")
+    out, start = [], 0
+    while len(text) - start > limit:
+        window = text[start : start + limit]
+        cut = window.rfind("\n") + 1
+        if cut <= 0:
+            cut = window.rfind(". ") + 2
+        if cut <= 1:
+            cut = window.rfind(" ") + 1
+        if cut <= 0:
+            cut = limit
+        out.append((start, window[:cut]))
+        start += cut
+    if start < len(text) or not out:
+        out.append((start, text[start:]))
+    return out
+
+
+def _last_heading(doc: Doc) -> str:
+    """Return the heading text of the last section of ``doc`` ('' when there is none)."""
+    sections = [s for s in doc._.sections if s.category is not None]
+    if not sections:
+        return ""
+    last = sections[-1]
+    return str(doc[last.title_start : last.title_end].text)
+
+
+def _docs(nlp: Language, text: str) -> list[tuple[Doc, int]]:
+    """Run the pipeline on the pieces of ``text``; return each doc and its shift.
+
+    The shift is the note offset of the piece minus the length of the heading carried in front
+    of it, so ``shift + doc offset`` indexes the note for every character after the heading.
+    """
+    out: list[tuple[Doc, int]] = []
+    heading = ""
+    for offset, piece in chunks(text):
+        prefix = f"{heading}\n" if heading else ""
+        doc = nlp(prefix + piece)
+        out.append((doc, offset - len(prefix)))
+        heading = _last_heading(doc) or heading
+    return out
+
+
+def _concepts(doc: Doc, shift: int = 0) -> list[Concept]:
+    """Return the concepts of one doc, offsets moved by ``shift`` (before the note-level step).
+
+    Mentions inside a carried heading (before offset ``-shift`` in the doc) are dropped.
+    """
     out: list[Concept] = []
     for ent in doc.ents:
+        if ent.start_char + shift < 0:
+            continue
         meta = ent._.target_rule.metadata
         concept, kind = meta["concept"], meta["kind"]
         if ent._.is_hypothetical:
@@ -222,11 +292,11 @@ def _concepts(doc: Doc) -> list[Concept]:
                     temporality=temporality,
                     experiencer="family" if family else "patient",
                     section=section,
-                    start=ent.start_char + m.start,
-                    end=ent.start_char + m.end,
+                    start=ent.start_char + m.start + shift,
+                    end=ent.start_char + m.end + shift,
                 )
             )
-    return _note_level(out)
+    return out
 
 
 def _note_level(concepts: list[Concept]) -> list[Concept]:
@@ -272,15 +342,29 @@ def extract(text: str) -> list[Concept]:
     nlp = get_nlp()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NO_PATTERNS_WARNING)
-        return _concepts(nlp(text))
+        found = [c for doc, shift in _docs(nlp, text) for c in _concepts(doc, shift)]
+    return _note_level(found)
 
 
 def extract_many(texts: Iterable[str]) -> list[list[Concept]]:
-    """Return the concept mentions of each scrubbed note (``nlp.pipe``, for throughput)."""
+    """Return the concept mentions of each scrubbed note (``nlp.pipe`` on short notes).
+
+    A note longer than :data:`MAX_CHUNK_CHARS` goes through :func:`extract` (its pieces depend
+    on each other's headings); the others are batched.
+    """
     nlp = get_nlp()
+    items = list(texts)
+    short = [i for i, t in enumerate(items) if len(t) <= MAX_CHUNK_CHARS]
+    out: list[list[Concept]] = [[] for _ in items]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NO_PATTERNS_WARNING)
-        return [_concepts(doc) for doc in nlp.pipe(texts, batch_size=_BATCH_SIZE)]
+        docs = nlp.pipe((items[i] for i in short), batch_size=_BATCH_SIZE)
+        for i, doc in zip(short, docs, strict=True):
+            out[i] = _note_level(_concepts(doc))
+    for i, text in enumerate(items):
+        if len(text) > MAX_CHUNK_CHARS:
+            out[i] = extract(text)
+    return out
 
 
 def concept_dicts(concepts: Sequence[Concept]) -> list[dict[str, Any]]:

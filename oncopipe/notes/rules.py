@@ -911,10 +911,30 @@ def _clinical_words() -> frozenset[str]:
         wednesday thursday friday saturday sunday the and with without for from this that there
         they she he his her note report final diagnosis comment procedure exam findings
         radiation chemo chemotherapy immunotherapy pembrolizumab street avenue road drive lane
-        right left upper lower mrn dob md do rn np phd""".split()
+        right left upper lower mrn dob md do rn np phd exon exons intron
+        na ca mg cl hco bun""".split()
     )
     return frozenset(words)
 
 
 #: Lower-case words never treated as a name, even when capitalised next to one.
 CLINICAL_WORDS: frozenset[str] = _clinical_words()
+
+#: Lower-case particles of family names ("van der", "de la", "Ní", "Abu"): the scrubber joins
+#: them to the name they stand in, and a particle alone is never a name.
+NAME_PARTICLES: frozenset[str] = frozenset(
+    "van der den de la las los le du des di da del della dos das do von zu ter ten bin ibn "
+    "bint abu al el ould mac mc ní nic ó o y e".split()
+)
+
+#: Eponyms kept in notes on purpose: they name a disease, sign, test or procedure, not a person
+#: the note is about ("Pancoast tumour", "Horner syndrome", "Whipple procedure"). Written with a
+#: following clinical word, they are still kept; anywhere else a capitalised word that is outside
+#: the vocabulary is scrubbed as a name.
+EPONYMS: frozenset[str] = frozenset(
+    """pancoast horner hodgkin hodgkins whipple gleason breslow clark karnofsky zubrod glasgow
+    virchow trousseau cushing addison graves hashimoto crohn barrett kaposi ewing wilms burkitt
+    merkel paget bence jones lambert eaton hürthle hurthle schwann wegener sjogren sjögren
+    raynaud parkinson alzheimer huntington foley hickman swan ganz papanicolaou pap gram giemsa
+    ziehl neelsen recist down bell""".split()
+)

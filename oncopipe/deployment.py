@@ -121,6 +121,10 @@ class EnvConfig:
     #: Clinical notes: the largest note the notes job processes (bytes); a bigger one is
     #: quarantined as ``note-too-large`` (``NOTES_MAX_BYTES`` of the job).
     notes_max_bytes: int
+    #: DICOM series settle: seconds without a new instance after which a series is
+    #: complete and converted (:mod:`oncopipe.settle`); 0..86400, over SQS's 900 s the
+    #: timer re-enqueues itself.
+    series_settle_seconds: int
     #: SageMaker training of the multimodal model: instance type, Managed Spot Training
     #: (interrupted jobs resume from checkpoints), run time and spot wait (minutes).
     training_instance_type: str
@@ -266,6 +270,7 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         processing_volume_gb=num("processing_volume_gb", 1, 16_384),
         processing_max_runtime_minutes=num("processing_max_runtime_minutes", 5, 7_200),
         notes_max_bytes=num("notes_max_bytes", 1, 100_000_000),
+        series_settle_seconds=num("series_settle_seconds", 0, 86_400),
         **_model_settings(env, raw, num),
         drift_allow_list=parse_drift_allow_list(
             raw["drift_allow_list"], where=f"{ENVIRONMENTS_KEY}.{env}.drift_allow_list"

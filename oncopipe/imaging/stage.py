@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -121,13 +121,21 @@ def volume_key(patient_key: str, series_uid: str) -> str:
 
 
 def build_series_volumes(
-    store: ObjectStore, buckets: layout.Buckets, run_id: str
+    store: ObjectStore,
+    buckets: layout.Buckets,
+    run_id: str,
+    *,
+    series: Collection[str] | None = None,
 ) -> list[ItemResult]:
     """Convert every series de-identified in a run to a Parquet volume (step ``volume``).
 
     Reads the run's ``deid`` manifests, groups the de-identified instances by patient and
-    series, and writes ``imaging/volumes/<patient_key>/<series>.parquet``. One series
-    never stops another:
+    series, and writes ``imaging/volumes/<patient_key>/<series>.parquet``. A series is
+    converted whole: with every instance curated under its prefix, also those of earlier
+    runs (a late instance reconverts the series, not a volume of itself). ``series``
+    limits the step to those series UIDs (the series-settle path: :mod:`oncopipe.settle`);
+    a settled series and the daily sweep then see the same inputs, so the sweep skips it.
+    One series never stops another:
 
     - slices that do not form one volume: ``inconsistent`` with the reason;
     - a file that is not readable DICOM, or a UID unsafe in a key: ``quarantined`` with
@@ -161,22 +169,26 @@ def build_series_volumes(
     if unreadable:
         # manifest keys name ingest objects (PHI): counted, not named
         logger.warning("%d deid manifests of run %s could not be read", unreadable, run_id)
+    wanted = None if series is None else set(series)
     results = []
-    for (patient, series), keys in sorted(groups.items()):
+    for (patient, uid), keys in sorted(groups.items()):
+        if wanted is not None and uid not in wanted:
+            continue
         try:
             results.append(
                 _series_volume(
-                    store, buckets, run_id, patient, series, keys, structures.get(patient, [])
+                    store, buckets, run_id, patient, uid,
+                    _whole_series(store, buckets, keys), structures.get(patient, []),
                 )
-            )
+            )  # fmt: skip
         except Exception as e:  # the per-item boundary: report, let the others proceed
             # curated objects are de-identified: the series UID and traceback carry no PHI
-            logger.exception("volume of series %s failed (%s)", series, type(e).__name__)
+            logger.exception("volume of series %s failed (%s)", uid, type(e).__name__)
             results.append(
                 ItemResult(
-                    item=series,
+                    item=uid,
                     status="failed",
-                    manifest_key=manifest_key(run_id, "volume", series),
+                    manifest_key=manifest_key(run_id, "volume", uid),
                     outputs=(),
                     summary={
                         "kind": "series",
@@ -188,6 +200,14 @@ def build_series_volumes(
                 )
             )
     return results
+
+
+def _whole_series(store: ObjectStore, buckets: layout.Buckets, keys: list[str]) -> list[str]:
+    """Return ``keys`` with every other instance curated under the same series prefix."""
+    found = set(keys)
+    for prefix in {k.rsplit("/", 1)[0] + "/" for k in keys}:
+        found.update(k for k in store.list_keys(buckets.curated, prefix) if k.endswith(".dcm"))
+    return sorted(found)
 
 
 def _series_volume(

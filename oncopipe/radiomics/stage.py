@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,13 +119,18 @@ def build_series_features(
     *,
     params_path: str | None = None,
     workers: int = 1,
+    series: Collection[str] | None = None,
 ) -> list[ItemResult]:
     """Extract the features of every series of a run that has masks; return the results.
 
-    With ``workers`` > 1 series run in that many processes, each with its own S3 client
-    from the environment (``store`` is then used only to list the items).
+    ``series`` limits the step to those series UIDs (the series-settle path). With
+    ``workers`` > 1 series run in that many processes, each with its own S3 client from
+    the environment (``store`` is then used only to list the items).
     """
     items = pending_series(store, buckets, run_id)
+    if series is not None:
+        wanted = set(series)
+        items = [item for item in items if item.series in wanted]
     if workers <= 1 or len(items) <= 1:
         return [extract_item(store, buckets, run_id, item, params_path) for item in items]
     import multiprocessing

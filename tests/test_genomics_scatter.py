@@ -13,7 +13,7 @@ import io
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pysam
 import pytest
@@ -79,7 +79,8 @@ def _with_duplicates(r1: bytes, r2: bytes, count: int, seed: int) -> tuple[bytes
     rng = random.Random(seed)
     one, two = _records(r1), _records(r2)
     picks = rng.sample(range(len(one)), count)
-    extra_1, extra_2 = [], []
+    extra_1: list[bytes] = []
+    extra_2: list[bytes] = []
     for n, pick in enumerate(picks):
         for source, extra in ((one, extra_1), (two, extra_2)):
             header, rest = source[pick].split(b"\n", 1)
@@ -97,8 +98,8 @@ def _write_pair(folder: Path, stem: str, r1: bytes, r2: bytes) -> tuple[Path, Pa
 
 
 def _split(folder: Path, r1: bytes, r2: bytes, pairs_per_shard: int) -> ShardSet:
-    lane = LaneInput(StreamingBody(r1), StreamingBody(r2), "S_R1.fastq.gz", "S_R2.fastq.gz",
-                     GROUP)  # type: ignore[arg-type]  # fmt: skip
+    body_1, body_2 = cast(IO[bytes], StreamingBody(r1)), cast(IO[bytes], StreamingBody(r2))
+    lane = LaneInput(body_1, body_2, "S_R1.fastq.gz", "S_R2.fastq.gz", GROUP)
     return split_pairs([lane], folder, pairs_per_shard=pairs_per_shard)
 
 
@@ -276,7 +277,7 @@ def test_planted_pcr_duplicates_are_flagged(panel: dict[str, Any], tmp_path: Pat
             for r in handle.fetch(until_eof=True):
                 if r.is_secondary or r.is_supplementary:
                     continue
-                flags.setdefault(r.query_name.split("-dup")[0], []).append(r.is_duplicate)
+                flags.setdefault(str(r.query_name).split("-dup")[0], []).append(r.is_duplicate)
         planted = [name for name in flags if len(flags[name]) == 4]
         assert len(planted) == PLANTED_DUPLICATES
         for name in planted:  # original + copy, both mates: one pair kept, one flagged

@@ -58,8 +58,9 @@ class GenomicsStack(Stack):
         - call job (``call_role``): read the reference, the stage inputs and the BAMs;
           write ``genomics/vcf/*``, ``genomics/variants/*`` and ``_manifests/*``. It never
           reads ingest.
-        - imaging job: read the de-identification manifests (quarantine) and de-identified
-          DICOM; write volumes, masks and manifests of curated. No ingest read.
+        - imaging job: read the de-identification manifests and de-identified
+          DICOM; write volumes, masks and manifests of curated.
+          No grant on the PHI zone or the ingest key.
     """
 
     def __init__(
@@ -180,7 +181,7 @@ class GenomicsStack(Stack):
             memory_mib=config.align_memory_mib,
         )  # fmt: skip
         self.imaging_job = self.imaging_jobs(
-            config=config, lake=lake, quarantine=quarantine, curated=curated, image=image,
+            config=config, lake=lake, curated=curated, image=image,
             logs=logs, environment=environment,
         )  # fmt: skip
         self.call_job = self._job(
@@ -252,7 +253,6 @@ class GenomicsStack(Stack):
         *,
         config: EnvConfig,
         lake: DataLakeStack,
-        quarantine: s3.IBucket,
         curated: s3.IBucket,
         image: ecr_assets.DockerImageAsset,
         logs: Any,
@@ -265,12 +265,8 @@ class GenomicsStack(Stack):
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
             description="oncopipe imaging jobs: de-identified DICOM in, volumes and masks out",
         )
-        # The de-identification manifests are in the PHI zone (they record the ingest
-        # key): read and list only those; the key grant is bound to the quarantine
-        # bucket, so the ingest bucket's objects stay undecryptable to this role.
-        grant_objects(
-            role, quarantine, read={f"{MANIFEST_ROOT}/": "Reads the de-identification manifests."}
-        )
+        # The de-identification manifests are in curated (opaque refs): this role has no
+        # grant on the PHI zone's buckets and none on the ingest key.
         grant_objects(
             role,
             curated,

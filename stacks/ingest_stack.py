@@ -187,7 +187,10 @@ class IngestStack(Stack):
             read={layout.INGEST_DICOM: "Reads DICOM uploads only."},
         )  # fmt: skip
         # Its outputs, read back where a re-run retracts an earlier version.
-        released = {f"{layout.CURATED_IMAGING}dicom/": "Writes de-identified DICOM only."}
+        released = {
+            f"{layout.CURATED_IMAGING}dicom/": "Writes de-identified DICOM only.",
+            f"{MANIFEST_ROOT}/": "Writes (and reads) its manifests (opaque references).",
+        }
         grant_objects(self.deid.role, curated, read=released, write=released, delete=True)
         _grant_quarantine_zone(self.deid.role, quarantine)
         grant_pseudonym_secret(lake, self.deid.role)

@@ -226,6 +226,12 @@ def test_call_and_imaging_jobs_never_read_ingest(app: App) -> None:
                 # the key only for the quarantine zone (manifests, stage inputs), via S3
                 context = statement["Condition"]["StringEquals"]
                 assert context["kms:EncryptionContext:aws:s3:arn"] == quarantine, role
+    # the imaging job reads its work list (de-id manifests, opaque refs) from curated: no
+    # grant on the PHI zone's buckets and none on the ingest key, in any spelling
+    stack, role_id = app.role_id(f"{genomics}/ImagingJobRole/")
+    imaging = app.statements(stack, role_id)
+    assert not [s for s in imaging if _touches(s, quarantine)]
+    assert not [s for s in imaging if ingest_key in json.dumps(s.get("Resource"))]
     # the align job is the genomics reader of FASTQ, and only of FASTQ
     stack, role_id = app.role_id(f"{genomics}/JobRole/")
     reads = {str(r) for s in app.statements(stack, role_id) if _allows(s, "s3:GetObject")

@@ -77,7 +77,7 @@ def test_one_bad_series_does_not_stop_the_others(
 
     store, buckets, curated = _ingest(s3, tmp_path)
     for n, body in enumerate((b"{not json", b'{"summary": {"status": "deidentified"}}')):
-        s3.put_object(Bucket=buckets.quarantine, Key=f"_manifests/{RUN}/deid/broken-{n}.json",
+        s3.put_object(Bucket=buckets.curated, Key=f"_manifests/{RUN}/deid/broken-{n}.json",
                       Body=body)  # fmt: skip
     crashing = _series_of(curated["crashes"][0])
     original = volume.series_to_parquet

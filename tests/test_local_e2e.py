@@ -144,7 +144,7 @@ def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[
     # Routing manifests name ingest keys: they stay in the PHI zone, one per object.
     routed = keys(buckets["quarantine"], "_manifests/e2e-1/route/")
     assert len(routed) == len(keys(buckets["ingest"]))  # one per object
-    deid_items = keys(buckets["quarantine"], "_manifests/e2e-1/deid/")
+    deid_items = keys(buckets["curated"], "_manifests/e2e-1/deid/")
     assert len(deid_items) == 15  # 12 CT slices + 2 RTSTRUCT + 1 US
     assert len(keys(buckets["curated"], "_manifests/e2e-1/radiomics/")) == 2
     assert "radiomics" in out and "1316 features of ROI 1" in out

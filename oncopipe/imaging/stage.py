@@ -1,7 +1,8 @@
 """De-identification on write: an ingest DICOM object -> curated/imaging/dicom/....
 
-One item per ingest object (step ``deid``). The manifest names the ingest key, so it stays
-in the PHI zone (quarantine bucket) like the routing manifests; the de-identified object
+One item per ingest object (step ``deid``). Its manifest is in curated and names the ingest
+object by opaque reference only (:mod:`oncopipe.manifest`), so the volume job reads its
+work list without any access to the PHI zone or its key; the de-identified object
 lands at ``imaging/dicom/<patient_key>/<study>/<series>/<instance>.dcm`` (de-identified
 UIDs), tagged with the run. Objects that cannot be released go to quarantine with why.
 
@@ -84,9 +85,9 @@ def deidentify_object(
     """De-identify one ingest DICOM object; return the item result (its summary: outcome)."""
     options = options or DeidOptions()
     ctx = StepContext(
-        store=store, manifest_bucket=buckets.quarantine, run_id=run_id, step=STEP,
+        store=store, manifest_bucket=buckets.curated, run_id=run_id, step=STEP,
         params={"profile": "PS3.15 E.1-1", "options": {k: v for k, v in asdict(options).items()}},
-        phi_zone=True, tables_bucket=buckets.curated,
+        key_secret=secret, tables_bucket=buckets.curated,
     )  # fmt: skip
 
     def work(writer: ItemWriter) -> Mapping[str, Any]:
@@ -154,9 +155,9 @@ def build_series_volumes(
     structures: dict[str, list[str]] = {}  # patient key -> RTSTRUCT outputs
     prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
     unreadable = 0
-    for key in store.list_keys(buckets.quarantine, prefix):
+    for key in store.list_keys(buckets.curated, prefix):
         try:
-            summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
+            summary = json.loads(store.get_bytes(buckets.curated, key)).get("summary", {})
             if summary.get("status") != "deidentified":
                 continue
             patient, output = str(summary["patient_key"]), str(summary["output"])
@@ -167,7 +168,7 @@ def build_series_volumes(
         except (ValueError, KeyError, AttributeError, TypeError):
             unreadable += 1  # one broken record must not stop the run
     if unreadable:
-        # manifest keys name ingest objects (PHI): counted, not named
+        # counted, not named: one log line per run is enough to look
         logger.warning("%d deid manifests of run %s could not be read", unreadable, run_id)
     wanted = None if series is None else set(series)
     results = []

@@ -83,7 +83,10 @@ def _at(document: Mapping[str, Any], key: str) -> datetime | None:
 
 
 def _input_keys(document: Mapping[str, Any]) -> list[str]:
-    return [str(i["key"]) for i in document.get("inputs", []) if "key" in i]
+    # a curated manifest names other zones' objects by opaque reference (``ref``): such an
+    # input is linked to its patient with the manifest's own start as its arrival
+    return [str(i.get("key") or i["ref"]) for i in document.get("inputs", [])
+            if i.get("key") or i.get("ref")]  # fmt: skip
 
 
 def _patient_of(document: Mapping[str, Any]) -> str | None:
@@ -106,7 +109,7 @@ def insight_from_manifests(
 ) -> list[PatientInsight]:
     """Return one row per patient key from a run's committed manifests (pure function).
 
-    ``phi_manifests``: the quarantine bucket's (route, deid, notes); ``curated_manifests``:
+    ``phi_manifests``: the quarantine bucket's (route, notes); ``curated_manifests``:
     the curated bucket's. ``model_deployed`` only words the note of a missing prediction.
 
     Returns:
@@ -121,7 +124,7 @@ def insight_from_manifests(
         seen = patient_objects.setdefault(patient, {})
         seen[key] = seen.get(key) or fallback
 
-    for document in phi:
+    for document in [*phi, *curated]:  # de-id manifests are in curated (opaque inputs)
         step = document.get("step")
         started = _at(document, "started_at")
         if step == ROUTE_STEP:

@@ -300,7 +300,9 @@ class IngestStack(Stack):
             "Deidentify",
             lambda_function=self.deid.function,
             comment="De-identify the DICOM object into curated/imaging/dicom/",
-            payload=sfn.TaskInput.from_json_path_at("$"),
+            # the S3 event (it names the ingest key) is read from the execution input:
+            # no state output carries it
+            payload=sfn.TaskInput.from_json_path_at("$$.Execution.Input"),
             result_selector={"result.$": "$.Payload"},
             result_path="$.deid",
             retry_on_service_exceptions=True,
@@ -382,8 +384,11 @@ class IngestStack(Stack):
             lambda_function=self.router.function,
             comment="Classify, validate (sample sheets) and route the object",
             payload=sfn.TaskInput.from_json_path_at("$"),
-            result_selector={"result.$": "$.Payload"},
-            result_path="$.route",
+            # The output replaces the event (which names the ingest key, PHI): from here on
+            # the state holds the router's result only (opaque ref, codes, counts); a
+            # later task that needs the event reads $$.Execution.Input.
+            result_selector={"route": {"result.$": "$.Payload"}},
+            result_path="$",
             retry_on_service_exceptions=True,
         )
         # Reserved concurrency throttles bulk uploads: wait for a slot rather than
@@ -411,8 +416,8 @@ class IngestStack(Stack):
             comment="Routing failed after retries: keep the object in quarantine with why",
             payload=sfn.TaskInput.from_object(
                 {
-                    "event": sfn.JsonPath.object_at("$"),
-                    "error": sfn.JsonPath.object_at("$.error"),
+                    "event": sfn.JsonPath.object_at("$$.Execution.Input"),
+                    "error": sfn.JsonPath.object_at("$"),  # the caught error alone
                 }
             ),
             result_selector={"result.$": "$.Payload"},
@@ -427,14 +432,11 @@ class IngestStack(Stack):
             self,
             "RoutingFailed",
             error="RoutingFailed",
-            cause_path="$.error.Error",
+            cause_path="$.Error",
             comment="The object could not be routed; it is in quarantine",
         )
-        route.add_catch(
-            quarantine.next(routing_failed),
-            errors=["States.ALL"],
-            result_path="$.error",
-        )
+        # The caught error replaces the event in the state (the event names the key).
+        route.add_catch(quarantine.next(routing_failed), errors=["States.ALL"], result_path="$")
 
         rejected = sfn.Fail(
             self,

@@ -84,9 +84,28 @@ def test_every_lambda_task_keeps_only_the_payload(ingest: Template) -> None:
     """The full Invoke result (headers, request ids and all) is not kept as state."""
     for name, state in _states(_definition(ingest)):
         if state["Type"] == "Task" and "lambda:invoke" in str(state.get("Resource")):
-            assert state.get("ResultSelector") == {"result.$": "$.Payload"}, name
+            assert state.get("ResultSelector") in (
+                {"result.$": "$.Payload"},
+                {"route": {"result.$": "$.Payload"}},  # the first state: replaces the event
+            ), name
 
 
 def test_execution_data_is_not_logged(ingest: Template) -> None:
     (machine,) = ingest.find_resources("AWS::StepFunctions::StateMachine").values()
     assert machine["Properties"]["LoggingConfiguration"]["IncludeExecutionData"] is False
+
+
+def test_the_s3_event_never_stays_in_the_state(ingest: Template) -> None:
+    # The execution input is the S3 event: it names the ingest key (PHI). The first state
+    # replaces it with its result (and its catchers with the error); no later state reads
+    # the event from the state, only from the execution input ($$.Execution.Input).
+    definition = _definition(ingest)
+    first = definition["States"][definition["StartAt"]]
+    assert first.get("ResultPath") == "$" or first.get("OutputPath") not in (None, "$")
+    for catcher in first.get("Catch", []):
+        assert catcher.get("ResultPath") == "$", catcher
+    for name, state in _states(definition):
+        if name == definition["StartAt"]:
+            continue
+        for path in _paths({k: v for k, v in state.items() if k not in ("Next", "Type")}):
+            assert not re.match(r"\$\.(detail|resources|source)\b", path), (name, path)

@@ -44,6 +44,17 @@ def make_bucket(client: Any, name: str) -> str:
     return name
 
 
+def make_buckets(client: Any, prefix: str) -> Any:
+    """Create the four zone buckets ``<prefix>-ingest`` ... (versioned); return their names."""
+    from oncopipe.layout import Buckets
+
+    buckets = Buckets(ingest=f"{prefix}-ingest", quarantine=f"{prefix}-quarantine",
+                      curated=f"{prefix}-curated", artifacts=f"{prefix}-artifacts")  # fmt: skip
+    for name in (buckets.ingest, buckets.quarantine, buckets.curated, buckets.artifacts):
+        make_bucket(client, name)
+    return buckets
+
+
 def cdk_context(**extra: Any) -> dict[str, Any]:
     """The cdk.json context with bundling skipped (no pip install during tests)."""
     context: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]

@@ -250,14 +250,10 @@ def test_on_write_stage_curates_deidentified_and_quarantines_refused(s3: Any) ->
 
     from oncopipe.imaging.sample import write_burned_in_ultrasound, write_ct_series
     from oncopipe.imaging.stage import deidentify_object
-    from oncopipe.layout import Buckets
     from oncopipe.storage import ObjectStore
-    from tests.conftest import make_bucket
+    from tests.conftest import make_buckets
 
-    buckets = Buckets(ingest="d-ingest", quarantine="d-quarantine", curated="d-curated",
-                      artifacts="d-artifacts")  # fmt: skip
-    for name in (buckets.ingest, buckets.quarantine, buckets.curated):
-        make_bucket(s3, name)
+    buckets = make_buckets(s3, "d")
     store = ObjectStore(s3)
     import tempfile
     from pathlib import Path

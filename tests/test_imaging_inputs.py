@@ -216,14 +216,10 @@ def test_raw_data_set_with_encapsulated_pixel_data_is_refused() -> None:
 
 def test_errors_from_the_stage_quarantine_bad_files(s3: Any) -> None:
     from oncopipe.imaging.stage import deidentify_object
-    from oncopipe.layout import Buckets
     from oncopipe.storage import ObjectStore
-    from tests.conftest import make_bucket
+    from tests.conftest import make_buckets
 
-    buckets = Buckets(ingest="b-ingest", quarantine="b-quarantine", curated="b-curated",
-                      artifacts="b-artifacts")  # fmt: skip
-    for bucket in (buckets.ingest, buckets.quarantine, buckets.curated):
-        make_bucket(s3, bucket)
+    buckets = make_buckets(s3, "b")
     store = ObjectStore(s3)
     for name, data in BAD.items():
         s3.put_object(Bucket=buckets.ingest, Key=f"dicom/p1/{name}.dcm", Body=data)

@@ -22,12 +22,9 @@ RUN = "run-7"
 
 def _ingest(s3: Any, tmp_path: Path) -> tuple[ObjectStore, Buckets, dict[str, list[str]]]:
     """Upload and de-identify four patients' series; return the curated keys by patient."""
-    from tests.conftest import make_bucket
+    from tests.conftest import make_buckets
 
-    buckets = Buckets(ingest="s-ingest", quarantine="s-quarantine", curated="s-curated",
-                      artifacts="s-artifacts")  # fmt: skip
-    for bucket in (buckets.ingest, buckets.quarantine, buckets.curated):
-        make_bucket(s3, bucket)
+    buckets = make_buckets(s3, "s")
     store = ObjectStore(s3)
     files: dict[str, list[Path]] = {}
     for n, patient in enumerate(("good", "no-position", "corrupted", "crashes")):

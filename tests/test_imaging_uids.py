@@ -149,14 +149,10 @@ def test_deid_cli_never_writes_outside_out(
 
 def test_stage_quarantines_hostile_uids_and_keys_stay_in_their_prefix(s3: Any) -> None:
     from oncopipe.imaging.stage import deidentify_object
-    from oncopipe.layout import Buckets
     from oncopipe.storage import ObjectStore
-    from tests.conftest import make_bucket
+    from tests.conftest import make_buckets
 
-    buckets = Buckets(ingest="u-ingest", quarantine="u-quarantine", curated="u-curated",
-                      artifacts="u-artifacts")  # fmt: skip
-    for bucket in (buckets.ingest, buckets.quarantine, buckets.curated):
-        make_bucket(s3, bucket)
+    buckets = make_buckets(s3, "u")
     store = ObjectStore(s3)
     for n, attribute in enumerate(ATTRIBUTES):
         key = f"dicom/p1/{n}.dcm"

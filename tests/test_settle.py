@@ -401,15 +401,11 @@ def test_in_process_conversion_builds_the_whole_series_and_again_after_a_late_in
 ) -> None:
     from oncopipe.imaging import stage
     from oncopipe.imaging.sample import write_ct_series
-    from oncopipe.layout import Buckets
     from oncopipe.storage import ObjectStore
-    from tests.conftest import make_bucket
+    from tests.conftest import make_buckets
 
     s3 = boto3.client("s3", region_name=REGION)
-    buckets = Buckets(ingest="t-ingest", quarantine="t-quarantine", curated="t-curated",
-                      artifacts="t-artifacts")  # fmt: skip
-    for bucket in (buckets.ingest, buckets.quarantine, buckets.curated):
-        make_bucket(s3, bucket)
+    buckets = make_buckets(s3, "t")
     store = ObjectStore(s3)
     paths = write_ct_series(tmp_path, random.Random(7), mrn=SOURCE_ID, name="Ana Silva",
                             slices=4, with_rtstruct=False)  # fmt: skip

@@ -30,18 +30,16 @@ from oncopipe.errors import InputError
 from oncopipe.events import redacted_error
 
 
-def aws_errors(error: BaseException) -> list[str]:
-    """Return the AWS errors in ``error``'s chain, as botocore's prefix without the message.
+def aws_error_chain(error: BaseException) -> list[tuple[str, str]]:
+    """Return (code, operation) of each botocore error in ``error``'s chain, never a message.
 
-    ``"An error occurred (AccessDenied) when calling the PutObject operation"``: the code
-    and operation come from the botocore error's response, its message (which can name an
-    object key) is left out. ``__cause__`` and ``__context__`` are followed, so an AWS error
-    behind a wrapper (``S3UploadFailedError``, a stage's own error) is found.
+    ``__cause__`` and ``__context__`` are followed, so an AWS error behind a wrapper
+    (``S3UploadFailedError``, a stage's own error, a redacted re-raise) is found.
 
     Returns:
         One entry per distinct (code, operation), in the order found; empty when none.
     """
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -50,12 +48,27 @@ def aws_errors(error: BaseException) -> list[str]:
         if isinstance(response, Mapping):
             code = str(response.get("Error", {}).get("Code", "") or "")
             operation = str(getattr(current, "operation_name", "") or "")
-            if code and operation.isidentifier():
-                entry = f"An error occurred ({code}) when calling the {operation} operation"
-                if entry not in found:
-                    found.append(entry)
+            if code and (code, operation) not in found:
+                found.append((code, operation))
         current = current.__cause__ or current.__context__
     return found
+
+
+def aws_errors(error: BaseException) -> list[str]:
+    """Return the AWS errors in ``error``'s chain, as botocore's prefix without the message.
+
+    ``"An error occurred (AccessDenied) when calling the PutObject operation"``: the code
+    and operation come from the botocore error's response, its message (which can name an
+    object key) is left out.
+
+    Returns:
+        One entry per distinct (code, operation), in the order found; empty when none.
+    """
+    return [
+        f"An error occurred ({code}) when calling the {operation} operation"
+        for code, operation in aws_error_chain(error)
+        if operation.isidentifier()
+    ]
 
 
 def failure_fields(error: BaseException, *, secret: bytes | None = None) -> dict[str, Any]:

@@ -51,21 +51,10 @@ def refused_requests(error: BaseException) -> list[dict[str, str]]:
 
     Follows ``__cause__`` and ``__context__`` (a handler may re-raise ``from None``).
     """
-    found: list[dict[str, str]] = []
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        response = getattr(current, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            operation = str(getattr(current, "operation_name", "") or "")
-            if code in REFUSED_CODES:
-                entry = {"code": code, "operation": operation}
-                if entry not in found:
-                    found.append(entry)
-        current = current.__cause__ or current.__context__
-    return found
+    from oncopipe.boundary import aws_error_chain
+
+    return [{"code": code, "operation": operation}
+            for code, operation in aws_error_chain(error) if code in REFUSED_CODES]  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENVIRONMENTS_KEY = "oncopipe:environments"
@@ -60,6 +60,174 @@ class DriftAllowEntry:
             "property_path": self.property_path,
             "reason": self.reason,
         }
+
+
+# --- Sections: one object per capability, each a frozen dataclass whose fields carry their
+# bounds (``metadata``), parsed by one function, so a new key is one field and one line in
+# cdk.json, with its error message for free.
+
+
+def _bounded(low: float, high: float, doc: str) -> Any:
+    return field(metadata={"range": (low, high), "doc": doc})
+
+
+def _described(doc: str) -> Any:
+    return field(metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """``ops``: alarms, the dashboard and scheduled CloudFormation drift detection."""
+
+    #: E-mail addresses subscribed to the alarm topic (each confirms by mail).
+    alarm_emails: tuple[str, ...] = _described("e-mail addresses subscribed to the alarm topic")
+    #: A Batch job RUNNABLE (waiting for capacity) longer than this raises an alarm.
+    batch_runnable_alarm_minutes: int = _bounded(5, 10_080, "minutes a Batch job may wait RUNNABLE")
+    #: A stage quarantining more than this share of its items in an hour raises an alarm.
+    quarantine_alarm_percent: int = _bounded(1, 100, "percent of a stage's items quarantined")
+    #: Hours between scheduled drift detections of every stack.
+    drift_check_hours: int = _bounded(1, 168, "hours between scheduled drift checks")
+    #: Notes are processed on arrival in batches gathered for at most this many seconds.
+    notes_batch_seconds: int = _bounded(0, 300, "seconds notes are batched on arrival")
+
+
+@dataclass(frozen=True)
+class ScatterConfig:
+    """``scatter``: whole-genome alignment and calling across many Batch jobs."""
+
+    #: Read pairs per alignment shard (one array-job child each).
+    align_pairs_per_shard: int = _bounded(1_000, 1_000_000_000, "read pairs per alignment shard")
+    #: A sample whose FASTQ pair is smaller than this aligns as one job (panels, the demo).
+    scatter_min_fastq_bytes: int = _bounded(0, 10**14, "FASTQ bytes from which alignment scatters")
+    #: Genomic regions variant calling scatters over (balanced by size from the .fai).
+    call_regions: int = _bounded(1, 10_000, "regions variant calling scatters over")
+    #: A reference shorter than this calls in one job.
+    scatter_min_reference_bases: int = _bounded(
+        0, 10**12, "reference bases from which calling scatters"
+    )
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """``lifecycle``: the model pipeline, its governance, drift monitoring and retraining."""
+
+    #: IAM role names (outside the app, e.g. SSO roles) allowed to assume the ModelApprover role.
+    approver_role_names: tuple[str, ...] = _described(
+        "IAM role names that may assume ModelApprover"
+    )
+    #: A candidate registers only with validation AUC >= this and >= the approved AUC - tolerance.
+    auc_gate: float = _bounded(0.5, 1.0, "the minimum AUC a candidate needs")
+    auc_tolerance: float = _bounded(0.0, 0.5, "how far below the approved AUC a candidate may be")
+    #: Drift alarm: the distance threshold, M of N daily windows above it, and the fewest
+    #: samples a window needs to count.
+    drift_threshold: float = _bounded(0.0, 10.0, "the drift distance that counts as drifted")
+    drift_alarm_windows: int = _bounded(1, 30, "windows above threshold that alarm (M)")
+    drift_alarm_of_windows: int = _bounded(1, 30, "windows the alarm looks at (N)")
+    drift_min_samples: int = _bounded(1, 100_000, "samples a drift window needs to count")
+    #: Retrain gate: hours between retrains of a model family, new samples since the last
+    #: training, retrains a calendar month, and the schedule of the calendar retrain.
+    retrain_cooldown_hours: int = _bounded(0, 8_760, "hours between two retrains")
+    retrain_min_new_samples: int = _bounded(0, 10**7, "new samples a retrain needs")
+    retrain_monthly_budget: int = _bounded(0, 1_000, "retrains a calendar month")
+    retrain_schedule: str = _described("EventBridge Scheduler expression of the calendar retrain")
+    #: Opt-in: publish each patient's model inputs to a SageMaker Feature Store group
+    #: (offline store; the online store only with feature_store_online).
+    feature_store: bool = _described("publish model inputs to SageMaker Feature Store")
+    feature_store_online: bool = _described("also keep the Feature Store online store")
+
+
+_EMAIL_RE = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[a-z]{2,}$", re.IGNORECASE)
+_SCHEDULE_RE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\([^()]+\))$")
+
+
+def _parse_section(env: str, key: str, value: Any, kind: type[Any]) -> Any:
+    """Return the section ``key`` of environment ``env`` as the frozen dataclass ``kind``.
+
+    Raises:
+        ConfigurationError: not an object, a key missing or unknown, or a value of the wrong
+            type or out of its field's range.
+    """
+    where = f"{ENVIRONMENTS_KEY}.{env}.{key}"
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{where}: expected an object with {', '.join(f.name for f in fields(kind))}"
+        )
+    expected = [f.name for f in fields(kind)]
+    missing = [k for k in expected if k not in value]
+    unknown = sorted(set(value) - set(expected))
+    if missing or unknown:
+        parts = [f"missing keys: {', '.join(missing)}"] if missing else []
+        parts += (
+            [f"unknown keys: {', '.join(unknown)} (allowed: {', '.join(expected)})"]
+            if unknown
+            else []
+        )
+        raise ConfigurationError(f"{where}: " + "; ".join(parts))
+    parsed: dict[str, Any] = {}
+    hints = {f.name: f.type for f in fields(kind)}
+    for f in fields(kind):
+        item, hint, name = value[f.name], str(hints[f.name]), f"{key}.{f.name}"
+        if hint == "bool":
+            parsed[f.name] = _expect(env, name, item, bool, "true or false")
+        elif hint == "str":
+            parsed[f.name] = _expect(env, name, item, str, "a string")
+        elif hint in ("int", "float"):
+            what = "an integer" if hint == "int" else "a number"
+            number = _expect(env, name, item, int if hint == "int" else (int, float), what)
+            if isinstance(number, bool):
+                raise ConfigurationError(
+                    f"{ENVIRONMENTS_KEY}.{env}.{name}: expected {what}, got {item!r}"
+                )
+            low, high = f.metadata["range"]
+            if not low <= number <= high:
+                raise ConfigurationError(
+                    f"{ENVIRONMENTS_KEY}.{env}.{name}: {number} is outside {low}..{high}"
+                )
+            parsed[f.name] = int(number) if hint == "int" else float(number)
+        elif hint == "tuple[str, ...]":
+            items = _expect(env, name, item, list, "a list of strings")
+            if not all(isinstance(i, str) for i in items):
+                raise ConfigurationError(
+                    f"{ENVIRONMENTS_KEY}.{env}.{name}: expected strings, got {item!r}"
+                )
+            parsed[f.name] = tuple(items)
+        else:  # pragma: no cover - a new field type needs a branch here
+            raise TypeError(f"{kind.__name__}.{f.name}: no parser for {hint}")
+    return kind(**parsed)
+
+
+def _ops(env: str, value: Any) -> OpsConfig:
+    ops: OpsConfig = _parse_section(env, "ops", value, OpsConfig)
+    for address in ops.alarm_emails:
+        if not _EMAIL_RE.match(address):
+            raise ConfigurationError(
+                f"{ENVIRONMENTS_KEY}.{env}.ops.alarm_emails: {address!r} is not an e-mail address"
+            )
+    return ops
+
+
+def _scatter(env: str, value: Any) -> ScatterConfig:
+    result: ScatterConfig = _parse_section(env, "scatter", value, ScatterConfig)
+    return result
+
+
+def _lifecycle(env: str, value: Any) -> LifecycleConfig:
+    lifecycle: LifecycleConfig = _parse_section(env, "lifecycle", value, LifecycleConfig)
+    where = f"{ENVIRONMENTS_KEY}.{env}.lifecycle"
+    _role_names(env, "lifecycle.approver_role_names", list(lifecycle.approver_role_names))
+    if lifecycle.drift_alarm_windows > lifecycle.drift_alarm_of_windows:
+        raise ConfigurationError(
+            f"{where}.drift_alarm_windows ({lifecycle.drift_alarm_windows}) exceeds "
+            f"drift_alarm_of_windows ({lifecycle.drift_alarm_of_windows})"
+        )
+    if not _SCHEDULE_RE.match(lifecycle.retrain_schedule):
+        raise ConfigurationError(
+            f"{where}.retrain_schedule: {lifecycle.retrain_schedule!r} is not an EventBridge "
+            "Scheduler expression such as cron(0 3 ? * MON *) or rate(7 days)"
+        )
+    if lifecycle.feature_store_online and not lifecycle.feature_store:
+        raise ConfigurationError(f"{where}.feature_store_online needs feature_store")
+    return lifecycle
 
 
 @dataclass(frozen=True)
@@ -145,6 +313,11 @@ class EnvConfig:
     #: CloudFormation drift reported as "allowed" by ``oncopipe ops drift`` and the
     #: scheduled drift check (known noise; never counted for ``--fail-on`` or the alarm).
     drift_allow_list: tuple[DriftAllowEntry, ...]
+    #: Operations (:class:`OpsConfig`), whole-genome scatter (:class:`ScatterConfig`) and
+    #: the model lifecycle (:class:`LifecycleConfig`).
+    ops: OpsConfig
+    scatter: ScatterConfig
+    lifecycle: LifecycleConfig
 
     @property
     def prefix(self) -> str:
@@ -275,6 +448,9 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         drift_allow_list=parse_drift_allow_list(
             raw["drift_allow_list"], where=f"{ENVIRONMENTS_KEY}.{env}.drift_allow_list"
         ),
+        ops=_ops(env, raw["ops"]),
+        scatter=_scatter(env, raw["scatter"]),
+        lifecycle=_lifecycle(env, raw["lifecycle"]),
     )
 
 

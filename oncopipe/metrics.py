@@ -142,7 +142,7 @@ class StageMetrics:
             return None
         self._metrics.add_dimension(name="Environment", value=self.environment)
         self._metrics.add_dimension(name="Stage", value=self.stage)
-        document: dict[str, Any] = self._metrics.serialize_metric_set()
+        document: dict[str, Any] = dict(self._metrics.serialize_metric_set())
         return document
 
     def flush(self) -> dict[str, Any] | None:

@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from aws_lambda_powertools import Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 NAMESPACE = "Oncopipe"
 #: Environment variable naming the deployment environment (the ``Environment`` dimension).
@@ -79,8 +78,9 @@ class StageMetrics:
         self.stage = stage
         self.environment = environment or os.environ.get(ENV_ENVIRONMENT) or LOCAL_ENVIRONMENT
         self._stream = stream
-        # service="": Powertools would add a ``service`` dimension the alarms do not select on.
-        self._metrics = Metrics(namespace=NAMESPACE, service="")
+        # Ephemeral: Powertools' Metrics share one metric set per process, so a second
+        # instance would repeat the first's values. service="": no ``service`` dimension.
+        self._metrics = EphemeralMetrics(namespace=NAMESPACE, service="")
         self._count = 0
 
     def _add(self, name: str, unit: MetricUnit, value: float) -> None:

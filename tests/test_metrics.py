@@ -44,3 +44,13 @@ def test_nothing_recorded_writes_nothing_and_unknown_names_are_refused() -> None
         StageMetrics("s3://bucket/patient-123")
     with pytest.raises(ValueError, match="unknown outcome"):
         StageMetrics("deid").outcome("done")
+
+
+def test_two_instances_do_not_share_values() -> None:
+    first = StageMetrics("notes", environment="dev", stream=io.StringIO())
+    first.value("TimeToInsight", 10.0)
+    second = StageMetrics("cohort", environment="dev", stream=io.StringIO())
+    second.value("TimeToInsight", 20.0)
+    document = second.flush()
+    assert document is not None and document["TimeToInsight"] == [20.0]
+    assert document["Stage"] == "cohort"

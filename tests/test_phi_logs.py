@@ -177,6 +177,14 @@ def test_router_outcomes_carry_no_key_reason_or_detail(
     # The capture sees the Powertools lines (with their extra fields), so the check can fail.
     assert f'"object":"{object_ref(SECRET, FASTQ_1)}"' in logged.replace(" ", "")
     assert_no_phi(json.dumps([*results, accepted]), logged)
+    # Each invocation wrote the ingest stage's metrics: one item each, by outcome.
+    emf = [json.loads(line) for line in logged.splitlines() if line.startswith('{"_aws"')]
+    ingest = [d for d in emf if d.get("Stage") == "ingest"]
+    assert len(ingest) == 6
+    assert sum("ItemsQuarantined" in d for d in ingest) == 3
+    assert sum("ItemsSucceeded" in d for d in ingest) == 3
+    assert all(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Environment", "Stage"]]
+               for d in ingest)  # fmt: skip
     # The readable reason stays in the quarantine zone, where it belongs.
     reason = store.get_bytes(BUCKETS.quarantine, f"ingest-20261129/{SHEET_KEY}.reason.json")
     assert b"lane" in reason and b"moreau" in reason

@@ -8,10 +8,14 @@ The result is Step Functions state output and the log lines go to CloudWatch, so
 holds an object key, a reason or a detail (keys name patients): the object is named by
 its opaque reference (:func:`oncopipe.pseudonym.object_ref`), outcomes by codes and
 counts. The readable reason is in the quarantine zone, beside the quarantined copy.
+
+Each invocation also writes the ``ingest`` stage's EMF metrics (:mod:`oncopipe.metrics`):
+one item in, and succeeded / quarantined / skipped / failed with its duration.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -19,6 +23,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.events import object_created, redacted_error, run_id_for
 from oncopipe.ingest import Router
+from oncopipe.metrics import StageMetrics
 from oncopipe.pseudonym import keyer, load_secret, object_ref
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
@@ -45,6 +50,24 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         RedactedError: any other failure, under the original error's class name (the state
             machine retries and catches on it) and without its message.
     """
+    metrics = StageMetrics("ingest")
+    metrics.items_in()
+    started = time.perf_counter()
+    outcome_name = "failed"
+    try:
+        result = _route(event)
+        outcome_name = (
+            "skipped" if result["skipped"]
+            else "quarantined" if result.get("status") == "quarantined"
+            else "succeeded"
+        )  # fmt: skip
+        return result
+    finally:
+        metrics.outcome(outcome_name, seconds=time.perf_counter() - started)
+        metrics.flush()
+
+
+def _route(event: dict[str, Any]) -> dict[str, Any]:
     secret = load_secret()
     ref = object_created(event)
     obj = object_ref(secret, ref.key)

@@ -33,8 +33,39 @@ from stacks.nag import acknowledge
 KEY_SERVICES: dict[str, tuple[str, ...]] = {
     "ingest_key": ("s3",),
     "curated_key": ("s3", "glue", "athena"),
-    "platform_key": ("s3", "sqs", "secretsmanager", "lambda", "sagemaker", "ec2", "athena"),
-}
+    "platform_key": (
+        "s3", "sqs", "secretsmanager", "lambda", "sagemaker", "ec2", "athena",
+        # the series settle table and the retrain gate's lease table; the budget topic
+        "dynamodb", "sns",
+    ),
+}  # fmt: skip
+
+
+def only_through(key: kms.Key, services: tuple[str, ...]) -> None:
+    """Deny use of ``key`` by principals of the account except through ``services``.
+
+    The key policy's account statement lets IAM policies grant the key; this denial
+    caps what any such grant can do: encrypt and decrypt only as a request of one of
+    the services that store data under the key (``kms:ViaService``), never directly
+    (a direct ``kms:Decrypt`` of stolen ciphertext). AWS services acting as themselves
+    (CloudWatch Logs, EventBridge, CloudWatch alarms) are allowed by their own statements.
+    """
+    region = Stack.of(key).region
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="OnlyThroughItsServices",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*"],
+            resources=["*"],  # in a key policy, "*" is this key
+            conditions={
+                "StringNotEquals": {
+                    "kms:ViaService": [f"{s}.{region}.amazonaws.com" for s in services]
+                },
+                "Bool": {"aws:PrincipalIsAWSService": "false"},
+            },
+        )
+    )
 
 
 class DataLakeStack(Stack):
@@ -79,7 +110,7 @@ class DataLakeStack(Stack):
         self._allow_logs_service(self.platform_key)
         self._allow_eventbridge_dead_letters(self.platform_key)
         for key, services in KEY_SERVICES.items():
-            self._only_through(getattr(self, key), services)
+            only_through(getattr(self, key), services)
 
         self.access_logs = s3.Bucket(
             self,
@@ -259,31 +290,6 @@ class DataLakeStack(Stack):
                 principals=[iam.ServicePrincipal("events.amazonaws.com")],
                 resources=["*"],  # in a key policy, "*" is this key
                 conditions={"StringEquals": {"aws:SourceAccount": self.account}},
-            )
-        )
-
-    def _only_through(self, key: kms.Key, services: tuple[str, ...]) -> None:
-        """Deny use of ``key`` by principals of the account except through ``services``.
-
-        The key policy's account statement lets IAM policies grant the key; this denial
-        caps what any such grant can do: encrypt and decrypt only as a request of one of
-        the services that store data under the key (``kms:ViaService``), never directly
-        (a direct ``kms:Decrypt`` of stolen ciphertext). AWS services acting as themselves
-        (CloudWatch Logs, EventBridge) are allowed by their own statements and conditions.
-        """
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="OnlyThroughItsServices",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*"],
-                resources=["*"],  # in a key policy, "*" is this key
-                conditions={
-                    "StringNotEquals": {
-                        "kms:ViaService": [f"{s}.{self.region}.amazonaws.com" for s in services]
-                    },
-                    "Bool": {"aws:PrincipalIsAWSService": "false"},
-                },
             )
         )
 

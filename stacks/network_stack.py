@@ -11,7 +11,8 @@ from oncopipe.deployment import EnvConfig
 from stacks.components.log_group import encrypted_log_group
 
 #: Interface endpoints the stages need without a NAT: images (ECR), logs, credentials,
-#: the pseudonym secret, SageMaker, X-Ray traces, the ECS agent of Batch instances.
+#: the pseudonym secret, SageMaker, X-Ray traces, the ECS agent of Batch instances, and the
+#: event-driven imaging (the settle timer queue, the per-series state machine).
 INTERFACE_ENDPOINTS = {
     "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
@@ -27,6 +28,12 @@ INTERFACE_ENDPOINTS = {
     "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
     "EcsAgent": ec2.InterfaceVpcEndpointAwsService.ECS_AGENT,
     "EcsTelemetry": ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY,
+    # The series settle: its timer queue and the per-series conversion state machine.
+    "Sqs": ec2.InterfaceVpcEndpointAwsService.SQS,
+    "StepFunctions": ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS,
+    # Model drift and the retrain gate: metrics, budget notices.
+    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    "Sns": ec2.InterfaceVpcEndpointAwsService.SNS,
 }
 
 
@@ -77,6 +84,12 @@ class NetworkStack(Stack):
         self.vpc.add_gateway_endpoint(
             "S3",
             service=ec2.GatewayVpcEndpointAwsService.S3,
+            subnets=[self.private_subnets],
+        )
+        # The series settle table (de-id and settle functions); a gateway costs nothing.
+        self.vpc.add_gateway_endpoint(
+            "DynamoDb",
+            service=ec2.GatewayVpcEndpointAwsService.DYNAMODB,
             subnets=[self.private_subnets],
         )
         # One group for all endpoints, HTTPS from the VPC's CIDR written as a literal (not

@@ -25,6 +25,8 @@ CURATED_SAMPLES = "cohort/samples/"
 CURATED_GENOMICS_BAM = "genomics/bam/"
 CURATED_GENOMICS_VARIANTS = "genomics/variants/"
 CURATED_GENOMICS_VCF = "genomics/vcf/"
+#: Per-sample VAF histograms (JSON), by the day the sample was called: the drift windows.
+CURATED_GENOMICS_VAF_HISTOGRAMS = "genomics/vaf-histograms/"
 CURATED_IMAGING = "imaging/"
 CURATED_IMAGING_VOLUMES = "imaging/volumes/"
 CURATED_IMAGING_RADIOMICS = "imaging/radiomics/"
@@ -75,6 +77,11 @@ def local_bucket_names(project: str, env: str) -> Buckets:
         curated=f"{base}-curated",
         artifacts=f"{base}-artifacts",
     )
+
+
+def vaf_histogram_key(day: str, patient_key: str, sample: str) -> str:
+    """Return the curated key of a sample's VAF histogram (``day``: YYYY-MM-DD, UTC)."""
+    return f"{CURATED_GENOMICS_VAF_HISTOGRAMS}day={day}/{patient_key}/{sample}.json"
 
 
 def quarantine_key(run_id: str, source_key: str) -> str:

@@ -244,6 +244,8 @@ class GenomicsStack(Stack):
         grant_objects(role, curated, read={layout.CURATED_GENOMICS_BAM: "Reads the BAMs."})
         outputs = {layout.CURATED_GENOMICS_VCF: "Writes VCFs and their index.",
                    layout.CURATED_GENOMICS_VARIANTS: "Writes the Parquet variant tables.",
+                   layout.CURATED_GENOMICS_VAF_HISTOGRAMS:
+                       "Writes each called sample's VAF histogram (the drift monitor's input).",
                    f"{MANIFEST_ROOT}/": "Writes (and reads) its items' manifests."}  # fmt: skip
         grant_objects(role, curated, read=outputs, write=outputs, delete=True)
         return role

@@ -91,8 +91,14 @@ def align_sample(
     key_secret: bytes,
     reference_prefix: str = layout.ARTIFACTS_REFERENCE,
     threads: int = 2,
+    shards: int = 0,
 ) -> ItemResult:
     """Align one sample: its stage-input rows (:func:`load_samples`), one per lane.
+
+    ``shards`` > 0: the sample was split by the scatter plan and its shards aligned by
+    array children (:mod:`oncopipe.genomics.scatter_stage`); this is then the gather: the
+    shard BAMs are merged, duplicates marked, indexed and QC'd into the same curated
+    outputs and manifest (the FASTQ pair was validated by the split).
 
     ``key_secret`` (the pseudonymisation secret) names the ingest FASTQ files in the
     curated manifest by opaque reference only.
@@ -137,7 +143,29 @@ def align_sample(
             key_secret=key_secret,
         )  # fmt: skip
 
+        def gathered(writer: ItemWriter) -> Mapping[str, Any]:
+            from oncopipe.genomics.gather import gather_alignment
+            from oncopipe.genomics.scatter_stage import download_shards
+
+            folder = workdir / "shards"
+            shard_set = download_shards(store, buckets.curated, run_id,
+                                        str(sample["sample"]), folder)  # fmt: skip
+            out = workdir / "sample.bam"
+            qc = gather_alignment(folder, fasta, out, threads=threads)
+            return _commit_bam(writer, out, qc, reads=shard_set.pairs)
+
+        def _commit_bam(writer: ItemWriter, out: Path, qc: Any, *, reads: int) -> dict[str, Any]:
+            key = bam_key(str(sample["patient_key"]), str(sample["sample"]))
+            writer.upload_file(str(out), buckets.curated, key)
+            writer.upload_file(f"{out}.bai", buckets.curated, f"{key}.bai")
+            writer.put(buckets.curated, key.replace(".bam", ".qc.json"), qc.to_json().encode(),
+                       content_type="application/json")  # fmt: skip
+            return {"kind": "sample", "sample": sample["sample"], "status": "aligned",
+                    "lanes": len(pairs), "reads": reads, "bam": key, "qc": asdict(qc)}  # fmt: skip
+
         def work(writer: ItemWriter) -> Mapping[str, Any]:
+            if shards:
+                return gathered(writer)
             local = []
             reads = 0
             for n, (ref_1, ref_2, _) in enumerate(pairs):
@@ -169,13 +197,7 @@ def align_sample(
                     lane_bams.append(str(lane_bam))
                 merge_bams(lane_bams, out, threads=threads)
                 qc = qc_metrics(fasta, out)
-            key = bam_key(str(sample["patient_key"]), str(sample["sample"]))
-            writer.upload_file(str(out), buckets.curated, key)
-            writer.upload_file(f"{out}.bai", buckets.curated, f"{key}.bai")
-            writer.put(buckets.curated, key.replace(".bam", ".qc.json"), qc.to_json().encode(),
-                       content_type="application/json")  # fmt: skip
-            return {"kind": "sample", "sample": sample["sample"], "status": "aligned",
-                    "lanes": len(pairs), "reads": reads, "bam": key, "qc": asdict(qc)}  # fmt: skip
+            return _commit_bam(writer, out, qc, reads=reads)
 
         inputs = [ref for r1, r2, _ in pairs for ref in (r1, r2)]
         return process_item(ctx, str(sample["sample"]), inputs, work)
@@ -190,8 +212,13 @@ def call_sample(
     *,
     reference_prefix: str = layout.ARTIFACTS_REFERENCE,
     settings: CallerSettings | None = None,
+    regions: int = 1,
 ) -> ItemResult:
     """Call a tumour sample (against its normal when there is one); return the result.
+
+    ``regions`` > 1: the calls were made by region by array children
+    (:func:`oncopipe.genomics.scatter_stage.call_region_job`); this is then their gather
+    (``bcftools concat`` + norm) into the same curated outputs and manifest.
 
     Raises:
         InputError: a BAM is missing (the sample was not aligned, or was quarantined).
@@ -223,15 +250,21 @@ def call_sample(
         )  # fmt: skip
 
         def work(writer: ItemWriter) -> Mapping[str, Any]:
-            local = []
-            for i, ref in enumerate(bams):
-                path = workdir / f"{i}.bam"
-                store.download_file(ref.bucket, ref.key, str(path))
-                store.download_file(ref.bucket, f"{ref.key}.bai", f"{path}.bai")
-                local.append(path)
+            from oncopipe.genomics.scatter_stage import download_regions, local_bam
+
+            local = [local_bam(store, ref, workdir, i) for i, ref in enumerate(bams)]
             vcf = workdir / "calls.vcf.gz"
-            call_variants(fasta, local[0], vcf, normal_bam=local[1] if len(local) > 1 else None,
-                          settings=settings)  # fmt: skip
+            normal_bam = local[1] if len(local) > 1 else None
+            if regions > 1:
+                from oncopipe.genomics.gather import concat_regions
+
+                parts = workdir / "regions"
+                download_regions(store, buckets.curated, run_id, str(tumour["sample"]),
+                                 regions, parts)  # fmt: skip
+                concat_regions(fasta, local[0], parts, regions, vcf, normal_bam=normal_bam,
+                               settings=settings)  # fmt: skip
+            else:
+                call_variants(fasta, local[0], vcf, normal_bam=normal_bam, settings=settings)
             columns = variant_rows(vcf, patient_key=patient, sample=str(tumour["sample"]),
                                    run_id=run_id, panel=panel, reference=fasta)  # fmt: skip
             table = workdir / "variants.parquet"
@@ -244,6 +277,12 @@ def call_sample(
                                f"{layout.CURATED_GENOMICS_VCF}{base}.vcf.gz.tbi")  # fmt: skip
             writer.upload_file(str(table), buckets.curated,
                                f"{layout.CURATED_GENOMICS_VARIANTS}{base}.parquet")  # fmt: skip
+            from oncopipe.monitor.histogram import sample_output  # the drift job's input
+
+            writer.put_json(buckets.curated, *sample_output(
+                columns.select(["filter", "depth", "vaf"]).to_pylist(), patient_key=patient,
+                sample=str(tumour["sample"]), reference_prefix=reference_prefix,
+                paired=normal is not None))  # fmt: skip
             picked = columns.select(["gene", "protein_change", "filter"]).to_pylist()
             passed = [f"{r['gene']} {r['protein_change']}" for r in picked
                       if r["protein_change"] and r["filter"] == "PASS"]  # fmt: skip

@@ -227,6 +227,19 @@ class JobResult:
     outcome: dict[str, Any]
 
 
+def scatter_env(state: LocalState) -> dict[str, str]:
+    """Return the scatter settings' job environment from the local configuration
+    (the variables the job definitions set from ``config.scatter``)."""
+    from oncopipe.genomics.scatter_stage import SETTINGS_ENV
+
+    scatter = state._config().scatter
+    values = {"pairs_per_shard": scatter.align_pairs_per_shard,
+              "scatter_min_fastq_bytes": scatter.scatter_min_fastq_bytes,
+              "call_regions": scatter.call_regions,
+              "scatter_min_reference_bases": scatter.scatter_min_reference_bases}  # fmt: skip
+    return {SETTINGS_ENV[name]: str(value) for name, value in values.items()}
+
+
 def run_genomics_jobs(
     state: LocalState,
     execution: Execution,
@@ -234,35 +247,102 @@ def run_genomics_jobs(
     *,
     threads: int = 2,
     on_job: Callable[[JobResult], None] = lambda j: None,
+    scatter: dict[str, str] | None = None,
+    array_workers: int = 2,
+    attempts: int = 2,
 ) -> list[JobResult]:
     """Run the genomics branch of the state machine for an accepted sample sheet.
 
-    Like the state machine's Map states: one ``align`` job per sample, then one ``call``
-    job per tumour sample, each the Batch job's command (``python -m batch_jobs.genomics``)
-    with the job definition's environment.
+    Like the state machine: per sample a ``plan`` job; a sample that scatters runs one
+    ``align-shard`` process per shard (the array job's children, ``AWS_BATCH_JOB_ARRAY_INDEX``
+    set, ``array_workers`` at a time; a failed child is retried alone, up to ``attempts``
+    in all, like the job definition's retry strategy), then ``gather``; a small one runs
+    ``align``. Then per tumour sample ``call``, or ``call-region`` children and
+    ``call-gather`` when its reference scatters. Every process is the Batch job's command
+    (``python -m batch_jobs.genomics``) with the job definition's environment (``scatter``:
+    the scatter settings, default :func:`scatter_env`).
+
+    Returns one result per sample and step (``align``, ``call``), whose outcome is the
+    committing job's, with ``shards`` / ``regions`` and the array children's results added.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     table = execution.route.get("sample_table")
     if not table:
         return []
+    settings_env = scatter_env(state) if scatter is None else scatter
+    # the job definition's role (the same JobRole for both, as synthesized today)
+    envs = {role: {**os.environ, **state.stage_env(role), **settings_env,
+                   "THREADS": str(threads), "PYTHONPATH": str(REPO_ROOT)}
+            for role in ("align", "call")}  # fmt: skip
+
+    def job(step: str, role: str, sample: str, *extra: str,
+            index: int | None = None) -> JobResult:  # fmt: skip
+        env = dict(envs[role])
+        if index is not None:
+            env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+        done = subprocess.run(
+            [sys.executable, "-m", "batch_jobs.genomics", step, "--run-id", run_id,
+             "--sample-table", table, "--sample", sample, *extra],
+            capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+        )  # fmt: skip
+        with (home() / "logs" / "batch-jobs.log").open("a", encoding="utf-8") as log:
+            log.write(done.stderr)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        outcome = json.loads(lines[-1]) if lines else {"status": "failed"}
+        return JobResult(step, sample, done.returncode, outcome)
+
+    def array(step: str, role: str, sample: str, size: int, *extra: str) -> list[JobResult]:
+        children: dict[int, JobResult] = {}
+        pending = list(range(size))
+        for _ in range(attempts):
+            with ThreadPoolExecutor(max_workers=array_workers) as pool:
+                ran = list(pool.map(lambda i: job(step, role, sample, *extra, index=i), pending))
+            children.update(zip(pending, ran, strict=True))
+            pending = [i for i in pending if children[i].exit_code != 0]
+            if not pending:
+                break
+        return [children[i] for i in range(size)]
+
+    def sample_result(step: str, sample: str, final: JobResult, key: str, size: int,
+                      children: list[JobResult]) -> JobResult:  # fmt: skip
+        outcome = {**final.outcome, key: size,
+                   "children": [{"index": i, "exit_code": c.exit_code,
+                                 "item_status": c.outcome.get("item_status")}
+                                for i, c in enumerate(children)]}  # fmt: skip
+        return JobResult(step, sample, final.exit_code, outcome)
+
     results = []
-    for step, ids in (("align", execution.route.get("sample_ids", [])),
-                      ("call", execution.route.get("tumour_ids", []))):  # fmt: skip
-        # the job definition's role (the same JobRole for both, as synthesized today)
-        env = {**os.environ, **state.stage_env(step), "THREADS": str(threads),
-               "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
-        for sample in ids:
-            done = subprocess.run(
-                [sys.executable, "-m", "batch_jobs.genomics", step, "--run-id", run_id,
-                 "--sample-table", table, "--sample", sample],
-                capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
-            )  # fmt: skip
-            with (home() / "logs" / "batch-jobs.log").open("a", encoding="utf-8") as log:
-                log.write(done.stderr)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            outcome = json.loads(lines[-1]) if lines else {"status": "failed"}
-            result = JobResult(step, sample, done.returncode, outcome)
-            results.append(result)
-            on_job(result)
+    regions: dict[str, int] = {}
+    for sample in execution.route.get("sample_ids", []):
+        planned = job("plan", "align", sample)
+        if planned.exit_code != 0:
+            result = JobResult("align", sample, planned.exit_code, planned.outcome)
+        else:
+            shards = int(planned.outcome.get("shards", 0))
+            regions[sample] = int(planned.outcome.get("regions", 1))
+            if shards:
+                children = array("align-shard", "align", sample, shards)
+                final = (job("gather", "align", sample)
+                         if all(c.exit_code == 0 for c in children)
+                         else JobResult("gather", sample, 1, {"status": "failed"}))  # fmt: skip
+                result = sample_result("align", sample, final, "shards", shards, children)
+            else:
+                result = job("align", "align", sample)
+        results.append(result)
+        on_job(result)
+    for sample in execution.route.get("tumour_ids", []):
+        count = regions.get(sample, 1)
+        if count > 1:
+            children = array("call-region", "call", sample, count, "--regions", str(count))
+            final = (job("call-gather", "call", sample, "--regions", str(count))
+                     if all(c.exit_code == 0 for c in children)
+                     else JobResult("call-gather", sample, 1, {"status": "failed"}))  # fmt: skip
+            result = sample_result("call", sample, final, "regions", count, children)
+        else:
+            result = job("call", "call", sample)
+        results.append(result)
+        on_job(result)
     return results
 
 

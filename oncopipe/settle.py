@@ -13,7 +13,9 @@ source identifier (:class:`SeriesKey` refuses anything else). Its attributes:
   instance), ``modality``;
 - ``converted_generation``: the generation the last successful conversion saw;
 - ``claimed_generation`` / ``lease_until``: a conversion in progress (a lease, so a crashed
-  one does not hold the series forever).
+  one does not hold the series forever);
+- ``expires_at``: DynamoDB's TTL removes the item :data:`RETAIN_SECONDS` after its last
+  instance.
 
 The timer is an SQS message ``{patient_key, series, generation, due}`` sent after each
 instance (:func:`instance_arrived`). SQS delays a message by at most 900 s; a longer
@@ -62,6 +64,10 @@ MAX_SETTLE_SECONDS = 86_400
 DEFAULT_SETTLE_SECONDS = 300
 #: How long a claimed conversion holds its series before another may take it over.
 DEFAULT_LEASE_SECONDS = 900
+#: The item attribute DynamoDB's TTL deletes by (epoch seconds), and how long after its
+#: last instance a series is kept: a later instance after that is tracked afresh.
+TTL_ATTRIBUTE = "expires_at"
+RETAIN_SECONDS = 30 * 86_400
 #: Modalities whose objects are structures on another series (masks, not volumes).
 STRUCTURE_MODALITIES = frozenset({"RTSTRUCT", "SEG"})
 
@@ -165,13 +171,15 @@ class SettleTable:
             Key=self._key(key),
             UpdateExpression=(
                 "ADD generation :one, instances :one "
-                "SET last_arrival = :now, run_id = :run, modality = :modality"
+                "SET last_arrival = :now, run_id = :run, modality = :modality, "
+                f"{TTL_ATTRIBUTE} = :expires"
             ),
             ExpressionAttributeValues={
                 ":one": {"N": "1"},
                 ":now": {"N": repr(float(now))},
                 ":run": {"S": validate_run_id(run_id)},
                 ":modality": {"S": modality},
+                ":expires": {"N": str(int(now) + RETAIN_SECONDS)},
             },
             ReturnValues="UPDATED_NEW",
         )

@@ -8,8 +8,10 @@ fail after the others are written.
 
 ``stage --run-id R`` (the daily imaging state machine, after the volumes job): every
 series of an ingest run that has masks, read from and written to the curated bucket with
-manifests (:func:`oncopipe.radiomics.stage.build_series_features`). Environment: the zone
-buckets (``INGEST_BUCKET`` ... ``ARTIFACTS_BUCKET``).
+manifests (:func:`oncopipe.radiomics.stage.build_series_features`). ``--series UID ...``
+(the per-series imaging state machine, once a series settled: :mod:`oncopipe.settle`)
+limits it to those series. Environment: the zone buckets (``INGEST_BUCKET`` ...
+``ARTIFACTS_BUCKET``). EMF stage metrics (stage ``radiomics``) go to stderr.
 
 Both use every CPU of the instance (one process per series) unless ``--workers`` says
 otherwise, and print one JSON line per series: its pseudonymous patient key, series, status,
@@ -27,6 +29,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 PROCESSING = Path("/opt/ml/processing")
 logger = logging.getLogger("processing.radiomics")
@@ -68,22 +71,43 @@ def _files(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _outcome(result: Any) -> str:
+    """Return the metrics outcome of an item result (a key of ``metrics.OUTCOMES``)."""
+    if result.status in ("failed", "skipped"):
+        return str(result.status)
+    status = str(result.summary.get("status", ""))
+    return "succeeded" if status in ("extracted", "") else "quarantined"
+
+
 def _stage(args: argparse.Namespace) -> int:
     from oncopipe.boundary import failure_fields, log_failure, pick
+    from oncopipe.imaging.uids import is_valid_uid
+    from oncopipe.metrics import StageMetrics
     from oncopipe.radiomics.stage import build_series_features
     from oncopipe.runs import previous_daily_run_id, validate_run_id
     from oncopipe.settings import StageSettings
     from oncopipe.storage import ObjectStore, make_client
 
     run_id = validate_run_id(args.run_id or previous_daily_run_id())
+    if args.series is not None and not all(is_valid_uid(uid) for uid in args.series):
+        print(json.dumps({"run_id": run_id, "status": "failed",
+                          "reason_code": "invalid-series"}), flush=True)  # fmt: skip
+        return 2
     settings = StageSettings.from_env()
-    try:
-        results = build_series_features(ObjectStore(make_client()), settings.buckets, run_id,
-                                        params_path=args.params, workers=args.workers)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
-        print(json.dumps({"run_id": run_id, **failure_fields(e)}), flush=True)
-        log_failure(logger, f"radiomics of run {run_id}", e)
-        return 1
+    with StageMetrics("radiomics") as metrics:
+        try:
+            results = build_series_features(
+                ObjectStore(make_client()), settings.buckets, run_id,
+                params_path=args.params, workers=args.workers, series=args.series,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
+            metrics.outcome("failed")
+            print(json.dumps({"run_id": run_id, **failure_fields(e)}), flush=True)
+            log_failure(logger, f"radiomics of run {run_id}", e)
+            return 1
+        metrics.items_in(len(results))
+        for result in results:
+            metrics.outcome(_outcome(result))
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
                           **pick(result.summary, OUTCOME_FIELDS)}, default=str))  # fmt: skip
@@ -98,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("mode", choices=("files", "stage"))
     parser.add_argument("--run-id", default=None, help="stage: default yesterday's ingest run")
+    parser.add_argument(
+        "--series",
+        nargs="+",
+        default=None,
+        metavar="UID",
+        help="stage: only these de-identified series of the run",
+    )
     parser.add_argument("--params", default=None, help="PyRadiomics parameter file (default v1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--input", type=Path, default=PROCESSING / "input")

@@ -29,6 +29,7 @@ from stacks.components.sagemaker_jobs import (
     acknowledge_job_role,
     sagemaker_job_role,
 )
+from stacks.components.series_imaging import SeriesImaging
 from stacks.components.stage_function import encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.genomics_stack import GenomicsStack, grant_batch_sync
@@ -125,6 +126,14 @@ class FeaturesStack(Stack):
                                "NOTES_MAX_BYTES": str(config.notes_max_bytes)}},
         )  # fmt: skip
         self.state_machine = self._state_machine(config, lake, genomics)
+        # Event-driven imaging: a DICOM series converts once it settled (the daily
+        # state machine above stays as the sweeper for anything missed).
+        self.series_imaging = SeriesImaging(
+            self, "SeriesImaging", config=config, key=lake.platform_key, vpc=vpc,
+            subnets=subnets, job_queue_arn=genomics.job_queue.job_queue_arn,
+            imaging_job_definition_arn=genomics.imaging_job.job_definition_arn,
+            processing=common,
+        )  # fmt: skip
         self.schedule_dead_letters = encrypted_queue(
             self, "ScheduleDeadLetters", key=lake.platform_key
         )

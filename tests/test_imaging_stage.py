@@ -131,11 +131,11 @@ def test_batch_job_reports_every_series_and_fails_only_on_unexpected_errors(
                           summary={"status": summary_status}, seconds=0.0)  # fmt: skip
 
     data_problems = [result("2.25.1", "done", "converted"), result("2.25.2", "done", "quarantined")]
-    monkeypatch.setattr(job, "build_series_volumes", lambda *a: data_problems)
+    monkeypatch.setattr(job, "build_series_volumes", lambda *a, **k: data_problems)
     assert job.main(["volumes", "--run-id", RUN]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["status"] for line in lines] == ["converted", "quarantined"]
     crashed = [*data_problems, result("2.25.3", "failed", "failed")]
-    monkeypatch.setattr(job, "build_series_volumes", lambda *a: crashed)
+    monkeypatch.setattr(job, "build_series_volumes", lambda *a, **k: crashed)
     assert job.main(["volumes", "--run-id", RUN]) == 1
     assert len(capsys.readouterr().out.splitlines()) == 3

@@ -405,11 +405,12 @@ def test_deid_on_read_is_off_by_default(synthesized: Any) -> None:
 
 
 def _features_definition(built: OncopipeApp) -> str:
+    """Return the daily imaging state machine's definition (the series one runs per series)."""
     machines = Template.from_stack(built.features).find_resources(
         "AWS::StepFunctions::StateMachine"
     )
-    assert len(machines) == 1
-    return json.dumps(next(iter(machines.values()))["Properties"]["DefinitionString"])
+    daily = built.features.resolve(built.features.state_machine.node.default_child.logical_id)
+    return json.dumps(machines[daily]["Properties"]["DefinitionString"])
 
 
 def test_imaging_volumes_then_radiomics_run_daily(synthesized: Any) -> None:

@@ -438,7 +438,7 @@ def test_every_state_machine_role_grants_what_its_tasks_need(
 ) -> None:
     resolver = Resolver(templates)
     machines = state_machines(templates)
-    assert len(machines) == 3  # ingest, daily features, model pipeline
+    assert len(machines) == 4  # ingest, daily features, series imaging, model pipeline
     missing = [
         m for stack, machine in machines for m in missing_permissions(resolver, stack, machine)
     ]

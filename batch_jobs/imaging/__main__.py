@@ -1,4 +1,4 @@
-"""Batch job entry: ``python -m batch_jobs.imaging volumes [--run-id R]``.
+"""Batch job entry: ``python -m batch_jobs.imaging volumes [--run-id R] [--series UID ...]``.
 
 Converts every DICOM series de-identified in a run into a Parquet volume, with the masks
 of the patient's RTSTRUCT/SEG objects beside it (:func:`build_series_volumes`). Without
@@ -8,6 +8,11 @@ series. One bad series never stops the others: a series that cannot be converted
 reported (``inconsistent`` or ``quarantined`` with the reason: a data problem, exit 0);
 a series that failed unexpectedly is reported ``failed`` after all the others were
 done, and the job exits 1 so that the failure is seen (the re-run redoes only it).
+
+``--series`` (the per-series imaging state machine, once a series settled:
+:mod:`oncopipe.settle`) converts only those de-identified SeriesInstanceUIDs of the run;
+without it every series of the run (the daily sweep, which skips what is already done).
+EMF stage metrics (stage ``volumes``) go to stderr.
 """
 
 from __future__ import annotations
@@ -16,26 +21,62 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from oncopipe.imaging.stage import build_series_volumes
+from oncopipe.imaging.uids import is_valid_uid
+from oncopipe.metrics import StageMetrics
 from oncopipe.runs import previous_daily_run_id, validate_run_id
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
+
+
+def _outcome(result: Any) -> str:
+    """Return the metrics outcome of an item result (a key of ``metrics.OUTCOMES``)."""
+    if result.status == "failed":
+        return "failed"
+    if result.status == "skipped":
+        return "skipped"
+    if str(result.summary.get("status", "")) in ("quarantined", "inconsistent"):
+        return "quarantined"
+    return "succeeded"
+
+
+def record_outcomes(metrics: StageMetrics, results: Sequence[Any]) -> None:
+    """Record the items received and each item's outcome (failed, skipped, quarantined
+    for a data problem, else succeeded) on ``metrics``."""
+    metrics.items_in(len(results))
+    for result in results:
+        metrics.outcome(_outcome(result))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batch_jobs.imaging", description=__doc__)
     parser.add_argument("step", choices=("volumes",))
     parser.add_argument("--run-id", default=None, help="default: yesterday's ingest run")
+    parser.add_argument(
+        "--series",
+        nargs="+",
+        default=None,
+        metavar="UID",
+        help="only these de-identified series of the run (default: all)",
+    )
     args = parser.parse_args(argv)
+    if args.series is not None and not all(is_valid_uid(uid) for uid in args.series):
+        parser.error("--series: expected de-identified SeriesInstanceUIDs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_id = validate_run_id(args.run_id or previous_daily_run_id())
     settings = StageSettings.from_env()
-    try:
-        results = build_series_volumes(ObjectStore(make_client()), settings.buckets, run_id)
-    except Exception:  # the boundary: log, fail the job (Batch retries spot reclaims only)
-        logging.getLogger("batch_jobs.imaging").exception("volumes of %s failed", run_id)
-        return 1
+    with StageMetrics("volumes") as metrics:
+        try:
+            results = build_series_volumes(ObjectStore(make_client()), settings.buckets,
+                                           run_id, series=args.series)  # fmt: skip
+        except Exception:  # the boundary: log, fail the job (Batch retries spot reclaims only)
+            metrics.outcome("failed")
+            logging.getLogger("batch_jobs.imaging").exception("volumes of %s failed", run_id)
+            return 1
+        record_outcomes(metrics, results)
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
                           **dict(result.summary)}, default=str))  # fmt: skip

@@ -127,6 +127,8 @@ LAKE_DATABASE = "CuratedDatabase"
 NOT_EMULATED = {
     "AWS::Logs::LogGroup": "logs",
     "AWS::SQS::Queue": "sqs",
+    # the series-settle table: the local worker tracks series itself (oncopipe.local.series)
+    "AWS::DynamoDB::Table": "dynamodb",
     "AWS::Lambda::Function": "lambda",
     "AWS::Batch::JobQueue": "batch",
     "AWS::Batch::JobDefinition": "batch",

@@ -7,7 +7,15 @@ is quarantined with the reason), then the notes are tokenised for the model (ste
 Environment: the zone buckets (``INGEST_BUCKET`` ... ``ARTIFACTS_BUCKET``), the
 pseudonym secret (``PSEUDONYM_SECRET_ARN``) and the size cap of a note (``NOTES_MAX_BYTES``,
 default 1000000; a bigger note is quarantined as ``note-too-large``). Prints one JSON line per
-note (keys and counts only, never text); exit 1 on failure, 2 on a bad setting.
+note (keys and counts only, never text), then one ``{"job": ...}`` line with the counts and the
+job's cost estimate (:func:`oncopipe.ops.cost.job_cost_fields` of the processing instance);
+exit 1 on failure, 2 on a bad setting. EMF stage metrics (stage ``notes``: items by outcome,
+``CostEstimateUSD``) go to stderr.
+
+The same command serves both triggers: the notes-on-arrival job started minutes after a
+batch of notes was routed (``stacks/components/notes_on_arrival.py``) and the daily sweep.
+Either processes the run's notes that have no matching manifest yet; a note done before is
+skipped (``item_status`` ``skipped``), so running it on every batch is safe and cheap.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import json
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,14 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"python -m processing.notes: {e}", file=sys.stderr)
         return 2
+    from oncopipe.metrics import StageMetrics
+
     store = ObjectStore(make_client())
-    try:
-        notes = process_run_notes(store, settings.buckets, run_id, load_secret(),
-                                  max_bytes=max_bytes)  # fmt: skip
-        tokens = tokenize_run_notes(store, settings.buckets, run_id)
-    except Exception:  # the boundary: log, fail the job
-        logging.getLogger("processing.notes").exception("notes of %s failed", run_id)
-        return 1
+    started = time.monotonic()
+    with StageMetrics("notes") as metrics:
+        try:
+            notes = process_run_notes(store, settings.buckets, run_id, load_secret(),
+                                      max_bytes=max_bytes)  # fmt: skip
+            tokens = tokenize_run_notes(store, settings.buckets, run_id)
+        except Exception:  # the boundary: log, fail the job
+            metrics.outcome("failed")
+            logging.getLogger("processing.notes").exception("notes of %s failed", run_id)
+            return 1
+        metrics.items_in(len(notes))
+        for result in notes:
+            metrics.outcome(_outcome(result), seconds=result.seconds)
+        cost = job_cost(time.monotonic() - started)
+        if cost.get("cost_usd_estimate") is not None:
+            metrics.cost(float(cost["cost_usd_estimate"]))
     tokenized = {r.item: r.summary.get("tokens") for r in tokens}
     for result in notes:
         summary = dict(result.summary)
@@ -64,7 +85,47 @@ def main(argv: list[str] | None = None) -> int:
         if summary.get("note_id") in tokenized:
             line["tokens"] = tokenized[summary["note_id"]]
         print(json.dumps(line, default=str))
+    counts = {status: sum(r.status == status for r in notes) for status in ("done", "skipped")}
+    print(json.dumps({"job": "notes", "run_id": run_id, "notes": len(notes), **counts, **cost},
+                     default=str))  # fmt: skip
     return 0
+
+
+def _outcome(result: object) -> str:
+    """Return the metrics outcome of a note's item result (a key of ``metrics.OUTCOMES``)."""
+    status = str(getattr(result, "status", ""))
+    if status == "skipped":
+        return "skipped"
+    summary = getattr(result, "summary", {}) or {}
+    return "quarantined" if summary.get("status") == "quarantined" else "succeeded"
+
+
+def job_cost(seconds: float) -> dict[str, Any]:
+    """Return the cost fields of this job: the whole processing instance for ``seconds``.
+
+    Outside SageMaker (the local mode) the instance is unknown and the estimate is None,
+    with ``cost_note`` saying why.
+    """
+    from oncopipe.ops.cost import (
+        PriceNotFoundError,
+        default_prices,
+        job_cost_fields,
+        processing_instance,
+    )
+
+    found = processing_instance()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if found is None:
+        return job_cost_fields(0, 0, seconds, region=region, instance_type=None,
+                               lifecycle="on-demand")  # fmt: skip
+    instance_type, count = found
+    try:  # a processing job reserves whole instances
+        price = default_prices().lookup(region, instance_type, "on-demand")
+        vcpus, memory = price.vcpus * count, price.memory_gib * count
+    except PriceNotFoundError:  # job_cost_fields says so in cost_note
+        vcpus, memory = 0, 0.0
+    return job_cost_fields(vcpus, memory, seconds, region=region, instance_type=instance_type,
+                           lifecycle="on-demand")  # fmt: skip
 
 
 if __name__ == "__main__":

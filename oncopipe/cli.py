@@ -632,8 +632,15 @@ def local_up(env: str | None, port: int | None, external: bool, iam: bool) -> No
     type=float,
     help="Seconds without events after which the worker stops waiting.",
 )
+@click.option(
+    "--settle-seconds",
+    default=None,
+    type=click.IntRange(0, 86_400),
+    help="A DICOM series converts once no instance arrived for this long "
+    "(default: 3 s locally; deployed: series_settle_seconds).",
+)
 def local_run(cohort: Path | None, drain: bool, run_id: str | None, patients: int,
-              idle_timeout: float) -> None:  # fmt: skip
+              idle_timeout: float, settle_seconds: int | None) -> None:  # fmt: skip
     """Upload a cohort to the ingest bucket and process it like the cloud would."""
     from oncopipe.local import runner
     from oncopipe.local.state import LocalState, home
@@ -655,7 +662,8 @@ def local_run(cohort: Path | None, drain: bool, run_id: str | None, patients: in
             TimeElapsedColumn(), console=console, transient=False,
         )  # fmt: skip
         with progress:
-            report = runner.run(state, files, run_id, idle_timeout=idle_timeout, progress=progress)
+            report = runner.run(state, files, run_id, idle_timeout=idle_timeout,
+                                progress=progress, settle_seconds=settle_seconds)  # fmt: skip
     except (OncopipeError, ValueError) as e:
         _fail(e)
     _print_report(report, state)
@@ -710,6 +718,12 @@ def _print_report(report: object, state: object) -> None:
                 console.print(f"  radiomics {series.get('patient_key', '')} "
                               f"{series.get('status')}: {detail}",
                               highlight=False, markup=False)  # fmt: skip
+    settled = [o for o in report.series if o.status == "converted"]
+    swept = [s for j in report.jobs if j.step == "volumes" and j.sample == report.run_id
+             for s in j.outcome.get("series", []) if s.get("item_status") != "skipped"]  # fmt: skip
+    console.print(f"{len(settled)} DICOM series converted when they settled (no instance for "
+                  f"{report.settle_seconds}s), before the daily jobs; the daily imaging sweep "
+                  f"had {len(swept)} series left to do", highlight=False, markup=False)  # fmt: skip
     failed_jobs = [j for j in report.jobs if j.exit_code != 0]
     for job in failed_jobs:
         failure = job.outcome.get("reason_code") or job.outcome.get("error", "")
@@ -723,12 +737,29 @@ def _print_report(report: object, state: object) -> None:
         )
         for line in hotspots:
             console.print(f"  {line}", highlight=False, markup=False)
+    _print_arrival(report)
     console.print(
         f"{len(report.executions)} ingest events and {len(report.jobs)} Batch/processing jobs in "
         f"{report.wall_seconds:.1f}s; manifests in "
         f"s3://{state.buckets.quarantine}/_manifests/{report.run_id}/ (routing, PHI zone) and "
         f"s3://{state.buckets.curated}/_manifests/{report.run_id}/ (stages)"
     )
+
+
+def _print_arrival(report: Any) -> None:
+    """Print the notes processed on arrival vs by the daily sweep, and each patient's state."""
+    from oncopipe.local.arrival import ARRIVAL_STEP, processed_now
+
+    on_arrival = sum(processed_now(j) for j in report.jobs if j.step == ARRIVAL_STEP)
+    swept = sum(processed_now(j) for j in report.jobs if j.step == "notes")
+    console.print(f"notes processed on arrival: {on_arrival}; by the daily sweep: {swept}",
+                  highlight=False, markup=False)  # fmt: skip
+    for patient in report.patients:
+        detail = {"waiting": f"waiting for {', '.join(patient.missing)}",
+                  "no-model": "complete; no model deployed (oncopipe local model)"}.get(
+            patient.status, f"time to insight {patient.time_to_insight_seconds or 0:.1f}s")
+        console.print(f"  patient {patient.patient_key} {patient.status}: {detail}",
+                      highlight=False, markup=False)  # fmt: skip
 
 
 @local.command("model")

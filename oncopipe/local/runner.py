@@ -13,11 +13,13 @@ import boto3
 from botocore.exceptions import ClientError
 
 from oncopipe import layout
+from oncopipe.completeness import PatientOutcome
 from oncopipe.deployment import load_config, read_cdk_json
 from oncopipe.ingest import Router
 from oncopipe.layout import Buckets
-from oncopipe.local import provision, server
+from oncopipe.local import arrival, provision, server
 from oncopipe.local.iam import AccessDenial, denials_size, read_denials
+from oncopipe.local.series import LOCAL_SETTLE_SECONDS, LocalSeriesSettle
 from oncopipe.local.state import DEFAULT_REGION, LocalState, client_kwargs, home
 from oncopipe.local.worker import (
     Execution,
@@ -31,6 +33,7 @@ from oncopipe.local.worker import (
 )
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult
 from oncopipe.sample_data import CohortFiles
+from oncopipe.settle import SettleOutcome
 from oncopipe.storage import ObjectStore
 
 
@@ -132,6 +135,12 @@ class RunReport:
     wall_seconds: float = 0.0
     #: Requests a stage's role refused (IAM enforcement on): each is a missing grant.
     access_denied: list[AccessDenial] = field(default_factory=list)
+    #: What the series settle did with each timer (:mod:`oncopipe.local.series`).
+    series: list[SettleOutcome] = field(default_factory=list)
+    #: The settle time the run used (seconds).
+    settle_seconds: int = 0
+    #: Each sheet patient: predicted when complete, else waiting / no-model (arrival.py).
+    patients: list[PatientOutcome] = field(default_factory=list)
 
     @property
     def quarantined(self) -> int:
@@ -179,24 +188,31 @@ def run(
     *,
     idle_timeout: float = 20.0,
     progress: Any = None,
+    settle_seconds: int | None = None,
 ) -> RunReport:
     """Upload a cohort (data first, sample sheets last), process every event, reconcile.
 
     With ``cohort=None`` nothing is uploaded: the worker drains the events already queued
     (uploads made by hand or another tool) until the queue is idle for ``idle_timeout``.
-    ``progress`` is a ``rich.progress.Progress`` or None.
+    ``progress`` is a ``rich.progress.Progress`` or None. Each DICOM series converts
+    once it settled (``settle_seconds``, default
+    :data:`oncopipe.local.series.LOCAL_SETTLE_SECONDS`); the daily jobs then sweep.
     """
     started = time.perf_counter()
     denials_from = denials_size(denials_log())
     store, sqs = clients(state)
     flow = IngestFlow(state)
+    series = LocalSeriesSettle(state, LOCAL_SETTLE_SECONDS if settle_seconds is None
+                               else settle_seconds)  # fmt: skip
     executions: list[Execution] = []
+    arrived: list[JobResult] = []
     task = None
     if progress is not None:
         total = len(cohort.all_keys) if cohort else None
         task = progress.add_task("routing ingest objects", total=total)
 
-    def advance(_: Execution) -> None:
+    def advance(execution: Execution) -> None:
+        series.observe(execution, run_id)  # the de-id hook: (re)start the series' timer
         if progress is not None and task is not None:
             progress.advance(task)
 
@@ -226,8 +242,12 @@ def run(
                     sqs, state.queue_url, flow, run_id=run_id, expected_keys=set(batch),
                     idle_timeout=idle_timeout, on_execution=advance,
                 )  # fmt: skip
+                # notes on arrival: the notes function's batch of what was just routed
+                arrived.append(arrival.notes_on_arrival(state, run_id))
     finally:
         flow.close()
+    # Series that settled: volume, masks, radiomics per series, without the daily job.
+    series.drain()
     # Reconcile: FASTQ files no accepted sheet names have no patient -> quarantine.
     # The reconcile Lambda's core, as its role (it never pseudonymises: no secret).
     reconcile_client = boto3.client("s3", **state.stage_client_kwargs("reconcile"))  # type: ignore[call-overload]
@@ -262,7 +282,14 @@ def run(
 
         for execution in accepted:
             jobs += run_genomics_jobs(state, execution, run_id, on_job=job_done)
-    jobs += [imaging, radiomics, notes]
+    jobs += [*series.jobs, *arrived, imaging, radiomics, notes]
+    # every patient whose named modalities are query-able: cohort row + prediction
+    try:
+        patients = arrival.patients_ready(state, run_id)
+    except ClientError as e:
+        if not state.iam_enforced or "AccessDenied" not in str(e):
+            raise
+        patients = []  # the refusal is in the endpoint's log (access_denied below)
     return RunReport(
         run_id=run_id,
         rows=summarize(store, state.buckets, run_id),
@@ -271,6 +298,9 @@ def run(
         jobs=jobs,
         wall_seconds=time.perf_counter() - started,
         access_denied=read_denials(denials_log(), state.stage_roles, offset=denials_from),
+        series=series.outcomes,
+        settle_seconds=series.settle_seconds,
+        patients=patients,
     )
 
 

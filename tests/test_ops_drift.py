@@ -394,7 +394,10 @@ def test_config_has_the_allow_list_and_the_stack_names() -> None:
         assert config.drift_allow_list == ()
         assert stack_names(config) == [
             f"Oncopipe-{env}-{kind}"
-            for kind in ("DataLake", "Network", "Genomics", "Ingest", "Features", "Model")
+            for kind in (
+                "DataLake", "Network", "Genomics", "Ingest", "Features", "Model", "Monitor",
+                "Ops",
+            )  # fmt: skip
         ]
 
 

@@ -55,6 +55,7 @@ class StageFunction(Construct):
     Grants: nothing on data; the caller grants through :attr:`role`
     (:func:`stacks.components.s3_grants.grant_objects`, the pseudonym secret...).
     ``role_name`` names the role, for the ingest readers the ingest bucket policy lists.
+    ``outside_vpc_reason`` (with ``vpc=None``) says why the function runs outside the VPC.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class StageFunction(Construct):
         timeout_seconds: int = 120,
         memory_mb: int = 512,
         role_name: str | None = None,
+        outside_vpc_reason: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = encrypted_log_group(
@@ -116,8 +118,9 @@ class StageFunction(Construct):
             acknowledge(
                 self.function,
                 "HIPAA.Security-LambdaInsideVPC",
-                "S3 Object Lambda's WriteGetObjectResponse endpoint has no VPC endpoint; this "
-                "function only receives presigned URLs and answers through that API.",
+                outside_vpc_reason
+                or "S3 Object Lambda's WriteGetObjectResponse endpoint has no VPC endpoint; "
+                "this function only receives presigned URLs and answers through that API.",
             )
             return
         acknowledge(

@@ -34,7 +34,7 @@ class ConfigurationError(ValueError):
 
 
 #: The app's stacks, in deployment order: ``Oncopipe-<env>-<kind>`` (see :func:`stack_names`).
-STACK_KINDS = ("DataLake", "Network", "Genomics", "Ingest", "Features", "Model")
+STACK_KINDS = ("DataLake", "Network", "Genomics", "Ingest", "Features", "Model", "Monitor", "Ops")
 
 
 @dataclass(frozen=True)

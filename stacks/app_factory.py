@@ -15,8 +15,10 @@ from stacks.features_stack import FeaturesStack
 from stacks.genomics_stack import GenomicsStack
 from stacks.ingest_stack import IngestStack
 from stacks.model_stack import ModelStack
+from stacks.monitor_stack import MonitorStack
 from stacks.nag import acknowledge_inline_policies
 from stacks.network_stack import NetworkStack
+from stacks.ops_stack import OpsStack, add_metrics_environment
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class OncopipeApp:
     ingest: IngestStack
     features: FeaturesStack
     model: ModelStack
+    monitor: MonitorStack
+    ops: OpsStack
 
 
 def build_app(
@@ -79,6 +83,8 @@ def build_app(
         vpc=network.vpc,
         subnets=network.private_subnets,
     )
+    # The de-id function records each instance and starts its series' settle timer.
+    features.series_imaging.grant_timer_start(ingest.deid)
     model = ModelStack(
         app,
         f"{prefix}-Model",
@@ -88,7 +94,26 @@ def build_app(
         vpc=network.vpc,
         subnets=network.private_subnets,
     )
-    for stack in (lake, network, genomics, ingest, features, model):
+    # Model drift and the retrain gate (which starts the model pipeline).
+    monitor = MonitorStack(
+        app,
+        f"{prefix}-Monitor",
+        config=config,
+        lake=lake,
+        model=model,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+    )
+    # Last: it watches every other stack (alarms, dashboard, scheduled drift detection).
+    ops = OpsStack(
+        app,
+        f"{prefix}-Ops",
+        config=config,
+        lake=lake,
+        watch=(lake, network, genomics, ingest, features, model, monitor),
+    )
+    add_metrics_environment((genomics, ingest, features, model, monitor, ops), config.name)
+    for stack in (lake, network, genomics, ingest, features, model, monitor, ops):
         acknowledge_inline_policies(stack)
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)
@@ -103,4 +128,6 @@ def build_app(
         ingest=ingest,
         features=features,
         model=model,
+        monitor=monitor,
+        ops=ops,
     )

@@ -755,9 +755,10 @@ def _print_arrival(report: Any) -> None:
     console.print(f"notes processed on arrival: {on_arrival}; by the daily sweep: {swept}",
                   highlight=False, markup=False)  # fmt: skip
     for patient in report.patients:
-        detail = {"waiting": f"waiting for {', '.join(patient.missing)}",
-                  "no-model": "complete; no model deployed (oncopipe local model)"}.get(
-            patient.status, f"time to insight {patient.time_to_insight_seconds or 0:.1f}s")
+        detail = {
+            "waiting": f"waiting for {', '.join(patient.missing)}",
+            "no-model": "complete; no model deployed (oncopipe local model)",
+        }.get(patient.status, f"time to insight {patient.time_to_insight_seconds or 0:.1f}s")
         console.print(f"  patient {patient.patient_key} {patient.status}: {detail}",
                       highlight=False, markup=False)  # fmt: skip
 

@@ -395,9 +395,15 @@ def test_config_has_the_allow_list_and_the_stack_names() -> None:
         assert stack_names(config) == [
             f"Oncopipe-{env}-{kind}"
             for kind in (
-                "DataLake", "Network", "Genomics", "Ingest", "Features", "Model", "Monitor",
+                "DataLake",
+                "Network",
+                "Genomics",
+                "Ingest",
+                "Features",
+                "Model",
+                "Monitor",
                 "Ops",
-            )  # fmt: skip
+            )
         ]
 
 

@@ -190,5 +190,3 @@ def test_handler_reads_alarm_and_schedule_events(monkeypatch: pytest.MonkeyPatch
     assert scheduled.source == "schedule" and scheduled.at == T0
     with pytest.raises(ValueError, match="not a drift alarm"):
         trigger_of({"hello": "world"})
-
-

@@ -145,8 +145,10 @@ class LocalSeriesSettle:
         self.table = SettleTable(dynamodb, table_name)
         self.timer = SettleTimer(self.sqs, self.queue_url)
         self.conversion = JobConversion(state) if convert is None else None
-        self.convert = convert or self.conversion
-        assert self.convert is not None
+        converter = convert if convert is not None else self.conversion
+        if converter is None:  # pragma: no cover - one of the two is always set
+            raise ValueError("no conversion")
+        self.convert: Callable[[SettledSeries], Mapping[str, Any]] = converter
         self.clock = clock
         self.seen: set[SeriesKey] = set()
         self.outcomes: list[SettleOutcome] = []

@@ -80,13 +80,11 @@ drift: setup
 	$(PY) -m oncopipe ops drift --env $(ENV) || rc2=$$?; \
 	exit $$(( rc1 > rc2 ? rc1 : rc2 ))
 
+# Every script of benchmarks/ in quick mode; one table in benchmarks/results.md (ratios,
+# goals, pass/miss, peak memory, cores, date). BENCH_ARGS=--full for the full sizes.
 bench: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	$(PY) benchmarks/synth_time.py
-	$(PY) benchmarks/genomics.py
-	$(PY) benchmarks/imaging.py
-	$(PY) benchmarks/features.py
-	$(PY) benchmarks/model.py
+	$(PY) benchmarks/run_all.py --out benchmarks/results.md $(BENCH_ARGS)
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^oncopipe' > constraints.txt

@@ -12,7 +12,8 @@ buckets like the deployment's), for the same items with one Parquet output each:
 
 Requests per item are counted from botocore's events. Timings are printed, never asserted;
 on AWS each request is ~10-30 ms instead of moto's ~1 ms, so the request count is what
-carries over. Usage: ``python benchmarks/commit.py [--items N]``.
+carries over. Usage: ``python benchmarks/commit.py [--items N] [--quick] [--json PATH]``
+(quick: 50 items).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI package is "benchmarks")
+
+from _bench import Report
 
 from oncopipe.manifest import StepContext, manifest_key, process_item
 from oncopipe.storage import ObjectStore
@@ -95,8 +99,11 @@ def _undo(store: ObjectStore, calls: Counter[str], n: int) -> tuple[float, float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--items", type=int)
+    parser.add_argument("--quick", action="store_true", help="50 items")
+    parser.add_argument("--json", type=Path, help="write the results rows here")
     args = parser.parse_args(argv)
+    args.items = args.items or (50 if args.quick else 200)
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -135,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio ours/plain: commit {oc / pc:.2f}x time, {ocr / pcr:.2f}x requests; "
           f"skip {os_ / ps:.2f}x time, {osr / psr:.2f}x requests")  # fmt: skip
     print(f"undo of a failed item: {undo[0]:.2f} ms, {undo[1]:.1f} requests (failure path only)")
+    report = Report("commit", quick=args.quick)
+    report.add(
+        "commit requests per item vs plain PUT output + manifest",
+        ocr,
+        pcr,
+        unit="requests",
+        note=f"{n} items, moto server; {oc:.1f} vs {pc:.1f} ms",
+    )
+    report.add("skip (re-run) requests per item vs plain manifest read", osr, psr,
+               unit="requests", note=f"{os_:.1f} vs {ps:.1f} ms")  # fmt: skip
+    report.write(args.json)
     return 0
 
 

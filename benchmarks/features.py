@@ -11,7 +11,7 @@ Nothing is asserted.
    the way a user runs them. Goal: <= 1.1x the pyradiomics CLI.
 3. Scaling over series: the same series extracted with 1 and 2 processes.
 
-Usage: ``python benchmarks/features.py [--quick]``.
+Usage: ``python benchmarks/features.py [--quick] [--json PATH]`` (``--json``: the rows).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI package is "benchmarks")
 
 import numpy as np
+from _bench import Report
 
 from oncopipe.imaging.masks import write_masks
 from oncopipe.imaging.volume import Geometry, to_sitk, write_volume
@@ -36,6 +38,7 @@ from oncopipe.radiomics.ibsi import phantom_dir, run_check
 
 REPO = Path(__file__).resolve().parent.parent
 PHANTOM = phantom_dir()
+REPORT = Report("features", quick="--quick" in sys.argv)
 
 
 def ibsi_table() -> None:
@@ -46,6 +49,8 @@ def ibsi_table() -> None:
               f"{r.tolerance:>8.3g}  {'yes' if r.passed else 'NO'}")  # fmt: skip
     passed = sum(r.passed for r in rows)
     print(f"IBSI-1 digital phantom: {passed}/{len(rows)} reference values within tolerance\n")
+    REPORT.add("IBSI-1 phantom reference values within tolerance", passed, len(rows),
+               goal="all", unit="values", passed=passed == len(rows))  # fmt: skip
 
 
 def ct_like(out: Path, seed: int, size: int, slices: int) -> tuple[Path, Path]:
@@ -111,6 +116,15 @@ def per_scan(tmp: Path, size: int, slices: int, repeats: int) -> None:
         f"  ratio (ours/CLI)   : {o / t:.2f}x   (goal <= 1.1x); "
         f"{same}/{len(theirs_features)} features agree within 5e-4"
     )
+    REPORT.add(
+        "radiomics seconds per scan vs pyradiomics CLI",
+        o,
+        t,
+        goal="<= 1.1x",
+        unit="s",
+        passed=o / t <= 1.1,
+        note=f"{size}x{size}x{slices} CT; {same}/{len(theirs_features)} features agree",
+    )
     for k in differ[:5]:
         print(f"    differs: {k}: ours {ours_features.get(k)!r}, CLI {theirs_features[k]!r}")
     print()
@@ -129,6 +143,8 @@ def scaling(tmp: Path, size: int, slices: int, series: int) -> None:
     for workers, s in seconds.items():
         print(f"  {workers} process(es): {s:6.2f} s, {series / s:.2f} series/s")
     print(f"  speed-up 1 -> 2 processes: {seconds[1] / seconds[2]:.2f}x (2 cores)\n")
+    REPORT.add("radiomics series/s, 2 processes vs 1", series / seconds[2], series / seconds[1],
+               unit="series/s", note=f"{series} series; no goal in the issue")  # fmt: skip
 
 
 def notes_throughput(count: int) -> None:
@@ -167,6 +183,15 @@ def notes_throughput(count: int) -> None:
     print(f"  parse + scrub + concepts: {count / whole:6.1f} notes/s")
     print(f"  concepts only (medspaCy): {count / nlp:6.1f} notes/s")
     print(f"  ratio whole/NLP time    : {whole / nlp:.2f}x (the scrubber's share)")
+    REPORT.add(
+        "notes/s (parse + scrub + concepts, one process)",
+        count / whole,
+        50.0,
+        goal=">= 50 notes/s",
+        unit="notes/s",
+        passed=count / whole >= 50,
+        note=f"{count} generated ~1 KB notes; medspaCy alone {count / nlp:.0f}/s",
+    )
     seconds = {}
     for kb in (33, 165):
         text, i = "Patient-ID: MRN-1000001\n\n", 0
@@ -178,16 +203,21 @@ def notes_throughput(count: int) -> None:
         seconds[kb] = time.perf_counter() - started
         print(f"  one {kb:3d} KB note       : {seconds[kb]:6.2f} s")
     print(f"  165 KB / 33 KB time     : {seconds[165] / seconds[33]:.2f}x (linear: 5x)")
+    REPORT.add("long note time, 165 KB vs 33 KB", seconds[165], seconds[33], goal="<= 5x (linear)",
+               unit="s", passed=seconds[165] / seconds[33] <= 5.5)  # fmt: skip
     names = read_name_list(REPO / "tests" / "data" / "notes" / "heldout_names.txt")
     planted = planted_name_notes(names)
     leaked = {n for t, n in planted if leaked_name_parts(n, scrub(t, date_shift_days=None).text)}
     print(f"  held-out names left     : {len(leaked)} of {len(names)} names "
           f"({len(planted)} planted notes)\n")  # fmt: skip
+    REPORT.add("held-out names left after scrubbing", len(leaked), len(names), goal="0",
+               unit="names", passed=not leaked, ratio=len(leaked) / len(names))  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller volumes, fewer repeats")
+    parser.add_argument("--json", type=Path, help="write the results rows here")
     args = parser.parse_args()
     size, slices = (128, 24) if args.quick else (256, 48)
     ibsi_table()
@@ -195,6 +225,7 @@ def main() -> None:
         per_scan(Path(tmp), size, slices, repeats=2 if args.quick else 3)
         scaling(Path(tmp), size, slices, series=4 if args.quick else 8)
     notes_throughput(50 if args.quick else 200)
+    REPORT.write(args.json)
 
 
 if __name__ == "__main__":

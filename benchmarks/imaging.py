@@ -9,7 +9,8 @@
    Goals: faster than every Python peer; <= 1.5x the bare read + write.
 2. DICOM series -> Parquet: size against the DICOM files (goal >= 60 % smaller) and MB/s.
 
-Usage: ``python benchmarks/imaging.py [--quick]`` (peers from requirements-bench.txt).
+Usage: ``python benchmarks/imaging.py [--quick] [--json PATH]`` (peers from
+requirements-bench.txt; ``--json``: the results rows).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI package is "benchmarks")
 
 import pydicom
+from _bench import Report, json_path
 
 from oncopipe.imaging.deid import Deidentifier
 from oncopipe.imaging.sample import write_ct_series
@@ -83,6 +86,7 @@ def run_deid(paths: list[Path]) -> float | None:
 
 def main() -> int:
     quick = "--quick" in sys.argv
+    report = Report("imaging", quick=quick)
     with tempfile.TemporaryDirectory() as tmp:
         rng = random.Random(1)
         paths: list[Path] = []
@@ -107,6 +111,27 @@ def main() -> int:
             print(f"   {name:<32} {len(files) / seconds:>9.0f} {seconds / ours:>15.2f}x")
         print(f"   oncopipe / bare read+write: {ours / results['bare pydicom read + write']:.2f}x "
               "(goal <= 1.5x)")  # fmt: skip
+        bare = results["bare pydicom read + write"]
+        report.add("de-id files/s vs bare pydicom read + write", len(files) / ours,
+                   len(files) / bare, ratio=ours / bare, goal="<= 1.5x time", unit="files/s",
+                   passed=ours / bare <= 1.5,
+                   note=f"{len(files)} CT slices 256x256")  # fmt: skip
+        for name, seconds in results.items():
+            if name in ("bare pydicom read + write", "oncopipe (Table E.1-1)"):
+                continue
+            report.add(f"de-id files/s vs {name}", len(files) / ours, len(files) / seconds,
+                       ratio=ours / seconds, goal="< 1.0x time (faster)", unit="files/s",
+                       passed=ours < seconds)  # fmt: skip
+        for name in ("dicognito", "dicom-anonymizer", "pydicom/deid (default recipe)"):
+            if not any(name in r.metric for r in report.rows):
+                report.add(
+                    f"de-id files/s vs {name}",
+                    len(files) / ours,
+                    None,
+                    goal="< 1.0x time (faster)",
+                    unit="files/s",
+                    note="peer not installed (make bench installs requirements-bench.txt)",
+                )
         series = [Path(tmp) / f"s{n}" for n in range(2 if quick else 8)]
         total_in = total_out = 0
         start = time.perf_counter()
@@ -120,6 +145,13 @@ def main() -> int:
         print(f"   size: {total_out / total_in:.0%} of the DICOM files "
               f"({1 - total_out / total_in:.0%} smaller; goal >= 60 %)")  # fmt: skip
         print(f"   throughput: {total_in / 1e6 / seconds:.1f} MB/s of DICOM")
+        report.add("series -> Parquet size vs DICOM files", total_out / 1e6, total_in / 1e6,
+                   goal="<= 0.40x (>= 60 % smaller)", unit="MB",
+                   passed=total_out / total_in <= 0.40,
+                   note=f"{len(series)} series, zstd")  # fmt: skip
+        report.add("series -> Parquet throughput", total_in / 1e6 / seconds, None,
+                   unit="MB/s of DICOM", note="no goal in the issue; one process")  # fmt: skip
+    report.write(json_path())
     return 0
 
 

@@ -12,7 +12,8 @@
    patient's JSON, and one Integrated Gradients explanation.
 
 Usage: ``python benchmarks/model.py [--quick] [--patients N] [--seed S]``
-(default 2,000 patients; ``--quick``: 1,000 patients, 8 epochs, 200 latency calls).
+(default 2,000 patients; ``--quick``: 1,000 patients, 8 epochs, 200 latency calls;
+``--json PATH``: the results rows).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI package is "benchmarks")
 
 import numpy as np
+from _bench import Report
 
 from oncopipe.cohort.dataset import build_dataset, patient_payloads, write_dataset
 from oncopipe.cohort.synthetic import generate_tables
@@ -41,7 +44,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--patients", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the results rows here")
     args = parser.parse_args()
+    out = Report("model", quick=args.quick)
     patients = args.patients or (1000 if args.quick else 2000)
 
     import torch
@@ -92,6 +97,18 @@ def main() -> int:
             f"{'met' if g['meets_margin_goal'] else 'NOT met'})"
         )
         print(f"ablation wall time: {report['total_seconds']:.0f} s for 7 models")
+        out.add(
+            "multimodal test AUC",
+            g["multimodal_auc"],
+            g["best_single_auc"],
+            ratio=g["margin"],
+            goal=f">= {g['auc_goal']:.2f} and >= best single + {g['margin_goal']:.2f}",
+            unit="AUC (ratio column: margin)",
+            passed=bool(g["meets_auc_goal"] and g["meets_margin_goal"]),
+            note=f"{patients} synthetic patients; best single {g['best_single_modality']}",
+        )
+        out.add("model step: ablation training wall time (7 models)", report["total_seconds"],
+                None, unit="s", note=f"{hp.epochs} epochs, {patients} patients, CPU")  # fmt: skip
 
         print()
         print("2. Training throughput (samples/s, forward + backward + step)")
@@ -137,6 +154,12 @@ def main() -> int:
             f"{'met' if pr['auc_loss'] <= 0.01 else 'NOT met'})"
         )
 
+        out.add("one-patient latency p50, full model", lat["full"]["p50_ms"], 20.0,
+                goal="<= 20 ms", unit="ms", passed=lat["full"]["p50_ms"] <= 20)  # fmt: skip
+        out.add("pruned vs full model p50 speed-up", pr["speedup_p50"], None,
+                ratio=pr["speedup_p50"], goal=">= 1.5x, AUC loss <= 0.01", unit="x",
+                passed=pr["speedup_p50"] >= 1.5 and pr["auc_loss"] <= 0.01,
+                note=f"AUC loss {pr['auc_loss']:+.4f}")  # fmt: skip
         # 4. the serving path for one patient's raw JSON
         row = ds.split("test").to_pylist()[0]
         key = row["patient_key"]
@@ -162,6 +185,9 @@ def main() -> int:
             f"p95 {1000 * np.percentile(times, 95):.2f} ms"
         )
         print(f"Integrated Gradients explanation (32 steps): {t_explain:.2f} s per patient")
+        out.add("serving path p50 (input_fn -> predict_fn -> output_fn)",
+                1000 * float(np.percentile(times, 50)), None, unit="ms")  # fmt: skip
+    out.write(args.json)
     return 0
 
 

@@ -4,6 +4,7 @@ with a bare in-process synth of the same app without nag (what a user without th
 compliance checks would run). Prints seconds and the ratio; asserts nothing.
 
 Goal (issue 2): `make synth` <= 30 s on a 2-core machine.
+Usage: ``python benchmarks/synth_time.py [--quick] [--json PATH]`` (quick: one round).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI package is "benchmarks")
+from _bench import Report, json_path  # noqa: E402
+
 CDK = REPO / "node_modules" / ".bin" / "cdk"
 ENV = {
     **os.environ,
@@ -60,8 +64,13 @@ def main(rounds: int = 2) -> int:
     print(f"ratio make synth / baseline: {best_full / best_bare:.2f}x")
     print(f"goal <= 30 s: {'met' if best_full <= 30 else 'NOT met'} ({best_full:.1f} s, "
           f"{os.cpu_count()} cores)")  # fmt: skip
+    report = Report("synth_time", quick=rounds == 1)
+    report.add("make synth (cdk CLI + both nag packs) vs bare synth", best_full, best_bare,
+               goal="<= 30 s", unit="s", passed=best_full <= 30,
+               note=f"best of {rounds}")  # fmt: skip
+    report.write(json_path())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(rounds=1 if "--quick" in sys.argv else 2))

@@ -13,6 +13,10 @@ specificity, Brier score, expected calibration error over 10 equal-width bins an
 reliability bins themselves.
 
 Usage: ``python -m training.evaluate --dataset DIR --out DIR [--epochs N ...]``.
+
+``python -m training.evaluate score --model DIR --dataset DIR --out DIR [--approved-auc A
+--tolerance T]`` (:func:`score`) scores one trained model on the test split instead: the
+model pipeline's evaluation step, whose ``evaluation.json`` the pipeline's AUC gate reads.
 """
 
 from __future__ import annotations
@@ -280,9 +284,13 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry (see the module docstring)."""
+    """CLI entry (see the module docstring); ``score ...`` runs :func:`score_main`."""
     from training.train import hparams_from_args, parse_args
 
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["score"]:
+        return score_main(args_list[1:])
+    argv = args_list
     parser = argparse.ArgumentParser(prog="python -m training.evaluate")
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -292,6 +300,143 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = evaluate(args.dataset, args.out, hparams=hparams_from_args(train_args))
     print(format_table(report))
     print(json.dumps(report.get("goals", {}), indent=1))
+    return 0
+
+
+# -- score: one trained model on the test split (the pipeline's evaluation step) ------------
+SCORE_FILE = "evaluation.json"
+BOOTSTRAP_SAMPLES = 200
+
+
+def _model_folder(model: Path, scratch: Path) -> Path:
+    """The model folder: ``model`` itself, or ``model.tar.gz`` in it extracted to ``scratch``."""
+    import tarfile
+
+    if (model / "model.pt").exists():
+        return model
+    archive = model / "model.tar.gz" if model.is_dir() else model
+    if not archive.is_file():
+        raise FileNotFoundError(f"{model}: neither model.pt nor model.tar.gz")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(scratch, filter="data")  # refuses links and paths outside scratch
+    return scratch
+
+
+def _auc_std(labels: Any, probs: Any, samples: int = BOOTSTRAP_SAMPLES) -> float:
+    """Bootstrap standard deviation of the AUC (seeded: the same data give the same value)."""
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(samples):
+        idx = rng.integers(0, len(labels), len(labels))
+        a = roc_auc(labels[idx], probs[idx])
+        if not np.isnan(a):
+            values.append(a)
+    return float(np.std(values)) if values else float("nan")
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def score(
+    model_dir: Path | str,
+    dataset_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    approved_auc: float = 0.0,
+    tolerance: float = 0.0,
+) -> dict[str, Any]:
+    """Score a trained model on the test split of a dataset; write ``evaluation.json``.
+
+    ``model_dir`` is a model folder (``model.pt``, ``preprocess.json``) or a folder with the
+    training job's ``model.tar.gz`` (what a SageMaker Processing input of the artifact
+    holds). The report has ``metrics`` (:func:`binary_metrics` of the test split),
+    ``binary_classification_metrics`` (SageMaker's model-quality format: ``auc`` value and
+    bootstrap standard deviation, the model registry shows it) and ``comparison``: the
+    approved model's AUC, the tolerance, and ``approved_floor`` = approved AUC - tolerance,
+    the value the pipeline's condition compares the AUC with.
+
+    Returns: the report.
+
+    Raises:
+        FileNotFoundError: no model in ``model_dir``.
+        CohortError: ``dataset_dir`` is not a dataset.
+        ValueError: the test split lacks a class, or a negative tolerance.
+    """
+    import tempfile
+
+    from oncopipe.cohort.dataset import Preprocessing, read_dataset
+    from training.model import load_model
+
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    with tempfile.TemporaryDirectory(prefix="oncopipe-score-") as scratch:
+        root = _model_folder(Path(model_dir), Path(scratch))
+        model = load_model(root)
+        prep = Preprocessing.load(root / "preprocess.json")
+    dataset = read_dataset(dataset_dir)
+    config = model.config
+    test = encode_rows(
+        dataset.split("test"),
+        prep,
+        max_variants=config.max_variants,
+        max_notes=config.max_notes,
+        layout=RadiomicLayout.from_features(prep.radiomic_features),
+    )
+    ok = ~np.isnan(test.labels)
+    y = test.labels[ok]
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"{dataset_dir}: the test split needs labelled patients of both classes")
+    probs = predict(model, test, present=select_modalities(test.present, config.modalities))[ok]
+    metrics = binary_metrics(y, probs)
+    report: dict[str, Any] = {
+        "metrics": metrics,
+        "binary_classification_metrics": {
+            "auc": {"value": metrics["auc"], "standard_deviation": _auc_std(y, probs)},
+            "recall_at_90_specificity": {
+                "value": metrics["recall_at_90_specificity"],
+                "standard_deviation": float("nan"),
+            },
+        },
+        "comparison": {
+            "approved_auc": float(approved_auc),
+            "tolerance": float(tolerance),
+            # rounded off float noise only (0.95 - 0.02 is 0.9299999999999999)
+            "approved_floor": round(float(approved_auc) - float(tolerance), 10),
+        },
+        "split_counts": dataset.counts(),
+        "modalities": list(config.modalities),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # NaN is not JSON: a value that does not exist (one-class bootstrap) is written as null
+    text = json.dumps(_nan_to_none(report), indent=1, allow_nan=False)
+    (out / SCORE_FILE).write_text(text + "\n", encoding="utf-8")
+    return report
+
+
+def score_main(argv: Sequence[str]) -> int:
+    """``python -m training.evaluate score --model DIR --dataset DIR --out DIR ...``."""
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate score")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="model folder, or a folder with model.tar.gz")  # fmt: skip
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--approved-auc", type=float, default=0.0,
+                        help="test AUC of the model now approved (0: none)")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="how far below the approved AUC a new model may score")  # fmt: skip
+    args = parser.parse_args(list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = score(args.model, args.dataset, args.out, approved_auc=args.approved_auc,
+                   tolerance=args.tolerance)  # fmt: skip
+    print(json.dumps({"auc": report["metrics"]["auc"], **report["comparison"]}))
     return 0
 
 

@@ -1,0 +1,713 @@
+"""The model pipeline as a SageMaker Pipeline definition (JSON, Version ``2020-12-01``).
+
+Built without the SageMaker SDK (its pins conflict with ours and it calls AWS while it
+builds): plain functions produce the documented definition format, so the stack can put
+the JSON in ``AWS::SageMaker::Pipeline`` with CDK tokens in the settings, and
+:mod:`oncopipe.pipeline.local_runner` can run the very same JSON on a laptop.
+
+The pipeline (:func:`model_pipeline`):
+
+1. ``Cohort`` (Processing, cached): ``python -m processing.cohort stage --build-id
+   <CohortRunId>`` builds the training dataset into ``cohort/dataset/<CohortRunId>/`` of the
+   curated bucket. The job commits its files through the S3 API (its manifest is the commit
+   record), so its declared output ``dataset`` names that prefix for the steps after it.
+2. ``Train`` (Training, cached): script mode ``training/train.py`` on that prefix as channel
+   ``train``; Managed Spot Training with checkpoints in S3, VPC, volume and output KMS.
+3. ``Evaluate`` (Processing): ``python -m training.evaluate score`` on the model artifact
+   and the dataset's test split; writes ``evaluation.json`` (property file
+   ``EvaluationReport``) with the test AUC and the approved model's AUC minus tolerance.
+4. ``CheckAuc`` (Condition): AUC >= ``MinAuc`` and AUC >= approved AUC - ``AucTolerance``
+   -> ``RegisterModel`` (PendingManualApproval, model metrics = the evaluation report),
+   else ``AucBelowGate`` (Fail, the message names the AUC and both gates).
+
+Expressions follow the definition format: ``{"Get": "Parameters.X"}``,
+``{"Get": "Steps.S.<property path>"}``, ``{"Get": "Execution.PipelineExecutionId"}``,
+``{"Std:Join": {"On": s, "Values": [...]}}`` and ``{"Std:JsonGet": {"PropertyFile":
+{"Get": "Steps.S.PropertyFiles.F"}, "Path": p}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from oncopipe import layout
+
+VERSION = "2020-12-01"
+PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
+#: Execution variables a definition may read (``{"Get": "Execution.<name>"}``).
+EXECUTION_VARIABLES = (
+    "PipelineExecutionId",
+    "PipelineExecutionArn",
+    "PipelineName",
+    "PipelineArn",
+    "StartDateTime",
+    "CurrentDateTime",
+)
+
+# step names: the ones :func:`model_pipeline` uses (Get references spell them)
+COHORT = "Cohort"
+TRAIN = "Train"
+EVALUATE = "Evaluate"
+CHECK = "CheckAuc"
+REGISTER = "RegisterModel"
+FAIL = "AucBelowGate"
+EVALUATION_REPORT = "EvaluationReport"
+EVALUATION_FILE = "evaluation.json"
+#: Where evaluation.json keeps what the condition reads (:func:`training.evaluate.score`).
+AUC_PATH = "metrics.auc"
+APPROVED_FLOOR_PATH = "comparison.approved_floor"
+
+PROCESSING_INPUT = "/opt/ml/processing/input"
+PROCESSING_OUTPUT = "/opt/ml/processing/output"
+
+
+class DefinitionError(ValueError):
+    """The definition is inconsistent (unknown step or parameter, duplicate name...)."""
+
+
+# -- expressions ----------------------------------------------------------------------------
+def get(path: str) -> dict[str, Any]:
+    """Return a ``Get`` expression (``Parameters.X``, ``Steps.S.Path``, ``Execution.X``)."""
+    return {"Get": path}
+
+
+def param(name: str) -> dict[str, Any]:
+    """Return the value of pipeline parameter ``name``."""
+    return get(f"Parameters.{name}")
+
+
+def execution(variable: str) -> dict[str, Any]:
+    """Return an execution variable (``PipelineExecutionId``...).
+
+    Raises:
+        DefinitionError: not an execution variable.
+    """
+    if variable not in EXECUTION_VARIABLES:
+        raise DefinitionError(
+            f"unknown execution variable {variable!r} (known: {', '.join(EXECUTION_VARIABLES)})"
+        )
+    return get(f"Execution.{variable}")
+
+
+def join(values: Sequence[Any], on: str = "") -> dict[str, Any]:
+    """Return ``Std:Join`` of literals and expressions, separated by ``on``."""
+    return {"Std:Join": {"On": on, "Values": list(values)}}
+
+
+def json_get(step: str, property_file: str, path: str) -> dict[str, Any]:
+    """Return ``Std:JsonGet``: the value at ``path`` of a step's property file."""
+    return {
+        "Std:JsonGet": {
+            "PropertyFile": get(f"Steps.{step}.PropertyFiles.{property_file}"),
+            "Path": path,
+        }
+    }
+
+
+def processing_output_uri(step: str, output: str) -> dict[str, Any]:
+    """Return the S3 URI a processing step's named output is uploaded to."""
+    return get(f"Steps.{step}.ProcessingOutputConfig.Outputs['{output}'].S3Output.S3Uri")
+
+
+def model_artifacts(step: str) -> dict[str, Any]:
+    """Return the ``model.tar.gz`` URI a training step produced."""
+    return get(f"Steps.{step}.ModelArtifacts.S3ModelArtifacts")
+
+
+def iter_expressions(value: Any) -> Iterator[dict[str, Any]]:
+    """Yield every ``Get`` / ``Std:Join`` / ``Std:JsonGet`` expression inside ``value``."""
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in ("Get", "Std:Join", "Std:JsonGet"):
+            yield value
+            inner = next(iter(value.values()))
+            if isinstance(inner, dict):
+                yield from iter_expressions(inner.get("Values", []))
+                yield from iter_expressions(inner.get("PropertyFile"))
+            return
+        for v in value.values():
+            yield from iter_expressions(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from iter_expressions(v)
+
+
+_STEP_REF = re.compile(r"^Steps\.([A-Za-z0-9\-_]+)(?:\.|$)")
+
+
+def referenced_steps(value: Any) -> set[str]:
+    """Return the names of the steps whose properties ``value`` reads."""
+    names = set()
+    for expr in iter_expressions(value):
+        path = expr.get("Get")
+        if isinstance(path, str):
+            m = _STEP_REF.match(path)
+            if m:
+                names.add(m.group(1))
+    return names
+
+
+# -- the definition's parts -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Parameter:
+    """A pipeline parameter: name, type (String/Integer/Float/Boolean), default value."""
+
+    name: str
+    type: str
+    default: str | int | float | bool
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAMETER_TYPES:
+            raise DefinitionError(f"parameter {self.name}: type must be one of {PARAMETER_TYPES}")
+        expected: dict[str, type | tuple[type, ...]] = {
+            "String": str,
+            "Integer": int,
+            "Float": (int, float),
+            "Boolean": bool,
+        }
+        ok = isinstance(self.default, expected[self.type]) and not (
+            self.type in ("Integer", "Float") and isinstance(self.default, bool)
+        )
+        if not ok:
+            raise DefinitionError(
+                f"parameter {self.name}: default {self.default!r} is not a {self.type}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Name": self.name, "Type": self.type, "DefaultValue": self.default}
+
+
+@dataclass(frozen=True)
+class PropertyFile:
+    """A JSON file a processing step writes into one of its outputs, read by ``Std:JsonGet``."""
+
+    name: str
+    output_name: str
+    file_path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "PropertyFileName": self.name,
+            "OutputName": self.output_name,
+            "FilePath": self.file_path,
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: name, type (Processing, Training, Condition, RegisterModel, Fail), arguments.
+
+    ``arguments`` is the request of the step's API call (``CreateProcessingJob`` without the
+    job name, which the pipeline chooses), the condition, or the failure message.
+    ``cache_expire_after`` (an ISO 8601 duration, ``P30D``) turns step caching on.
+    """
+
+    name: str
+    type: str
+    arguments: dict[str, Any]
+    depends_on: tuple[str, ...] = ()
+    cache_expire_after: str | None = None
+    property_files: tuple[PropertyFile, ...] = ()
+    description: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Name": self.name, "Type": self.type}
+        if self.description:
+            out["Description"] = self.description
+        if self.depends_on:
+            out["DependsOn"] = list(self.depends_on)
+        out["Arguments"] = self.arguments
+        if self.cache_expire_after:
+            out["CacheConfig"] = {"Enabled": True, "ExpireAfter": self.cache_expire_after}
+        if self.property_files:
+            out["PropertyFiles"] = [p.to_json() for p in self.property_files]
+        return out
+
+
+def condition_step(
+    name: str,
+    conditions: Sequence[dict[str, Any]],
+    if_steps: Sequence[Step],
+    else_steps: Sequence[Step],
+) -> Step:
+    """Return a Condition step; its branches' steps are nested in it, as the format has it.
+
+    ``conditions`` must all hold (the list is a conjunction) for ``if_steps`` to run.
+    """
+    return Step(
+        name,
+        "Condition",
+        {
+            "Conditions": list(conditions),
+            "IfSteps": [s.to_json() for s in if_steps],
+            "ElseSteps": [s.to_json() for s in else_steps],
+        },
+    )
+
+
+def compare(kind: str, left: Any, right: Any) -> dict[str, Any]:
+    """Return a comparison condition (``GreaterThanOrEqualTo``, ``Equals``...)."""
+    kinds = ("Equals", "GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo")
+    if kind not in kinds:
+        raise DefinitionError(f"unknown comparison {kind!r} (known: {', '.join(kinds)})")
+    return {"Type": kind, "LeftValue": left, "RightValue": right}
+
+
+def all_steps(steps: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Return every step of a definition's ``Steps``, the nested branch steps included."""
+    out: list[Mapping[str, Any]] = []
+    for step in steps:
+        out.append(step)
+        if step.get("Type") == "Condition":
+            args = step.get("Arguments", {})
+            out += all_steps([*args.get("IfSteps", []), *args.get("ElseSteps", [])])
+    return out
+
+
+def check_references(definition: Mapping[str, Any]) -> None:
+    """Refuse a definition whose expressions name unknown steps, parameters or property files.
+
+    Raises:
+        DefinitionError: the message names the step, the reference and what exists.
+    """
+    steps = all_steps(definition.get("Steps", []))
+    names = [str(s.get("Name")) for s in steps]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DefinitionError(f"step names must be unique: {', '.join(dupes)}")
+    params = {str(p["Name"]) for p in definition.get("Parameters", [])}
+    files = {
+        (str(s["Name"]), str(f["PropertyFileName"]))
+        for s in steps
+        for f in s.get("PropertyFiles", [])
+    }
+    for step in steps:
+        where = f"step {step.get('Name')}"
+        for dep in step.get("DependsOn", []):
+            if dep not in names:
+                raise DefinitionError(
+                    f"{where} depends on {dep!r}, which is not a step of this pipeline "
+                    f"(steps: {', '.join(names)})"
+                )
+        body = {k: v for k, v in step.items() if k == "Arguments"}
+        for expr in iter_expressions(body):
+            path = expr.get("Get")
+            if not isinstance(path, str):
+                continue
+            head, _, rest = path.partition(".")
+            if head == "Parameters":
+                if rest not in params:
+                    raise DefinitionError(
+                        f"{where} reads {path}, which is not a parameter of this pipeline "
+                        f"(parameters: {', '.join(sorted(params)) or 'none'})"
+                    )
+            elif head == "Execution":
+                if rest not in EXECUTION_VARIABLES:
+                    raise DefinitionError(f"{where} reads {path}: no such execution variable")
+            elif head == "Steps":
+                target, _, prop = rest.partition(".")
+                if target not in names:
+                    raise DefinitionError(
+                        f"{where} reads {path}, but {target!r} is not a step of this pipeline "
+                        f"(steps: {', '.join(names)})"
+                    )
+                if target == step.get("Name"):
+                    raise DefinitionError(f"{where} reads its own property {path}")
+                if prop.startswith("PropertyFiles."):
+                    pf = prop.removeprefix("PropertyFiles.")
+                    if (target, pf) not in files:
+                        raise DefinitionError(
+                            f"{where} reads {path}, but step {target} declares no property "
+                            f"file {pf!r}"
+                        )
+            else:
+                raise DefinitionError(
+                    f"{where}: {path!r} is not a Parameters., Steps. or Execution. reference"
+                )
+
+
+def build_definition(parameters: Sequence[Parameter], steps: Sequence[Step]) -> dict[str, Any]:
+    """Return the definition JSON object of parameters and top-level steps, checked.
+
+    Raises:
+        DefinitionError: duplicate names or a reference to an unknown step, parameter or
+            property file (:func:`check_references`).
+    """
+    seen = [p.name for p in parameters]
+    if len(set(seen)) != len(seen):
+        raise DefinitionError(f"parameter names must be unique: {', '.join(seen)}")
+    definition = {
+        "Version": VERSION,
+        "Metadata": {},
+        "Parameters": [p.to_json() for p in parameters],
+        "PipelineExperimentConfig": {
+            "ExperimentName": execution("PipelineName"),
+            "TrialName": execution("PipelineExecutionId"),
+        },
+        "Steps": [s.to_json() for s in steps],
+    }
+    check_references(definition)
+    return definition
+
+
+# -- the model pipeline ---------------------------------------------------------------------
+#: Default hyperparameters of the training step (strings, as SageMaker passes them).
+DEFAULT_HYPERPARAMETERS: dict[str, str] = {
+    "epochs": "16",
+    "batch-size": "32",
+    "lr": "0.003",
+    "d-model": "32",
+    "layers": "3",
+    "heads": "2",
+    "dropout": "0.0",
+    "modality-dropout": "0.15",
+    "seed": "0",
+    "package": "true",
+}
+#: What SageMaker reads from the training log (train.py prints ``val_auc=...``).
+METRIC_DEFINITIONS = (
+    {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
+    {"Name": "train:loss", "Regex": " loss=([0-9.]+)"},
+)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the definition needs from the deployment; any string may be a CDK token.
+
+    Role ARNs: ``cohort_role_arn`` runs the cohort job, ``training_role_arn`` the training
+    job, ``evaluation_role_arn`` the evaluation job (reads the model and the dataset, writes
+    under ``models/evaluation/``). ``kms_key_arn`` encrypts job volumes and outputs.
+    """
+
+    curated_bucket: str
+    artifacts_bucket: str
+    cohort_role_arn: str
+    training_role_arn: str
+    evaluation_role_arn: str
+    processing_image_uri: str
+    training_image_uri: str
+    inference_image_uri: str
+    kms_key_arn: str
+    subnet_ids: tuple[str, ...]
+    security_group_ids: tuple[str, ...]
+    model_package_group_name: str
+    project: str = "oncopipe"
+    processing_instance_type: str = "ml.m5.xlarge"
+    training_instance_type: str = "ml.m5.xlarge"
+    serving_instance_type: str = "ml.m5.large"
+    processing_volume_gb: int = 30
+    training_volume_gb: int = 30
+    processing_max_runtime_s: int = 3600
+    training_max_runtime_s: int = 4 * 3600
+    training_spot: bool = True
+    training_max_wait_s: int = 8 * 3600
+    min_auc: float = 0.85
+    approved_auc: float = 0.0
+    auc_tolerance: float = 0.02
+    cohort_run_id: str = "latest"
+    hyperparameters: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_HYPERPARAMETERS)
+    )
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "oncopipe-response"
+    cache_expire_after: str = "P30D"
+
+    def __post_init__(self) -> None:
+        if not self.subnet_ids or not self.security_group_ids:
+            raise DefinitionError("jobs run in the VPC: subnet_ids and security_group_ids")
+        if self.training_spot and self.training_max_wait_s < self.training_max_runtime_s:
+            raise DefinitionError(
+                "spot training: training_max_wait_s must be >= training_max_runtime_s"
+            )
+
+
+def _vpc(s: PipelineSettings) -> dict[str, Any]:
+    return {"SecurityGroupIds": list(s.security_group_ids), "Subnets": list(s.subnet_ids)}
+
+
+def _processing_args(
+    s: PipelineSettings,
+    *,
+    role: str,
+    image: str,
+    module: str,
+    arguments: list[Any],
+    environment: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """CreateProcessingJob arguments (without the job name) of a ``python -m`` job."""
+    args: dict[str, Any] = {
+        "RoleArn": role,
+        "AppSpecification": {
+            "ImageUri": image,
+            "ContainerEntrypoint": ["python", "-m", module],
+            "ContainerArguments": arguments,
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": param("ProcessingInstanceType"),
+                "VolumeSizeInGB": s.processing_volume_gb,
+                "VolumeKmsKeyId": s.kms_key_arn,
+            }
+        },
+        "NetworkConfig": {
+            "EnableInterContainerTrafficEncryption": True,
+            "EnableNetworkIsolation": False,
+            "VpcConfig": _vpc(s),
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": s.processing_max_runtime_s},
+        "Environment": environment,
+    }
+    if inputs:
+        args["ProcessingInputs"] = inputs
+    if outputs:
+        args["ProcessingOutputConfig"] = {"Outputs": outputs, "KmsKeyId": s.kms_key_arn}
+    return args
+
+
+def _s3_input(name: str, uri: Any, local: str) -> dict[str, Any]:
+    return {
+        "InputName": name,
+        "AppManaged": False,
+        "S3Input": {
+            "S3Uri": uri,
+            "LocalPath": local,
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated",
+        },
+    }
+
+
+def _s3_output(name: str, uri: Any, local: str) -> dict[str, Any]:
+    return {
+        "OutputName": name,
+        "AppManaged": False,
+        "S3Output": {"S3Uri": uri, "LocalPath": local, "S3UploadMode": "EndOfJob"},
+    }
+
+
+def _cohort(s: PipelineSettings) -> Step:
+    # the trailing "/" matters: as an S3 prefix, build-1 would also match build-10/
+    dataset = join(
+        [f"s3://{s.curated_bucket}/{layout.CURATED_COHORT_DATASET}", param("CohortRunId"), "/"]
+    )
+    args = _processing_args(
+        s,
+        role=s.cohort_role_arn,
+        image=s.processing_image_uri,
+        module="processing.cohort",
+        arguments=["stage", "--build-id", param("CohortRunId")],
+        environment={"CURATED_BUCKET": s.curated_bucket},
+        inputs=[],
+        # the job commits the dataset through the S3 API (manifest last); the declared
+        # output names the prefix for the steps after it and its local folder stays empty
+        outputs=[_s3_output("dataset", dataset, f"{PROCESSING_OUTPUT}/dataset")],
+    )
+    return Step(
+        COHORT,
+        "Processing",
+        args,
+        cache_expire_after=s.cache_expire_after,
+        description="curated feature tables and labels -> the cohort training dataset",
+    )
+
+
+def _train(s: PipelineSettings) -> Step:
+    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": s.training_max_runtime_s}
+    if s.training_spot:
+        stopping["MaxWaitTimeInSeconds"] = s.training_max_wait_s
+    environment = {"SAGEMAKER_PROGRAM": "training/train.py"}
+    if s.mlflow_tracking_uri:
+        environment["MLFLOW_TRACKING_URI"] = s.mlflow_tracking_uri
+        environment["MLFLOW_EXPERIMENT_NAME"] = s.mlflow_experiment
+    args = {
+        "AlgorithmSpecification": {
+            "TrainingImage": s.training_image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
+        },
+        "RoleArn": s.training_role_arn,
+        "HyperParameters": dict(s.hyperparameters),
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": processing_output_uri(COHORT, "dataset"),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
+        "OutputDataConfig": {
+            "S3OutputPath": f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_MODELS}",
+            "KmsKeyId": s.kms_key_arn,
+        },
+        "ResourceConfig": {
+            "InstanceCount": 1,
+            "InstanceType": param("TrainingInstanceType"),
+            "VolumeSizeInGB": s.training_volume_gb,
+            "VolumeKmsKeyId": s.kms_key_arn,
+        },
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": s.training_spot,
+        "CheckpointConfig": {
+            # per cohort build: a spot interruption resumes from the same build's checkpoint
+            "S3Uri": join(
+                [
+                    f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_CHECKPOINTS}",
+                    param("CohortRunId"),
+                    "/",
+                    execution("PipelineExecutionId"),
+                    "/",
+                ]
+            ),
+            "LocalPath": "/opt/ml/checkpoints",
+        },
+        "VpcConfig": _vpc(s),
+        "EnableInterContainerTrafficEncryption": True,
+        "EnableNetworkIsolation": False,
+        "Environment": environment,
+    }
+    return Step(
+        TRAIN,
+        "Training",
+        args,
+        cache_expire_after=s.cache_expire_after,
+        description="script-mode training of the multimodal response model",
+    )
+
+
+def _evaluate(s: PipelineSettings) -> Step:
+    model_in = f"{PROCESSING_INPUT}/model"
+    data_in = f"{PROCESSING_INPUT}/dataset"
+    out = f"{PROCESSING_OUTPUT}/evaluation"
+    # no trailing "/": the register step joins the file name on "/"
+    report = join(
+        [
+            f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_MODELS}evaluation/",
+            execution("PipelineExecutionId"),
+        ]
+    )
+    args = _processing_args(
+        s,
+        role=s.evaluation_role_arn,
+        image=s.training_image_uri,
+        module="training.evaluate",
+        arguments=[
+            "score",
+            "--model",
+            model_in,
+            "--dataset",
+            data_in,
+            "--out",
+            out,
+            "--approved-auc",
+            param("ApprovedAuc"),
+            "--tolerance",
+            param("AucTolerance"),
+        ],
+        environment={},
+        inputs=[
+            _s3_input("model", model_artifacts(TRAIN), model_in),
+            _s3_input("dataset", processing_output_uri(COHORT, "dataset"), data_in),
+        ],
+        outputs=[_s3_output("evaluation", report, out)],
+    )
+    return Step(
+        EVALUATE,
+        "Processing",
+        args,
+        property_files=(PropertyFile(EVALUATION_REPORT, "evaluation", EVALUATION_FILE),),
+        description="test-split AUC of the trained model and the approved model's floor",
+    )
+
+
+def _register(s: PipelineSettings) -> Step:
+    report = join([processing_output_uri(EVALUATE, "evaluation"), EVALUATION_FILE], on="/")
+    container = {
+        "Image": s.inference_image_uri,
+        "ModelDataUrl": model_artifacts(TRAIN),
+        "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "ONCOPIPE_MODEL_VARIANT": "pruned"},
+    }
+    args = {
+        "ModelPackageGroupName": s.model_package_group_name,
+        "ModelPackageDescription": join(
+            [
+                "pipeline execution ",
+                execution("PipelineExecutionId"),
+                ", cohort ",
+                param("CohortRunId"),
+            ]
+        ),
+        "ModelApprovalStatus": "PendingManualApproval",
+        "InferenceSpecification": {
+            "Containers": [container],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+            "SupportedRealtimeInferenceInstanceTypes": [s.serving_instance_type],
+            "SupportedTransformInstanceTypes": [s.processing_instance_type],
+        },
+        "ModelMetrics": {
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": report}}
+        },
+    }
+    return Step(REGISTER, "RegisterModel", args, description="the model version, for approval")
+
+
+def _fail() -> Step:
+    auc = json_get(EVALUATE, EVALUATION_REPORT, AUC_PATH)
+    floor = json_get(EVALUATE, EVALUATION_REPORT, APPROVED_FLOOR_PATH)
+    message = join(
+        ["model not registered: test AUC ", auc, " is below the gate (MinAuc ",
+         param("MinAuc"), ", approved AUC - tolerance ", floor, ")"]
+    )  # fmt: skip
+    return Step(FAIL, "Fail", {"ErrorMessage": message})
+
+
+def model_parameters(s: PipelineSettings) -> list[Parameter]:
+    """The pipeline's parameters, with the settings' values as defaults."""
+    return [
+        Parameter("ProcessingInstanceType", "String", s.processing_instance_type),
+        Parameter("TrainingInstanceType", "String", s.training_instance_type),
+        Parameter("CohortRunId", "String", s.cohort_run_id),
+        Parameter("MinAuc", "Float", float(s.min_auc)),
+        Parameter("ApprovedAuc", "Float", float(s.approved_auc)),
+        Parameter("AucTolerance", "Float", float(s.auc_tolerance)),
+    ]
+
+
+def model_pipeline(s: PipelineSettings) -> dict[str, Any]:
+    """Return the model pipeline's definition (see the module docstring).
+
+    Raises:
+        DefinitionError: the definition is inconsistent (a bug, not a user error).
+    """
+    auc = json_get(EVALUATE, EVALUATION_REPORT, AUC_PATH)
+    check = condition_step(
+        CHECK,
+        [
+            compare("GreaterThanOrEqualTo", auc, param("MinAuc")),
+            compare(
+                "GreaterThanOrEqualTo",
+                auc,
+                json_get(EVALUATE, EVALUATION_REPORT, APPROVED_FLOOR_PATH),
+            ),
+        ],
+        if_steps=[_register(s)],
+        else_steps=[_fail()],
+    )
+    return build_definition(model_parameters(s), [_cohort(s), _train(s), _evaluate(s), check])
+
+
+def to_json(definition: Mapping[str, Any]) -> str:
+    """Return the definition as the JSON string ``AWS::SageMaker::Pipeline`` takes."""
+    return json.dumps(definition, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,219 @@
+"""The model pipeline's definition run locally: cohort -> train -> evaluate -> gate.
+
+One small synthetic cohort, committed to a moto S3 curated bucket the way the stages
+commit their tables; the runner runs the real entry points (processing.cohort,
+training/train.py in script mode, training.evaluate score) on it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("torch")
+
+from oncopipe import catalog, layout
+from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
+from oncopipe.manifest import StepContext, process_item
+from oncopipe.pipeline import definition as d
+from oncopipe.pipeline.local_runner import (
+    CACHED,
+    NOT_EXECUTED,
+    SUCCEEDED,
+    LocalPipelineRunner,
+    PipelineFailed,
+    model_packages,
+)
+from oncopipe.storage import ObjectStore
+from tests.conftest import REGION, make_bucket
+from tests.test_pipeline_definition import settings
+
+CURATED = "pipe-curated"
+ARTIFACTS = "pipe-artifacts"
+GROUP = "pipe-response"
+FEATURES = [
+    f for f in radiomic_feature_names() if f.startswith(("original_", "log-sigma-1-0-mm-3D_"))
+]
+#: small and fast: a local run of the whole pipeline takes seconds
+HPARAMS = {"epochs": "10", "batch-size": "32", "lr": "0.003", "d-model": "32", "layers": "2",
+           "heads": "2", "seed": "0", "threads": "1", "package": "false",
+           "log-level": "WARNING"}  # fmt: skip
+
+
+def _bytes(table: Any) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def _commit_cohort(store: ObjectStore) -> None:
+    """Commit the synthetic feature tables (manifests + symlinks) and upload labels."""
+    tables = generate_tables(900, seed=5, features=FEATURES)
+    places = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
+    for name, table in places.items():
+        key = f"{catalog.TABLES[table].prefix}pk-all/{name}.parquet"
+        ctx = StepContext(store=store, manifest_bucket=CURATED, run_id="feat-1", step=name)
+        data = _bytes(getattr(tables, name))
+
+        def work(writer: Any, key: str = key, data: bytes = data) -> dict[str, Any]:
+            writer.put(CURATED, key, data)
+            return {}
+
+        process_item(ctx, name, [], work)
+    store.put_bytes(CURATED, f"{layout.CURATED_LABELS}labels.parquet", _bytes(tables.labels),
+                    tags={})  # fmt: skip
+
+
+@dataclass
+class World:
+    store: ObjectStore
+    definition: dict[str, Any]
+    work: Path
+    lines: list[str] = field(default_factory=list)
+
+    def runner(self) -> LocalPipelineRunner:
+        return LocalPipelineRunner(
+            self.definition,
+            self.store,
+            work_dir=self.work,
+            artifacts_bucket=ARTIFACTS,
+            region=REGION,
+            echo=self.lines.append,
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    import boto3
+    from moto import mock_aws
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN",
+                     "MLFLOW_TRACKING_URI"):  # fmt: skip
+            mp.delenv(name, raising=False)
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY",
+                            "testing"), ("AWS_DEFAULT_REGION", REGION)):  # fmt: skip
+            mp.setenv(name, value)
+        with mock_aws():
+            client = boto3.client("s3", region_name=REGION)
+            make_bucket(client, CURATED)
+            make_bucket(client, ARTIFACTS)
+            store = ObjectStore(client)
+            _commit_cohort(store)
+            definition = d.model_pipeline(
+                settings(
+                    curated_bucket=CURATED,
+                    artifacts_bucket=ARTIFACTS,
+                    model_package_group_name=GROUP,
+                    hyperparameters=HPARAMS,
+                    cohort_run_id="build-1",
+                )
+            )
+            yield World(store, definition, tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="module")
+def first(world: World) -> Any:
+    """The first execution: the model clears both gates (AUC ~0.82 on this cohort)."""
+    return world.runner().start({"MinAuc": 0.7, "ApprovedAuc": 0.8}, execution_id="exec-1")
+
+
+def _evaluation(world: World, execution_id: str) -> dict[str, Any]:
+    key = f"{layout.ARTIFACTS_MODELS}evaluation/{execution_id}/evaluation.json"
+    doc: dict[str, Any] = json.loads(world.store.get_bytes(ARTIFACTS, key))
+    return doc
+
+
+def test_condition_true_registers_a_package_pending_approval(world: World, first: Any) -> None:
+    assert first.status == SUCCEEDED
+    assert {n: first.status_of(n) for n in first.steps} == {
+        "Cohort": SUCCEEDED, "Train": SUCCEEDED, "Evaluate": SUCCEEDED, "CheckAuc": SUCCEEDED,
+        "RegisterModel": SUCCEEDED, "AucBelowGate": NOT_EXECUTED,
+    }  # fmt: skip
+    # the cohort step committed the dataset where its declared output says
+    dataset = f"{layout.CURATED_COHORT_DATASET}build-1/dataset.parquet"
+    assert world.store.exists(CURATED, dataset)
+    model = first.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
+    assert model.endswith("/output/model.tar.gz") and model.startswith(f"s3://{ARTIFACTS}/models/")
+    report = _evaluation(world, "exec-1")
+    # the gate's inputs: a model that learnt the synthetic ground truth, approved 0.8 - 0.02
+    assert report["metrics"]["auc"] >= 0.78
+    assert report["comparison"]["approved_floor"] == pytest.approx(0.8 - 0.02)
+    packages = model_packages(world.store, ARTIFACTS, GROUP)
+    assert len(packages) == 1
+    package = packages[0]
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == (
+        f"s3://{ARTIFACTS}/models/evaluation/exec-1/evaluation.json"
+    )
+    assert first.steps["RegisterModel"].properties["ModelPackageArn"].endswith(f"/{GROUP}/1")
+
+
+def test_rerun_skips_unchanged_steps_and_fail_names_the_auc(world: World, first: Any) -> None:
+    dataset = f"{layout.CURATED_COHORT_DATASET}build-1/dataset.parquet"
+    before = world.store.head(CURATED, dataset)
+    world.lines.clear()
+    with pytest.raises(PipelineFailed) as failed:
+        # the same model against a better approved one: AUC < 0.95 - 0.02
+        world.runner().start({"MinAuc": 0.7, "ApprovedAuc": 0.95}, execution_id="exec-2")
+    assert "Cohort: cached" in world.lines and "Train: cached" in world.lines
+    assert "Evaluate: running" in world.lines
+    assert world.store.head(CURATED, dataset) == before  # not rebuilt
+    result = failed.value.result
+    assert result.status_of("Cohort") == CACHED and result.status_of("Train") == CACHED
+    assert result.status_of("RegisterModel") == NOT_EXECUTED
+    auc = _evaluation(world, "exec-2")["metrics"]["auc"]
+    assert failed.value.step == "AucBelowGate"
+    assert f"test AUC {auc}" in failed.value.message
+    assert "MinAuc 0.7" in failed.value.message and "tolerance 0.93" in failed.value.message
+    # nothing registered by the failed execution
+    assert len(model_packages(world.store, ARTIFACTS, GROUP)) == 1
+
+
+def test_a_new_cohort_run_id_reruns_the_cohort_step(world: World, first: Any) -> None:
+    world.lines.clear()
+    result = world.runner().start({"MinAuc": 0.0, "CohortRunId": "build-2"}, execution_id="e3")
+    assert result.status_of("Cohort") == SUCCEEDED and "Cohort: cached" not in world.lines
+    assert world.store.exists(CURATED, f"{layout.CURATED_COHORT_DATASET}build-2/dataset.parquet")
+    assert len(model_packages(world.store, ARTIFACTS, GROUP)) == 2
+
+
+def test_bad_parameters_are_refused_before_anything_runs(world: World) -> None:
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'MinAUC'"):
+        world.runner().start({"MinAUC": 0.5})
+    with pytest.raises(ValueError, match="MinAuc: 'high' is not a Float"):
+        world.runner().start({"MinAuc": "high"})
+
+
+def _one_step(args: dict[str, Any]) -> dict[str, Any]:
+    base = d.model_pipeline(settings())["Steps"][0]["Arguments"]
+    params = d.model_parameters(settings())
+    return d.build_definition(params, [d.Step("Lonely", "Processing", {**base, **args})])
+
+
+def test_a_failing_job_names_its_step_and_input(world: World) -> None:
+    from oncopipe.pipeline.local_runner import LocalRunError, StepFailed
+
+    empty = _one_step({"ProcessingInputs": [{"InputName": "model", "S3Input": {
+        "S3Uri": f"s3://{ARTIFACTS}/nothing-here/", "LocalPath": "/opt/ml/processing/input/m",
+        "S3DataType": "S3Prefix", "S3InputMode": "File"}}]})  # fmt: skip
+    runner = LocalPipelineRunner(
+        empty, world.store, work_dir=world.work, artifacts_bucket=ARTIFACTS
+    )
+    with pytest.raises(StepFailed, match=r"step Lonely input model: no objects at s3://"):
+        runner.start(execution_id="bad-1")
+    # only this repository's entry points run: a container command is not a shell
+    foreign = _one_step({"AppSpecification": {"ImageUri": "x", "ContainerEntrypoint": [
+        "python", "-m", "json.tool"]}})  # fmt: skip
+    runner = LocalPipelineRunner(foreign, world.store, work_dir=world.work,
+                                 artifacts_bucket=ARTIFACTS)  # fmt: skip
+    with pytest.raises(LocalRunError, match=r"json\.tool is not a module of this repository"):
+        runner.start(execution_id="bad-2")

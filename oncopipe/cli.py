@@ -1099,5 +1099,13 @@ def report_command(run_id: str, out: Path, plots: tuple[Path, ...], drift_json: 
     console.print(f"run report {path}", highlight=False, markup=False)
 
 
+def _add_model_commands() -> None:
+    from oncopipe.model_cli import model as model_group
+
+    main.add_command(model_group)  # oncopipe model list|approve|reject|rollback
+
+
+_add_model_commands()
+
 if __name__ == "__main__":
     main()

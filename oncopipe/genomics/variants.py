@@ -390,8 +390,11 @@ def _is_count(values: Any) -> Any:
     return pc.or_(pc.equal(values, "."), digits)
 
 
-def _validate_records(body: _Body, table: Any, alts: Any) -> tuple[Any, Any]:
+def _validate_records(body: _Body, table: Any, flat: Any, parents: Any) -> tuple[Any, Any]:
     """Check the fixed columns of every record, column-wise.
+
+    ``flat`` holds the ALT alleles, ``parents`` their record indices (None: one allele
+    per record, in record order).
 
     Returns:
         (POS as int64, QUAL as float64 with null for '.'), one value per record.
@@ -404,7 +407,10 @@ def _validate_records(body: _Body, table: Any, alts: Any) -> tuple[Any, Any]:
 
     for column in table.column_names:
         values = table[column]
-        _check(body, values, pc.greater(pc.binary_length(values), 0), f"the {_label(column)} "
+        lengths = pc.binary_length(values)
+        if len(values) and pc.min(lengths).as_py() > 0:  # the usual case: no mask needed
+            continue
+        _check(body, values, pc.greater(lengths, 0), f"the {_label(column)} "
                "column is empty (use '.' for a missing value)", show=False)  # fmt: skip
     chrom = table["CHROM"]
     _check(body, chrom, _matches(chrom, _CHROM), "CHROM is not a valid contig name")
@@ -416,10 +422,9 @@ def _validate_records(body: _Body, table: Any, alts: Any) -> tuple[Any, Any]:
     _check(body, text, pc.greater(pos, 0), what)
     ref = table["REF"]
     _check(body, ref, _matches(ref, _REF), "REF must be bases (A, C, G, T, N)")
-    flat = pc.list_flatten(alts)
     _check(body, flat, _matches(flat, _ALT),
            "an ALT allele must be bases, '*', '.', a <symbolic> allele or a breakend",
-           records=pc.list_parent_indices(alts))  # fmt: skip
+           records=parents)  # fmt: skip
     text = table["QUAL"]
     what = "QUAL must be a non-negative number or '.'"
     missing = pc.equal(text, ".")
@@ -491,52 +496,67 @@ def _variant_table(
         return schema().empty_table()
     table = _read_records(body)
     keep = table.column_names
-    alts = pc.split_pattern(table["ALT"].combine_chunks(), ",")
-    record_pos, record_qual = _validate_records(body, table, alts)
-    parents = pc.list_parent_indices(alts)
-    single = len(parents) == len(alts)  # no multi-allelic record: rows are records
+    alt_text = table["ALT"].combine_chunks()
+    # Most VCFs have no multi-allelic record: then rows are records and ALT needs no split.
+    single = not pc.any(pc.match_substring(alt_text, ",")).as_py()
+    if single:
+        alts: Any = None
+        parents: Any = None
+        alt_column = alt_text
+    else:
+        alts = pc.split_pattern(alt_text, ",")
+        parents = pc.list_parent_indices(alts)
+        alt_column = pc.list_flatten(alts)
+    record_pos, record_qual = _validate_records(body, table, alt_column, parents)
 
     def per_row(values: Any) -> Any:
-        return values if single else pc.take(values, parents)
+        return values if parents is None else pc.take(values, parents)
 
-    if single:  # every ALT is the first
-        alt_index = pa.repeat(pa.scalar(0, pa.int64()), len(parents))
-    else:
+    alt_index = None  # every ALT is the first
+    if parents is not None:
         starts = pc.take(alts.offsets.slice(0, len(alts)).cast(pa.int64()), parents)
         positions = pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()),
                                                             len(parents))), 1)  # fmt: skip
         alt_index = pc.subtract(positions, starts)
-    rows = table if single else table.take(parents)
+    rows = table if parents is None else table.take(parents)
     n = rows.num_rows
     positions_1 = per_row(record_pos)
     null_int = pa.nulls(n, pa.int64())
     depth, alt_depth, genotype = null_int, null_int, pa.nulls(n, pa.string())
     if len(keep) >= 10:
         # AD has one value per allele (Number=R): REF plus the ALTs ('.' is no ALT)
-        n_alt = pc.if_else(pc.equal(table["ALT"], "."), 0, pc.list_value_length(alts))
+        n_alt = pc.if_else(pc.equal(alt_text, "."), 0,
+                           1 if alts is None else pc.list_value_length(alts))  # fmt: skip
         alleles = per_row(pc.add(pc.cast(n_alt, pa.int64()), 1))
         # Vectorised per FORMAT layout (a VCF usually has one or two), then put back in
         # row order.
         parts_out: list[tuple[Any, Any, Any, Any]] = []
         formats = rows["FORMAT"].combine_chunks()
         samples = rows["SAMPLE_1"].combine_chunks()
-        for layout_text in pc.unique(formats).to_pylist():
-            where = pc.indices_nonzero(pc.fill_null(pc.equal(formats, layout_text), False))
-            gt, ad_alt_part, dp_part = _sample_fields(
-                body, pc.take(samples, where), pc.take(alt_index, where), layout_text,
-                records=pc.take(parents, where), alleles=pc.take(alleles, where),
-            )  # fmt: skip
-            parts_out.append((where, gt, ad_alt_part, dp_part))
-        order = pc.sort_indices(pa.concat_arrays([p[0] for p in parts_out]))
-        genotype = pc.take(pa.concat_arrays([p[1] for p in parts_out]), order)
-        alt_depth = pc.take(pa.concat_arrays([p[2] for p in parts_out]), order)
-        depth = pc.take(pa.concat_arrays([p[3] for p in parts_out]), order)
+        layouts = pc.unique(formats).to_pylist()
+        if len(layouts) == 1:  # one layout (the usual case): rows stay in order
+            genotype, alt_depth, depth = _sample_fields(
+                body, samples, alt_index, layouts[0], records=parents, alleles=alleles
+            )
+        else:
+            for layout_text in layouts:
+                where = pc.indices_nonzero(pc.fill_null(pc.equal(formats, layout_text), False))
+                gt, ad_alt_part, dp_part = _sample_fields(
+                    body, pc.take(samples, where),
+                    None if alt_index is None else pc.take(alt_index, where), layout_text,
+                    records=where if parents is None else pc.take(parents, where),
+                    alleles=pc.take(alleles, where),
+                )  # fmt: skip
+                parts_out.append((where, gt, ad_alt_part, dp_part))
+            order = pc.sort_indices(pa.concat_arrays([p[0] for p in parts_out]))
+            genotype = pc.take(pa.concat_arrays([p[1] for p in parts_out]), order)
+            alt_depth = pc.take(pa.concat_arrays([p[2] for p in parts_out]), order)
+            depth = pc.take(pa.concat_arrays([p[3] for p in parts_out]), order)
     quals = per_row(record_qual)
     vaf = pc.round(pc.divide(pc.cast(alt_depth, pa.float64()),
                              pc.if_else(pc.equal(depth, 0), None, depth)), 4)  # fmt: skip
     genes: list[str | None] = [None] * n
     changes: list[str | None] = [None] * n
-    alt_column = pc.list_flatten(alts)
     if panel is not None:
         sequences: dict[str, str] = {}
         if reference is not None:
@@ -582,8 +602,9 @@ def _sample_fields(
 ) -> tuple[Any, Any, Any]:
     """Return (GT, alt depth, depth) of sample values sharing one FORMAT layout.
 
-    ``records`` gives each value's record index (for errors), ``alleles`` its record's
-    allele count (REF + ALTs, the length AD must have).
+    ``records`` gives each value's record index (for errors; None: the values are the
+    records, in order), ``alleles`` its record's allele count (REF + ALTs, the length AD
+    must have); ``alt_index`` which ALT of its record a value's row is (None: the first).
 
     Raises:
         InvalidVcfError: more fields than FORMAT names, or a bad GT, AD or DP.
@@ -594,19 +615,36 @@ def _sample_fields(
     n = len(values)
     keys = layout_text.split(":") if layout_text and layout_text != "." else []
     layout = {k: j for j, k in enumerate(keys)}
-    fields = pc.split_pattern(values, ":")
-    counts = pc.list_value_length(fields)
-    _check(body, values, pc.less_equal(counts, max(len(keys), 1)),
-           f"the first sample has more fields than FORMAT names ({len(keys)})",
-           records=records)  # fmt: skip
+    # Usually every sample carries every FORMAT field: then one byte scan finds them all
+    # (the general split below builds a list per sample and is several times slower).
+    even = _cut_fields(values, ":", len(keys)) if keys else None
+    if even is None:
+        fields = pc.split_pattern(values, ":")
+        counts = pc.list_value_length(fields)
+        _check(body, values, pc.less_equal(counts, max(len(keys), 1)),
+               f"the first sample has more fields than FORMAT names ({len(keys)})",
+               records=records)  # fmt: skip
+        min_count = pc.min(counts).as_py() if n else 0
 
     def field(name: str) -> Any:
         if name not in layout:
             return None
-        # a sample may carry fewer fields than FORMAT names (trailing fields dropped)
+        if even is not None:
+            return _gather(even[0], *even[1][layout[name]])
+        # a sample may carry fewer fields than FORMAT names (trailing fields dropped);
+        # padding is costly (a copy of every list), so only when some sample is short
+        if min_count > layout[name]:
+            return pc.list_element(fields, layout[name])
         short = pc.less_equal(counts, layout[name])
         padded = pc.if_else(short, pa.scalar(["."] * (layout[name] + 1), fields.type), fields)
         return pc.list_element(padded, layout[name])
+
+    def quick_counts(name: str) -> Any:
+        """The field's integers when every value is one (the byte-scan path), else None."""
+        if even is None or name not in layout:
+            return None
+        numbers, good, missing = _parse_counts(even[0], *even[1][layout[name]])
+        return pa.array(numbers) if good and not missing.any() else None
 
     genotype = field("GT")
     if genotype is not None:
@@ -615,22 +653,33 @@ def _sample_fields(
                records=records)  # fmt: skip
     genotype = pa.nulls(n, pa.string()) if genotype is None else genotype
     alt_depth, depth = pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64())
-    if (ad := field("AD")) is not None:
+    ad_sum = None
+    quick = None
+    if even is not None and "AD" in layout and alt_index is None:
+        ad_first, ad_last = even[1][layout["AD"]]
+        quick = _even_ad(even[0], ad_first, ad_last, alleles)
+    if quick is not None:  # every AD valid and complete: (alt depth, sum of AD)
+        alt_depth, ad_sum = quick
+        ad = True
+    elif (ad := field("AD")) is not None:
         parts = pc.split_pattern(ad, ",")
         flat_text = parts.flatten()
         _check(body, flat_text, _is_count(flat_text),
                "the first sample's AD values must be non-negative integers or '.'",
-               records=pc.take(records, pc.list_parent_indices(parts)))  # fmt: skip
+               records=pc.list_parent_indices(parts) if records is None
+               else pc.take(records, pc.list_parent_indices(parts)))  # fmt: skip
         lengths = pc.list_value_length(parts)
         _check(body, ad, pc.or_(pc.equal(ad, "."), pc.equal(lengths, alleles)),
                "the first sample's AD must have one value per allele (REF and each ALT)",
                records=records)  # fmt: skip
         flat = pc.cast(pc.if_else(pc.equal(flat_text, "."), "0", flat_text), pa.int64())
         base = parts.offsets.slice(0, n).cast(pa.int64())
-        wanted = pc.add(alt_index, 1)
+        wanted = 1 if alt_index is None else pc.add(alt_index, 1)
         inside = pc.less(wanted, lengths)
         picked = pc.take(flat, pc.if_else(inside, pc.add(base, wanted), base))
         alt_depth = pc.if_else(inside, picked, pa.scalar(None, pa.int64()))
+    if (known_depth := quick_counts("DP")) is not None:  # DP everywhere and valid
+        return genotype, alt_depth, known_depth
     dp = field("DP")
     if dp is not None:
         _check(body, dp, _is_count(dp),
@@ -640,10 +689,135 @@ def _sample_fields(
     if dp is not None and pc.all(known).as_py():  # DP everywhere: no need to sum AD
         return genotype, alt_depth, pc.cast(dp, pa.int64())
     if ad is not None:
-        depth = _sum_lists(parts, flat)
+        depth = ad_sum if ad_sum is not None else _sum_lists(parts, flat)
     if dp is not None:
         depth = pc.if_else(known, pc.cast(pc.if_else(known, dp, "0"), pa.int64()), depth)
     return genotype, alt_depth, depth
+
+
+def _cut_fields(values: Any, separator: str, count: int) -> Any:
+    """Find the ``count`` fields of every value (``separator``-separated) by a byte scan.
+
+    Returns:
+        (bytes as a numpy array, [(first, last) byte positions of field j, per value]),
+        or None when some value does not have exactly ``count`` fields (or a value is
+        null): the caller then takes the general path, which also reports what is wrong.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(values)
+    if n == 0 or values.null_count or count < 1 or values.type != pa.string():
+        return None
+    offsets = np.frombuffer(values.buffers()[1], np.int32, n + 1, values.offset * 4)
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(values.buffers()[2] or b"", np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    cuts = np.flatnonzero(data[offsets[0] : offsets[-1]] == ord(separator)) + offsets[0]
+    if len(cuts) != n * (count - 1):
+        return None
+    # The cuts are sorted: if the (count - 1) cuts of group i all lie inside value i,
+    # every value holds exactly count - 1 of them (their total is n * (count - 1)).
+    cuts = cuts.reshape(n, count - 1)
+    if count > 1 and not (np.all(cuts[:, 0] >= starts) and np.all(cuts[:, -1] < ends)):
+        return None
+    bounds = [
+        (starts if j == 0 else cuts[:, j - 1] + 1, ends if j == count - 1 else cuts[:, j])
+        for j in range(count)
+    ]
+    return data, bounds
+
+
+def _gather(data: Any, first: Any, last: Any) -> Any:
+    """Return the string array of ``data[first[i]:last[i]]`` for every i (numpy arrays)."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = last - first
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if len(lengths) and int(lengths.min()) == int(lengths.max()):  # fixed width (GT "0/1")
+        width = int(lengths[0])
+        index = (first[:, None] + np.arange(width)).ravel()
+    else:
+        index = np.repeat(first - offsets[:-1], lengths)
+        index += np.arange(int(offsets[-1]), dtype=np.int64)
+    # cut at an ASCII separator, valid UTF-8 stays valid UTF-8
+    return pa.StringArray.from_buffers(
+        len(lengths), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data[index])
+    )
+
+
+def _parse_counts(data: Any, first: Any, last: Any) -> tuple[Any, bool, Any]:
+    """Parse ``data[first[i]:last[i]]`` as counts, as :func:`_is_count` accepts them.
+
+    Returns:
+        (int64 values with 0 for '.', whether every value is '.' or 1-9 ASCII digits,
+        the mask of '.' values).
+    """
+    import numpy as np
+
+    lengths = last - first
+    top = len(data) - 1
+    if top < 0:
+        return np.zeros(len(first), np.int64), False, np.zeros(len(first), bool)
+    missing = (lengths == 1) & (data[np.minimum(first, top)] == ord("."))
+    good = missing | ((lengths >= 1) & (lengths <= 9))
+    numbers = np.zeros(len(first), np.int64)
+    for k in range(9):
+        inside = (k < lengths) & ~missing
+        if not inside.any():
+            break
+        digit = data[np.minimum(first + k, top)].astype(np.int64) - ord("0")
+        good &= ~inside | ((digit >= 0) & (digit <= 9))
+        numbers = np.where(inside, numbers * 10 + digit, numbers)
+    return numbers, bool(good.all()), missing
+
+
+def _even_ad(data: Any, first: Any, last: Any, alleles: Any) -> tuple[Any, Any] | None:
+    """Return (alt depth of the first ALT, sum of AD) when every AD is complete and valid.
+
+    ``data[first[i]:last[i]]`` is the AD text of value i. The fast path for the usual
+    file: every record has the same allele count and every AD one valid value per
+    allele. None otherwise, and the caller's general path checks and reports (so errors
+    name the same record either way).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(first) == 0:
+        return None
+    low, high = pc.min_max(alleles).values()
+    count = low.as_py()
+    if count is None or count != high.as_py() or count < 1:
+        return None
+    commas = np.flatnonzero(data == ord(","))
+    index = np.searchsorted(commas, first)
+    # exactly count - 1 commas inside each AD: the (count-1)th from the first is inside,
+    # the next one is not
+    if count > 1:
+        if int(index.max()) + count - 2 >= len(commas):
+            return None
+        if not np.all(commas[index + count - 2] < last):
+            return None
+    following = index + count - 1
+    beyond = following >= len(commas)
+    if not np.all(beyond | (commas[np.minimum(following, max(len(commas) - 1, 0))] >= last)
+                  if len(commas) else beyond):  # fmt: skip
+        return None
+    total = np.zeros(len(first), np.int64)
+    alt = None
+    for j in range(count):
+        lo = first if j == 0 else commas[index + j - 1] + 1
+        hi = last if j == count - 1 else commas[index + j]
+        numbers, good, _ = _parse_counts(data, lo, hi)
+        if not good:
+            return None
+        total += numbers
+        if j == 1:
+            alt = numbers
+    return (pa.nulls(len(first), pa.int64()) if alt is None else pa.array(alt)), pa.array(total)
 
 
 def _sum_lists(parts: Any, flat: Any) -> Any:
@@ -673,8 +847,15 @@ def write_parquet(table: Any, out: Path) -> int:
     handle, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     os.close(handle)
     try:
-        # zstd level 1: within a few % of level 3's size here, at about half the time
-        pq.write_table(table, partial, compression="zstd", compression_level=1)
+        # zstd level 1: within a few % of level 3's size here, at about half the time.
+        # Positions are sorted and nearly all distinct: delta encoding stores them in
+        # ~20 % less space than a dictionary, and skips building one that is discarded.
+        pq.write_table(
+            table, partial, compression="zstd", compression_level=1,
+            use_dictionary=[name for name in table.column_names if name != "pos"],
+            column_encoding={"pos": "DELTA_BINARY_PACKED"} if "pos" in table.column_names
+            else None,
+        )  # fmt: skip
         os.replace(partial, out)
     except BaseException:
         Path(partial).unlink(missing_ok=True)

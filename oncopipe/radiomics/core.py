@@ -62,6 +62,12 @@ def _yaml() -> Any:
     return YAML(typ="safe", pure=True)
 
 
+@cache
+def _parse(text: str) -> Any:
+    """The parameter file's YAML, parsed once per process per text (pure ruamel: ~30 ms)."""
+    return _yaml().load(text)
+
+
 def load_params(path: Path | str | None = None) -> Params:
     """Return the parameter file (the repository's v1 by default) with its hash.
 
@@ -79,7 +85,7 @@ def load_params(path: Path | str | None = None) -> Params:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the radiomics parameter file ({e.strerror})") from e
     try:
-        parsed = _yaml().load(text)
+        parsed = _parse(text)
     except Exception as e:  # ruamel raises many types; all mean "not YAML"
         raise ConfigError(f"{p}: not a YAML parameter file ({type(e).__name__})") from e
     if not isinstance(parsed, dict):
@@ -89,14 +95,37 @@ def load_params(path: Path | str | None = None) -> Params:
     return Params(path=p, text=text, hash=f"sha256:{digest.hexdigest()[:16]}")
 
 
+@cache
 def _pyradiomics_version() -> str:
+    """``radiomics.__version__``, read without importing PyRadiomics.
+
+    ``import radiomics`` loads SimpleITK, NumPy and PyWavelets (~0.3-0.5 s); the hash is
+    needed before any extraction (and alone, when a rerun skips finished series). The
+    package keeps its version in ``radiomics/_version.py`` (versioneer), so that one small
+    file is executed on its own; the string is the one ``__version__`` holds, so hashes do
+    not change. Any other layout falls back to the import.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("radiomics")  # locates, does not import
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if locations:
+            path = Path(locations[0]) / "_version.py"
+            version_spec = importlib.util.spec_from_file_location("_oncopipe_radiomics_v", path)
+            if version_spec and version_spec.loader and path.is_file():
+                module = importlib.util.module_from_spec(version_spec)
+                version_spec.loader.exec_module(module)
+                return str(module.get_versions()["version"])
+    except Exception:  # noqa: BLE001 - any surprise in the layout: ask the package itself
+        log.debug("radiomics/_version.py not readable on its own; importing radiomics")
     import radiomics
 
     return str(radiomics.__version__)
 
 
 def _settings(params: Params) -> dict[str, Any]:
-    return dict(_yaml().load(params.text).get("setting") or {})
+    return dict(_parse(params.text).get("setting") or {})
 
 
 @cache
@@ -341,9 +370,10 @@ class Job:
     run_id: str = ""
 
 
-def _run(job: Job, params_path: str) -> SeriesFeatures | RadiomicsError:
+def _run(job: Job, params: Params) -> SeriesFeatures | RadiomicsError:
+    # the loaded Params travel to the worker (a few KB pickled): no re-read, re-parse, re-hash
     try:
-        return extract_series(job.volume, job.masks, load_params(params_path),
+        return extract_series(job.volume, job.masks, params,
                               patient_key=job.patient_key, run_id=job.run_id)  # fmt: skip
     except RadiomicsError as e:
         return e
@@ -369,7 +399,7 @@ def extract_many(
     """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            result = _run(job, str(params.path))
+            result = _run(job, params)
             if progress:
                 progress(job, result)
             yield job, result
@@ -382,7 +412,7 @@ def extract_many(
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_limit_threads, initargs=(threads,)) as pool:  # fmt: skip
-        futures = [pool.submit(_run, job, str(params.path)) for job in jobs]
+        futures = [pool.submit(_run, job, params) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):
             result = future.result()
             if progress:

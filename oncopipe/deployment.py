@@ -89,6 +89,9 @@ class OpsConfig:
     drift_check_hours: int = _bounded(1, 168, "hours between scheduled drift checks")
     #: Notes are processed on arrival in batches gathered for at most this many seconds.
     notes_batch_seconds: int = _bounded(0, 300, "seconds notes are batched on arrival")
+    #: An endpoint variant whose p95 model latency exceeds this (milliseconds) raises an
+    #: alarm; SageMaker ends an invocation at 60 s, so a threshold above that never fires.
+    endpoint_p95_latency_ms: int = _bounded(10, 60_000, "endpoint p95 latency alarm (ms)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class ScatterConfig:
     scatter_min_reference_bases: int = _bounded(
         0, 10**12, "reference bases from which calling scatters"
     )
+    #: Days the shards and plans under ``genomics/_scatter/`` are kept (a lifecycle rule).
+    scratch_expiration_days: int = _bounded(1, 365, "days scatter shards are kept")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ ARTIFACTS_REFERENCE = "reference/panel-v1/"
 #: Model training and serving: job outputs (model.tar.gz), spot-training checkpoints,
 #: the MLflow artifact store, endpoint data capture and batch-transform outputs.
 ARTIFACTS_MODELS = "models/"
+#: Tokenizers trained by a stage (not registered models: outside the guarded models/).
+ARTIFACTS_TOKENIZERS = "tokenizers/"
 ARTIFACTS_CHECKPOINTS = "checkpoints/"
 ARTIFACTS_MLFLOW = "mlflow/"
 ARTIFACTS_DATA_CAPTURE = "data-capture/"

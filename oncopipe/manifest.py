@@ -39,12 +39,18 @@ never names an object of another bucket by key: ingest keys can name patients. S
 are recorded as ``{"bucket", "ref", "etag", "size", "version_id", "sha256"}`` with ``ref`` =
 :func:`oncopipe.pseudonym.object_ref`, and their keys are replaced by the reference in the
 item name and summary.
+
+Cost. In a job metered by :func:`oncopipe.ops.cost.metering` (the Batch and SageMaker
+adapters), each manifest also has an optional ``cost`` field: the item's estimated cost
+(:meth:`oncopipe.ops.cost.JobProfile.item_fields`: USD, vCPU- and GiB-seconds, lifecycle,
+instance type, price date). ``oncopipe ops cost`` sums it per stage and sample.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -485,6 +491,25 @@ def _stale_outputs(
             if "key" in o and (o["bucket"], o["key"]) not in rewritten]  # fmt: skip
 
 
+#: The running job's cost profile (JSON); the same name as ``oncopipe.ops.cost.ENV_COST_PROFILE``
+#: (repeated here so that a stage which is not metered never imports the cost module).
+COST_PROFILE_ENV = "ONCOPIPE_COST_PROFILE"
+
+
+def _cost_field(item_seconds: float) -> dict[str, Any]:
+    """Return ``{"cost": ...}`` for a manifest written in a metered job, else ``{}``.
+
+    Optional and additive: readers that do not know it ignore it; it takes no part in the
+    resume match. See :func:`oncopipe.ops.cost.metering`.
+    """
+    if not os.environ.get(COST_PROFILE_ENV):
+        return {}
+    from oncopipe.ops.cost import item_cost
+
+    fields = item_cost(item_seconds)
+    return {} if fields is None else {"cost": fields}
+
+
 def process_item(
     ctx: StepContext,
     item: str,
@@ -555,6 +580,7 @@ def process_item(
             "finished_at": datetime.now(UTC).isoformat(),
             "seconds": round(time.perf_counter() - t0, 3),
             "summary": _redact(dict(summary), names),
+            **_cost_field(time.perf_counter() - t0),
         }
 
     try:

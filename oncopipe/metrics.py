@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -30,6 +30,8 @@ NAMESPACE = "Oncopipe"
 ENV_ENVIRONMENT = "ONCOPIPE_ENV"
 #: The environment dimension when none is set (the local mode).
 LOCAL_ENVIRONMENT = "local"
+#: The attempt number AWS Batch gives a job (1 for the first).
+ENV_BATCH_ATTEMPT = "AWS_BATCH_JOB_ATTEMPT"
 
 #: The stages, in pipeline order: one dashboard row each.
 STAGES = (
@@ -131,6 +133,24 @@ class StageMetrics:
     def cost(self, usd: float) -> None:
         """Record a job's estimated cost in US dollars."""
         self._add(COST, MetricUnit.NoUnit, max(usd, 0.0))
+
+    def job_cost(self, fields: Mapping[str, Any]) -> None:
+        """Record a job's estimate from its cost fields (:func:`oncopipe.ops.cost.job_cost_fields`);
+        nothing when there is no estimate (unknown instance, local mode)."""
+        usd = fields.get("cost_usd_estimate")
+        if usd is not None:
+            self.cost(float(usd))
+
+    def attempt(self, environ: Mapping[str, str] | None = None) -> None:
+        """Record the job as a retry (:data:`RETRIED`) when it is not its first attempt.
+
+        AWS Batch numbers attempts from 1 in :data:`ENV_BATCH_ATTEMPT` (a spot reclaim or
+        a failure retried by the job definition's retry strategy).
+        """
+        environ = os.environ if environ is None else environ
+        raw = str(environ.get(ENV_BATCH_ATTEMPT, "")).strip()
+        if raw.isdigit() and int(raw) > 1:
+            self._add(RETRIED, MetricUnit.Count, 1)
 
     def value(self, name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> None:
         """Record another metric of this stage (e.g. :data:`TIME_TO_INSIGHT`)."""

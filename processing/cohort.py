@@ -8,7 +8,10 @@ dataset (patient-level splits, presence flags, normalisation fitted on the train
 per patient under ``inference/`` for the batch transform. Environment: ``CURATED_BUCKET``.
 
 Prints one JSON line: the build's counts, or on failure its error type and reason code
-(:mod:`oncopipe.boundary`), never an error message (stdout and stderr go to CloudWatch).
+(:mod:`oncopipe.boundary`), never an error message (stdout and stderr go to CloudWatch), and
+the job's ``cost`` estimate (the processing instance for the job's seconds so far), which
+the build's manifest records too. EMF stage metrics (stage ``cohort``: the build in and its
+outcome, duration, bytes of the tables read, ``CostEstimateUSD``) go to stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +33,12 @@ if TYPE_CHECKING:
 OUTCOME_FIELDS = ("build_id", "patients", "splits", "prefix")
 
 
-def build(curated: str, build_id: str, store: ObjectStore, *, seed: int = 0) -> dict[str, object]:
+def build(curated: str, build_id: str, store: ObjectStore, *, seed: int = 0,
+          stats: dict[str, object] | None = None) -> dict[str, object]:  # fmt: skip
     """Read the committed tables, build the dataset and commit it; return counts.
+
+    ``stats``, when given, receives the item's ``status`` (done or skipped) and the
+    ``input_bytes`` of the committed files read, for the adapter's metrics.
 
     The build is one item of step ``cohort`` (run id = build id): its inputs are the
     committed files it read (:func:`oncopipe.cohort.dataset.fetch_committed_sources`), its
@@ -85,6 +93,8 @@ def build(curated: str, build_id: str, store: ObjectStore, *, seed: int = 0) -> 
                     "splits": dataset.counts(), "prefix": prefix}  # fmt: skip
 
         result = process_item(ctx, build_id, inputs, work)
+    if stats is not None:
+        stats.update(status=result.status, input_bytes=sum(int(i.size or 0) for i in inputs))
     return dict(result.summary)
 
 
@@ -100,17 +110,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from oncopipe.boundary import failure_fields, log_failure, pick
+    from oncopipe.metrics import StageMetrics
+    from oncopipe.ops.cost import metering, processing_job_profile
     from oncopipe.storage import ObjectStore, make_client
 
-    try:
-        summary = build(os.environ["CURATED_BUCKET"], args.build_id,
-                        ObjectStore(make_client()), seed=args.seed)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
-        # never str(e) nor a traceback's message: stdout and stderr go to CloudWatch Logs
-        print(json.dumps({"build_id": args.build_id, **failure_fields(e)}), flush=True)
-        log_failure(logging.getLogger("processing.cohort"), f"cohort build {args.build_id}", e)
-        return 1
-    print(json.dumps(pick(summary, OUTCOME_FIELDS), default=str))
+    # one item per job: the build's manifest is charged the whole job so far
+    profile = processing_job_profile(whole_job=True)
+    with StageMetrics("cohort") as metrics, metering(profile):
+        metrics.items_in()
+        started = time.perf_counter()
+        stats: dict[str, object] = {}
+        try:
+            summary = build(os.environ["CURATED_BUCKET"], args.build_id,
+                            ObjectStore(make_client()), seed=args.seed, stats=stats)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
+            metrics.outcome("failed", seconds=time.perf_counter() - started)
+            metrics.job_cost(profile.job_fields())
+            # never str(e) nor a traceback's message: stdout and stderr go to CloudWatch Logs
+            print(json.dumps({"build_id": args.build_id, **failure_fields(e)}), flush=True)
+            log_failure(logging.getLogger("processing.cohort"), f"cohort build {args.build_id}",
+                        e)  # fmt: skip
+            return 1
+        skipped = stats.get("status") == "skipped"
+        nbytes = stats.get("input_bytes")
+        metrics.outcome(
+            "skipped" if skipped else "succeeded",
+            seconds=time.perf_counter() - started,
+            nbytes=nbytes if isinstance(nbytes, int) and not skipped else None,
+        )
+        job = profile.job_fields()
+        metrics.job_cost(job)
+    print(json.dumps({**pick(summary, OUTCOME_FIELDS), "cost": job}, default=str))
     return 0
 
 

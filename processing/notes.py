@@ -8,9 +8,10 @@ Environment: the zone buckets (``INGEST_BUCKET`` ... ``ARTIFACTS_BUCKET``), the
 pseudonym secret (``PSEUDONYM_SECRET_ARN``) and the size cap of a note (``NOTES_MAX_BYTES``,
 default 1000000; a bigger note is quarantined as ``note-too-large``). Prints one JSON line per
 note (keys and counts only, never text), then one ``{"job": ...}`` line with the counts and the
-job's cost estimate (:func:`oncopipe.ops.cost.job_cost_fields` of the processing instance);
-exit 1 on failure, 2 on a bad setting. EMF stage metrics (stage ``notes``: items by outcome,
-``CostEstimateUSD``) go to stderr.
+job's cost estimate (:func:`oncopipe.ops.cost.processing_job_profile`: the processing
+instance); exit 1 on failure, 2 on a bad setting. Each note's manifest records its own
+estimate (``cost``: its seconds on the instance). EMF stage metrics (stage ``notes``: items
+by outcome, durations, ``CostEstimateUSD``) go to stderr.
 
 The same command serves both triggers: the notes-on-arrival job started minutes after a
 batch of notes was routed (``stacks/components/notes_on_arrival.py``) and the daily sweep.
@@ -25,8 +26,6 @@ import json
 import logging
 import os
 import sys
-import time
-from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,24 +56,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m processing.notes: {e}", file=sys.stderr)
         return 2
     from oncopipe.metrics import StageMetrics
+    from oncopipe.ops.cost import metering, processing_job_profile
 
     store = ObjectStore(make_client())
-    started = time.monotonic()
-    with StageMetrics("notes") as metrics:
+    profile = processing_job_profile()  # notes one by one: each charged its own seconds
+    with StageMetrics("notes") as metrics, metering(profile):
         try:
             notes = process_run_notes(store, settings.buckets, run_id, load_secret(),
                                       max_bytes=max_bytes)  # fmt: skip
             tokens = tokenize_run_notes(store, settings.buckets, run_id)
         except Exception:  # the boundary: log, fail the job
             metrics.outcome("failed")
+            metrics.job_cost(profile.job_fields())
             logging.getLogger("processing.notes").exception("notes of %s failed", run_id)
             return 1
         metrics.items_in(len(notes))
         for result in notes:
             metrics.outcome(_outcome(result), seconds=result.seconds)
-        cost = job_cost(time.monotonic() - started)
-        if cost.get("cost_usd_estimate") is not None:
-            metrics.cost(float(cost["cost_usd_estimate"]))
+        cost = profile.job_fields()
+        cost.pop("seconds", None)
+        metrics.job_cost(cost)
     tokenized = {r.item: r.summary.get("tokens") for r in tokens}
     for result in notes:
         summary = dict(result.summary)
@@ -98,34 +99,6 @@ def _outcome(result: object) -> str:
         return "skipped"
     summary = getattr(result, "summary", {}) or {}
     return "quarantined" if summary.get("status") == "quarantined" else "succeeded"
-
-
-def job_cost(seconds: float) -> dict[str, Any]:
-    """Return the cost fields of this job: the whole processing instance for ``seconds``.
-
-    Outside SageMaker (the local mode) the instance is unknown and the estimate is None,
-    with ``cost_note`` saying why.
-    """
-    from oncopipe.ops.cost import (
-        PriceNotFoundError,
-        default_prices,
-        job_cost_fields,
-        processing_instance,
-    )
-
-    found = processing_instance()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    if found is None:
-        return job_cost_fields(0, 0, seconds, region=region, instance_type=None,
-                               lifecycle="on-demand")  # fmt: skip
-    instance_type, count = found
-    try:  # a processing job reserves whole instances
-        price = default_prices().lookup(region, instance_type, "on-demand")
-        vcpus, memory = price.vcpus * count, price.memory_gib * count
-    except PriceNotFoundError:  # job_cost_fields says so in cost_note
-        vcpus, memory = 0, 0.0
-    return job_cost_fields(vcpus, memory, seconds, region=region, instance_type=instance_type,
-                           lifecycle="on-demand")  # fmt: skip
 
 
 if __name__ == "__main__":

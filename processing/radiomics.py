@@ -11,7 +11,10 @@ series of an ingest run that has masks, read from and written to the curated buc
 manifests (:func:`oncopipe.radiomics.stage.build_series_features`). ``--series UID ...``
 (the per-series imaging state machine, once a series settled: :mod:`oncopipe.settle`)
 limits it to those series. Environment: the zone buckets (``INGEST_BUCKET`` ...
-``ARTIFACTS_BUCKET``). EMF stage metrics (stage ``radiomics``) go to stderr.
+``ARTIFACTS_BUCKET``). EMF stage metrics (stage ``radiomics``: items by outcome,
+durations, ``CostEstimateUSD``) go to stderr; each series' manifest records its estimated
+cost (``cost``: its seconds on a 1/``workers`` share of the processing instance), and the
+job's estimate is logged (``job cost {...}``).
 
 Both use every CPU of the instance (one process per series) unless ``--workers`` says
 otherwise, and print one JSON line per series: its pseudonymous patient key, series, status,
@@ -83,6 +86,7 @@ def _stage(args: argparse.Namespace) -> int:
     from oncopipe.boundary import failure_fields, log_failure, pick
     from oncopipe.imaging.uids import is_valid_uid
     from oncopipe.metrics import StageMetrics
+    from oncopipe.ops.cost import metering, processing_job_profile
     from oncopipe.radiomics.stage import build_series_features
     from oncopipe.runs import previous_daily_run_id, validate_run_id
     from oncopipe.settings import StageSettings
@@ -94,7 +98,10 @@ def _stage(args: argparse.Namespace) -> int:
                           "reason_code": "invalid-series"}), flush=True)  # fmt: skip
         return 2
     settings = StageSettings.from_env()
-    with StageMetrics("radiomics") as metrics:
+    # the series run in ``workers`` processes at once: each is charged its seconds on a
+    # 1/workers share of the instance (the children inherit the profile's variable)
+    profile = processing_job_profile(concurrency=max(args.workers, 1))
+    with StageMetrics("radiomics") as metrics, metering(profile):
         try:
             results = build_series_features(
                 ObjectStore(make_client()), settings.buckets, run_id,
@@ -102,12 +109,18 @@ def _stage(args: argparse.Namespace) -> int:
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
             metrics.outcome("failed")
+            metrics.job_cost(profile.job_fields())
             print(json.dumps({"run_id": run_id, **failure_fields(e)}), flush=True)
             log_failure(logger, f"radiomics of run {run_id}", e)
             return 1
         metrics.items_in(len(results))
         for result in results:
-            metrics.outcome(_outcome(result))
+            done = result.status == "done"
+            metrics.outcome(_outcome(result), seconds=result.seconds if done else None)
+        job = profile.job_fields()
+        metrics.job_cost(job)
+    # stderr (the log), not stdout: stdout is one line per series for the callers
+    logger.info("job cost %s", json.dumps(job, default=str))
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
                           **pick(result.summary, OUTCOME_FIELDS)}, default=str))  # fmt: skip

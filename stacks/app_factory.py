@@ -65,15 +65,6 @@ def build_app(
         vpc=network.vpc,
         subnets=network.private_subnets,
     )
-    ingest = IngestStack(
-        app,
-        f"{prefix}-Ingest",
-        config=config,
-        lake=lake,
-        vpc=network.vpc,
-        subnets=network.private_subnets,
-        genomics=genomics,
-    )
     features = FeaturesStack(
         app,
         f"{prefix}-Features",
@@ -82,6 +73,17 @@ def build_app(
         genomics=genomics,
         vpc=network.vpc,
         subnets=network.private_subnets,
+    )
+    ingest = IngestStack(
+        app,
+        f"{prefix}-Ingest",
+        config=config,
+        lake=lake,
+        vpc=network.vpc,
+        subnets=network.private_subnets,
+        genomics=genomics,
+        # each routed note queues its run's notes job (processed on arrival)
+        notes_arrival=features.notes_arrival,
     )
     # The de-id function records each instance and starts its series' settle timer.
     features.series_imaging.grant_timer_start(ingest.deid)
@@ -94,6 +96,8 @@ def build_app(
         vpc=network.vpc,
         subnets=network.private_subnets,
     )
+    # Only the approver role approves, only training writes models/ (every stack's roles).
+    model.govern(app)
     # Model drift and the retrain gate (which starts the model pipeline).
     monitor = MonitorStack(
         app,

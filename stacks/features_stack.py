@@ -23,6 +23,7 @@ from oncopipe.deployment import EnvConfig
 from oncopipe.manifest import MANIFEST_ROOT
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.notes_arrival import NotesOnArrival
 from stacks.components.s3_grants import grant_objects
 from stacks.components.sagemaker_jobs import (
     ProcessingStep,
@@ -58,6 +59,8 @@ class FeaturesStack(Stack):
         - ``state_machine`` (``ImagingFeaturesDaily``, 03:00 UTC): the imaging Batch job
           (de-identified series -> volumes and masks), then the radiomics step, for the
           previous day's ingest run. Failures end in a visible failed execution.
+        - ``notes_arrival`` (:class:`NotesOnArrival`): the notes queue the ingest state
+          machine sends each routed note's run to, and the per-run notes job it starts.
 
     Grants (processing role): read ``imaging/volumes/*`` and ``imaging/masks/*`` and
     write ``imaging/radiomics/*`` and ``_manifests/*`` of curated; pull its image; write
@@ -121,13 +124,26 @@ class FeaturesStack(Stack):
             **common,
         )
         self.notes_role = self._notes_role(lake)
+        notes_job: dict[str, Any] = {
+            **common, "role": self.notes_role,
+            "environment": {**environment,
+                            "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
+                            "NOTES_MAX_BYTES": str(config.notes_max_bytes)},
+        }  # fmt: skip
         self.notes_step = ProcessingStep(
             self, "Notes", job_prefix="notes", arguments=["processing.notes", "stage"],
-            **{**common, "role": self.notes_role,
-               "environment": {**environment,
-                               "PSEUDONYM_SECRET_ARN": lake.pseudonym_secret.secret_arn,
-                               "NOTES_MAX_BYTES": str(config.notes_max_bytes)}},
+            **notes_job,
         )  # fmt: skip
+        # Notes on arrival: the ingest state machine queues each routed note's run; the
+        # notes job of that run starts within ops.notes_batch_seconds (the daily state
+        # machine stays as the sweeper).
+        self.notes_arrival = NotesOnArrival(
+            self, "NotesOnArrival", config=config, key=lake.platform_key, vpc=vpc,
+            subnets=subnets, processing=notes_job,
+        )  # fmt: skip
+        #: The genomics job queue, whose finished jobs tell the patient-ready path a run's
+        #: variants may be complete (:class:`stacks.components.patient_ready.PatientReady`).
+        self.genomics_job_queue = genomics.job_queue
         self.state_machine = self._state_machine(config, lake, genomics)
         # Event-driven imaging: a DICOM series converts once it settled (the daily
         # state machine above stays as the sweeper for anything missed).
@@ -199,7 +215,7 @@ class FeaturesStack(Stack):
         notes = {layout.CURATED_NOTES: "Writes scrubbed notes, concepts and tokens.",
                  manifests: "Writes (and reads) its manifests."}  # fmt: skip
         grant_objects(role, self.curated, read=notes, write=notes, delete=True)
-        tokenizer = {f"{layout.ARTIFACTS_MODELS}notes-tokenizer/": (
+        tokenizer = {f"{layout.ARTIFACTS_TOKENIZERS}notes/": (
             "Stores the notes tokenizer once and reuses it.")}  # fmt: skip
         grant_objects(role, artifacts, read=tokenizer, write=tokenizer, delete=True)
         grant_pseudonym_secret(lake, role)

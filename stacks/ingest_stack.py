@@ -8,7 +8,6 @@ from typing import Any
 from aws_cdk import (
     Duration,
     Stack,
-    aws_batch as batch,
     aws_ec2 as ec2,
     aws_events as events,
     aws_events_targets as targets,
@@ -22,14 +21,15 @@ from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
-from oncopipe.ingest import TRANSIENT_ERRORS
+from oncopipe.ingest import KIND_DICOM, KIND_NOTE, TRANSIENT_ERRORS
 from oncopipe.manifest import MANIFEST_ROOT
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.notes_arrival import NotesOnArrival
 from stacks.components.s3_grants import grant_objects
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
-from stacks.genomics_stack import GenomicsStack, grant_batch_sync
+from stacks.genomics_stack import GenomicsStack
 from stacks.nag import acknowledge
 
 #: The ingest prefixes the router may list (a sample sheet names folders under them).
@@ -72,10 +72,12 @@ class IngestStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         genomics: GenomicsStack,
+        notes_arrival: NotesOnArrival | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.genomics = genomics
+        self.notes_arrival = notes_arrival
         ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
         quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
         curated = lake.export_bucket(self, lake.curated, lake.curated_key)
@@ -328,53 +330,49 @@ class IngestStack(Stack):
         )
 
     def _genomics_branch(self) -> sfn.IChainable:
-        """Accepted sample sheet: align every sample, then call every tumour (Batch, sync)."""
-        failed = sfn.Fail(
-            self,
-            "GenomicsFailed",
-            error="GenomicsFailed",
-            # The Batch cause repeats the job (its parameters, reasons): the error name only.
-            cause_path="$.genomics_error.Error",
-            comment="A Batch job failed after its retries; see the job's log",
-        )
+        """Accepted sample sheet: start the genomics state machine for its samples.
 
-        def fan_out(construct_id: str, items: str, job: batch.EcsJobDefinition) -> sfn.Map:
-            each = sfn.Map(
-                self,
-                construct_id,
-                items_path=f"$.route.result.{items}",
-                max_concurrency=50,
-                item_selector={
-                    "sample": sfn.JsonPath.string_at("$$.Map.Item.Value"),
+        Request-response: this execution ends once the genomics one started (alignment and
+        calling run for hours; the genomics machine fails visibly and alarms on its own).
+        The input names ids only: the run, the sample table, the samples and the tumours.
+        """
+        start = tasks.StepFunctionsStartExecution(
+            self,
+            "StartGenomics",
+            state_machine=self.genomics.state_machine,
+            comment="Align every sample, then call every tumour (whole genomes scattered)",
+            input=sfn.TaskInput.from_object(
+                {
                     "run_id": sfn.JsonPath.string_at("$.route.result.run_id"),
                     "sample_table": sfn.JsonPath.string_at("$.route.result.sample_table"),
-                },
-                result_path=sfn.JsonPath.DISCARD,
-            )
-            each.item_processor(
-                tasks.BatchSubmitJob(
-                    self,
-                    f"{construct_id}Job",
-                    job_name=construct_id,
-                    job_queue_arn=self.genomics.job_queue.job_queue_arn,
-                    job_definition_arn=job.job_definition_arn,
-                    payload=sfn.TaskInput.from_object(
-                        {
-                            "run_id": sfn.JsonPath.string_at("$.run_id"),
-                            "sample_table": sfn.JsonPath.string_at("$.sample_table"),
-                            "sample": sfn.JsonPath.string_at("$.sample"),
-                        }
-                    ),
-                    integration_pattern=sfn.IntegrationPattern.RUN_JOB,
-                )
-            )
-            each.add_catch(failed, errors=["States.ALL"], result_path="$.genomics_error")
-            return each
-
-        return (
-            fan_out("AlignSamples", "sample_ids", self.genomics.align_job)
-            .next(fan_out("CallTumours", "tumour_ids", self.genomics.call_job))
-            .next(sfn.Succeed(self, "SampleSheetProcessed", comment="BAMs, VCFs, variant table"))
+                    "sample_ids": sfn.JsonPath.list_at("$.route.result.sample_ids"),
+                    "tumour_ids": sfn.JsonPath.list_at("$.route.result.tumour_ids"),
+                }
+            ),
+            integration_pattern=sfn.IntegrationPattern.REQUEST_RESPONSE,
+            result_selector={"execution_arn": sfn.JsonPath.string_at("$.ExecutionArn")},
+            result_path="$.genomics",
+        )
+        start.add_retry(
+            errors=[
+                "StepFunctions.ExecutionLimitExceededException",
+                "StepFunctions.SdkClientException",
+            ],
+            interval=Duration.seconds(5),
+            max_attempts=6,
+            backoff_rate=2.0,
+            jitter_strategy=sfn.JitterType.FULL,
+        )
+        failed = sfn.Fail(
+            self,
+            "GenomicsNotStarted",
+            error="GenomicsNotStarted",
+            cause_path="$.genomics_error.Error",
+            comment="The genomics state machine could not be started; re-upload the sheet",
+        )
+        start.add_catch(failed, errors=["States.ALL"], result_path="$.genomics_error")
+        return start.next(
+            sfn.Succeed(self, "SampleSheetProcessed", comment="Genomics execution started")
         )
 
     def _state_machine(self, config: EnvConfig, lake: DataLakeStack) -> sfn.StateMachine:
@@ -458,13 +456,24 @@ class IngestStack(Stack):
             )
             .when(
                 sfn.Condition.and_(
-                    sfn.Condition.string_equals("$.route.result.kind", "dicom"),
+                    sfn.Condition.string_equals("$.route.result.kind", KIND_DICOM),
                     sfn.Condition.string_equals("$.route.result.status", "received"),
                 ),
                 self._deid_branch(),
             )
-            .otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
         )
+        if self.notes_arrival is not None:
+            # A routed note: its run's notes job starts within ops.notes_batch_seconds.
+            self.outcome.when(
+                sfn.Condition.and_(
+                    sfn.Condition.string_equals("$.route.result.kind", KIND_NOTE),
+                    sfn.Condition.string_equals("$.route.result.status", "received"),
+                ),
+                self.notes_arrival.queue_note(self, "QueueNote").next(
+                    sfn.Succeed(self, "NoteQueued", comment="Notes job of the run follows")
+                ),
+            )
+        self.outcome.otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
         logs_group = encrypted_log_group(
             self,
             "StateMachineLogs",
@@ -485,16 +494,11 @@ class IngestStack(Stack):
             ),
             comment="oncopipe ingest: route each uploaded object",
         )
-        grant_batch_sync(machine.role)
         policy = machine.role.node.find_child("DefaultPolicy")
         for finding, reason in {
             "Resource::*": (
-                "CloudWatch Logs delivery and X-Ray actions of Step Functions and "
-                "batch:DescribeJobs support no resource-level scoping."
-            ),
-            "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*": (
-                "Terminates the Batch jobs it waits for when the execution is stopped; job "
-                "IDs are generated by Batch."
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
+                "resource-level scoping."
             ),
             f"Resource::<{_logical(self.router.function)}.Arn>:*": (
                 "Invoke any version/alias of the router function (CDK LambdaInvoke)."
@@ -505,12 +509,10 @@ class IngestStack(Stack):
             f"Resource::<{_logical(self.deid.function)}.Arn>:*": (
                 "Invoke any version/alias of the de-identification function (CDK LambdaInvoke)."
             ),
-            "Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job-definition/*": (  # noqa: E501
-                "The Step Functions Batch integration submits by job-definition revision; the "
-                "queue it submits to is scoped to the genomics queue."
-            ),
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
+        if self.notes_arrival is not None:
+            self.notes_arrival.acknowledge_sender(machine.role)
         return machine
 
 

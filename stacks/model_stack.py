@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import (
+    Aspects,
+    CfnElement,
     Duration,
     Fn,
     IgnoreMode,
@@ -20,7 +22,14 @@ from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
+from oncopipe.ops.cost import ENV_SM_MANAGED_SPOT, TAG_STAGE
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.model_governance import (
+    ApprovalGuard,
+    FourEyes,
+    ModelApprover,
+    package_arns,
+)
 from stacks.components.s3_grants import grant_objects
 from stacks.components.sagemaker_jobs import (
     ProcessingStep,
@@ -28,6 +37,7 @@ from stacks.components.sagemaker_jobs import (
     network_config,
     sagemaker_job_role,
 )
+from stacks.components.stage_function import StageFunction
 from stacks.data_lake_stack import DataLakeStack
 from stacks.features_stack import FeaturesStack
 from stacks.nag import acknowledge
@@ -71,13 +81,20 @@ class ModelStack(Stack):
           dataset (Processing, on the features stack's image) -> training (Managed Spot
           Training with checkpoints in ``checkpoints/<execution>/``) or, when the input
           says ``{"tune": true}``, a hyperparameter tuning job over :data:`TUNING_RANGES`
-          -> the model package (PendingManualApproval) -> a batch transform of the cohort
-          with the full model. Jobs run in the VPC with volumes and outputs encrypted with
-          the platform key and inter-container traffic encrypted.
+          -> the artefact's SHA-256 and S3 version (``ArtifactDigest`` function) -> the
+          model package (PendingManualApproval, digest in CustomerMetadataProperties) -> a
+          batch transform of the cohort with the full model. Jobs run in the VPC with
+          volumes and outputs encrypted with the platform key and inter-container traffic
+          encrypted.
         - When ``serving_model_package_arn`` is set: a real-time endpoint serving the
           pruned model (VPC, network isolation, KMS, data capture to ``data-capture/``);
           with ``serving_serverless`` also a serverless endpoint (SageMaker offers neither
           VPC nor data capture for serverless endpoints).
+        - Governance (:mod:`stacks.components.model_governance`): ``approver`` (the
+          ``ModelApprover`` role, the only one that may approve), ``four_eyes`` (rejects a
+          version approved by its creator), and :meth:`govern`, which the app applies to
+          every stack: no other role approves, registers a non-pending version or writes
+          ``models/`` (the training role alone writes there, and deletes nothing).
     """
 
     def __init__(
@@ -94,6 +111,7 @@ class ModelStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
+        self.lake = lake
         self.key = lake.platform_key
         self.curated = lake.export_bucket(self, lake.curated, lake.curated_key)
         self.artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
@@ -124,7 +142,13 @@ class ModelStack(Stack):
             model_package_group_description="Therapy-response model (genomics, radiomics, "
             "notes); versions await manual approval before serving.",
         )
+        self.group_name = f"{config.prefix}-response"
+        self.approver = ModelApprover(self, "ModelApprover", config=config,
+                                      group_name=self.group_name)  # fmt: skip
+        self.four_eyes = FourEyes(self, "FourEyes", config=config, group_name=self.group_name,
+                                  key=self.key, vpc=vpc, subnets=subnets)  # fmt: skip
         self.training_role = self._training_role()
+        self.digest = self._digest_function(config, vpc, subnets)
         self.cohort_role = self._cohort_role(features)
         self.cohort_step = ProcessingStep(
             self,
@@ -175,11 +199,12 @@ class ModelStack(Stack):
         )  # fmt: skip
         grant_objects(role, self.curated, read={
             layout.CURATED_COHORT_DATASET: "Reads the cohort dataset it trains on."})  # fmt: skip
-        outputs = {
-            layout.ARTIFACTS_MODELS: "Writes model.tar.gz and its evaluation.",
-            layout.ARTIFACTS_CHECKPOINTS: "Spot training saves and resumes checkpoints.",
-        }
-        grant_objects(role, self.artifacts, read=outputs, write=outputs, delete=True)
+        # models/<job>/ is written once (job names are unique) and never deleted: the
+        # registered SHA-256 pins it; checkpoints are rewritten and pruned by spot training.
+        models = {layout.ARTIFACTS_MODELS: "Writes model.tar.gz and its evaluation."}
+        grant_objects(role, self.artifacts, read=models, write=models)
+        checkpoints = {layout.ARTIFACTS_CHECKPOINTS: "Spot training saves and resumes checkpoints."}
+        grant_objects(role, self.artifacts, read=checkpoints, write=checkpoints, delete=True)
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["sagemaker-mlflow:*"],
@@ -190,6 +215,48 @@ class ModelStack(Stack):
             "Action::sagemaker-mlflow:*": "Logs runs and models to its own tracking server.",
         })  # fmt: skip
         return role
+
+    def _digest_function(
+        self, config: EnvConfig, vpc: ec2.IVpc, subnets: ec2.SubnetSelection
+    ) -> StageFunction:
+        """The function that hashes a trained artefact before it is registered."""
+        function = StageFunction(
+            self,
+            "ArtifactDigest",
+            handler="model_four_eyes",  # the governance adapter: digest requests
+            description="oncopipe: SHA-256 and S3 version of a trained model artefact",
+            key=self.key,
+            vpc=vpc,
+            subnets=subnets,
+            environment={"MODEL_PACKAGE_GROUP": self.group_name},
+            reserved_concurrency=2,
+            log_retention_days=config.log_retention_days,
+            timeout_seconds=900,
+            memory_mb=512,
+        )
+        grant_objects(function.role, self.artifacts, read={
+            layout.ARTIFACTS_MODELS: "Hashes the trained model.tar.gz it registers."})  # fmt: skip
+        return function
+
+    def _digest_logical_id(self) -> str:
+        resource = self.digest.function.node.default_child
+        assert isinstance(resource, CfnElement)
+        return self.get_logical_id(resource)
+
+    def govern(self, scope: Construct) -> None:
+        """Guard every role under ``scope`` (the app): see :class:`ApprovalGuard`.
+
+        Idempotent: a second call for the same scope adds nothing.
+        """
+        governed: set[str] = self.__dict__.setdefault("_governed", set())
+        if scope.node.path in governed:
+            return
+        governed.add(scope.node.path)
+        Aspects.of(scope).add(ApprovalGuard(
+            approver=self.approver.role, models_writer=self.training_role,
+            models_prefix_arn=self.lake.artifacts.arn_for_objects(f"{layout.ARTIFACTS_MODELS}*"),
+            group_name=self.group_name,
+        ))  # fmt: skip
 
     def _cohort_role(self, features: FeaturesStack) -> iam.Role:
         log_group = "/aws/sagemaker/ProcessingJobs"
@@ -259,7 +326,13 @@ class ModelStack(Stack):
             "Environment": {
                 "MLFLOW_TRACKING_URI": self.tracking_server.attr_tracking_server_arn,
                 "MLFLOW_EXPERIMENT_NAME": f"{config.prefix}-response",
+                # the cost estimate's lifecycle (SageMaker does not tell the container)
+                ENV_SM_MANAGED_SPOT: "true" if config.training_spot else "false",
             },
+            "Tags": [
+                {"Key": "project", "Value": config.project},
+                {"Key": TAG_STAGE, "Value": "training"},
+            ],
         }
 
     def _pipeline(self, config: EnvConfig) -> sfn.StateMachine:
@@ -330,6 +403,10 @@ class ModelStack(Stack):
             parameters={
                 "ModelPackageGroupName": self.model_package_group.model_package_group_name,
                 "ModelApprovalStatus": "PendingManualApproval",
+                "CustomerMetadataProperties": {
+                    "artifact_sha256": sfn.JsonPath.string_at("$.artifact.sha256"),
+                    "artifact_version_id": sfn.JsonPath.string_at("$.artifact.version_id"),
+                },
                 "ModelPackageDescription": sfn.JsonPath.format(
                     "pipeline execution {}", sfn.JsonPath.string_at("$$.Execution.Name")),
                 "InferenceSpecification": {
@@ -345,13 +422,27 @@ class ModelStack(Stack):
                     "SupportedTransformInstanceTypes": [config.processing_instance_type],
                 },
             },
-            iam_resources=[self.format_arn(service="sagemaker", resource="model-package",
-                                           resource_name=f"{config.prefix}-response/*"),
+            iam_resources=[*package_arns(self, self.group_name),
                            self.format_arn(service="sagemaker", resource="model-package-group",
                                            resource_name=f"{config.prefix}-response")],
             result_selector={"arn": sfn.JsonPath.string_at("$.ModelPackageArn")},
             result_path="$.package",
         )  # fmt: skip
+        digest = tasks.LambdaInvoke(
+            self,
+            "HashArtifact",
+            lambda_function=self.digest.function,
+            payload=sfn.TaskInput.from_object(
+                {"model_data": sfn.JsonPath.string_at("$.training.model_data")}
+            ),
+            result_selector={
+                "sha256": sfn.JsonPath.string_at("$.Payload.sha256"),
+                "size": sfn.JsonPath.string_at("$.Payload.size"),
+                "version_id": sfn.JsonPath.string_at("$.Payload.version_id"),
+            },
+            result_path="$.artifact",
+            retry_on_service_exceptions=True,
+        )
         self.serving_role = self._serving_role()
         model = tasks.CallAwsService(
             self,
@@ -410,10 +501,11 @@ class ModelStack(Stack):
         })  # fmt: skip
         for state in (cohort, train, tune, transform):
             state.add_catch(failed, errors=["States.ALL"], result_path="$.error")
-        for task in (best, register, model):
+        for task in (best, digest, register, model):
             task.add_catch(failed, result_path="$.error")
         after_training = (
-            register.next(model)
+            digest.next(register)
+            .next(model)
             .next(transform)
             .next(sfn.Succeed(self, "ModelRegistered", comment="awaiting manual approval"))
         )
@@ -486,6 +578,9 @@ class ModelStack(Stack):
             f"{prefix}hyper-parameter-tuning-job/*": "Tuning job names are generated per run.",
             f"{prefix}transform-job/*": "Job names are generated per execution (prefix + UUID).",
             f"{prefix}model/response-full-*": "Models of the batch transform, one per run.",
+            f"Resource::<{self._digest_logical_id()}.Arn>:*": (
+                "CDK's LambdaInvoke grant: the versions and aliases of the one digest function."
+            ),
             f"{prefix}model-package/{self.config.prefix}-response/*": (
                 "Registers new versions in its own model package group."
             ),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack, aws_ec2 as ec2
+from aws_cdk import Stack, aws_ec2 as ec2, aws_sagemaker as sagemaker
 from constructs import Construct
 
 from oncopipe.deployment import EnvConfig
 from stacks.components.model_monitor import DriftMonitor, RetrainGate
+from stacks.components.patient_ready import PatientReady
 from stacks.data_lake_stack import DataLakeStack
+from stacks.features_stack import FeaturesStack
 from stacks.model_stack import ModelStack
 
 #: The model family the gate leases and budgets (one: the therapy-response model).
@@ -17,11 +19,15 @@ MODEL_FAMILY = "response"
 
 
 class MonitorStack(Stack):
-    """The daily drift job, its alarm and the retrain gate (drift alarm + weekly schedule).
+    """The daily drift job, its alarm, the retrain gate and the patient-ready path.
 
     The retrain target is the SageMaker Pipeline ``pipeline_name`` when given, otherwise the
     model stack's pipeline state machine (``model.pipeline``). Attributes: ``drift``
-    (:class:`DriftMonitor`), ``gate`` (:class:`RetrainGate`).
+    (:class:`DriftMonitor`), ``gate`` (:class:`RetrainGate`), ``patient_ready``
+    (:class:`PatientReady`: predictions of complete patients through the model stack's
+    real-time endpoint, when one is deployed, triggered by the features stack's flows and
+    the genomics jobs). ``features`` defaults to the one features stack of the app
+    (ValueError when the app has none or several).
     """
 
     def __init__(
@@ -35,6 +41,7 @@ class MonitorStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         pipeline_name: str | None = None,
+        features: FeaturesStack | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -63,3 +70,38 @@ class MonitorStack(Stack):
             self, "RetrainGate", alarm=self.drift.alarm, model_family=MODEL_FAMILY,
             **target, **common,
         )  # fmt: skip
+        features = features or _features_stack_of(scope)
+        endpoint = getattr(model, "endpoint", None)
+        self.patient_ready = PatientReady(
+            self,
+            "PatientReady",
+            config=config,
+            key=lake.platform_key,
+            vpc=vpc,
+            subnets=subnets,
+            buckets={
+                "ingest": lake.export_bucket(self, lake.ingest, lake.ingest_key),
+                "quarantine": lake.export_bucket(self, lake.quarantine, lake.ingest_key),
+                "curated": curated,
+                "artifacts": artifacts,
+            },
+            run_state_machines=[
+                features.notes_arrival.state_machine,
+                features.series_imaging.state_machine,
+            ],
+            sweep_state_machines=[features.state_machine],
+            genomics_job_queue=features.genomics_job_queue,
+            endpoint=endpoint if isinstance(endpoint, sagemaker.CfnEndpoint) else None,
+        )
+
+
+def _features_stack_of(scope: Construct) -> FeaturesStack:
+    """Return the one features stack among ``scope``'s children (the app's stacks).
+
+    Raises:
+        ValueError: none or several.
+    """
+    found = [c for c in scope.node.children if isinstance(c, FeaturesStack)]
+    if len(found) != 1:
+        raise ValueError(f"MonitorStack: pass features=; the app has {len(found)} features stacks")
+    return found[0]

@@ -13,7 +13,7 @@ Alarms (each notifies the topic on ALARM and on OK):
 - every stage: ``100 * ItemsQuarantined / ItemsIn > ops.quarantine_alarm_percent`` over an
   hour (no items: not breaching);
 - every endpoint variant: ``Invocation5XXErrors >= 1`` and p95 ``ModelLatency`` above
-  :data:`ENDPOINT_P95_LATENCY_MS`;
+  ``ops.endpoint_p95_latency_ms``;
 - drift: ``CriticalDriftedResources >= 1`` and ``DriftDetectionErrors >= 1``.
 """
 
@@ -46,8 +46,6 @@ from stacks.components.ops_topic import AlarmTopic
 from stacks.components.ops_watch import Discovered, discover
 from stacks.data_lake_stack import DataLakeStack
 
-#: p95 model latency (milliseconds) above which an endpoint variant alarms.
-ENDPOINT_P95_LATENCY_MS = 2_000
 _GTE = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
 _GT = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
 
@@ -211,6 +209,7 @@ class OpsStack(Stack):
             )
 
     def _alarm_endpoints(self) -> None:
+        latency_ms = self.config.ops.endpoint_p95_latency_ms
         for index, endpoint in enumerate(self.watched.endpoints):
             for variant in endpoint.variants:
                 name = f"Endpoint{index}{self._id(variant)}"
@@ -224,10 +223,10 @@ class OpsStack(Stack):
                 self._alarm(
                     f"{name}Latency",
                     endpoint_metric(endpoint, variant, "ModelLatency", "p95"),
-                    threshold=ENDPOINT_P95_LATENCY_MS * 1000,  # ModelLatency is in µs
+                    threshold=latency_ms * 1000,  # ModelLatency is in µs
                     comparison=_GT,
                     description=f"{self.config.prefix}: endpoint variant {variant} p95 model "
-                    f"latency above {ENDPOINT_P95_LATENCY_MS} ms.",
+                    f"latency above {latency_ms} ms.",
                 )
 
     def _alarm_drift(self) -> None:

@@ -61,3 +61,55 @@ def cdk_context(**extra: Any) -> dict[str, Any]:
     context["aws:cdk:bundling-stacks"] = []
     context.update(extra)
     return context
+
+
+# -- the synthesized app, once per environment for the whole session --------------------------
+_APPS: dict[str, Any] = {}
+
+
+def synthesized_app(env: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The whole app of ``env`` as ``cdk synth`` builds it (both nag packs on, path metadata on).
+
+    Built once per session and shared by every infrastructure module: a synth of the app takes
+    10-15 s on 2 cores, and a dozen modules used to pay it each. The returned object is read
+    only: a test that needs other configuration builds its own app (see ``cdk_context``).
+    Attributes: ``built`` (:class:`stacks.app_factory.OncopipeApp`), ``assembly``, ``outdir``.
+    """
+    if env not in _APPS:
+        from types import SimpleNamespace
+
+        from aws_cdk import App
+
+        from stacks.app_factory import build_app
+
+        outdir = tmp_path_factory.mktemp(f"cdk-{env}")
+        context = cdk_context(env=env)
+        # construct paths in the templates' metadata: the IAM tests find roles by path
+        context["aws:cdk:enable-path-metadata"] = True
+        built = build_app(App(context=context, outdir=str(outdir)))
+        assembly = built.app.synth()  # raises when an unacknowledged nag finding remains
+        _APPS[env] = SimpleNamespace(built=built, assembly=assembly, outdir=outdir)
+    return _APPS[env]
+
+
+@pytest.fixture(scope="session")
+def app_dev(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The dev app, synthesized once per session (see :func:`synthesized_app`)."""
+    return synthesized_app("dev", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def app_prod(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The prod app, synthesized once per session (see :func:`synthesized_app`)."""
+    return synthesized_app("prod", tmp_path_factory)
+
+
+@pytest.fixture(scope="session", params=["dev", "prod"])
+def app_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Each environment's app in turn (dev, prod), each synthesized once per session."""
+    return synthesized_app(request.param, tmp_path_factory)
+
+
+def stack_templates(app: Any) -> dict[str, Any]:
+    """The synthesized templates of a :func:`synthesized_app`, by stack name (read only)."""
+    return {stack.stack_name: stack.template for stack in app.assembly.stacks}

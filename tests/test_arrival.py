@@ -230,3 +230,62 @@ def test_no_source_id_or_ingest_key_in_predictions(lake: Lake) -> None:
         text = lake.store.get_bytes(lake.buckets.curated, key).decode()
         assert "MRN-" not in text and "notes/" not in text and "dicom/" not in text
     assert completeness.FEATURE_TABLES  # the tables the cohort row is built from
+
+
+def _patient_ready_handler(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The patient-ready Lambda module, configured for the lake's buckets (no endpoint)."""
+    import importlib
+    import sys
+
+    b = lake.buckets
+    for name, value in {"INGEST_BUCKET": b.ingest, "QUARANTINE_BUCKET": b.quarantine,
+                        "CURATED_BUCKET": b.curated, "ARTIFACTS_BUCKET": b.artifacts,
+                        "SERVING_ENDPOINT_NAME": "",
+                        "POWERTOOLS_SERVICE_NAME": "patient-ready"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    sys.modules.pop("lambdas.patient_ready.handler", None)
+    return importlib.import_module("lambdas.patient_ready.handler")
+
+
+class _Context:
+    function_name, memory_limit_in_mb, aws_request_id = "patient-ready", 1024, "req-1"
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:patient-ready"
+
+
+def test_a_finished_daily_sweep_predicts_the_previous_days_complete_patients(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    handler = _patient_ready_handler(lake, monkeypatch)
+    calls: list[list[dict[str, Any]]] = []
+    monkeypatch.setattr(handler, "PREDICTOR", _model(calls))
+    # the sweep of RUN's day starts at 03:00 UTC the next day (the rule's message)
+    started = datetime(2026, 12, 3, 3, 0, tzinfo=UTC).timestamp() * 1000
+    records = [
+        {"messageId": "sweep", "body": json.dumps({"sweep_started_ms": started})},
+        {"messageId": "broken", "body": json.dumps({"sweep_started_ms": "soon"})},
+    ]
+    result = handler.lambda_handler({"Records": records}, _Context())
+    assert result == {"batchItemFailures": []}
+    assert [[p["patient_key"] for p in c] for c in calls] == [[PK1]]  # PK2 still waits
+    assert lake.store.head(lake.buckets.curated, f"{CURATED_PREDICTIONS}{RUN}/{PK1}.json")
+
+
+def test_a_succeeded_flow_event_names_its_run_and_a_failing_run_is_retried(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = _patient_ready_handler(lake, monkeypatch)
+
+    def broken(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise TimeoutError("endpoint timed out")
+
+    monkeypatch.setattr(handler, "PREDICTOR", broken)
+    event = {"detail-type": "Step Functions Execution Status Change",
+             "detail": {"status": "SUCCEEDED", "input": json.dumps({"run_id": RUN})}}  # fmt: skip
+    records = [{"messageId": "m1", "body": json.dumps(event)},
+               {"messageId": "m2", "body": json.dumps({"run_id": RUN})}]  # fmt: skip
+    result = handler.lambda_handler({"Records": records}, _Context())
+    # both messages name the run: both are retried by SQS, nothing was committed
+    assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == ["m1", "m2"]
+    assert not list(lake.store.list_keys(lake.buckets.curated, CURATED_PREDICTIONS))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from oncopipe.deployment import load_config, read_cdk_json
+from tests.conftest import stack_templates, synthesized_app
 from tests.test_permissions import ACCOUNT, REGION, Resolver, synthesized_templates
 
 pytestmark = pytest.mark.slow
@@ -101,7 +102,7 @@ class App:
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> App:
     env = request.param
-    return App(_synth(tmp_path_factory.mktemp(f"iam-{env}"), env), env)
+    return App(stack_templates(synthesized_app(env, tmp_path_factory)), env)
 
 
 def _synth(tmp: Path, env: str, **overrides: Any) -> Templates:

@@ -12,17 +12,15 @@ from aws_cdk import App
 from aws_cdk.assertions import Match, Template
 
 from stacks.app_factory import OncopipeApp, build_app
-from tests.conftest import cdk_context
+from tests.conftest import cdk_context, synthesized_app
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def synthesized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    outdir = tmp_path_factory.mktemp(f"cdk-{request.param}")
-    built = build_app(App(context=cdk_context(env=request.param), outdir=str(outdir)))
-    assembly = built.app.synth()  # raises when an unacknowledged nag finding remains
-    return built, assembly, outdir
+    app = synthesized_app(request.param, tmp_path_factory)  # once per session, nag packs on
+    return app.built, app.assembly, app.outdir
 
 
 def _templates(built: OncopipeApp) -> dict[str, Template]:
@@ -261,9 +259,14 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def _mask(value: Any) -> Any:
-    """Replace asset hashes (64 hex) so snapshots are stable across machines."""
+    """Replace asset hashes (64 hex) so snapshots are stable across machines.
+
+    Construct paths (``aws:cdk:path`` metadata, on in the shared app) are left out: they
+    repeat the logical ids.
+    """
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
+        masked = {k: _mask(v) for k, v in value.items() if k != "aws:cdk:path"}
+        return {k: v for k, v in masked.items() if not (k == "Metadata" and v == {})}
     if isinstance(value, list):
         return [_mask(v) for v in value]
     if isinstance(value, str):
@@ -328,7 +331,9 @@ def test_batch_launch_template_encrypted_gp3_imdsv2(synthesized: Any) -> None:
 def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
     built, _, _ = synthesized
     definitions = Template.from_stack(built.genomics).find_resources("AWS::Batch::JobDefinition")
-    assert len(definitions) == 3  # align, call, imaging volumes
+    # panel align/call, the whole-genome phases, imaging volumes
+    assert len(definitions) == 8
+    steps = set()
     for definition in definitions.values():
         props = definition["Properties"]
         strategy = props["RetryStrategy"]
@@ -339,13 +344,22 @@ def test_batch_jobs_retry_spot_reclaims_only(synthesized: Any) -> None:
             props["Timeout"]["AttemptDurationSeconds"]
             == 60 * built.config.batch_job_timeout_minutes
         )
-        command = props["ContainerProperties"]["Command"]
+        container = props["ContainerProperties"]
+        command = container["Command"]
         # the image's entrypoint is `python -m`: each job names its module (batch_jobs.*)
         assert command == ["batch_jobs.imaging", "volumes"] or (
             command[:1] == ["batch_jobs.genomics"]
-            and command[1] in ("align", "call")
+            and command[1] in ("plan", "align", "align-shard", "gather", "call", "call-region",
+                               "call-gather")
             and "Ref::sample" in command
-        )
+        )  # fmt: skip
+        steps.add(command[1])
+        # the job's cost estimate knows what it reserved: the job definition's own values
+        environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+        reserved = {r["Type"]: r["Value"] for r in container["ResourceRequirements"]}
+        assert environment["ONCOPIPE_JOB_VCPUS"] == reserved["VCPU"]
+        assert environment["ONCOPIPE_JOB_MEMORY_MIB"] == reserved["MEMORY"]
+    assert len(steps) == 8
 
 
 def test_batch_job_role_reads_fastq_only_from_ingest(synthesized: Any) -> None:
@@ -365,10 +379,24 @@ def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any
     built, _, _ = synthesized
     machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
     definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
-    for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "SampleSheetProcessed",
-                  "Deidentify", "DicomQuarantined"):  # fmt: skip
+    for state in ("StartGenomics", "GenomicsNotStarted", "SampleSheetProcessed",
+                  "Deidentify", "DicomQuarantined", "QueueNote", "NoteQueued"):  # fmt: skip
         assert state in definition
-    assert "batch:submitJob.sync" in definition
+    # the ingest execution starts the genomics one and ends (request-response, no .sync)
+    assert 'states:startExecution\\"' in definition
+    assert "states:startExecution.sync" not in definition
+    genomics = Template.from_stack(built.genomics).find_resources(
+        "AWS::StepFunctions::StateMachine"
+    )
+    (genomics_machine,) = genomics.values()
+    genomics_definition = json.dumps(genomics_machine["Properties"]["DefinitionString"])
+    for state in ("AlignSamples", "CallTumours", "GenomicsFailed", "Plan", "ReadPlan",
+                  "AlignShards", "Gather", "CallRegions", "CallGather"):  # fmt: skip
+        assert state in genomics_definition
+    assert "batch:submitJob.sync" in genomics_definition
+    # every job it submits carries the run id and the step as cost-allocation tags
+    assert genomics_definition.count("oncopipe:run-id.$") >= 8
+    assert "oncopipe:stage" in genomics_definition
 
 
 def test_orphan_fastq_reconciled_daily(synthesized: Any) -> None:
@@ -474,13 +502,44 @@ def _pipeline_definition(built: OncopipeApp) -> str:
     return json.dumps(next(iter(machines.values()))["Properties"]["DefinitionString"])
 
 
+def _pipeline_document(built: Any) -> dict[str, Any]:
+    machines = Template.from_stack(built.model).find_resources("AWS::StepFunctions::StateMachine")
+    raw = next(iter(machines.values()))["Properties"]["DefinitionString"]
+    if isinstance(raw, dict):  # Fn::Join of strings and tokens (ARNs)
+        raw = "".join(p if isinstance(p, str) else "TOKEN" for p in raw["Fn::Join"][1])
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
+def _pipeline_states(built: Any) -> dict[str, Any]:
+    states: dict[str, Any] = _pipeline_document(built)["States"]
+    return states
+
+
+def _pipeline_start(built: Any) -> str:
+    return str(_pipeline_document(built)["StartAt"])
+
+
 def test_model_pipeline_cohort_train_or_tune_register_transform(synthesized: Any) -> None:
     built, _, _ = synthesized
     definition = _pipeline_definition(built)
-    order = [definition.index(s) for s in (
-        "createProcessingJob.sync", "createTrainingJob.sync", "createModelPackage",
+    # the order of execution (Next pointers), not of the JSON text
+    states = _pipeline_states(built)
+    chain, name = [], "Train"
+    while name:
+        chain.append(name)
+        name = states[name].get("Next")
+    resources = [states[n].get("Resource", "") for n in chain]
+    order = [next(i for i, r in enumerate(resources) if r.endswith(s)) for s in (
+        "createTrainingJob.sync", "lambda:invoke", "createModelPackage",
         "createTransformJob.sync")]  # fmt: skip
     assert order == sorted(order)
+    assert (
+        chain[resources.index(next(r for r in resources if r.endswith("lambda:invoke")))]
+        == "HashArtifact"
+    )
+    start = states[_pipeline_start(built)]
+    assert start["Resource"].endswith("createProcessingJob.sync")  # the cohort comes first
     assert "createHyperParameterTuningJob.sync" in definition
     assert '\\"MetricName\\":\\"validation:auc\\"' in definition
     assert '\\"ModelApprovalStatus\\":\\"PendingManualApproval\\"' in definition

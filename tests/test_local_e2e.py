@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,15 +56,65 @@ def s3_client(state: dict[str, Any]) -> Any:
     return client(state, "s3")
 
 
+# -- the series settle ---------------------------------------------------------------------
+_SETTLED = re.compile(
+    r"(\d+) DICOM series converted when they settled \(no instance for 1s\), before the "
+    r"daily jobs; the daily imaging sweep had (\d+) series left to do"
+)
+
+
+def _volumes(s3: Any, bucket: str) -> dict[str, str]:
+    from oncopipe import layout
+
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.CURATED_IMAGING_VOLUMES
+    )
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def _late_instance(cohort: Path) -> bytes:
+    """A new CT instance of the first patient's series, one slice beyond its last."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    slices = [pydicom.dcmread(p) for p in sorted(cohort.rglob("dicom/patient001/ct/*.dcm"))]
+    images = sorted((d for d in slices if d.Modality == "CT"),
+                    key=lambda d: float(d.ImagePositionPatient[2]))  # fmt: skip
+    last, before = images[-1], images[-2]
+    spacing = float(last.ImagePositionPatient[2]) - float(before.ImagePositionPatient[2])
+    late = last.copy()
+    late.SOPInstanceUID = generate_uid()
+    late.file_meta.MediaStorageSOPInstanceUID = late.SOPInstanceUID
+    late.InstanceNumber = int(last.InstanceNumber) + 1
+    late.ImagePositionPatient = [*last.ImagePositionPatient[:2],
+                                 float(last.ImagePositionPatient[2]) + spacing]  # fmt: skip
+    out = io.BytesIO()
+    late.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _denied(out: str) -> list[str]:
+    """The refusals of the stages the series settle runs (de-id, imaging, radiomics)."""
+    stages = ("deid (role", "imaging (role", "radiomics (role")
+    return [line for line in out.splitlines() if line.strip().startswith(stages)]
+
+
 def test_demo_run_routes_validates_and_quarantines(local_mode: tuple[Path, dict[str, Any]]) -> None:
     home, state = local_mode
     # Every stage runs as its synthesized role, with the endpoint's IAM enforcement on.
     from oncopipe.local.iam import STAGE_ROLES
 
     assert set(state["stage_roles"]) == set(STAGE_ROLES)
-    result = oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")
+    result = oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2",
+                      "--settle-seconds", "1")  # fmt: skip
     out = result.stdout
     assert "access denied" not in out  # no stage was refused a request
+    # every series converted when it settled; the daily job (the sweeper) found nothing to do
+    settled = _SETTLED.search(" ".join(out.split()))
+    assert settled, out
+    assert int(settled.group(1)) >= 2 and settled.group(2) == "0"
     assert "routing ingest objects" in out and "run e2e-1" in out
     assert "exports/scanner-dump.bin: no stage takes objects under this prefix" in out
     assert "notes/empty.txt: the object is empty (0 bytes)" in out
@@ -171,7 +222,28 @@ def test_rerunning_a_finished_run_changes_nothing(local_mode: tuple[Path, dict[s
 
     before = versions()
     oncopipe(home, "local", "run", "--run-id", "e2e-1", "--patients", "2")
-    assert versions() == before  # no object rewritten: every item skipped on its manifest
+    # no object rewritten: every item skipped on its manifest (the message lists rewrites)
+    after = versions()
+    assert sorted(set(after) - set(before)) == [] and len(after) == len(before)
+
+
+def test_a_late_instance_reconverts_its_series(local_mode: tuple[Path, dict[str, Any]]) -> None:
+    """A late instance of a series converted on settle: its own timer reconverts the series."""
+    home, state = local_mode
+    s3 = s3_client(state)
+    before = _volumes(s3, state["buckets"]["curated"])
+    assert before  # the demo run converted its series
+    s3.put_object(Bucket=state["buckets"]["ingest"], Key="dicom/patient001/ct/late.dcm",
+                  Body=_late_instance(home))  # fmt: skip
+    drained = oncopipe(home, "local", "run", "--drain", "--run-id", "e2e-1",
+                       "--settle-seconds", "1", "--idle-timeout", "8", check=False)  # fmt: skip
+    assert not _denied(drained.stdout)
+    again = _SETTLED.search(" ".join(drained.stdout.split()))
+    assert again, drained.stdout
+    assert again.group(1) == "1" and again.group(2) == "0"
+    after = _volumes(s3, state["buckets"]["curated"])
+    assert set(after) == set(before)
+    assert [k for k in after if after[k] != before[k]], "the series' volume was not rewritten"
 
 
 def test_status_reports_zones_and_runs(local_mode: tuple[Path, dict[str, Any]]) -> None:
@@ -204,8 +276,13 @@ def test_local_run_against_the_endpoint_of_the_aws_configuration(tmp_path: Path)
         "ONCOPIPE_HOME": str(tmp_path),
         "COLUMNS": "160",
     }
+    # one synthetic note: the ingest flow end to end (events, routing, quarantine, manifests)
+    # on the other endpoint, without the genomics and imaging stages
+    cohort = tmp_path / "cohort"
+    (cohort / "notes").mkdir(parents=True)
+    (cohort / "notes" / "N-0001.txt").write_text("ECOG 1. Adenocarcinoma of the lung.\n")
     try:
-        for args in (["local", "up", "--external"], ["local", "run", "--patients", "1",
+        for args in (["local", "up", "--external"], ["local", "run", "--cohort", str(cohort),
                                                      "--run-id", "ext-1"]):  # fmt: skip
             result = subprocess.run(
                 [sys.executable, "-m", "oncopipe", *args],
@@ -217,8 +294,13 @@ def test_local_run_against_the_endpoint_of_the_aws_configuration(tmp_path: Path)
             "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-west-2",
             aws_access_key_id="someone", aws_secret_access_key="else",
         )  # fmt: skip
-        tables = s3.list_objects_v2(Bucket="oncopipe-dev-curated", Prefix="cohort/samples/ext-1/")
-        assert tables["KeyCount"] == 1
+        # a note no sample sheet names has no patient: routed, then quarantined with its reason
+        listed = s3.list_objects_v2(Bucket="oncopipe-dev-quarantine", Prefix="ext-1/notes/")
+        assert sorted(o["Key"] for o in listed.get("Contents", [])) == [
+            "ext-1/notes/N-0001.txt", "ext-1/notes/N-0001.txt.reason.json"]  # fmt: skip
+        manifests = s3.list_objects_v2(Bucket="oncopipe-dev-quarantine",
+                                       Prefix="_manifests/ext-1/")  # fmt: skip
+        assert manifests["KeyCount"] >= 1
     finally:
         server.stop()
 

@@ -7,20 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import App
 from aws_cdk.assertions import Match, Template
-
-from stacks.app_factory import build_app
-from tests.conftest import cdk_context
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Template, Path]:
-    outdir = tmp_path_factory.mktemp("cdk-monitor")
-    built = build_app(App(context=cdk_context(env="dev"), outdir=str(outdir)))
-    stack = built.monitor  # in the app, as deployed
-    built.app.synth()  # raises on an unacknowledged nag finding
-    return Template.from_stack(stack), outdir
+def synthesized(app_dev: Any) -> tuple[Template, Path]:
+    """The monitor stack in the dev app of the session, as deployed (nag packs on)."""
+    return Template.from_stack(app_dev.built.monitor), app_dev.outdir
 
 
 @pytest.mark.slow

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import App, Duration
+from aws_cdk import App, Duration, Stack
 from aws_cdk.assertions import Match, Template
 from aws_cdk.aws_events import Schedule
 
 from oncopipe import metrics as m
 from oncopipe.ops.batch_queue import RUNNABLE_AGE
-from stacks.app_factory import OncopipeApp, build_app
-from tests.conftest import cdk_context
+from stacks.app_factory import OncopipeApp
+from stacks.components.ops_topic import AlarmTopic
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +26,9 @@ EMAILS = ["oncall@example.org", "platform@example.org"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[OncopipeApp, Path]:
-    context = cdk_context(env="dev")
-    context["oncopipe:environments"]["dev"]["ops"]["alarm_emails"] = EMAILS
-    outdir = tmp_path_factory.mktemp("cdk-ops")
-    app = build_app(App(context=context, outdir=str(outdir)))
-    app.app.synth()  # raises on an unacknowledged nag finding
-    return app, outdir
+def built(app_dev: Any) -> tuple[OncopipeApp, Path]:
+    """The dev app of the session (nag packs on: synth raised on any unacknowledged finding)."""
+    return app_dev.built, app_dev.outdir
 
 
 def _templates(outdir: Path) -> dict[str, dict[str, Any]]:
@@ -180,7 +176,14 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(built: Any) -> N
 
 
 def test_alarm_emails_of_the_config_are_subscribed(built: Any) -> None:
+    app, _ = built
     subscriptions = _ops(built).find_resources("AWS::SNS::Subscription")
+    endpoints = sorted(s["Properties"]["Endpoint"] for s in subscriptions.values())
+    assert endpoints == sorted(app.config.ops.alarm_emails)  # the app passes what cdk.json names
+    # ... and the topic subscribes each address by e-mail
+    stack = Stack(App(), "Bare")
+    AlarmTopic(stack, "Alarms", prefix="oncopipe-test", emails=EMAILS)
+    subscriptions = Template.from_stack(stack).find_resources("AWS::SNS::Subscription")
     assert sorted(s["Properties"]["Endpoint"] for s in subscriptions.values()) == EMAILS
     assert {s["Properties"]["Protocol"] for s in subscriptions.values()} == {"email"}
 

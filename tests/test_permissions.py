@@ -30,7 +30,7 @@ import pytest
 from aws_cdk import App
 
 from stacks.app_factory import build_app
-from tests.conftest import cdk_context
+from tests.conftest import cdk_context, stack_templates, synthesized_app
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +173,8 @@ class Need:
     action: str
     resource: str
     passed_to: str | None = None
+    #: Condition keys the call sets, as far as the definition tells (literal parameters).
+    context: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         to = f" (to {self.passed_to})" if self.passed_to else ""
@@ -248,20 +250,32 @@ def task_needs(state_name: str, state: Mapping[str, Any]) -> list[Need]:
     sync = bool(pattern and pattern.startswith(".sync"))
     needs: list[Need] = []
 
-    def need(action: str, arn: str, passed_to: str | None = None) -> None:
-        needs.append(Need(state_name, action, arn, passed_to))
+    def need(action: str, arn: str, passed_to: str | None = None,
+             context: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        known = dict(context or {})
+        if passed_to is not None:
+            known["iam:PassedToService"] = passed_to
+        needs.append(Need(state_name, action, arn, passed_to, tuple(sorted(known.items()))))
 
     for role in _passed_roles(parameters):
         need("iam:PassRole", role, _PASSED_TO.get(service, f"{service}.amazonaws.com"))
     if sdk:
         # AWS SDK integrations call the API named: service:Api.
-        need(f"{service}:{api[0].upper()}{api[1:]}", ANY)
+        context = {}
+        status = parameters.get("ModelApprovalStatus")
+        if service == "sagemaker" and isinstance(status, str):
+            context["sagemaker:ModelApprovalStatus"] = status
+        need(f"{service}:{api[0].upper()}{api[1:]}", ANY, context=context)
         return needs
     if service == "lambda" and api == "invoke":
         need("lambda:InvokeFunction", str(parameters["FunctionName"]))
     elif service == "batch" and api == "submitJob":
         need("batch:SubmitJob", str(parameters["JobQueue"]))
         need("batch:SubmitJob", str(parameters["JobDefinition"]))
+        if parameters.get("Tags"):
+            # tags on a submitted job: Batch authorises TagResource on the new job
+            need("batch:TagResource", _arn("batch", f"job/{UNKNOWN}"),
+                 context={"batch:CreateAction": "SubmitJob"})  # fmt: skip
         if sync:
             job = _arn("batch", f"job/{UNKNOWN}")
             need("batch:DescribeJobs", job)
@@ -294,7 +308,9 @@ def task_needs(state_name: str, state: Mapping[str, Any]) -> list[Need]:
     elif service == "sns" and api == "publish":
         need("sns:Publish", str(parameters.get("TopicArn", UNKNOWN)))
     elif service == "sqs" and api == "sendMessage":
-        need("sqs:SendMessage", str(parameters.get("QueueUrl", UNKNOWN)))
+        # the task names the queue by URL (Ref); grants name it by ARN (GetAtt Arn)
+        queue = str(parameters.get("QueueUrl", UNKNOWN))
+        need("sqs:SendMessage", re.sub(r"\.Ref>$", ".Arn>", queue))
     elif service == "events" and api == "putEvents":
         need("events:PutEvents", UNKNOWN)
     else:
@@ -338,18 +354,47 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+_POSITIVE = {
+    "StringEquals": True,
+    "StringLike": True,
+    "StringNotEquals": False,
+    "StringNotLike": False,
+}
+
+
+def _condition(operator: str, key: str, expected: Any, need: Need) -> bool | None:
+    """Whether one condition holds for the call: True, False, or None (not known here)."""
+    context = dict(need.context)
+    if operator not in _POSITIVE:
+        return None
+    like = operator.endswith("Like")
+    if key not in context:
+        # IAM: a negated operator holds when the key is absent; a positive one does not.
+        # Only keys this test derives are known to be absent.
+        derived = key in ("iam:PassedToService", "sagemaker:ModelApprovalStatus",
+                          "batch:CreateAction")  # fmt: skip
+        return (not _POSITIVE[operator]) if derived else None
+    value = context[key]
+    hit = any(_matches(str(e), value) if like else str(e) == value for e in _listed(expected))
+    return hit if _POSITIVE[operator] else not hit
+
+
 def _conditions_hold(statement: Mapping[str, Any], need: Need) -> bool:
-    """Whether the statement's conditions hold for the call; unknown keys do not."""
-    for operator, entries in statement.get("Condition", {}).items():
-        for key, expected in entries.items():
-            if key == "iam:PassedToService" and operator in ("StringEquals", "StringLike"):
-                if need.passed_to is None or not any(
-                    _matches(str(e), need.passed_to) for e in _listed(expected)
-                ):
-                    return False
-            else:
-                return False
-    return True
+    """Whether an Allow's conditions all hold for the call (an unknown one does not)."""
+    return all(
+        _condition(operator, key, expected, need) is True
+        for operator, entries in statement.get("Condition", {}).items()
+        for key, expected in entries.items()
+    )
+
+
+def _deny_applies(statement: Mapping[str, Any], need: Need) -> bool:
+    """Whether a Deny applies to the call: unless one of its conditions is known false."""
+    return all(
+        _condition(operator, key, expected, need) is not False
+        for operator, entries in statement.get("Condition", {}).items()
+        for key, expected in entries.items()
+    )
 
 
 def _statement_covers(statement: Mapping[str, Any], need: Need) -> bool:
@@ -398,7 +443,8 @@ def missing_permissions(resolver: Resolver, stack: str, machine_id: str) -> list
             continue
         for need in task_needs(name, state):
             granted = any(_statement_covers(s, need) for s in allows)
-            denied = any(_statement_covers({**s, "Condition": {}}, need) for s in denies)
+            denied = any(_statement_covers({**s, "Condition": {}}, need)
+                         and _deny_applies(s, need) for s in denies)  # fmt: skip
             if not granted or denied:
                 missing.append(f"{stack}/{machine_id} {need}")
     return missing
@@ -430,7 +476,7 @@ def synthesized_templates(
 def templates(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Template]:
-    return synthesized_templates(tmp_path_factory.mktemp(f"perm-{request.param}"), request.param)
+    return stack_templates(synthesized_app(request.param, tmp_path_factory))
 
 
 def test_every_state_machine_role_grants_what_its_tasks_need(
@@ -438,7 +484,8 @@ def test_every_state_machine_role_grants_what_its_tasks_need(
 ) -> None:
     resolver = Resolver(templates)
     machines = state_machines(templates)
-    assert len(machines) == 4  # ingest, daily features, series imaging, model pipeline
+    # ingest, genomics, daily features, series imaging, notes on arrival, model pipeline
+    assert len(machines) == 6
     missing = [
         m for stack, machine in machines for m in missing_permissions(resolver, stack, machine)
     ]
@@ -601,3 +648,44 @@ def test_resolver_follows_imports_to_the_exporting_stack() -> None:
     )
     with pytest.raises(AssertionError, match="not resolved"):
         resolver.resolve("A", {"Fn::Base64": "x"})
+
+
+def _register(status: str) -> dict[str, Any]:
+    return {"StartAt": "Register", "States": {"Register": {
+        "Type": "Task", "End": True,
+        "Resource": "arn:aws:states:::aws-sdk:sagemaker:createModelPackage",
+        "Parameters": {"ModelPackageGroupName": "g", "ModelApprovalStatus": status}}}}  # fmt: skip
+
+
+_REGISTER = {"Effect": "Allow", "Action": "sagemaker:CreateModelPackage", "Resource": "*"}
+#: The governance guard: registering anything but a pending version is denied.
+_PENDING_ONLY = {
+    "Effect": "Deny", "Action": "sagemaker:CreateModelPackage", "Resource": "*",
+    "Condition": {"StringNotEquals": {"sagemaker:ModelApprovalStatus": "PendingManualApproval"}},
+}  # fmt: skip
+
+
+def test_checker_applies_a_conditional_deny_only_where_its_condition_holds() -> None:
+    assert _missing(_register("PendingManualApproval"), [_REGISTER, _PENDING_ONLY]) == []
+    (missing,) = _missing(_register("Approved"), [_REGISTER, _PENDING_ONLY])
+    assert "sagemaker:CreateModelPackage" in missing
+    # a condition key the checker cannot know: the deny is taken to apply
+    unknown = {**_PENDING_ONLY, "Condition": {"StringEquals": {"aws:SourceVpc": "vpc-1"}}}
+    assert len(_missing(_register("PendingManualApproval"), [_REGISTER, unknown])) == 1
+
+
+def test_checker_needs_tag_on_create_for_a_tagged_batch_job() -> None:
+    queue = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/q"
+    definition = {"StartAt": "Job", "States": {"Job": {
+        "Type": "Task", "End": True, "Resource": "arn:aws:states:::batch:submitJob",
+        "Parameters": {"JobName": "j", "JobQueue": queue, "JobDefinition": "d",
+                       "Tags": {"oncopipe:stage": "align"}}}}}  # fmt: skip
+    submit = {"Effect": "Allow", "Action": "batch:SubmitJob", "Resource": [queue, "d"]}
+    tag = {"Effect": "Allow", "Action": "batch:TagResource",
+           "Resource": f"arn:aws:batch:{REGION}:{ACCOUNT}:job/*"}  # fmt: skip
+    (missing,) = _missing(definition, [submit])
+    assert "batch:TagResource" in missing
+    on_submit = {**tag, "Condition": {"StringEquals": {"batch:CreateAction": "SubmitJob"}}}
+    assert _missing(definition, [submit, on_submit]) == []
+    on_other = {**tag, "Condition": {"StringEquals": {"batch:CreateAction": "CreateJobQueue"}}}
+    assert len(_missing(definition, [submit, on_other])) == 1

@@ -9,25 +9,17 @@ series settle (a series converts without the daily job; a late instance reconver
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import App
 from aws_cdk.assertions import Match, Template
-
-from stacks.app_factory import build_app
-from tests.conftest import cdk_context
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    outdir = tmp_path_factory.mktemp("cdk-series")
-    built = build_app(App(context=cdk_context(env="dev"), outdir=str(outdir)))
-    built.app.synth()  # raises when an unacknowledged nag finding remains (both packs)
-    return built, outdir
+def synthesized(app_dev: Any) -> Any:
+    """The dev app of the session (both nag packs on: synth raised on any finding)."""
+    return app_dev.built, app_dev.outdir
 
 
 def _statements(template: Template, role_logical_prefix: str) -> list[dict[str, Any]]:
@@ -317,93 +309,3 @@ def test_the_job_commands_refuse_a_series_that_is_not_a_uid() -> None:
     with pytest.raises(SystemExit) as raised:
         main(["volumes", "--run-id", RUN, "--series", "MRN-7-X"])
     assert raised.value.code == 2
-
-
-# -- the local mode end to end: the series settle replaces the daily job -----------------
-_SETTLED = re.compile(
-    r"(\d+) DICOM series converted when they settled \(no instance for 1s\), before the "
-    r"daily jobs; the daily imaging sweep had (\d+) series left to do"
-)
-
-
-@pytest.fixture(scope="module")
-def local_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
-    from tests.test_local_e2e import oncopipe
-
-    home = tmp_path_factory.mktemp("oncopipe-settle-home")
-    oncopipe(home, "local", "up")
-    state = json.loads((home / "local" / "state.json").read_text())
-    try:
-        yield home, state
-    finally:
-        oncopipe(home, "local", "down", check=False)
-
-
-def _volumes(s3: Any, bucket: str) -> dict[str, str]:
-    from oncopipe import layout
-
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=layout.CURATED_IMAGING_VOLUMES
-    )
-    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
-
-
-def _late_instance(cohort: Path) -> bytes:
-    """A new CT instance of the first patient's series, one slice beyond its last."""
-    import io
-
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    slices = [pydicom.dcmread(p) for p in sorted(cohort.rglob("dicom/patient001/ct/*.dcm"))]
-    images = sorted((d for d in slices if d.Modality == "CT"),
-                    key=lambda d: float(d.ImagePositionPatient[2]))  # fmt: skip
-    last, before = images[-1], images[-2]
-    spacing = float(last.ImagePositionPatient[2]) - float(before.ImagePositionPatient[2])
-    late = last.copy()
-    late.SOPInstanceUID = generate_uid()
-    late.file_meta.MediaStorageSOPInstanceUID = late.SOPInstanceUID
-    late.InstanceNumber = int(last.InstanceNumber) + 1
-    late.ImagePositionPatient = [*last.ImagePositionPatient[:2],
-                                 float(last.ImagePositionPatient[2]) + spacing]  # fmt: skip
-    out = io.BytesIO()
-    late.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def _denied(out: str) -> list[str]:
-    """The refusals of the stages the series settle runs (de-id, imaging, radiomics)."""
-    stages = ("deid (role", "imaging (role", "radiomics (role")
-    return [line for line in out.splitlines() if line.strip().startswith(stages)]
-
-
-@pytest.mark.slow
-def test_local_series_convert_on_settle_and_a_late_instance_reconverts(
-    local_mode: tuple[Path, dict[str, Any]],
-) -> None:
-    from tests.test_local_e2e import oncopipe, s3_client
-
-    home, state = local_mode
-    # check=False: the run's exit code also covers the genomics jobs; asserted by stage here
-    run = oncopipe(home, "local", "run", "--run-id", "settle-1", "--patients", "1",
-                   "--settle-seconds", "1", "--idle-timeout", "8", check=False)  # fmt: skip
-    assert not _denied(run.stdout)
-    settled = _SETTLED.search(" ".join(run.stdout.split()))
-    assert settled, run.stdout
-    # every series converted on settle; the daily job (the sweeper) found nothing to do
-    assert int(settled.group(1)) >= 1 and settled.group(2) == "0"
-    s3 = s3_client(state)
-    before = _volumes(s3, state["buckets"]["curated"])
-    assert before
-    # A late instance of the converted series: its own timer reconverts the series.
-    s3.put_object(Bucket=state["buckets"]["ingest"], Key="dicom/patient001/ct/late.dcm",
-                  Body=_late_instance(home))  # fmt: skip
-    drained = oncopipe(home, "local", "run", "--drain", "--run-id", "settle-1",
-                       "--settle-seconds", "1", "--idle-timeout", "8", check=False)  # fmt: skip
-    assert not _denied(drained.stdout)
-    again = _SETTLED.search(" ".join(drained.stdout.split()))
-    assert again, drained.stdout
-    assert again.group(1) == "1" and again.group(2) == "0"
-    after = _volumes(s3, state["buckets"]["curated"])
-    assert set(after) == set(before)
-    assert [k for k in after if after[k] != before[k]], "the series' volume was not rewritten"

@@ -613,26 +613,70 @@ def hparams_from_args(args: argparse.Namespace) -> HyperParameters:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Script entry: train, write the model and metrics; print a one-line summary."""
+    """Script entry: train, write the model and metrics; print a one-line summary.
+
+    The job's cost estimate (:func:`oncopipe.ops.cost.training_job_profile`: the instances
+    of ``resourceconfig.json`` for the job's seconds, spot from ``ONCOPIPE_SM_MANAGED_SPOT``)
+    goes into the summary line and ``metrics.json`` as ``cost``; EMF stage metrics (stage
+    ``training``: the job as one item, its duration, the dataset's bytes,
+    ``CostEstimateUSD``) go to stderr.
+    """
+    from oncopipe.metrics import StageMetrics
+    from oncopipe.ops.cost import training_job_profile
+
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    result = train(
-        args.train,
-        args.model_dir,
-        output_dir=args.output_dir,
-        validation_dir=args.validation,
-        checkpoint_dir=resolve_checkpoint_dir(args.checkpoint_dir),
-        hparams=hparams_from_args(args),
-        experiment=args.experiment,
-    )
-    summary = {
-        k: result.metrics[k]
-        for k in ("best_epoch", "best_val_auc", "samples_per_second", "resumed_from_epoch")
-    }
-    if args.package:
-        summary["pruned"] = package_for_serving(args.model_dir, args.train, args.output_dir)
+    profile = training_job_profile()
+    with StageMetrics("training") as stage_metrics:
+        stage_metrics.items_in()
+        started = time.perf_counter()
+        try:
+            result = train(
+                args.train,
+                args.model_dir,
+                output_dir=args.output_dir,
+                validation_dir=args.validation,
+                checkpoint_dir=resolve_checkpoint_dir(args.checkpoint_dir),
+                hparams=hparams_from_args(args),
+                experiment=args.experiment,
+            )
+            summary = {
+                k: result.metrics[k]
+                for k in ("best_epoch", "best_val_auc", "samples_per_second", "resumed_from_epoch")
+            }
+            if args.package:
+                summary["pruned"] = package_for_serving(args.model_dir, args.train, args.output_dir)
+        except BaseException:
+            stage_metrics.outcome("failed", seconds=time.perf_counter() - started)
+            stage_metrics.job_cost(profile.job_fields())
+            raise
+        cost = profile.job_fields()
+        stage_metrics.outcome("succeeded", seconds=time.perf_counter() - started,
+                              nbytes=_dataset_bytes(args.train))  # fmt: skip
+        stage_metrics.job_cost(cost)
+    summary["cost"] = cost
+    if args.output_dir is not None:
+        _record_cost(Path(args.output_dir) / "metrics.json", cost)
     print(json.dumps(summary, default=str))
     return 0
+
+
+def _dataset_bytes(train_dir: Path | str) -> int | None:
+    """Return the bytes of the training dataset's files (None when unreadable)."""
+    try:
+        return sum(p.stat().st_size for p in Path(train_dir).rglob("*") if p.is_file())
+    except OSError:
+        return None
+
+
+def _record_cost(metrics_path: Path, cost: dict[str, Any]) -> None:
+    """Add the job's ``cost`` to ``metrics.json`` (the training job's record of what it did)."""
+    try:
+        document = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    document["cost"] = cost
+    metrics_path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 def package_for_serving(model_dir: Path | str, train_dir: Path | str,

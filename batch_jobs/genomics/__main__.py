@@ -2,11 +2,12 @@
 
 Steps: ``align`` and ``call`` (one job per sample); for whole genomes the scatter/gather
 phases (:mod:`oncopipe.genomics.scatter_stage`): ``plan`` (prints ``shards``, 0 when the
-sample aligns as one job, and ``regions``, 1 when it calls as one job; splits the FASTQ
-pair when it scatters), ``align-shard`` (an array child: shard ``--index`` or
-``AWS_BATCH_JOB_ARRAY_INDEX``), ``gather`` (commits the sample's BAM from its shards),
-``call-region`` (an array child: region ``--index`` of ``--regions``) and ``call-gather``
-(commits the calls from the ``--regions`` parts). The scatter settings come from
+sample aligns as one job, and ``regions``, 1 when it calls as one job, and writes them to
+:func:`plan_key` for the state machine; splits the FASTQ pair when it scatters),
+``align-shard`` (an array child: shard ``--index`` or ``AWS_BATCH_JOB_ARRAY_INDEX``),
+``gather`` (commits the sample's BAM from its shards), ``call-region`` (an array child:
+region ``--index`` of ``--regions``) and ``call-gather`` (commits the calls from the
+``--regions`` parts). The scatter settings come from
 ``SCATTER_PAIRS_PER_SHARD``, ``SCATTER_MIN_FASTQ_BYTES``, ``SCATTER_CALL_REGIONS`` and
 ``SCATTER_MIN_REFERENCE_BASES`` (the job definitions set them from ``config.scatter``).
 
@@ -21,9 +22,14 @@ definition's retry strategy).
 Prints one JSON line with the item's outcome, and logs, without PHI (stdout and stderr go
 to CloudWatch Logs; :mod:`oncopipe.boundary`): the step, the sample id, the status and
 reason code, counts and curated keys; a failure by its error type, reason code, the opaque
-reference of the object it names and the AWS error codes behind it. The readable reason of a
-quarantined sample (which names its FASTQ files) is in the quarantine zone's reason
-document, beside the quarantined copy.
+reference of the object it names and the AWS error codes behind it. The line also has the
+job's ``cost`` estimate (:func:`oncopipe.ops.cost.batch_job_profile`: the job definition's
+``ONCOPIPE_JOB_VCPUS`` / ``ONCOPIPE_JOB_MEMORY_MIB``, instance type and spot or on-demand
+from the instance metadata), which the committed manifest records too (``cost``). EMF
+stage metrics (stage ``align`` or ``call``: item in and outcome, duration, input bytes,
+``ItemsRetried`` on a later Batch attempt, ``CostEstimateUSD``) go to stderr. The readable
+reason of a quarantined sample (which names its FASTQ files) is in the quarantine zone's
+reason document, beside the quarantined copy.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from oncopipe import layout
 from oncopipe.boundary import failure_fields, log_failure, pick
 from oncopipe.genomics.stage import align_sample, call_sample, load_samples, plan
+from oncopipe.metrics import StageMetrics
+from oncopipe.ops import cost
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -47,6 +56,14 @@ logger = logging.getLogger("batch_jobs.genomics")
 OUTCOME_FIELDS = ("kind", "status", "reason_code", "lanes", "reads", "bam", "qc", "variants",
                   "hotspots", "quarantined")  # fmt: skip
 STEPS = ("align", "call", "plan", "align-shard", "gather", "call-region", "call-gather")
+#: The metrics stage of each step (:data:`oncopipe.metrics.STAGES`).
+STAGE_OF = {"align": "align", "plan": "align", "align-shard": "align", "gather": "align",
+            "call": "call", "call-region": "call", "call-gather": "call"}  # fmt: skip
+#: Steps whose job role reads the pseudonymisation secret (opaque references; the
+#: pseudonymous sample key of the cost estimate). The others record no sample key.
+SECRET_STEPS = ("align", "gather")
+#: Steps that commit one item (a sample's BAM or calls) with its manifest.
+COMMIT_STEPS = ("align", "gather", "call", "call-gather")
 
 
 def _array_index(value: int | None) -> int:
@@ -85,12 +102,85 @@ def main(argv: list[str] | None = None) -> int:
     store = ObjectStore(make_client())
     reference = os.environ.get("REFERENCE_PREFIX", layout.ARTIFACTS_REFERENCE)
     threads = int(os.environ.get("THREADS") or os.cpu_count() or 1)
-    secret: bytes | None = None
+    # only the steps whose role reads the secret (their job definitions name it)
+    secret = _configured_secret() if args.step in SECRET_STEPS else None
+    sample_tag = cost.sample_key(secret, args.sample) if secret else None
+    profile = cost.batch_job_profile(whole_job=args.step in COMMIT_STEPS, sample=sample_tag)
+    with StageMetrics(STAGE_OF[args.step]) as metrics:
+        metrics.attempt()
+        with cost.metering(profile):
+            code = _run(parser, args, store, settings, reference, threads, secret, metrics,
+                        profile)  # fmt: skip
+    return code
+
+
+def _configured_secret() -> bytes | None:
+    """Return the pseudonymisation secret when the job has one configured, else None.
+
+    ``align`` and ``gather`` need it (opaque references) and use it for the pseudonymous
+    sample key of their cost estimates. A secret that cannot be loaded is left to ``align``
+    to report (the other steps simply record no sample key).
+    """
+    from oncopipe.pseudonym import SECRET_ARN_ENV, SECRET_VALUE_ENV, load_secret
+
+    if not (os.environ.get(SECRET_ARN_ENV) or os.environ.get(SECRET_VALUE_ENV)):
+        return None
+    try:
+        return load_secret()
+    except Exception as e:  # noqa: BLE001 - align raises it again inside its boundary
+        logger.warning("pseudonymisation secret not loaded (%s)", type(e).__name__)
+        return None
+
+
+def _outcome(result: Any) -> str:
+    """Return the metrics outcome of a committing step's item (a key of ``metrics.OUTCOMES``)."""
+    if result.status == "skipped":
+        return "skipped"
+    return "quarantined" if result.summary.get("status") == "quarantined" else "succeeded"
+
+
+def _input_bytes(store: ObjectStore, bucket: str, key: str) -> int | None:
+    """Return the bytes of an item's inputs, as its manifest records them (None if unknown)."""
+    from oncopipe.manifest import read_manifest
+
+    try:
+        document = read_manifest(store, bucket, key)
+    except Exception:  # noqa: BLE001 - a metric never fails the job
+        return None
+    if document is None:
+        return None
+    return sum(int(i.get("size") or 0) for i in document.get("inputs", []))
+
+
+def _run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    store: ObjectStore,
+    settings: StageSettings,
+    reference: str,
+    threads: int,
+    secret: bytes | None,
+    metrics: StageMetrics,
+    profile: cost.JobProfile,
+) -> int:
+    """Run the step inside its metrics and cost metering; print its outcome; return the code.
+
+    Committing steps (:data:`COMMIT_STEPS`) count one item in and its outcome, with the
+    duration and the bytes of its inputs; array children and ``plan`` count only a failure.
+    Every step records the job's cost estimate (``CostEstimateUSD``, and ``cost`` in the
+    outcome line).
+    """
+    started = time.perf_counter()
+    commits = args.step in COMMIT_STEPS
+    if commits:
+        metrics.items_in()
     try:
         samples = load_samples(store, settings.buckets, args.sample_table)
         if args.step in ("plan", "align-shard", "call-region"):
-            return _scatter_phase(parser, args, store, settings.buckets, samples, reference,
-                                  threads)  # fmt: skip
+            code = _scatter_phase(parser, args, store, settings.buckets, samples, reference,
+                                  threads, profile)  # fmt: skip
+            metrics.job_cost(profile.job_fields())
+            return code
         if args.step in ("align", "gather"):
             lanes = [s for s in samples if s["sample"] == args.sample]
             if not lanes:
@@ -98,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             from oncopipe.pseudonym import load_secret
 
             # the curated manifest names the ingest FASTQ files by opaque reference
-            secret = load_secret()
+            secret = secret or load_secret()
             result = align_sample(store, settings.buckets, lanes, args.run_id,
                                   key_secret=secret, reference_prefix=reference,
                                   threads=threads,
@@ -112,17 +202,37 @@ def main(argv: list[str] | None = None) -> int:
                                  reference_prefix=reference, regions=regions)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the boundary: report by type, fail the job
         # (Batch decides retries). Never str(e): an InputError names an ingest key.
+        metrics.outcome("failed", seconds=time.perf_counter() - started)
+        metrics.job_cost(profile.job_fields())
         failure: dict[str, Any] = {"step": args.step, "run_id": args.run_id,
                                    "sample": args.sample,
                                    **failure_fields(e, secret=secret)}  # fmt: skip
         print(json.dumps(failure), flush=True)
         log_failure(logger, f"{args.step} of sample {args.sample} in run {args.run_id}", e)
         return 1
+    done = result.status != "skipped"
+    nbytes = _input_bytes(store, settings.buckets.curated, result.manifest_key) if done else None
+    metrics.outcome(_outcome(result), seconds=time.perf_counter() - started, nbytes=nbytes)
+    job = profile.job_fields()
+    metrics.job_cost(job)
     outcome = {"step": args.step, "run_id": args.run_id, "sample": args.sample,
                "item_status": result.status, "manifest": result.manifest_key,
-               **pick(result.summary, OUTCOME_FIELDS)}  # fmt: skip
+               **pick(result.summary, OUTCOME_FIELDS), "cost": job}  # fmt: skip
     print(json.dumps(outcome, default=str), flush=True)
     return 0
+
+
+#: The plan step's outcome as an object, beside the sample's scatter scratch.
+PLAN_DOCUMENT = "plan.json"
+
+
+def plan_key(run_id: str, sample: str) -> str:
+    """Return the curated key of a sample's plan document (``shards``, ``regions``,
+    ``fastq_bytes``, ``reference_bases``): the genomics state machine reads it to choose
+    one job or an array job and to size the array (``stacks/genomics_stack.py``)."""
+    from oncopipe.genomics.scatter_stage import SCRATCH
+
+    return f"{SCRATCH}{run_id}/{sample}/{PLAN_DOCUMENT}"
 
 
 def _scatter_phase(
@@ -133,8 +243,12 @@ def _scatter_phase(
     samples: list[dict[str, Any]],
     reference: str,
     threads: int,
+    profile: cost.JobProfile,
 ) -> int:
     """Run ``plan``, ``align-shard`` or ``call-region``; print its outcome; return 0.
+
+    The outcome line carries the job's ``cost`` (the children write no manifest: their
+    cost is in the line and in the ``CostEstimateUSD`` metric only).
 
     Raises:
         SystemExit: the sample is not in the table (exit code 2).
@@ -154,9 +268,17 @@ def _scatter_phase(
             parser.error(f"sample {args.sample} is not in {args.sample_table}")
         planned = plan_sample(store, buckets, lanes, args.run_id, settings=settings_from_env(),
                               reference_prefix=reference)  # fmt: skip
-        outcome.update(shards=planned.shards, regions=planned.regions,
-                       fastq_bytes=planned.fastq_bytes,
-                       reference_bases=planned.reference_bases)  # fmt: skip
+        document = {"shards": planned.shards, "regions": planned.regions,
+                    "fastq_bytes": planned.fastq_bytes,
+                    "reference_bases": planned.reference_bases}  # fmt: skip
+        # The state machine cannot read a job's stdout: it sizes the array jobs from this.
+        # A rerun that plans the same writes nothing (no new version of an unchanged plan).
+        key, body = plan_key(args.run_id, args.sample), json.dumps(document).encode()
+        curated = buckets.curated
+        if not (store.exists(curated, key) and store.get_bytes(curated, key) == body):
+            store.put_bytes(buckets.curated, key, body, content_type="application/json",
+                            tags={"run-id": args.run_id, "step": "plan"})  # fmt: skip
+        outcome.update(document)
     elif args.step == "align-shard":
         done = align_shard_part(store, buckets, args.run_id, args.sample, args.index,
                                 reference_prefix=reference, threads=threads)  # fmt: skip
@@ -181,6 +303,7 @@ def _scatter_phase(
         done = call_region_job(store, buckets, bams, args.run_id, args.sample, args.index,
                                args.regions, reference_prefix=reference)  # fmt: skip
         outcome.update(index=done.index, item_status=done.status, seconds=done.seconds)
+    outcome["cost"] = profile.job_fields()
     print(json.dumps(outcome), flush=True)
     return 0
 

@@ -12,7 +12,11 @@ done, and the job exits 1 so that the failure is seen (the re-run redoes only it
 ``--series`` (the per-series imaging state machine, once a series settled:
 :mod:`oncopipe.settle`) converts only those de-identified SeriesInstanceUIDs of the run;
 without it every series of the run (the daily sweep, which skips what is already done).
-EMF stage metrics (stage ``volumes``) go to stderr.
+EMF stage metrics (stage ``volumes``: items by outcome, durations, ``ItemsRetried`` on a
+later Batch attempt, ``CostEstimateUSD``) go to stderr. Each series' manifest records its
+estimated cost (``cost``: its seconds on the job's reservation,
+:func:`oncopipe.ops.cost.batch_job_profile`); the whole job's estimate is logged
+(``job cost {...}``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from oncopipe.imaging.stage import build_series_volumes
 from oncopipe.imaging.uids import is_valid_uid
 from oncopipe.metrics import StageMetrics
+from oncopipe.ops import cost
 from oncopipe.runs import previous_daily_run_id, validate_run_id
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
@@ -45,10 +50,12 @@ def _outcome(result: Any) -> str:
 
 def record_outcomes(metrics: StageMetrics, results: Sequence[Any]) -> None:
     """Record the items received and each item's outcome (failed, skipped, quarantined
-    for a data problem, else succeeded) on ``metrics``."""
+    for a data problem, else succeeded) on ``metrics``, with the duration of the items
+    processed now."""
     metrics.items_in(len(results))
     for result in results:
-        metrics.outcome(_outcome(result))
+        seconds = getattr(result, "seconds", None)
+        metrics.outcome(_outcome(result), seconds=seconds if result.status == "done" else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,18 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_id = validate_run_id(args.run_id or previous_daily_run_id())
     settings = StageSettings.from_env()
-    with StageMetrics("volumes") as metrics:
+    profile = cost.batch_job_profile()  # several series per job: each charged its seconds
+    with StageMetrics("volumes") as metrics, cost.metering(profile):
+        metrics.attempt()
         try:
             results = build_series_volumes(ObjectStore(make_client()), settings.buckets,
                                            run_id, series=args.series)  # fmt: skip
         except Exception:  # the boundary: log, fail the job (Batch retries spot reclaims only)
             metrics.outcome("failed")
+            metrics.job_cost(profile.job_fields())
             logging.getLogger("batch_jobs.imaging").exception("volumes of %s failed", run_id)
             return 1
         record_outcomes(metrics, results)
+        job = profile.job_fields()
+        metrics.job_cost(job)
     for result in results:
         print(json.dumps({"run_id": run_id, "series": result.item, "item_status": result.status,
                           **dict(result.summary)}, default=str))  # fmt: skip
+    # stderr (the log), not stdout: stdout is one line per series for the callers
+    logging.getLogger("batch_jobs.imaging").info("job cost %s", json.dumps(job, default=str))
     return 1 if any(result.status == "failed" for result in results) else 0
 
 

@@ -17,7 +17,7 @@ note larger than the size cap (``NOTES_MAX_BYTES`` in the environment, default 1
 
 Step ``note-tokens`` (manifests in curated): the model's token ids per note,
 ``notes/tokens/<patient_key>/<note_id>.parquet``, with the tokenizer kept in the artifacts
-bucket (``models/notes-tokenizer/tokenizer.json``). The first run that finds no tokenizer
+bucket (``tokenizers/notes/tokenizer.json``). The first run that finds no tokenizer
 trains one on every scrubbed note in curated and stores it; later runs reuse it, so token
 ids stay comparable between runs (retrain on purpose with ``oncopipe notes --train-tokenizer``).
 """
@@ -46,7 +46,7 @@ TOKENS_STEP = "note-tokens"
 CURATED_SCRUBBED = f"{layout.CURATED_NOTES}scrubbed/"
 CURATED_CONCEPTS = f"{layout.CURATED_NOTES}concepts/"
 CURATED_TOKENS = f"{layout.CURATED_NOTES}tokens/"
-TOKENIZER_KEY = f"{layout.ARTIFACTS_MODELS}notes-tokenizer/tokenizer.json"
+TOKENIZER_KEY = f"{layout.ARTIFACTS_TOKENIZERS}notes/tokenizer.json"
 TOKENIZER_VOCAB = 4000
 
 

@@ -38,9 +38,11 @@ import json
 import logging
 import math
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -399,11 +401,252 @@ def job_cost_fields(
     except PriceNotFoundError as e:
         fields["cost_note"] = str(e)
         return fields
-    fields["cost_usd_estimate"] = round(found.usd, 6)
+    # significant digits, not decimals: a one-second item costs millionths of a dollar,
+    # which a fixed 6 decimals would record as 0
+    fields["cost_usd_estimate"] = float(f"{found.usd:.6g}")
     fields["price_as_of"] = found.price_as_of
     if found.lifecycle == UNKNOWN:
         fields["cost_note"] = "lifecycle unknown: priced on-demand (upper bound)"
     return fields
+
+
+# -- a job's reservation, once per job; every item's estimate is made from it ----------------
+#: Environment of the running job that carries its :class:`JobProfile` (JSON). Set by the
+#: adapter (:func:`metering`), never by a stack: :func:`oncopipe.manifest.process_item`
+#: reads it to put a ``cost`` field in each manifest it writes, and child processes
+#: (radiomics workers) inherit it.
+ENV_COST_PROFILE = "ONCOPIPE_COST_PROFILE"
+#: Fallbacks when IMDS does not answer (a container whose hop limit stops the token): the
+#: stack sets them where a job queue has one kind of compute environment.
+ENV_JOB_LIFECYCLE = "ONCOPIPE_JOB_LIFECYCLE"
+ENV_JOB_INSTANCE_TYPE = "ONCOPIPE_JOB_INSTANCE_TYPE"
+#: Where SageMaker mounts a training job's resource configuration.
+TRAINING_RESOURCE_CONFIG = Path("/opt/ml/input/config/resourceconfig.json")
+PROCESSING_JOB_CONFIG = Path("/opt/ml/config/processingjobconfig.json")
+
+
+@dataclass(frozen=True)
+class JobProfile:
+    """What a job reserved, on what, since when: the basis of its cost estimates.
+
+    ``lifecycle`` is what the job ran on (recorded); ``priced_as`` the lifecycle of the
+    price row used (SageMaker managed spot is priced on-demand: it is billed as fewer
+    seconds at the on-demand rate, which the container cannot know, so the estimate is
+    an upper bound there). ``concurrency``: items processed at the same time (radiomics
+    workers); an item is charged its seconds times the reservation divided by it.
+    ``whole_job``: the job commits one item (a sample's alignment, a cohort build), which
+    is then charged from the job's start (reference download and set-up included).
+    ``sample``: the pseudonymous sample key of a one-sample job (the cost-allocation tag).
+    """
+
+    vcpus: float
+    memory_gib: float
+    instance_type: str | None
+    lifecycle: str
+    region: str
+    priced_as: str = ON_DEMAND
+    concurrency: int = 1
+    whole_job: bool = False
+    started: float = 0.0  # time.time() at the job's start
+    sample: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample is not None:
+            _pseudonymous(self.sample)
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+    def fields(self, seconds: float, *, prices: PriceTable | None = None) -> dict[str, Any]:
+        """Return the cost fields (:func:`job_cost_fields`) of ``seconds`` of one item."""
+        share = 1.0 / self.concurrency
+        fields = job_cost_fields(self.vcpus * share, self.memory_gib * share, max(seconds, 0.0),
+                                 region=self.region, instance_type=self.instance_type,
+                                 lifecycle=self.priced_as, sample=self.sample,
+                                 prices=prices)  # fmt: skip
+        fields["lifecycle"] = self.lifecycle if self.lifecycle in LIFECYCLES else UNKNOWN
+        if fields["lifecycle"] == UNKNOWN and fields["cost_usd_estimate"] is not None:
+            fields["cost_note"] = "lifecycle unknown: priced on-demand (upper bound)"
+        if self.priced_as != self.lifecycle and fields["lifecycle"] == SPOT:
+            fields["cost_note"] = (
+                "managed spot: priced at the on-demand rate (upper bound); "
+                "DescribeTrainingJob BillableTimeInSeconds has the discount"
+            )
+        fields["seconds"] = round(max(seconds, 0.0), 3)
+        return fields
+
+    def job_fields(self, now: float | None = None,
+                   *, prices: PriceTable | None = None) -> dict[str, Any]:  # fmt: skip
+        """Return the cost fields of the whole job so far (its whole reservation)."""
+        elapsed = (time.time() if now is None else now) - self.started
+        whole = JobProfile(**{**self.to_dict(), "concurrency": 1})
+        return whole.fields(elapsed, prices=prices)
+
+    def item_fields(self, item_seconds: float, *, now: float | None = None,
+                    prices: PriceTable | None = None) -> dict[str, Any]:  # fmt: skip
+        """Return the cost fields an item's manifest records (see ``whole_job``)."""
+        if self.whole_job:
+            return self.job_fields(now, prices=prices)
+        return self.fields(item_seconds, prices=prices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobProfile:
+        """Return the profile of :meth:`to_json`'s text.
+
+        Raises:
+            ValueError: not a profile (bad JSON, unknown or missing fields).
+        """
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{ENV_COST_PROFILE} is not a job profile ({e})") from e
+
+
+def _region(environ: Mapping[str, str], found: str | None = None) -> str:
+    return found or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or UNKNOWN
+
+
+def batch_job_profile(
+    *,
+    environ: Mapping[str, str] | None = None,
+    fetch: Fetcher | None = None,
+    whole_job: bool = False,
+    sample: str | None = None,
+    started: float | None = None,
+) -> JobProfile:
+    """Return the profile of the Batch job this runs in.
+
+    The reservation comes from :data:`ENV_JOB_VCPUS` / :data:`ENV_JOB_MEMORY_MIB` (the job
+    definition's values, set by the stack); the instance type, lifecycle and region from
+    IMDS, else :data:`ENV_JOB_INSTANCE_TYPE` / :data:`ENV_JOB_LIFECYCLE` / ``AWS_REGION``.
+    Without a reservation (the local mode) IMDS is not asked and the estimate is None.
+
+    Raises:
+        ConfigError: the reservation variables are not numbers.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        vcpus = float(environ.get(ENV_JOB_VCPUS, "0") or 0)
+        memory_gib = float(environ.get(ENV_JOB_MEMORY_MIB, "0") or 0) / 1024.0
+    except ValueError as e:
+        raise ConfigError(f"{ENV_JOB_VCPUS} and {ENV_JOB_MEMORY_MIB} must be numbers") from e
+    meta: dict[str, str | None] = dict.fromkeys(
+        ("instance-life-cycle", "instance-type", "placement/region")
+    )
+    if vcpus > 0 or memory_gib > 0:
+        meta = instance_metadata(list(meta), fetch=fetch)
+    lifecycle = meta["instance-life-cycle"] or environ.get(ENV_JOB_LIFECYCLE) or UNKNOWN
+    lifecycle = lifecycle if lifecycle in LIFECYCLES else UNKNOWN
+    return JobProfile(
+        vcpus=vcpus, memory_gib=memory_gib,
+        instance_type=meta["instance-type"] or environ.get(ENV_JOB_INSTANCE_TYPE) or None,
+        lifecycle=lifecycle, priced_as=lifecycle if lifecycle != UNKNOWN else ON_DEMAND,
+        region=_region(environ, meta["placement/region"]), whole_job=whole_job, sample=sample,
+        started=time.time() if started is None else started,
+    )  # fmt: skip
+
+
+def _whole_instances(instance_type: str | None, count: int, lifecycle: str, region: str,
+                     **extra: Any) -> JobProfile:  # fmt: skip
+    vcpus, memory = 0.0, 0.0
+    if instance_type:
+        try:  # SageMaker jobs reserve whole instances
+            row = default_prices().lookup(region, instance_type, ON_DEMAND)
+            vcpus, memory = float(row.vcpus * count), row.memory_gib * count
+        except PriceNotFoundError:
+            pass  # job_cost_fields says so in cost_note
+    extra.setdefault("started", time.time())
+    return JobProfile(vcpus=vcpus, memory_gib=memory, instance_type=instance_type,
+                      lifecycle=lifecycle, priced_as=ON_DEMAND, region=region,
+                      **extra)  # fmt: skip
+
+
+def processing_job_profile(
+    *,
+    config_path: Path = PROCESSING_JOB_CONFIG,
+    environ: Mapping[str, str] | None = None,
+    concurrency: int = 1,
+    whole_job: bool = False,
+    started: float | None = None,
+) -> JobProfile:
+    """Return the profile of the SageMaker Processing job this runs in (on-demand: Processing
+    has no spot), from the job configuration SageMaker mounts; outside SageMaker the
+    instance is unknown and the estimate None."""
+    environ = os.environ if environ is None else environ
+    found = processing_instance(config_path)
+    instance_type, count = found if found else (None, 1)
+    return _whole_instances(instance_type, count, ON_DEMAND, _region(environ),
+                            concurrency=concurrency, whole_job=whole_job,
+                            **({} if started is None else {"started": started}))  # fmt: skip
+
+
+def training_job_profile(
+    *,
+    config_path: Path = TRAINING_RESOURCE_CONFIG,
+    environ: Mapping[str, str] | None = None,
+    started: float | None = None,
+) -> JobProfile:
+    """Return the profile of the SageMaker training job this runs in.
+
+    Instance type and count from ``resourceconfig.json`` (``current_instance_type``,
+    ``hosts``), else ``SM_CURRENT_INSTANCE_TYPE`` / :data:`ENV_SM_INSTANCE_TYPE`; the
+    lifecycle from :func:`sagemaker_lifecycle` (the pipeline's managed-spot variable).
+    """
+    environ = os.environ if environ is None else environ
+    instance_type: str | None = None
+    count = 1
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        instance_type = str(config["current_instance_type"])
+        count = max(len(config.get("hosts") or [None]), 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    instance_type = (instance_type or environ.get("SM_CURRENT_INSTANCE_TYPE")
+                     or environ.get(ENV_SM_INSTANCE_TYPE) or None)  # fmt: skip
+    return _whole_instances(instance_type, count, sagemaker_lifecycle(environ), _region(environ),
+                            whole_job=True,
+                            **({} if started is None else {"started": started}))  # fmt: skip
+
+
+@contextmanager
+def metering(profile: JobProfile) -> Iterator[JobProfile]:
+    """Make ``profile`` the running job's (:data:`ENV_COST_PROFILE`) for the block.
+
+    Every manifest :func:`oncopipe.manifest.process_item` writes meanwhile, in this
+    process or a child started meanwhile, records the item's estimate (:func:`item_cost`).
+    """
+    previous = os.environ.get(ENV_COST_PROFILE)
+    os.environ[ENV_COST_PROFILE] = profile.to_json()
+    try:
+        yield profile
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_COST_PROFILE, None)
+        else:
+            os.environ[ENV_COST_PROFILE] = previous
+
+
+def item_cost(item_seconds: float,
+              environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """Return the ``cost`` field of an item's manifest, or None outside a metered job.
+
+    Never raises: a job's result must not depend on its cost estimate (a bad profile is
+    logged and recorded as no estimate).
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV_COST_PROFILE)
+    if not text:
+        return None
+    try:
+        return JobProfile.from_json(text).item_fields(item_seconds)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        logger.warning("no cost estimate for the item (%s)", type(e).__name__)
+        return None
 
 
 def batch_job_cost_fields(
@@ -414,25 +657,11 @@ def batch_job_cost_fields(
     sample: str | None = None,
     prices: PriceTable | None = None,
 ) -> dict[str, Any]:
-    """Return the cost fields of a Batch job that ran ``seconds`` (its adapter's call).
-
-    The job's reservation comes from :data:`ENV_JOB_VCPUS` and :data:`ENV_JOB_MEMORY_MIB`
-    (the job definition's values, set by the stack), the instance type, lifecycle and
-    region from IMDS (region falls back to ``AWS_REGION``).
-    """
-    environ = os.environ if environ is None else environ
-    meta = instance_metadata(["instance-life-cycle", "instance-type", "placement/region"],
-                             fetch=fetch)  # fmt: skip
-    try:
-        vcpus = float(environ.get(ENV_JOB_VCPUS, "0"))
-        memory_gib = float(environ.get(ENV_JOB_MEMORY_MIB, "0")) / 1024.0
-    except ValueError as e:
-        raise ConfigError(f"{ENV_JOB_VCPUS} and {ENV_JOB_MEMORY_MIB} must be numbers") from e
-    region = meta["placement/region"] or environ.get("AWS_REGION") or UNKNOWN
-    return job_cost_fields(vcpus, memory_gib, seconds, region=region,
-                           instance_type=meta["instance-type"],
-                           lifecycle=meta["instance-life-cycle"] or UNKNOWN, sample=sample,
-                           prices=prices)  # fmt: skip
+    """Return the cost fields of a Batch job that ran ``seconds`` (:func:`batch_job_profile`)."""
+    profile = batch_job_profile(environ=environ, fetch=fetch, sample=sample)
+    fields = profile.fields(seconds, prices=prices)
+    fields.pop("seconds", None)
+    return fields
 
 
 def training_job_cost_fields(
@@ -532,22 +761,50 @@ class CostReport:
         return sum(r.actual_usd or 0.0 for r in self.rows) if self.actual_available else None
 
 
-def estimates_from_manifests(manifests: Iterable[Mapping[str, Any]]) -> list[CostRow]:
-    """Return the estimate per (stage, sample) of manifests' cost fields.
+def manifest_cost(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the cost fields a manifest records, or None when it has none.
 
-    A manifest counts when its summary has ``cost_usd_estimate`` or ``vcpu_seconds``
-    (written by :func:`job_cost_fields`); the sample is ``cost_sample`` or ``-``.
+    The manifest's own ``cost`` field (written by :func:`oncopipe.manifest.process_item`
+    in a metered job, :func:`metering`) wins; older manifests carry the fields in their
+    summary (:func:`job_cost_fields`).
+    """
+    recorded = document.get("cost")
+    if isinstance(recorded, Mapping):
+        return recorded
+    summary = document.get("summary") or {}
+    if "cost_usd_estimate" in summary or "vcpu_seconds" in summary:
+        return summary
+    return None
+
+
+def _row_sample(document: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    # the cost-allocation sample key when the job had one, else the item's pseudonymous
+    # patient key (both are pseudonymous by construction), else "-"
+    summary = document.get("summary") or {}
+    for value in (fields.get("cost_sample"), summary.get("cost_sample"),
+                  summary.get("patient_key")):  # fmt: skip
+        if value and (is_object_ref(str(value)) or is_patient_key(str(value))):
+            return str(value)
+    return "-"
+
+
+def estimates_from_manifests(manifests: Iterable[Mapping[str, Any]]) -> list[CostRow]:
+    """Return the estimate per (stage, sample) of the manifests' cost fields.
+
+    A manifest counts when it records cost fields (:func:`manifest_cost`); the stage is its
+    ``step``, the sample its ``cost_sample`` (the tag value), else its summary's patient
+    key, else ``-``. An item without a price (unknown instance) counts as ``unpriced``.
     """
     rows: dict[tuple[str, str], CostRow] = {}
     for document in manifests:
-        summary = document.get("summary") or {}
-        if "cost_usd_estimate" not in summary and "vcpu_seconds" not in summary:
+        fields = manifest_cost(document)
+        if fields is None:
             continue
         stage = str(document.get("step", "-"))
-        sample = str(summary.get("cost_sample") or "-")
+        sample = _row_sample(document, fields)
         row = rows.setdefault((stage, sample), CostRow(stage=stage, sample=sample))
         row.items += 1
-        value = summary.get("cost_usd_estimate")
+        value = fields.get("cost_usd_estimate")
         if value is None:
             row.unpriced += 1
         else:
@@ -648,8 +905,8 @@ def cost_report(
     when the tags are not active yet or Cost Explorer cannot answer.
     """
     rows = estimates_from_manifests(manifests)
-    as_of = sorted({str(d["summary"]["price_as_of"]) for d in manifests
-                    if (d.get("summary") or {}).get("price_as_of")})  # fmt: skip
+    as_of = sorted({str(fields["price_as_of"]) for fields in map(manifest_cost, manifests)
+                    if fields is not None and fields.get("price_as_of")})  # fmt: skip
     if ce is None:
         return CostReport(run_id, rows, False, "estimates only (Cost Explorer not queried)", as_of)
     try:

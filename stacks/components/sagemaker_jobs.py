@@ -16,6 +16,7 @@ from aws_cdk import (
 from constructs import Construct
 
 from oncopipe.deployment import EnvConfig
+from oncopipe.ops.cost import TAG_STAGE
 from stacks.nag import acknowledge
 
 #: The EC2 calls SageMaker makes for a job in a VPC, and the image token and metrics calls;
@@ -170,7 +171,11 @@ class ProcessingStep(Construct):
                         "MaxRuntimeInSeconds": config.processing_max_runtime_minutes * 60
                     },
                     "Environment": environment,
-                    "Tags": [{"Key": "project", "Value": config.project}],
+                    # the stage tag is the manifests' step (radiomics-series -> radiomics)
+                    "Tags": [
+                        {"Key": "project", "Value": config.project},
+                        {"Key": TAG_STAGE, "Value": job_prefix.split("-")[0]},
+                    ],
                 },
                 "ResultPath": None,
                 "Retry": [

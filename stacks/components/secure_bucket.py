@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import Annotations, Duration, RemovalPolicy, aws_kms as kms, aws_s3 as s3
 from constructs import Construct
@@ -34,6 +34,7 @@ class SecureBucket(Construct):
         access_logs: s3.IBucket,
         noncurrent_version_expiration_days: int,
         raw_prefixes: Sequence[str] = (),
+        scratch_prefixes: Mapping[str, int] | None = None,
         infrequent_access_days: int = 30,
         glacier_days: int = 90,
         event_bridge: bool = False,
@@ -67,6 +68,17 @@ class SecureBucket(Construct):
                             transition_after=Duration.days(glacier_days),
                         ),
                     ],
+                )
+            )
+        for prefix, days in (scratch_prefixes or {}).items():
+            # intermediate files of a stage (shards, plans): expire, versions included
+            rules.append(
+                s3.LifecycleRule(
+                    id="Scratch"
+                    + "".join(p.strip("_").title() for p in prefix.strip("/").split("/")),
+                    prefix=prefix,
+                    expiration=Duration.days(days),
+                    noncurrent_version_expiration=Duration.days(1),
                 )
             )
         self.bucket = s3.Bucket(

@@ -754,7 +754,12 @@ def _print_arrival(report: Any) -> None:
     swept = sum(processed_now(j) for j in report.jobs if j.step == "notes")
     console.print(f"notes processed on arrival: {on_arrival}; by the daily sweep: {swept}",
                   highlight=False, markup=False)  # fmt: skip
-    for patient in report.patients:
+    _print_patients(report.patients)
+
+
+def _print_patients(patients: Any) -> None:
+    """Print each sheet patient's state: predicted (time to insight), waiting, no model."""
+    for patient in patients:
         detail = {
             "waiting": f"waiting for {', '.join(patient.missing)}",
             "no-model": "complete; no model deployed (oncopipe local model)",
@@ -805,6 +810,21 @@ def local_model(patients: int) -> None:
                   f"{report.out / 'evaluation' / 'explanations'} "
                   f"({len(report.explanations)} HTML reports); MLflow runs "
                   f"{report.out / 'mlruns'}", highlight=False, markup=False)  # fmt: skip
+    # The model is deployed (locally) now: what the patient-ready function does on the next
+    # event, for the latest run: its complete patients get a prediction and time to insight.
+    run_id = _latest_run_or_none(store, [state.buckets.quarantine, state.buckets.curated])
+    if run_id is not None:
+        from botocore.exceptions import ClientError
+
+        from oncopipe.local.arrival import patients_ready
+
+        try:
+            outcomes = patients_ready(state, run_id)
+        except (OncopipeError, ClientError) as e:
+            _fail(e)
+        console.print(f"patients of run {run_id} with the model deployed:", highlight=False,
+                      markup=False)  # fmt: skip
+        _print_patients(outcomes)
 
 
 @local.command("status")
@@ -995,6 +1015,14 @@ def _run_zones() -> tuple[Any, Any, bool]:
 
 def _latest_run(store: Any, zones: list[str]) -> str:
     """Return the run whose manifests finished last (``oncopipe report latest``)."""
+    run = _latest_run_or_none(store, zones)
+    if run is None:
+        _fail(OncopipeError("no run has manifests yet"))
+    return str(run)
+
+
+def _latest_run_or_none(store: Any, zones: list[str]) -> str | None:
+    """Return the run whose manifests finished last, or None when no run has any."""
     import json as _json
 
     from oncopipe.manifest import MANIFEST_ROOT
@@ -1008,7 +1036,7 @@ def _latest_run(store: Any, zones: list[str]) -> str:
             finished = str(_json.loads(store.get_bytes(bucket, key)).get("finished_at", ""))
             latest[run] = max(latest.get(run, ""), finished)
     if not latest:
-        _fail(OncopipeError("no run has manifests yet"))
+        return None
     return max(latest, key=lambda r: latest[r])
 
 

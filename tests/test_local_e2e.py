@@ -246,6 +246,37 @@ def test_a_late_instance_reconverts_its_series(local_mode: tuple[Path, dict[str,
     assert [k for k in after if after[k] != before[k]], "the series' volume was not rewritten"
 
 
+def test_a_deployed_model_predicts_the_complete_patients_and_the_report_shows_it(
+    local_mode: tuple[Path, dict[str, Any]],
+) -> None:
+    """`local model` deploys the model locally: the run's complete patients are predicted
+    (what the patient-ready function does on its next event) with their time to insight."""
+    home, state = local_mode
+    out = oncopipe(home, "local", "model", "--patients", "120").stdout
+    text = " ".join(out.split())
+    predicted = re.findall(r"patient (pk-[a-z0-9]+) predicted: time to insight ([0-9.]+)s", text)
+    assert len(predicted) == 2, out  # both sheet patients of the 2-patient cohort
+    assert all(float(seconds) > 0 for _, seconds in predicted)
+    s3 = s3_client(state)
+    curated = state["buckets"]["curated"]
+    for patient, _ in predicted:
+        key = f"cohort/predictions/e2e-1/{patient}.json"
+        document = json.loads(s3.get_object(Bucket=curated, Key=key)["Body"].read())
+        assert 0.0 <= document["prediction"]["response_probability"] <= 1.0
+    # the metric goes to the local metrics log, not the terminal
+    assert '"_aws"' not in out
+    emf = [json.loads(line) for line in (home / "local" / "metrics.emf.jsonl").read_text()
+           .splitlines()]  # fmt: skip
+    assert sum(len(d.get("TimeToInsight", [])) for d in emf) >= 2
+    # the run report lists each predicted patient's time to insight
+    report = home / "report.html"
+    oncopipe(home, "report", "e2e-1", "--out", str(report), "--no-actual")
+    page = report.read_text(encoding="utf-8")
+    section = page[page.index('id="time-to-insight"') :]
+    assert all(patient in section for patient, _ in predicted)
+    assert "no model deployed" not in section.split("</section>")[0]
+
+
 def test_status_reports_zones_and_runs(local_mode: tuple[Path, dict[str, Any]]) -> None:
     home, _ = local_mode
     out = oncopipe(home, "local", "status").stdout

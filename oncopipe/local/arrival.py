@@ -90,6 +90,7 @@ def patients_ready(
     """
     import boto3
 
+    from oncopipe.metrics import StageMetrics
     from oncopipe.storage import ObjectStore
 
     if predictor is None:
@@ -97,4 +98,18 @@ def patients_ready(
     stage = PATIENT_READY_STAGE if PATIENT_READY_STAGE in state.stage_roles else None
     kwargs = state.stage_client_kwargs(stage) if stage else state.client_kwargs()
     store = ObjectStore(boto3.client("s3", **kwargs))  # type: ignore[call-overload]
-    return predict_ready(store, state.buckets, run_id, predictor, model_version=model_version)
+    # The EMF documents (TimeToInsight) go to the local metrics log, not the terminal:
+    # in the account the Lambda runtime sends them to CloudWatch.
+    log_path = metrics_log()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as stream:
+        metrics = StageMetrics("endpoint", environment="local", stream=stream)
+        outcomes = predict_ready(store, state.buckets, run_id, predictor,
+                                 model_version=model_version, metrics=metrics)  # fmt: skip
+        metrics.flush()
+    return outcomes
+
+
+def metrics_log() -> Path:
+    """Return the local mode's EMF log (one JSON document a line, what CloudWatch would get)."""
+    return home() / "metrics.emf.jsonl"

@@ -28,7 +28,13 @@ from oncopipe import layout
 from oncopipe.deployment import EnvConfig, ScatterConfig
 from oncopipe.genomics.scatter_stage import SCRATCH, SETTINGS_ENV
 from oncopipe.manifest import MANIFEST_ROOT
-from oncopipe.ops.cost import ENV_JOB_MEMORY_MIB, ENV_JOB_VCPUS, TAG_RUN_ID, TAG_STAGE
+from oncopipe.ops.cost import (
+    ENV_JOB_MEMORY_MIB,
+    ENV_JOB_VCPUS,
+    TAG_RUN_ID,
+    TAG_SAMPLE,
+    TAG_STAGE,
+)
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.s3_grants import grant_key_via_s3, grant_objects, objects_finding
@@ -101,7 +107,9 @@ class GenomicsStack(Stack):
           instance is reclaimed is retried alone. Every genomics job carries
           ``config.scatter`` in its environment (:func:`scatter_environment`).
         - ``state_machine`` (``GenomicsStateMachine``, input ``run_id``, ``sample_table``,
-          ``sample_ids``, ``tumour_ids``: the router's result for an accepted sheet):
+          ``sample_tags`` and ``tumour_tags`` (``[{"sample": id, "tag": obj-...}]``, mapped
+          over; the tag is the jobs' ``oncopipe:sample`` cost tag), and ``sample_ids`` /
+          ``tumour_ids``: the router's result for an accepted sheet):
           :meth:`_state_machine`. Logs (ALL, KMS) and X-Ray on.
 
     Grants (:func:`stacks.components.s3_grants.grant_objects`, prefix by prefix):
@@ -467,8 +475,8 @@ class GenomicsStack(Stack):
             cause_path="$.genomics_error.Error",
             comment="A Batch job failed after its retries; see the job's log",
         )
-        align = self._each_item("AlignSamples", "$.sample_ids", self._align_flow(config, curated))
-        call = self._each_item("CallTumours", "$.tumour_ids", self._call_flow(curated))
+        align = self._each_item("AlignSamples", "$.sample_tags", self._align_flow(config, curated))
+        call = self._each_item("CallTumours", "$.tumour_tags", self._call_flow(curated))
         for each in (align, call):
             each.add_catch(failed, errors=["States.ALL"], result_path="$.genomics_error")
         done = sfn.Succeed(self, "SampleSheetGenomicsDone", comment="BAMs, VCFs, variant tables")
@@ -527,17 +535,19 @@ class GenomicsStack(Stack):
         return machine
 
     def _each_item(self, construct_id: str, items_path: str, flow: sfn.IChainable) -> sfn.Map:
-        """A Map over sample ids: each iteration's state is ``sample``, ``run_id``,
-        ``sample_table`` (the jobs' parameters); outputs are discarded (they are in S3)."""
+        """A Map over ``[{"sample": id, "tag": pseudonymous key}]``: each iteration's state
+        is ``sample``, ``run_id``, ``sample_table`` (the jobs' parameters) and
+        ``sample_key`` (the jobs' sample cost tag); outputs are discarded (they are in S3)."""
         each = sfn.Map(
             self,
             construct_id,
             items_path=items_path,
             max_concurrency=50,
             item_selector={
-                "sample": sfn.JsonPath.string_at("$$.Map.Item.Value"),
+                "sample": sfn.JsonPath.string_at("$$.Map.Item.Value.sample"),
                 "run_id": sfn.JsonPath.string_at("$.run_id"),
                 "sample_table": sfn.JsonPath.string_at("$.sample_table"),
+                "sample_key": sfn.JsonPath.string_at("$$.Map.Item.Value.tag"),
             },
             result_path=sfn.JsonPath.DISCARD,
         )
@@ -635,7 +645,8 @@ class GenomicsStack(Stack):
             job_definition_arn=job.job_definition_arn,
             payload=sfn.TaskInput.from_object(parameters),
             tags={TAG_RUN_ID: sfn.JsonPath.string_at("$.run_id"),
-                  TAG_STAGE: self._job_steps[job.node.id]},
+                  TAG_STAGE: self._job_steps[job.node.id],
+                  TAG_SAMPLE: sfn.JsonPath.string_at("$.sample_key")},
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             result_path=sfn.JsonPath.DISCARD,
         )  # fmt: skip
@@ -706,7 +717,8 @@ class GenomicsStack(Stack):
 
     def _cost_tags(self, job: batch.EcsJobDefinition) -> dict[str, str]:
         """The cost-allocation tags of a hand-written Batch state (run id, step)."""
-        return {f"{TAG_RUN_ID}.$": "$.run_id", TAG_STAGE: self._job_steps[job.node.id]}
+        return {f"{TAG_RUN_ID}.$": "$.run_id", TAG_STAGE: self._job_steps[job.node.id],
+                f"{TAG_SAMPLE}.$": "$.sample_key"}  # fmt: skip
 
     def _grant_array_submit(self, role: iam.IRole) -> None:
         """What the hand-written Batch states need: submit the scatter job definitions to

@@ -347,6 +347,9 @@ class IngestStack(Stack):
                     "sample_table": sfn.JsonPath.string_at("$.route.result.sample_table"),
                     "sample_ids": sfn.JsonPath.list_at("$.route.result.sample_ids"),
                     "tumour_ids": sfn.JsonPath.list_at("$.route.result.tumour_ids"),
+                    # each id with its pseudonymous key (the jobs' sample cost tag)
+                    "sample_tags": sfn.JsonPath.list_at("$.route.result.sample_tags"),
+                    "tumour_tags": sfn.JsonPath.list_at("$.route.result.tumour_tags"),
                 }
             ),
             integration_pattern=sfn.IntegrationPattern.REQUEST_RESPONSE,

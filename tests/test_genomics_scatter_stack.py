@@ -305,7 +305,8 @@ def _walk(
             for item in data[state["ItemsPath"][2:]]:
                 selected = {}
                 for key, path in state["ItemSelector"].items():
-                    value = item if path == "$$.Map.Item.Value" else data[path[2:]]
+                    item_field = path.removeprefix("$$.Map.Item.Value.")
+                    value = item[item_field] if item_field != path else data[path[2:]]
                     selected[key.removesuffix(".$")] = value
                 processor = state["ItemProcessor"]
                 _walk(genomics, processor["States"], processor["StartAt"], selected, plans, out)
@@ -406,7 +407,9 @@ def test_state_machine_runs_the_steps_of_the_local_worker_in_order(
         "panel": {"T1": _plan(0, 1, 10), "N1": _plan(0, 1, 10)},
     }[scenario]
     route = {"run_id": "r1", "sample_table": "_samples/r1.parquet", "sample_ids": ["T1", "N1"],
-             "tumour_ids": ["T1"]}  # fmt: skip
+             "tumour_ids": ["T1"],
+             "sample_tags": [{"sample": "T1", "tag": "obj-t1"}, {"sample": "N1", "tag": "obj-n1"}],
+             "tumour_tags": [{"sample": "T1", "tag": "obj-t1"}]}  # fmt: skip
     machine: list[tuple[str, str, int | None]] = []
     definition = genomics["definition"]
     _walk(genomics, definition["States"], definition["StartAt"], route, plans, machine)

@@ -397,6 +397,9 @@ def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any
     # every job it submits carries the run id and the step as cost-allocation tags
     assert genomics_definition.count("oncopipe:run-id.$") >= 8
     assert "oncopipe:stage" in genomics_definition
+    # and the sample's pseudonymous key (the router's obj-... key), never the sheet's id
+    assert genomics_definition.count("oncopipe:sample.$") >= 8
+    assert '\\"sample_key.$\\":\\"$$.Map.Item.Value.tag\\"' in genomics_definition
 
 
 def test_orphan_fastq_reconciled_daily(synthesized: Any) -> None:

@@ -227,6 +227,13 @@ def test_router_handler_routes_the_event_and_logs_no_phi(
     assert result["run_id"] == "ingest-20261129"
     assert result["object"] == object_ref(SECRET, "samplesheets/cohort.csv")
     assert result["sample_ids"] == ["P1-T"] and result["tumour_ids"] == ["P1-T"]
+    # what the genomics Maps iterate: each id with its pseudonymous cost-tag key
+    from oncopipe.ops.cost import cost_tags, sample_key
+
+    tag = sample_key(SECRET, "P1-T")
+    assert result["sample_tags"] == [{"sample": "P1-T", "tag": tag}]
+    assert result["tumour_tags"] == result["sample_tags"]
+    assert "P1" not in tag and cost_tags("r", "align", tag)["oncopipe:sample"] == tag
     assert result["sample_table"].startswith("cohort/samples/ingest-20261129/obj-")
     assert MRN not in capsys.readouterr().out
     again = handler.lambda_handler(_event("samplesheets/cohort.csv"), _Context())

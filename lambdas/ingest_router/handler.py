@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from oncopipe.events import object_created, redacted_error, run_id_for
 from oncopipe.ingest import Router
 from oncopipe.metrics import StageMetrics
+from oncopipe.ops.cost import sample_key
 from oncopipe.pseudonym import keyer, load_secret, object_ref
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
@@ -98,6 +99,12 @@ def _route(event: dict[str, Any]) -> dict[str, Any]:
         outcome["tumour_ids"] = list(
             dict.fromkeys(s["sample"] for s in samples if s["type"] == "tumour")
         )
+        # what the genomics state machine maps over: each id with its pseudonymous key, the
+        # jobs' cost-allocation tag (a tag is readable by whoever reads the bill)
+        outcome["sample_tags"] = [{"sample": s, "tag": sample_key(secret, s)}
+                              for s in outcome["sample_ids"]]  # fmt: skip
+        outcome["tumour_tags"] = [{"sample": s, "tag": sample_key(secret, s)}
+                              for s in outcome["tumour_ids"]]  # fmt: skip
     logger.info(
         "routed",
         extra={

@@ -667,25 +667,10 @@ class GenomicsStack(Stack):
         ``AWS_BATCH_JOB_ARRAY_INDEX`` and is retried alone by the job definition's
         strategy (a spot reclaim); a child that still fails fails the array job.
         """
-        state = sfn.CustomState(
-            self,
-            construct_id,
-            state_json={
-                "Type": "Task",
-                "Resource": _SUBMIT_SYNC,
-                "Parameters": {
-                    "JobName": construct_id,
-                    "JobQueue": self.job_queue.job_queue_arn,
-                    "JobDefinition": job.job_definition_arn,
-                    "ArrayProperties": {"Size.$": size_path},
-                    "Parameters": {**_ITEM_PARAMETERS, **(extra or {})},
-                    "Tags": self._cost_tags(job),
-                },
-                **_ARRAY_RESULT,
-            },
-        )
-        _retry_submit(state)
-        return state
+        return self._custom_submit(construct_id, job, {
+            "ArrayProperties": {"Size.$": size_path},
+            "Parameters": {**_ITEM_PARAMETERS, **(extra or {})},
+        })  # fmt: skip
 
     def _one_child(
         self, construct_id: str, job: batch.EcsJobDefinition, step: str
@@ -695,6 +680,16 @@ class GenomicsStack(Stack):
         # the job definition's command with its Ref:: parameters taken from the state
         elements = [f"$.{c.removeprefix('Ref::')}" if c.startswith("Ref::") else f"'{c}'"
                     for c in command]  # fmt: skip
+        return self._custom_submit(construct_id, job, {
+            "ContainerOverrides": {"Command.$": f"States.Array({', '.join(elements)})"},
+            "Parameters": dict(_ITEM_PARAMETERS),
+        })  # fmt: skip
+
+    def _custom_submit(
+        self, construct_id: str, job: batch.EcsJobDefinition, parameters: dict[str, Any]
+    ) -> sfn.CustomState:
+        """A hand-written ``submitJob.sync`` state of ``job`` on the genomics queue, with the
+        cost-allocation tags, keeping only the job's status; retried like the others."""
         state = sfn.CustomState(
             self,
             construct_id,
@@ -705,8 +700,7 @@ class GenomicsStack(Stack):
                     "JobName": construct_id,
                     "JobQueue": self.job_queue.job_queue_arn,
                     "JobDefinition": job.job_definition_arn,
-                    "ContainerOverrides": {"Command.$": f"States.Array({', '.join(elements)})"},
-                    "Parameters": dict(_ITEM_PARAMETERS),
+                    **parameters,
                     "Tags": self._cost_tags(job),
                 },
                 **_ARRAY_RESULT,

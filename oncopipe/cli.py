@@ -6,7 +6,10 @@ counts, pseudonymous keys and error reasons only).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -757,6 +760,32 @@ def _print_arrival(report: Any) -> None:
     _print_patients(report.patients)
 
 
+def _progress_line(line: str) -> None:
+    """Print one progress line of a long local step (also readable in a log file)."""
+    console.print(f"  {line}", highlight=False, markup=False, style="dim")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the given libraries' loggers to ERROR for the block; restore them after.
+
+    Each library is imported first: MLflow sets its loggers' levels when it is imported.
+    """
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _print_patients(patients: Any) -> None:
     """Print each sheet patient's state: predicted (time to insight), waiting, no model."""
     for patient in patients:
@@ -782,9 +811,11 @@ def local_model(patients: int) -> None:
     except OncopipeError as e:
         _fail(e)
     store, _ = runner.clients(state)
-    with console.status("training the multimodal model (synthetic cohort, then ablations)"):
+    # MLflow's advice (pickle format, SageMaker packages not installed here) is about
+    # serving from MLflow, which this demo does not do: errors only from its loggers.
+    with _quiet_loggers("mlflow"):
         report = run_model_demo(home() / "model", patients=patients, store=store,
-                                curated=state.buckets.curated)  # fmt: skip
+                                curated=state.buckets.curated, progress=_progress_line)  # fmt: skip
     console.print("[bold]ablations[/] (held-out test split of the synthetic cohort):")
     console.print(report.table, highlight=False, markup=False)
     g = report.goals

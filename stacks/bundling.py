@@ -30,8 +30,33 @@ from stacks.paths import BUILD_DIR, LAMBDAS_DIR, LIBRARY_DIR
 #: The Lambda runtime every function uses, and the wheel tags pip must fetch for it.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 PYTHON_VERSION = "3.14"
-PLATFORM = "manylinux2014_x86_64"
+#: The Python 3.14 runtime runs on Amazon Linux 2023 (glibc 2.34): any manylinux wheel for
+#: glibc 2.34 or older fits. pip matches ``--platform`` tags exactly, so every tag is named;
+#: manylinux2014 alone refused numpy >= 2.3 (built for manylinux_2_27/2_28 only), and
+#: ``cdk synth`` failed to bundle the drift function.
+GLIBC_MINOR = 34
+PLATFORMS = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 16, -1)),
+    "manylinux2014_x86_64",
+)
+PLATFORM = ",".join(PLATFORMS)  # what the bundle and cache hashes record
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
+#: Left out of the installed requirements: test suites (scipy's alone is tens of MiB),
+#: type stubs and byte code; nothing a function imports at run time.
+_IGNORED_DEPENDENCIES = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "*.pyi")
+#: Names the layout rules above; part of every function's asset hash.
+BUNDLE_LAYOUT = "deps-without:__pycache__,*.pyc,tests,*.pyi"
+#: Lambda refuses a function whose unzipped code exceeds 250 MiB (262,144,000 bytes).
+LAMBDA_UNZIPPED_LIMIT = 262_144_000
+
+
+class BundleTooLargeError(RuntimeError):
+    """A function's bundle exceeds what Lambda accepts unzipped."""
+
+
+def bundle_size(folder: Path) -> int:
+    """Return the bytes of the files under ``folder`` (what Lambda counts unzipped)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _source_files(handler_dir: Path) -> list[Path]:
@@ -68,8 +93,7 @@ def _installed_requirements(requirements: Path) -> Path:
             "cp",
             "--python-version",
             PYTHON_VERSION,
-            "--platform",
-            PLATFORM,
+            *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
             "--target",
             str(staging),
             "-r",
@@ -85,7 +109,8 @@ def _installed_requirements(requirements: Path) -> Path:
 
 def source_hash(handler_dir: Path) -> str:
     """Return the SHA-256 over the files that go into a function's bundle."""
-    digest = hashlib.sha256(f"{RUNTIME.name}|{PLATFORM}".encode())
+    # the bundle's layout rules too: a change to them rebundles every function
+    digest = hashlib.sha256(f"{RUNTIME.name}|{PLATFORM}|{BUNDLE_LAYOUT}".encode())
     for path in _source_files(handler_dir):
         digest.update(str(path.relative_to(LIBRARY_DIR.parent)).encode("utf-8"))
         digest.update(path.read_bytes())
@@ -103,7 +128,8 @@ class PipLocalBundling:
         out = Path(output_dir)
         requirements = self.handler_dir / "requirements.txt"
         if requirements.exists():
-            shutil.copytree(_installed_requirements(requirements), out, dirs_exist_ok=True)
+            shutil.copytree(_installed_requirements(requirements), out,
+                            ignore=_IGNORED_DEPENDENCIES, dirs_exist_ok=True)  # fmt: skip
             (out / ".complete").unlink(missing_ok=True)
         shutil.copytree(LIBRARY_DIR, out / "oncopipe", ignore=_IGNORED, dirs_exist_ok=True)
         shutil.copytree(
@@ -113,6 +139,14 @@ class PipLocalBundling:
             dirs_exist_ok=True,
         )
         (out / "lambdas" / "__init__.py").touch()
+        size = bundle_size(out)
+        if size > LAMBDA_UNZIPPED_LIMIT:
+            # fail the synth, not the deployment: name the function and what it weighs
+            raise BundleTooLargeError(
+                f"lambdas/{self.handler_dir.name}: the bundle is {size / 2**20:.0f} MiB "
+                f"unzipped; Lambda accepts at most {LAMBDA_UNZIPPED_LIMIT / 2**20:.0f} MiB "
+                f"(trim {requirements.name} or move the work to a Processing job)"
+            )
         return True
 
 

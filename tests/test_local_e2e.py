@@ -252,8 +252,21 @@ def test_a_deployed_model_predicts_the_complete_patients_and_the_report_shows_it
     """`local model` deploys the model locally: the run's complete patients are predicted
     (what the patient-ready function does on its next event) with their time to insight."""
     home, state = local_mode
-    out = oncopipe(home, "local", "model", "--patients", "120").stdout
+    result = oncopipe(home, "local", "model", "--patients", "120")
+    out = result.stdout
     text = " ".join(out.split())
+    # a line for every phase, every training epoch and every ablation model; no library
+    # warnings (MLflow's serving advice) in what the user reads
+    for phase in (
+        "synthetic cohort: 120 patients",
+        "training the multimodal model: epoch 1/",
+        "ablations: model 1/",
+        "ablations: model 7/",
+        "explanations:",
+        "pruning",
+    ):
+        assert phase in text, out
+    assert "WARNING" not in out + result.stderr, result.stderr
     predicted = re.findall(r"patient (pk-[a-z0-9]+) predicted: time to insight ([0-9.]+)s", text)
     assert len(predicted) == 2, out  # both sheet patients of the 2-patient cohort
     assert all(float(seconds) > 0 for _, seconds in predicted)

@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,11 @@ def evaluate_data(
     *,
     hparams: HyperParameters | None = None,
     ablations: Sequence[Sequence[str]] = ABLATIONS,
+    on_model: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and score the ablations on a :class:`CohortDataset`; write the report files.
+
+    ``on_model(name, index, total)`` is called before each ablation model trains (1-based).
 
     Returns: the content of ``evaluation.json``.
 
@@ -189,8 +192,10 @@ def evaluate_data(
     curves: dict[str, tuple[Any, Any, float]] = {}
     models: dict[str, Any] = {}
     t_all = time.perf_counter()
-    for modalities in ablations:
+    for index, modalities in enumerate(ablations, start=1):
         name = _name(modalities)
+        if on_model is not None:
+            on_model(name, index, len(ablations))
         t0 = time.perf_counter()
         result = fit(train, val, prep, replace(hp, modalities=list(modalities)))
         probs = predict(result.model, test, present=select_modalities(test.present, modalities))
@@ -249,6 +254,7 @@ def evaluate(
     *,
     hparams: HyperParameters | None = None,
     ablations: Sequence[Sequence[str]] = ABLATIONS,
+    on_model: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the ablations on a dataset folder (``dataset.parquet`` + ``preprocess.json``).
 
@@ -262,7 +268,8 @@ def evaluate(
     """
     from oncopipe.cohort.dataset import read_dataset
 
-    return evaluate_data(read_dataset(dataset_dir), out_dir, hparams=hparams, ablations=ablations)
+    return evaluate_data(read_dataset(dataset_dir), out_dir, hparams=hparams, ablations=ablations,
+                         on_model=on_model)  # fmt: skip
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -447,6 +447,20 @@ def resolve_checkpoint_dir(explicit: str | Path | None) -> Path | None:
     return DEFAULT_SPOT_CHECKPOINTS if DEFAULT_SPOT_CHECKPOINTS.is_dir() else None
 
 
+def _both(
+    first: Callable[[int, dict[str, float]], None],
+    then: Callable[[int, dict[str, float]], None] | None,
+) -> Callable[[int, dict[str, float]], None]:
+    if then is None:
+        return first
+
+    def each(epoch: int, metrics: dict[str, float]) -> None:
+        first(epoch, metrics)
+        then(epoch, metrics)
+
+    return each
+
+
 def train(
     train_dir: Path | str,
     model_dir: Path | str,
@@ -456,8 +470,11 @@ def train(
     checkpoint_dir: Path | str | None = None,
     hparams: HyperParameters | None = None,
     experiment: str = "oncopipe-response",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train from a dataset folder and write the model folder (see the module docstring).
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch (1-based), after MLflow's.
 
     Returns: the run's :class:`TrainResult` (``metrics`` is what ``metrics.json`` holds).
 
@@ -495,7 +512,7 @@ def train(
             prep,
             hp,
             checkpoint_dir=ckpt,
-            on_epoch=tracker.epoch,
+            on_epoch=_both(tracker.epoch, on_epoch),
             state_extra=extra,
         )
     except BaseException:

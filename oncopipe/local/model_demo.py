@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,25 +55,49 @@ def _curated_tables(store: Any, bucket: str) -> dict[str, Any]:
 
 
 def run_model_demo(
-    out: Path, *, patients: int = 1000, store: Any = None, curated: str | None = None
+    out: Path,
+    *,
+    patients: int = 1000,
+    store: Any = None,
+    curated: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ModelReport:
-    """Run steps 1-6 under ``out``; return what to print."""
+    """Run steps 1-6 under ``out``; return what to print.
+
+    ``progress`` gets one line per phase and per unit of work in it: the synthetic cohort,
+    each training epoch, each ablation model, the explanations, pruning, scoring.
+    """
     from oncopipe.cohort.dataset import build_dataset_from_dir, patient_payloads, write_dataset
     from oncopipe.cohort.synthetic import generate_tables, write_tables
     from training.evaluate import evaluate, format_table
     from training.explain import explain
     from training.inference import predict_local
     from training.prune import prune
-    from training.train import train
+    from training.train import HyperParameters, train
 
+    say = progress or (lambda _line: None)
     out.mkdir(parents=True, exist_ok=True)
+    say(f"synthetic cohort: {patients} patients, dataset splits")
     write_tables(generate_tables(patients, seed=0), out / "synthetic")
     write_dataset(build_dataset_from_dir(out / "synthetic"), out / "dataset")
     os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "mlruns").resolve().as_uri())
+    epochs = HyperParameters().epochs
+
+    def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
+        auc = metrics.get("val_auc")
+        shown = f", validation AUC {auc:.3f}" if isinstance(auc, float) else ""
+        say(f"training the multimodal model: epoch {epoch}/{epochs}{shown}")
+
     train(out / "dataset", out / "model", output_dir=out / "output",
-          checkpoint_dir=out / "checkpoints")  # fmt: skip
-    report = evaluate(out / "dataset", out / "evaluation")
+          checkpoint_dir=out / "checkpoints", on_epoch=epoch_done)  # fmt: skip
+
+    def model_started(name: str, index: int, total: int) -> None:
+        say(f"ablations: model {index}/{total} ({name})")
+
+    report = evaluate(out / "dataset", out / "evaluation", on_model=model_started)
+    say("explanations: integrated gradients for 3 patients")
     explain(out / "model", out / "dataset", out / "evaluation", limit=3)
+    say("pruning and latency of the pruned vs full model")
     pruned = prune(out / "model", out / "dataset", out / "pruned")
     result = ModelReport(out, format_table(report), report.get("goals", {}), pruned,
                          sorted((out / "evaluation" / "explanations").glob("*.html")))  # fmt: skip

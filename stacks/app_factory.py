@@ -105,6 +105,7 @@ def build_app(
         config=config,
         lake=lake,
         model=model,
+        features=features,
         vpc=network.vpc,
         subnets=network.private_subnets,
     )

@@ -25,9 +25,8 @@ class MonitorStack(Stack):
     model stack's pipeline state machine (``model.pipeline``). Attributes: ``drift``
     (:class:`DriftMonitor`), ``gate`` (:class:`RetrainGate`), ``patient_ready``
     (:class:`PatientReady`: predictions of complete patients through the model stack's
-    real-time endpoint, when one is deployed, triggered by the features stack's flows and
-    the genomics jobs). ``features`` defaults to the one features stack of the app
-    (ValueError when the app has none or several).
+    real-time endpoint, when one is deployed, triggered by ``features``' flows and the
+    genomics jobs).
     """
 
     def __init__(
@@ -40,8 +39,8 @@ class MonitorStack(Stack):
         model: ModelStack,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
+        features: FeaturesStack,
         pipeline_name: str | None = None,
-        features: FeaturesStack | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -70,7 +69,6 @@ class MonitorStack(Stack):
             self, "RetrainGate", alarm=self.drift.alarm, model_family=MODEL_FAMILY,
             **target, **common,
         )  # fmt: skip
-        features = features or _features_stack_of(scope)
         endpoint = getattr(model, "endpoint", None)
         self.patient_ready = PatientReady(
             self,
@@ -93,15 +91,3 @@ class MonitorStack(Stack):
             genomics_job_queue=features.genomics_job_queue,
             endpoint=endpoint if isinstance(endpoint, sagemaker.CfnEndpoint) else None,
         )
-
-
-def _features_stack_of(scope: Construct) -> FeaturesStack:
-    """Return the one features stack among ``scope``'s children (the app's stacks).
-
-    Raises:
-        ValueError: none or several.
-    """
-    found = [c for c in scope.node.children if isinstance(c, FeaturesStack)]
-    if len(found) != 1:
-        raise ValueError(f"MonitorStack: pass features=; the app has {len(found)} features stacks")
-    return found[0]

@@ -309,12 +309,11 @@ class EnvConfig:
     tuning_parallel_jobs: int
     #: Serving: the approved model package to deploy ("" = no endpoint yet), the real-time
     #: endpoint's instance type, the opt-in serverless endpoint (no VPC, no data capture:
-    #: SageMaker does not offer them for serverless) and the PyTorch inference image
-    #: (``{region}`` is replaced by the stack's region).
+    #: SageMaker does not offer them for serverless). The model is served by the training
+    #: image (``training/Dockerfile``, ``serve``), so serving runs the torch that trained it.
     serving_model_package_arn: str
     serving_instance_type: str
     serving_serverless: bool
-    pytorch_inference_image: str
     #: CloudFormation drift reported as "allowed" by ``oncopipe ops drift`` and the
     #: scheduled drift check (known noise; never counted for ``--fail-on`` or the alarm).
     drift_allow_list: tuple[DriftAllowEntry, ...]
@@ -337,6 +336,13 @@ def _expect(env: str, key: str, value: Any, kind: type | tuple[type, ...], what:
     return value
 
 
+#: Keys an older cdk.json may still have, and why they went.
+RETIRED_KEYS = {
+    "pytorch_inference_image": "the training image serves the model, with the torch version "
+    "that trained it (training/requirements.txt)",
+}
+
+
 def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
     """Return the validated configuration of one environment.
 
@@ -344,6 +350,10 @@ def parse_env_config(env: str, raw: Mapping[str, Any]) -> EnvConfig:
         ConfigurationError: a key is missing, unknown, of the wrong type or out of range.
     """
     expected = [f.name for f in fields(EnvConfig) if f.name != "name"]
+    for key, why in RETIRED_KEYS.items():
+        if key in raw:
+            raise ConfigurationError(f"{ENVIRONMENTS_KEY}.{env}.{key}: no longer used ({why}); "
+                                     "remove the key")  # fmt: skip
     missing = [k for k in expected if k not in raw]
     unknown = sorted(set(raw) - set(expected))
     if missing or unknown:
@@ -547,13 +557,6 @@ def _model_settings(env: str, raw: Mapping[str, Any], num: Any) -> dict[str, Any
             "versioned model package ARN (arn:aws:sagemaker:REGION:ACCOUNT:model-package/"
             'GROUP/VERSION), or "" for no endpoint'
         )
-    image = _expect(env, "pytorch_inference_image", raw["pytorch_inference_image"], str,
-                    "an ECR image URI")  # fmt: skip
-    if ".dkr.ecr." not in image or ":" not in image.rsplit("/", 1)[-1]:
-        raise ConfigurationError(
-            f"{ENVIRONMENTS_KEY}.{env}.pytorch_inference_image: {image!r} is not an ECR image "
-            "URI with a tag"
-        )
     return {
         "training_instance_type": _ml_instance_type(
             env, "training_instance_type", raw["training_instance_type"]
@@ -570,7 +573,6 @@ def _model_settings(env: str, raw: Mapping[str, Any], num: Any) -> dict[str, Any
         "serving_serverless": _expect(
             env, "serving_serverless", raw["serving_serverless"], bool, "true or false"
         ),
-        "pytorch_inference_image": image,
     }
 
 

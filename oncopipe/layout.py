@@ -47,6 +47,9 @@ ARTIFACTS_MODELS = "models/"
 #: Tokenizers trained by a stage (not registered models: outside the guarded models/).
 ARTIFACTS_TOKENIZERS = "tokenizers/"
 ARTIFACTS_CHECKPOINTS = "checkpoints/"
+#: The pipeline's evaluation reports and drift baselines, one folder per execution (outside
+#: models/, which only the training role writes).
+ARTIFACTS_EVALUATION = "evaluation/"
 ARTIFACTS_MLFLOW = "mlflow/"
 ARTIFACTS_DATA_CAPTURE = "data-capture/"
 ARTIFACTS_TRANSFORM = "transform/"

@@ -8,9 +8,9 @@ from aws_cdk import (
     Aspects,
     CfnElement,
     Duration,
-    Fn,
     IgnoreMode,
     Stack,
+    aws_cloudwatch as cw,
     aws_ec2 as ec2,
     aws_ecr_assets as ecr_assets,
     aws_iam as iam,
@@ -21,9 +21,12 @@ from aws_cdk import (
 from constructs import Construct
 
 from oncopipe import layout
+from oncopipe.deploy import VARIANT as DEPLOY_VARIANT
 from oncopipe.deployment import EnvConfig
 from oncopipe.ops.cost import ENV_SM_MANAGED_SPOT, TAG_STAGE
+from oncopipe.pipeline.definition import PipelineSettings, model_pipeline
 from stacks.components.log_group import encrypted_log_group
+from stacks.components.model_deploy import ModelDeploy
 from stacks.components.model_governance import (
     ApprovalGuard,
     FourEyes,
@@ -77,7 +80,15 @@ class ModelStack(Stack):
         - ``tracking_server``: a SageMaker managed MLflow tracking server whose artifact
           store is ``mlflow/`` of the artifacts bucket (KMS).
         - ``model_package_group``: the model registry group of the response model.
-        - ``pipeline`` (state machine ``ModelPipeline``, started on demand): the cohort
+        - ``sagemaker_pipeline``: the SageMaker Pipeline ``<prefix>-response``
+          (:func:`oncopipe.pipeline.definition.model_pipeline`: cohort -> train -> evaluate
+          -> AUC gate -> register), run as ``PipelineRole``, its jobs as ``cohort_role``,
+          ``training_role`` and ``evaluation_role``; the retrain gate starts it.
+        - ``deploy`` (:class:`stacks.components.model_deploy.ModelDeploy`): an approved
+          version deploys itself to the endpoint ``<prefix>-response`` (blue/green, rolled
+          back by ``serving_alarms``) and publishes its drift baseline.
+        - ``pipeline`` (state machine ``ModelPipeline``, started on demand; kept for
+          hyperparameter tuning and the batch transform of the full model): the cohort
           dataset (Processing, on the features stack's image) -> training (Managed Spot
           Training with checkpoints in ``checkpoints/<execution>/``) or, when the input
           says ``{"tune": true}``, a hyperparameter tuning job over :data:`TUNING_RANGES`
@@ -86,7 +97,7 @@ class ModelStack(Stack):
           batch transform of the cohort with the full model. Jobs run in the VPC with
           volumes and outputs encrypted with the platform key and inter-container traffic
           encrypted.
-        - When ``serving_model_package_arn`` is set: a real-time endpoint serving the
+        - When ``serving_model_package_arn`` is set (a pin): a real-time endpoint serving the
           pruned model (VPC, network isolation, KMS, data capture to ``data-capture/``);
           with ``serving_serverless`` also a serverless endpoint (SageMaker offers neither
           VPC nor data capture for serverless endpoints).
@@ -131,6 +142,9 @@ class ModelStack(Stack):
             description="SageMaker training, transform and endpoints: egress to VPC endpoints",
             allow_all_outbound=True,
         )
+        # one image trains and serves (training/serve.py): the endpoint runs the torch
+        # version the model was trained with
+        self.inference_image = self.image.image_uri
         self.subnet_ids = vpc.select_subnets(
             subnet_type=subnets.subnet_type, subnet_group_name=subnets.subnet_group_name
         ).subnet_ids
@@ -166,6 +180,9 @@ class ModelStack(Stack):
             volume_key_arn=self.key.key_arn,
         )
         self.pipeline = self._pipeline(config)
+        self.evaluation_role = self._evaluation_role()
+        self.sagemaker_pipeline = self._sagemaker_pipeline(config, features)
+        self.deploy = self._deploy_on_approval(config, vpc, subnets)
         if config.serving_model_package_arn:
             self._endpoints(config)
 
@@ -275,6 +292,121 @@ class ModelStack(Stack):
         }
         grant_objects(role, self.curated, read=outputs, write=outputs, delete=True)
         acknowledge_job_role(role, log_group, {})
+        return role
+
+    def _evaluation_role(self) -> iam.Role:
+        log_group = "/aws/sagemaker/ProcessingJobs"
+        role = sagemaker_job_role(
+            self, "EvaluationRole",
+            description="oncopipe evaluation step: model, test split and histograms in, "
+            "report and drift baseline out",
+            log_group=log_group, images=[self.image], key=self.key,
+        )  # fmt: skip
+        grant_objects(role, self.artifacts, read={
+            layout.ARTIFACTS_MODELS: "Reads the model.tar.gz it scores and hashes."})  # fmt: skip
+        grant_objects(role, self.curated, read={
+            layout.CURATED_COHORT_DATASET: "Reads the dataset's test split.",
+            layout.CURATED_GENOMICS_VAF_HISTOGRAMS: "Sums the training samples' VAF "
+            "histograms into the drift baseline.",
+        })  # fmt: skip
+        reports = {layout.ARTIFACTS_EVALUATION: "Writes evaluation.json and baseline.json."}
+        grant_objects(role, self.artifacts, read=reports, write=reports)
+        acknowledge_job_role(role, log_group, {})
+        return role
+
+    # -- the SageMaker pipeline ----------------------------------------------------------
+    def _sagemaker_pipeline(
+        self, config: EnvConfig, features: FeaturesStack
+    ) -> sagemaker.CfnPipeline:
+        """``AWS::SageMaker::Pipeline`` from :func:`oncopipe.pipeline.definition.model_pipeline`."""
+        self.pipeline_name = f"{config.prefix}-response"
+        settings = PipelineSettings(
+            curated_bucket=self.curated.bucket_name,
+            artifacts_bucket=self.artifacts.bucket_name,
+            cohort_role_arn=self.cohort_role.role_arn,
+            training_role_arn=self.training_role.role_arn,
+            evaluation_role_arn=self.evaluation_role.role_arn,
+            processing_image_uri=features.image.image_uri,
+            training_image_uri=self.image.image_uri,
+            inference_image_uri=self.inference_image,
+            kms_key_arn=self.key.key_arn,
+            subnet_ids=tuple(self.subnet_ids),
+            security_group_ids=(self.security_group.security_group_id,),
+            model_package_group_name=self.group_name,
+            project=config.project,
+            processing_instance_type=config.processing_instance_type,
+            training_instance_type=config.training_instance_type,
+            serving_instance_type=config.serving_instance_type,
+            training_spot=config.training_spot,
+            training_max_runtime_s=config.training_max_runtime_minutes * 60,
+            training_max_wait_s=config.training_max_wait_minutes * 60,
+            min_auc=config.lifecycle.auc_gate,
+            auc_tolerance=config.lifecycle.auc_tolerance,
+            mlflow_tracking_uri=self.tracking_server.attr_tracking_server_arn,
+            mlflow_experiment=f"{config.prefix}-response",
+        )
+        role = self._pipeline_role()
+        body = Stack.of(self).to_json_string(model_pipeline(settings))
+        pipeline = sagemaker.CfnPipeline(
+            self,
+            "ResponsePipeline",
+            pipeline_name=self.pipeline_name,
+            pipeline_display_name=self.pipeline_name,
+            pipeline_description="cohort -> train -> evaluate -> AUC gate -> register "
+            "(PendingManualApproval)",
+            role_arn=role.role_arn,
+            pipeline_definition={"PipelineDefinitionBody": body},
+        )
+        pipeline.node.add_dependency(role)
+        return pipeline
+
+    def _pipeline_role(self) -> iam.Role:
+        """The role SageMaker runs the pipeline's steps as: start jobs, pass their roles."""
+        stack = Stack.of(self)
+        role = iam.Role(
+            self,
+            "PipelineRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description="oncopipe model pipeline: starts its jobs and registers versions",
+        )
+        jobs = [stack.format_arn(service="sagemaker", resource=kind, resource_name="pipelines-*")
+                for kind in ("processing-job", "training-job")]  # fmt: skip
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob",
+                     "sagemaker:StopProcessingJob", "sagemaker:CreateTrainingJob",
+                     "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+                     "sagemaker:AddTags"],
+            resources=jobs,
+        ))  # fmt: skip
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage",
+                     "sagemaker:AddTags"],
+            resources=[*package_arns(self, self.group_name),
+                       stack.format_arn(service="sagemaker", resource="model-package-group",
+                                        resource_name=self.group_name)],
+        ))  # fmt: skip
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"],
+            resources=[self.cohort_role.role_arn, self.training_role.role_arn,
+                       self.evaluation_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        ))  # fmt: skip
+        # the condition step reads evaluation.json (the property file) as this role
+        grant_objects(role, self.artifacts, read={
+            layout.ARTIFACTS_EVALUATION: "Reads the report the AUC gate compares."})  # fmt: skip
+        self.key.grant_decrypt(role)
+        prefix = "Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:"
+        for finding, reason in {
+            f"{prefix}processing-job/pipelines-*": "SageMaker names a pipeline's jobs "
+            "pipelines-<execution>-<step>-<id>; the prefix is all that is known.",
+            f"{prefix}training-job/pipelines-*": "SageMaker names a pipeline's jobs "
+            "pipelines-<execution>-<step>-<id>; the prefix is all that is known.",
+            f"{prefix}model-package/{self.group_name}/*": (
+                "Registers new versions in its own model package group (as "
+                "PendingManualApproval: the approval guard denies any other status)."
+            ),
+        }.items():
+            acknowledge(role, f"AwsSolutions-IAM5[{finding}]", reason)
         return role
 
     # -- the pipeline ------------------------------------------------------------------
@@ -392,9 +524,7 @@ class ModelStack(Stack):
             },
             result_path="$.training",
         )
-        inference_image = Fn.sub(
-            config.pytorch_inference_image.replace("{region}", "${AWS::Region}")
-        )
+        inference_image = self.inference_image
         register = tasks.CallAwsService(
             self,
             "RegisterModel",
@@ -413,8 +543,7 @@ class ModelStack(Stack):
                     "Containers": [{
                         "Image": inference_image,
                         "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
-                        "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
-                                        "ONCOPIPE_MODEL_VARIANT": "pruned"},
+                        "Environment": {"ONCOPIPE_MODEL_VARIANT": "pruned"},
                     }],
                     "SupportedContentTypes": ["application/json"],
                     "SupportedResponseMIMETypes": ["application/json"],
@@ -455,8 +584,7 @@ class ModelStack(Stack):
                 "PrimaryContainer": {
                     "Image": inference_image,
                     "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
-                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
-                                    "ONCOPIPE_MODEL_VARIANT": "full"},
+                    "Environment": {"ONCOPIPE_MODEL_VARIANT": "full"},
                 },
                 "VpcConfig": network_config(self.security_group, self.subnet_ids),
                 "EnableNetworkIsolation": True,
@@ -588,12 +716,65 @@ class ModelStack(Stack):
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)
 
     # -- serving -----------------------------------------------------------------------
+    def _deploy_on_approval(
+        self, config: EnvConfig, vpc: ec2.IVpc, subnets: ec2.SubnetSelection
+    ) -> ModelDeploy:
+        """Approval deploys: :class:`ModelDeploy` on the endpoint ``<prefix>-response``.
+
+        Its blue/green updates roll back on two alarms of that endpoint's variant (named
+        here: SageMaker's auto-rollback takes alarm names): any 5XX, and p95 model latency
+        above ``ops.endpoint_p95_latency_ms``.
+        """
+        self.endpoint_name = f"{config.prefix}-response"
+        dimensions = {"EndpointName": self.endpoint_name, "VariantName": DEPLOY_VARIANT}
+        alarms = []
+        for alarm_id, metric, statistic, threshold, what in (
+            ("Serving5xx", "Invocation5XXErrors", "Sum", 1, "returned a 5XX"),
+            ("ServingLatency", "ModelLatency", "p95",
+             config.ops.endpoint_p95_latency_ms * 1000,
+             f"p95 model latency over {config.ops.endpoint_p95_latency_ms} ms"),
+        ):  # fmt: skip
+            alarms.append(cw.Alarm(
+                self, alarm_id,
+                alarm_name=f"{self.endpoint_name}-{alarm_id.removeprefix('Serving').lower()}",
+                alarm_description=f"{self.endpoint_name}: the serving variant {what}; rolls "
+                "a blue/green deployment back",
+                metric=cw.Metric(namespace="AWS/SageMaker", metric_name=metric,
+                                 dimensions_map=dimensions, statistic=statistic,
+                                 period=Duration.minutes(1)),
+                threshold=threshold, evaluation_periods=2, datapoints_to_alarm=2,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ))  # fmt: skip
+            acknowledge(
+                alarms[-1],
+                "HIPAA.Security-CloudWatchAlarmAction",
+                "SageMaker's blue/green auto-rollback watches this alarm by name; the Ops "
+                "stack's endpoint alarms notify the operators.",
+            )
+        self.serving_alarms = alarms
+        return ModelDeploy(
+            self,
+            "DeployOnApproval",
+            config=config,
+            key=self.key,
+            artifacts=self.artifacts,
+            group_name=self.group_name,
+            endpoint_name=self.endpoint_name,
+            serving_role=self.serving_role,
+            security_group_id=self.security_group.security_group_id,
+            subnet_ids=list(self.subnet_ids),
+            vpc=vpc,
+            subnets=subnets,
+            rollback_alarm_names=[str(a.alarm_name) for a in alarms],
+        )
+
     def _serving_role(self) -> iam.Role:
         log_group = "/aws/sagemaker/Endpoints"
         role = sagemaker_job_role(
             self, "ServingRole",
             description="oncopipe serving and batch transform: model artifacts in",
-            log_group=log_group, images=[], key=self.key,
+            log_group=log_group, images=[self.image], key=self.key,
         )  # fmt: skip
         grant_objects(role, self.artifacts, read={
             layout.ARTIFACTS_MODELS: "Loads the trained model artifacts."})  # fmt: skip
@@ -612,13 +793,6 @@ class ModelStack(Stack):
                 layout.ARTIFACTS_DATA_CAPTURE: "The endpoint writes captured requests, responses."
             },
         )
-        role.add_to_policy(iam.PolicyStatement(
-            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                     "ecr:BatchCheckLayerAvailability"],
-            # the AWS Deep Learning Containers registry of the configured inference image
-            resources=[Fn.sub("arn:${AWS::Partition}:ecr:${AWS::Region}:763104351884:"
-                              "repository/pytorch-inference")],
-        ))  # fmt: skip
         acknowledge_job_role(role, log_group, {})
         return role
 

@@ -21,8 +21,8 @@ MODEL_FAMILY = "response"
 class MonitorStack(Stack):
     """The daily drift job, its alarm, the retrain gate and the patient-ready path.
 
-    The retrain target is the SageMaker Pipeline ``pipeline_name`` when given, otherwise the
-    model stack's pipeline state machine (``model.pipeline``). Attributes: ``drift``
+    The retrain target is the model stack's SageMaker Pipeline (``model.pipeline_name``), or
+    the pipeline ``pipeline_name`` when given. Attributes: ``drift``
     (:class:`DriftMonitor`), ``gate`` (:class:`RetrainGate`), ``patient_ready``
     (:class:`PatientReady`: predictions of complete patients through the model stack's
     real-time endpoint, when one is deployed, triggered by ``features``' flows and the
@@ -54,20 +54,21 @@ class MonitorStack(Stack):
             "curated": curated,
             "artifacts": artifacts,
         }
+        pinned = getattr(model, "endpoint", None)
         self.drift = DriftMonitor(
             self,
             "Drift",
             model_package_group_name=str(model.model_package_group.model_package_group_name),
+            # prediction drift reads the serving endpoint's captured data
+            endpoint_name=pinned.attr_endpoint_name
+            if isinstance(pinned, sagemaker.CfnEndpoint)
+            else model.endpoint_name,
             **common,
-        )
-        target: dict[str, Any] = (
-            {"sagemaker_pipeline_name": pipeline_name}
-            if pipeline_name
-            else {"state_machine": model.pipeline}
         )
         self.gate = RetrainGate(
             self, "RetrainGate", alarm=self.drift.alarm, model_family=MODEL_FAMILY,
-            **target, **common,
+            sagemaker_pipeline_name=pipeline_name or model.pipeline_name,
+            model_package_group_name=model.group_name, **common,
         )  # fmt: skip
         endpoint = getattr(model, "endpoint", None)
         self.patient_ready = PatientReady(
@@ -90,4 +91,6 @@ class MonitorStack(Stack):
             sweep_state_machines=[features.state_machine],
             genomics_job_queue=features.genomics_job_queue,
             endpoint=endpoint if isinstance(endpoint, sagemaker.CfnEndpoint) else None,
+            # without a pinned endpoint: the one deployment on approval manages
+            endpoint_name=model.endpoint_name,
         )

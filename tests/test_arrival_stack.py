@@ -235,14 +235,20 @@ def test_invoke_endpoint_is_granted_on_the_model_stacks_endpoint_only(built: Any
     assert any("/_manifests/*" in r for r in written)
 
 
-def test_without_an_endpoint_nothing_is_invoked(tmp_path: Path) -> None:
+def test_without_a_pinned_endpoint_the_approved_models_endpoint_is_invoked(
+    tmp_path: Path,
+) -> None:
     app = build_app(App(context=cdk_context(env="dev"), outdir=str(tmp_path)), nag=False)
     template = dict(Template.from_stack(app.monitor).to_json())
     function = _logical_id(template, "AWS::Lambda::Function", "PatientReadyFunction")
     env = template["Resources"][function]["Properties"]["Environment"]["Variables"]
-    assert env[ENDPOINT_ENV] == ""
+    # the endpoint deployment on approval creates and updates (ModelDeploy)
+    assert env[ENDPOINT_ENV] == app.model.endpoint_name == "oncopipe-dev-response"
     statements = _statements(template, "PatientReadyRole")
-    assert not [s for s in statements if any(a.startswith("sagemaker") for a in _actions(s))]
+    sagemaker = [s for s in statements if any(a.startswith("sagemaker") for a in _actions(s))]
+    assert [_actions(s) for s in sagemaker] == [["sagemaker:InvokeEndpoint"]]
+    resource = json.dumps(sagemaker[0]["Resource"])
+    assert resource.endswith(':endpoint/oncopipe-dev-response"]]}')
 
 
 def test_endpoint_latency_alarm_threshold_comes_from_the_configuration(built: Any) -> None:

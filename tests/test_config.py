@@ -67,6 +67,14 @@ def test_missing_and_unknown_keys_are_listed() -> None:
         load_config(ctx, "dev")
 
 
+def test_a_retired_key_says_why_it_went() -> None:
+    ctx = context()
+    ctx["oncopipe:environments"]["dev"]["pytorch_inference_image"] = "763104351884.dkr.ecr."
+    with pytest.raises(ConfigurationError, match=r"dev\.pytorch_inference_image: no longer used "
+                       r"\(the training image serves the model.*remove the key"):  # fmt: skip
+        load_config(ctx, "dev")
+
+
 def test_synth_fails_on_bad_config() -> None:
     from aws_cdk import App
 

@@ -499,15 +499,20 @@ def test_processing_role_reads_volumes_and_writes_features_only(synthesized: Any
     assert "/fastq/" not in notes and "/dicom/" not in notes
 
 
-def _pipeline_definition(built: OncopipeApp) -> str:
+def _pipeline_machine(built: Any) -> dict[str, Any]:
+    """The Step Functions ``ModelPipeline`` (the model stack also has ``DeployOnApproval``)."""
     machines = Template.from_stack(built.model).find_resources("AWS::StepFunctions::StateMachine")
-    assert len(machines) == 1
-    return json.dumps(next(iter(machines.values()))["Properties"]["DefinitionString"])
+    found = [m for k, m in machines.items() if k.startswith("ModelPipeline")]
+    assert len(found) == 1
+    return found[0]
+
+
+def _pipeline_definition(built: OncopipeApp) -> str:
+    return json.dumps(_pipeline_machine(built)["Properties"]["DefinitionString"])
 
 
 def _pipeline_document(built: Any) -> dict[str, Any]:
-    machines = Template.from_stack(built.model).find_resources("AWS::StepFunctions::StateMachine")
-    raw = next(iter(machines.values()))["Properties"]["DefinitionString"]
+    raw = _pipeline_machine(built)["Properties"]["DefinitionString"]
     if isinstance(raw, dict):  # Fn::Join of strings and tokens (ARNs)
         raw = "".join(p if isinstance(p, str) else "TOKEN" for p in raw["Fn::Join"][1])
     document: dict[str, Any] = json.loads(raw)

@@ -242,6 +242,10 @@ def task_needs(state_name: str, state: Mapping[str, Any]) -> list[Need]:
     """
     resource = str(state["Resource"])
     parameters = state.get("Parameters", {})
+    if re.fullmatch(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[\w-]+(:[\w$-]+)?",
+                    resource):  # fmt: skip
+        # a Lambda function's ARN as the Resource: Step Functions invokes it directly
+        return [Need(state_name, "lambda:InvokeFunction", resource)]
     match = re.fullmatch(r"arn:aws[a-z-]*:states:::(aws-sdk:)?([a-zA-Z0-9-]+):([a-zA-Z]+)"
                          r"(\.sync(?::2)?|\.waitForTaskToken)?", resource)  # fmt: skip
     if not match:
@@ -484,8 +488,9 @@ def test_every_state_machine_role_grants_what_its_tasks_need(
 ) -> None:
     resolver = Resolver(templates)
     machines = state_machines(templates)
-    # ingest, genomics, daily features, series imaging, notes on arrival, model pipeline
-    assert len(machines) == 6
+    # ingest, genomics, daily features, series imaging, notes on arrival, model pipeline,
+    # deployment on approval
+    assert len(machines) == 7
     missing = [
         m for stack, machine in machines for m in missing_permissions(resolver, stack, machine)
     ]

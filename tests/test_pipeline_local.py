@@ -7,6 +7,7 @@ training/train.py in script mode, training.evaluate score) on it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -69,6 +70,23 @@ def _commit_cohort(store: ObjectStore) -> None:
         process_item(ctx, name, [], work)
     store.put_bytes(CURATED, f"{layout.CURATED_LABELS}labels.parquet", _bytes(tables.labels),
                     tags={})  # fmt: skip
+    _commit_histograms(store, tables.labels["patient_key"].to_pylist())
+
+
+#: the VAF histogram every sample of a split has (one call, in the bin of this VAF)
+SPLIT_VAF = {"train": 0.05, "validation": 0.3, "test": 0.6}
+
+
+def _commit_histograms(store: ObjectStore, patients: list[str]) -> None:
+    """One VAF histogram document a patient (as the variants stage writes them)."""
+    from oncopipe.cohort.dataset import split_of
+    from oncopipe.monitor.histogram import VAF_EDGES, Histogram, Stratum, encode, to_document
+
+    for patient in patients:
+        h = Histogram.of([SPLIT_VAF[split_of(patient)]], VAF_EDGES)
+        doc = to_document(h, Stratum("panel-v1", "paired"), day="2026-11-02")
+        key = layout.vaf_histogram_key("2026-11-02", patient, "tumour")
+        store.put_bytes(CURATED, key, encode(doc), tags={})
 
 
 @dataclass
@@ -126,7 +144,7 @@ def first(world: World) -> Any:
 
 
 def _evaluation(world: World, execution_id: str) -> dict[str, Any]:
-    key = f"{layout.ARTIFACTS_MODELS}evaluation/{execution_id}/evaluation.json"
+    key = f"{layout.ARTIFACTS_EVALUATION}{execution_id}/evaluation.json"
     doc: dict[str, Any] = json.loads(world.store.get_bytes(ARTIFACTS, key))
     return doc
 
@@ -152,9 +170,36 @@ def test_condition_true_registers_a_package_pending_approval(world: World, first
     assert package["ModelApprovalStatus"] == "PendingManualApproval"
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model
     assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == (
-        f"s3://{ARTIFACTS}/models/evaluation/exec-1/evaluation.json"
+        f"s3://{ARTIFACTS}/evaluation/exec-1/evaluation.json"
     )
     assert first.steps["RegisterModel"].properties["ModelPackageArn"].endswith(f"/{GROUP}/1")
+    # the package pins the artefact's bytes: the digest is the one of model.tar.gz
+    bucket, key = model.removeprefix("s3://").split("/", 1)
+    digest = hashlib.sha256(world.store.get_bytes(bucket, key)).hexdigest()
+    assert package["CustomerMetadataProperties"] == {"artifact_sha256": digest,
+                                                     "cohort_run_id": "build-1"}  # fmt: skip
+
+
+def test_the_package_carries_the_drift_baseline_of_its_training_patients(
+    world: World, first: Any
+) -> None:
+    from oncopipe.monitor.histogram import VAF_EDGES
+
+    package = model_packages(world.store, ARTIFACTS, GROUP)[0]
+    uri = package["ModelMetrics"]["ModelDataQuality"]["Statistics"]["S3Uri"]
+    assert uri == f"s3://{ARTIFACTS}/evaluation/exec-1/baseline.json"
+    baseline = json.loads(world.store.get_bytes(ARTIFACTS, uri.split("/", 3)[3]))
+    assert baseline["format"] == 1 and baseline["model_package_arn"] == ""
+    vaf = baseline["monitors"]["vaf/panel-v1/paired"]
+    trained = _evaluation(world, "exec-1")["split_counts"]["train"]
+    # the training patients' samples only: every call sits in the train split's bin
+    assert vaf["samples"] == trained == sum(vaf["counts"])
+    train_bin = max(i for i, edge in enumerate(VAF_EDGES) if edge <= SPLIT_VAF["train"])
+    assert vaf["counts"][train_bin] == trained
+    # and the model's predictions on the held-out test split
+    predictions = baseline["monitors"]["predictions/probability"]
+    tested = _evaluation(world, "exec-1")["split_counts"]["test"]
+    assert 0 < sum(predictions["counts"]) <= tested
 
 
 def test_rerun_skips_unchanged_steps_and_fail_names_the_auc(world: World, first: Any) -> None:

@@ -190,3 +190,51 @@ def test_handler_reads_alarm_and_schedule_events(monkeypatch: pytest.MonkeyPatch
     assert scheduled.source == "schedule" and scheduled.at == T0
     with pytest.raises(ValueError, match="not a drift alarm"):
         trigger_of({"hello": "world"})
+
+
+def _register(world: World, group: str, auc: float | None, status: str) -> str:
+    world.sagemaker.create_model_package_group(ModelPackageGroupName=group)
+    metrics: dict[str, object] = {}
+    if auc is not None:
+        key = "evaluation/exec-1/evaluation.json"
+        world.s3.put_object(Bucket=ARTIFACTS, Key=key,
+                            Body=json.dumps({"metrics": {"auc": auc}}).encode())  # fmt: skip
+        metrics = {"ModelMetrics": {"ModelQuality": {"Statistics": {
+            "ContentType": "application/json", "S3Uri": f"s3://{ARTIFACTS}/{key}"}}}}  # fmt: skip
+    arn = world.sagemaker.create_model_package(
+        ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={"Containers": [{"Image": "img", "ModelDataUrl": "s3://b/m"}],
+                                "SupportedContentTypes": ["application/json"],
+                                "SupportedResponseMIMETypes": ["application/json"]},
+        **metrics,  # type: ignore[arg-type]
+    )["ModelPackageArn"]  # fmt: skip
+    world.sagemaker.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
+    return str(arn)
+
+
+def test_a_retrain_must_reach_the_approved_versions_auc(world: World) -> None:
+    from oncopipe.monitor.gate import approved_auc
+
+    assert approved_auc(world.sagemaker, world.s3, "nothing-yet") is None
+    _register(world, "response", 0.91, "Approved")
+    assert approved_auc(world.sagemaker, world.s3, "response") == pytest.approx(0.91)
+    # a pending version is not the floor; a version without a report gives none
+    _register(world, "pending", 0.99, "PendingManualApproval")
+    assert approved_auc(world.sagemaker, world.s3, "pending") is None
+    _register(world, "by-hand", None, "Approved")
+    assert approved_auc(world.sagemaker, world.s3, "by-hand") is None
+    # the starter passes it as the pipeline's ApprovedAuc parameter
+    stubbed = boto3.client("sagemaker", region_name=REGION)
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/response-training/execution/x2"
+    with Stubber(stubbed) as stub:
+        stub.add_response(
+            "start_pipeline_execution",
+            {"PipelineExecutionArn": arn},
+            {"PipelineName": "response-training", "ClientRequestToken": "t" * 32,
+             "PipelineExecutionDisplayName": f"retrain-schedule-{'t' * 12}",
+             "PipelineExecutionDescription": "retrain gate: schedule",
+             "PipelineParameters": [{"Name": "ApprovedAuc", "Value": "0.91"}]},
+        )  # fmt: skip
+        start = sagemaker_starter(stubbed, "response-training",
+                                  parameters=lambda: {"ApprovedAuc": "0.91"})  # fmt: skip
+        assert start(token="t" * 32, reason="schedule") == arn

@@ -353,3 +353,79 @@ def test_inference_rejects_bad_requests(model_dir: Path) -> None:
     with pytest.raises(RequestError, match="accept"):
         output_fn(ok, "text/html")
     assert isinstance(RequestError("x"), ValueError)
+
+
+def test_serving_runs_the_torch_version_that_trains() -> None:
+    """The image that serves is the image that trains: one torch pin, the one tested here."""
+    import re
+
+    import torch
+
+    repo = Path(__file__).resolve().parent.parent
+    pins = {}
+    for name in ("training/requirements.txt", "requirements.txt"):
+        found = re.search(r"^torch==([\w.]+)\s*$", (repo / name).read_text(), re.MULTILINE)
+        assert found, f"{name} pins no torch version"
+        pins[name] = found[1]
+    assert len(set(pins.values())) == 1, pins
+    assert torch.__version__.split("+")[0] == pins["training/requirements.txt"]
+    dockerfile = (repo / "training/Dockerfile").read_text()
+    assert "exec python -m training.serve" in dockerfile and "/usr/local/bin/serve" in dockerfile
+
+
+def test_the_model_server_answers_sagemakers_container_contract(
+    model_dir: Path, cohort: Any
+) -> None:
+    """/ping and /invocations over HTTP, as SageMaker calls a `serve` container."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from training.serve import MAX_BODY_BYTES, make_server
+
+    tables, ds = cohort
+    keys = [r["patient_key"] for r in ds.split("test").to_pylist()[:3]]
+    by_key = patient_payloads(tables.variants, tables.radiomics, tables.notes, keys=keys)
+    server = make_server(str(model_dir), host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def post(body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+        request = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
+                                         headers={"Content-Type": content_type})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    try:
+        with urllib.request.urlopen(f"{base}/ping", timeout=10) as answer:
+            assert answer.status == 200
+        status, body = post(json.dumps([by_key[k] for k in keys]).encode())
+        assert status == 200
+        served = json.loads(body)
+        assert [s["patient_key"] for s in served] == keys
+        from training.inference import predict_local
+
+        expected = [predict_local(model_dir, by_key[k])["response_probability"] for k in keys]
+        assert np.allclose([s["response_probability"] for s in served], expected, atol=1e-6)
+        # a bad payload: 400 naming the field, never echoing the patient's values
+        status, body = post(json.dumps({"variants": [{"vaf": 0.123456}]}).encode())
+        assert status == 400 and "gene" in body and "0.123456" not in body
+        status, _ = post(b"a,b", "text/csv")
+        assert status == 400
+        # over SageMaker's 6 MB payload limit: refused before the body is read
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+        connection.endheaders(b"[]")
+        assert connection.getresponse().status == 413
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()

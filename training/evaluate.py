@@ -329,6 +329,20 @@ def _model_folder(model: Path, scratch: Path) -> Path:
     return scratch
 
 
+def _artifact_digest(model: Path) -> dict[str, Any] | None:
+    """SHA-256 and size of ``model.tar.gz`` (``model`` or in it); None for a model folder."""
+    import hashlib
+
+    archive = model / "model.tar.gz" if model.is_dir() else model
+    if not archive.is_file():
+        return None
+    digest = hashlib.sha256()
+    with archive.open("rb") as f:
+        for chunk in iter(lambda: f.read(8 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "size": archive.stat().st_size}
+
+
 def _auc_std(labels: Any, probs: Any, samples: int = BOOTSTRAP_SAMPLES) -> float:
     """Bootstrap standard deviation of the AUC (seeded: the same data give the same value)."""
     rng = np.random.default_rng(0)
@@ -358,6 +372,7 @@ def score(
     *,
     approved_auc: float = 0.0,
     tolerance: float = 0.0,
+    histograms_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Score a trained model on the test split of a dataset; write ``evaluation.json``.
 
@@ -367,7 +382,14 @@ def score(
     ``binary_classification_metrics`` (SageMaker's model-quality format: ``auc`` value and
     bootstrap standard deviation, the model registry shows it) and ``comparison``: the
     approved model's AUC, the tolerance, and ``approved_floor`` = approved AUC - tolerance,
-    the value the pipeline's condition compares the AUC with.
+    the value the pipeline's condition compares the AUC with. When the model came as
+    ``model.tar.gz``, ``artifact`` holds that file's SHA-256 and size (the register step
+    records the digest on the package; deployment checks the artefact against it).
+
+    Also writes ``baseline.json``: the drift baseline of this model
+    (:func:`oncopipe.monitor.baseline.training_baseline`): the VAF histogram documents in
+    ``histograms_dir`` of the training split's patients, and the histogram of this model's
+    test-split predictions (what served predictions are compared with).
 
     Returns: the report.
 
@@ -383,7 +405,11 @@ def score(
 
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    from oncopipe.monitor.baseline import BASELINE_FILE, training_baseline
+    from oncopipe.monitor.modalities import predictions_baseline
+
     with tempfile.TemporaryDirectory(prefix="oncopipe-score-") as scratch:
+        artifact = _artifact_digest(Path(model_dir))
         root = _model_folder(Path(model_dir), Path(scratch))
         model = load_model(root)
         prep = Preprocessing.load(root / "preprocess.json")
@@ -420,8 +446,15 @@ def score(
         "split_counts": dataset.counts(),
         "modalities": list(config.modalities),
     }
+    if artifact is not None:
+        report["artifact"] = artifact
+    trained_on = dataset.split("train")["patient_key"].to_pylist()
+    # served predictions are compared with this model's predictions on held-out patients
+    baseline = training_baseline(histograms_dir, trained_on,
+                                 features=predictions_baseline(probs.tolist()))  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / BASELINE_FILE).write_text(json.dumps(baseline, indent=1) + "\n", encoding="utf-8")
     # NaN is not JSON: a value that does not exist (one-class bootstrap) is written as null
     text = json.dumps(_nan_to_none(report), indent=1, allow_nan=False)
     (out / SCORE_FILE).write_text(text + "\n", encoding="utf-8")
@@ -439,10 +472,12 @@ def score_main(argv: Sequence[str]) -> int:
                         help="test AUC of the model now approved (0: none)")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="how far below the approved AUC a new model may score")  # fmt: skip
+    parser.add_argument("--histograms", type=Path, default=None,
+                        help="folder of VAF histogram documents (drift baseline)")  # fmt: skip
     args = parser.parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     report = score(args.model, args.dataset, args.out, approved_auc=args.approved_auc,
-                   tolerance=args.tolerance)  # fmt: skip
+                   tolerance=args.tolerance, histograms_dir=args.histograms)  # fmt: skip
     print(json.dumps({"auc": report["metrics"]["auc"], **report["comparison"]}))
     return 0
 

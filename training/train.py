@@ -596,7 +596,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--package",
         type=lambda v: str(v).lower() in ("1", "true", "yes"),
         default=bool(os.environ.get("SM_MODEL_DIR")),
-        help="also write pruned/ and code/ for serving (default: in SageMaker)",
+        help="also write pruned/ for serving (default: in SageMaker)",
     )
     args = p.parse_args(argv)
     missing = [n for n in ("train", "model_dir") if not getattr(args, n)]
@@ -698,27 +698,16 @@ def _record_cost(metrics_path: Path, cost: dict[str, Any]) -> None:
 
 def package_for_serving(model_dir: Path | str, train_dir: Path | str,
                         output_dir: Path | str | None) -> dict[str, Any]:  # fmt: skip
-    """Make the model folder a SageMaker PyTorch model package; return the prune report.
+    """Add the pruned model for serving to the model folder; return the prune report.
 
-    Adds ``pruned/`` (:func:`training.prune.prune`, chosen on the validation split) and
-    ``code/`` (``inference.py`` re-exporting the serving functions, with ``training/`` and
-    ``oncopipe/`` beside it) so the PyTorch inference image can serve ``model.tar.gz``.
+    Adds ``pruned/`` (:func:`training.prune.prune`, chosen on the validation split): the
+    endpoint serves it and batch transform the full model. The code that serves both is in
+    the image (``training/serve.py``), not in ``model.tar.gz``.
     """
     from training.prune import prune
 
     root = Path(model_dir)
     report = prune(root, train_dir, root / "pruned")
-    code = root / "code"
-    repo = Path(__file__).resolve().parent.parent
-    for package in ("training", "oncopipe"):
-        skip = shutil.ignore_patterns("__pycache__", "local")
-        shutil.copytree(repo / package, code / package, dirs_exist_ok=True, ignore=skip)
-    (code / "inference.py").write_text(
-        '"""SageMaker PyTorch serving entry (SAGEMAKER_PROGRAM=inference.py)."""\n'
-        "from training.inference import input_fn, model_fn, output_fn, predict_fn\n\n"
-        '__all__ = ["input_fn", "model_fn", "output_fn", "predict_fn"]\n',
-        encoding="utf-8",
-    )
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "prune_report.json").write_text(

@@ -7,6 +7,15 @@ The baseline is the one of the latest *Approved* package of ``MODEL_PACKAGE_GROU
 (``monitor/baselines/v<version>/baseline.json`` in the artifacts bucket). Without an
 approved package or its baseline the job publishes nothing (the alarm treats missing data
 as not breaching) and says why in its result. The log holds counts only.
+
+Beside the VAF histograms, the job reads the day's windows of the kinds the baseline has
+monitors of (:mod:`oncopipe.monitor.modalities`): radiomics and note concepts from the
+curated tables, predictions from the data capture of ``SERVING_ENDPOINT_NAME`` (empty: no
+endpoint, the predictions monitor is reported as not read). A kind whose window cannot be
+read (a malformed file, pyarrow missing from the bundle) is reported as not read, with the
+reason, and the other kinds are still evaluated. ``DRIFT_KIND_THRESHOLDS`` (JSON, kind ->
+threshold; default :data:`oncopipe.monitor.job.KIND_THRESHOLDS`) sets the other kinds'
+thresholds; ``DRIFT_THRESHOLD`` is VAF's.
 """
 
 from __future__ import annotations
@@ -22,10 +31,27 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.layout import CURATED_GENOMICS_VAF_HISTOGRAMS
-from oncopipe.monitor.job import baseline_key, run
+from oncopipe.monitor import modalities
+from oncopipe.monitor.histogram import Histogram
+from oncopipe.monitor.job import KIND_THRESHOLDS, baseline_key, kind_rules, run
 from oncopipe.monitor.window import AlarmRule
 
 logger = Logger(service="model-drift")
+
+ENDPOINT_ENV = "SERVING_ENDPOINT_NAME"
+KIND_THRESHOLDS_ENV = "DRIFT_KIND_THRESHOLDS"
+
+
+def _kind_thresholds(text: str | None) -> dict[str, float]:
+    if not text:
+        return dict(KIND_THRESHOLDS)
+    try:
+        parsed = json.loads(text)
+        return {str(k): float(v) for k, v in parsed.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RuntimeError(
+            f"model drift: {KIND_THRESHOLDS_ENV} must be a JSON object of kind: number ({e})"
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -37,6 +63,9 @@ class Settings:
     model_package_group: str
     environment: str
     rule: AlarmRule
+    #: The rules of the other kinds (radiomics, notes, predictions): ``rule``, own threshold.
+    rules: dict[str, AlarmRule]
+    endpoint_name: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -46,17 +75,20 @@ class Settings:
             RuntimeError: a variable is missing or not a number (names it).
         """
         try:
+            rule = AlarmRule(
+                threshold=float(os.environ["DRIFT_THRESHOLD"]),
+                m=int(os.environ["DRIFT_ALARM_WINDOWS"]),
+                n=int(os.environ["DRIFT_ALARM_OF_WINDOWS"]),
+                min_samples=int(os.environ["DRIFT_MIN_SAMPLES"]),
+            )
             return cls(
                 curated_bucket=os.environ["CURATED_BUCKET"],
                 artifacts_bucket=os.environ["ARTIFACTS_BUCKET"],
                 model_package_group=os.environ["MODEL_PACKAGE_GROUP"],
                 environment=os.environ["ONCOPIPE_ENV"],
-                rule=AlarmRule(
-                    threshold=float(os.environ["DRIFT_THRESHOLD"]),
-                    m=int(os.environ["DRIFT_ALARM_WINDOWS"]),
-                    n=int(os.environ["DRIFT_ALARM_OF_WINDOWS"]),
-                    min_samples=int(os.environ["DRIFT_MIN_SAMPLES"]),
-                ),
+                rule=rule,
+                rules=kind_rules(rule, _kind_thresholds(os.environ.get(KIND_THRESHOLDS_ENV))),
+                endpoint_name=os.environ.get(ENDPOINT_ENV, "").strip(),
             )
         except KeyError as e:
             raise RuntimeError(f"model drift: environment variable {e} is not set") from e
@@ -106,6 +138,39 @@ def approved_baseline(s3: Any, sagemaker: Any, settings: Settings) -> dict[str, 
     return baseline
 
 
+def feature_windows(
+    s3: Any, settings: Settings, baseline: dict[str, Any], day: str
+) -> tuple[dict[str, Histogram], dict[str, str]]:
+    """Return the day's windows of the baseline's other kinds, and the kinds not read (why)."""
+    curated, artifacts = settings.curated_bucket, settings.artifacts_bucket
+    readers = {
+        modalities.RADIOMICS: lambda: modalities.read_radiomics_window(
+            s3, bucket=curated, day=day, baseline=baseline),
+        modalities.NOTES: lambda: modalities.read_notes_window(
+            s3, bucket=curated, day=day, baseline=baseline),
+        modalities.PREDICTIONS: lambda: modalities.read_predictions_window(
+            s3, bucket=artifacts, endpoint_name=settings.endpoint_name, day=day),
+    }  # fmt: skip
+    windows: dict[str, Histogram] = {}
+    unavailable: dict[str, str] = {}
+    for kind, read in readers.items():
+        if not modalities.monitors_of(baseline, kind):
+            continue
+        if kind == modalities.PREDICTIONS and not settings.endpoint_name:
+            unavailable[kind] = f"not read: no endpoint ({ENDPOINT_ENV} is empty)"
+            continue
+        try:
+            windows.update(read())
+        except ImportError as e:  # pyarrow, for the Parquet tables
+            unavailable[kind] = f"not read: {e.name or 'a module'} is not in the function's bundle"
+        except modalities.WindowError as e:  # names the S3 key and line, never a record
+            unavailable[kind] = f"not read: {e}"
+        if kind in unavailable:
+            logger.error("drift window not read", extra={"kind": kind,
+                                                         "reason": unavailable[kind]})  # fmt: skip
+    return windows, unavailable
+
+
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Run the drift job for one day; return the day, status and per-monitor distances.
@@ -120,14 +185,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if baseline is None:
         logger.info("no approved model baseline: drift not evaluated", extra={"day": day})
         return {"day": day, "status": "no_baseline"}
+    windows, unavailable = feature_windows(s3, SETTINGS, baseline, day)
     report = run(
         s3=s3, cloudwatch=cloudwatch, curated_bucket=SETTINGS.curated_bucket,
         histograms_prefix=CURATED_GENOMICS_VAF_HISTOGRAMS,
         artifacts_bucket=SETTINGS.artifacts_bucket, baseline=baseline, day=day,
-        rule=SETTINGS.rule, environment=SETTINGS.environment,
+        rule=SETTINGS.rule, environment=SETTINGS.environment, feature_windows=windows,
+        rules=SETTINGS.rules, unavailable=unavailable,
     )  # fmt: skip
     result = report.as_dict()
     logger.info("drift evaluated", extra={"day": day, "monitors": len(report.results),
                                           "breaching": sum(r.breaching
                                                            for r in report.results)})  # fmt: skip
-    return {"day": day, "status": "evaluated", "monitors": result["monitors"]}
+    return {"day": day, "status": "evaluated", "kinds": result["kinds"],
+            "monitors": result["monitors"], "not_read": unavailable}  # fmt: skip

@@ -8,6 +8,9 @@ Events:
   ``{"source": "schedule", "scheduled_time": "<aws.scheduler.scheduled-time>"}``:
   trigger id the scheduled time (a retried delivery has the same one).
 
+A SageMaker Pipeline retrain gets ``ApprovedAuc``: the test AUC of the newest approved
+version of ``MODEL_PACKAGE_GROUP`` (none approved: the pipeline's default, 0).
+
 New samples are counted as the per-sample VAF histograms in the curated bucket. Returns the
 decision record; the log holds the outcome and reason only.
 """
@@ -28,6 +31,7 @@ from oncopipe.monitor.gate import (
     PipelineStarter,
     RetrainGate,
     Trigger,
+    approved_auc,
     sagemaker_starter,
     step_functions_starter,
 )
@@ -78,6 +82,12 @@ def _count_samples(s3: Any, bucket: str) -> int:
     return count
 
 
+def _floor(sagemaker: Any, s3: Any, group: str) -> dict[str, str]:
+    """The pipeline parameters of a retrain: the approved version's AUC, when there is one."""
+    auc = approved_auc(sagemaker, s3, group) if group else None
+    return {} if auc is None else {"ApprovedAuc": repr(auc)}
+
+
 @cache
 def _gate() -> RetrainGate:
     import boto3
@@ -85,11 +95,14 @@ def _gate() -> RetrainGate:
     s3 = boto3.client("s3")
     sns = boto3.client("sns")
     pipeline = _env("PIPELINE_ID")
-    start: PipelineStarter = (
-        sagemaker_starter(boto3.client("sagemaker"), pipeline)
-        if PIPELINE_KIND == "sagemaker"
-        else step_functions_starter(boto3.client("stepfunctions"), pipeline)
-    )
+    group = os.environ.get("MODEL_PACKAGE_GROUP", "")
+    start: PipelineStarter
+    if PIPELINE_KIND == "sagemaker":
+        sagemaker = boto3.client("sagemaker")
+        start = sagemaker_starter(sagemaker, pipeline,
+                                  parameters=lambda: _floor(sagemaker, s3, group))  # fmt: skip
+    else:
+        start = step_functions_starter(boto3.client("stepfunctions"), pipeline)
     topic, curated = _env("NOTIFY_TOPIC_ARN"), _env("CURATED_BUCKET")
     return RetrainGate(
         SETTINGS,

@@ -183,7 +183,8 @@ def read_masks(path: Path) -> tuple[dict[str, Any], Geometry]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    table = pq.read_table(str(path))
+    # ParquetFile, not read_table: read_table imports pandas (0.3 s of every job's start)
+    table = pq.ParquetFile(str(path)).read()
     metadata = table.schema.metadata or {}
     geometry = Geometry.from_json(metadata[b"oncopipe.geometry"])
     columns, rows, slices = geometry.dimensions

@@ -245,7 +245,8 @@ def read_volume(path: Path) -> tuple[Any, Geometry]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    table = pq.read_table(str(path))
+    # ParquetFile, not read_table: read_table imports pandas (0.3 s of every job's start)
+    table = pq.ParquetFile(str(path)).read()
     metadata = table.schema.metadata or {}
     if GEOMETRY_KEY not in metadata:
         raise ValueError(f"{path}: not an oncopipe volume (no {GEOMETRY_KEY.decode()} metadata)")

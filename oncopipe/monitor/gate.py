@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -301,15 +302,56 @@ class RetrainGate:
         return decision
 
 
-def sagemaker_starter(client: Any, pipeline_name: str) -> PipelineStarter:
-    """Return a starter of the SageMaker Pipeline ``pipeline_name`` (token = client token)."""
+def approved_auc(sagemaker: Any, s3: Any, group: str) -> float | None:
+    """Return the test AUC of the newest approved version of ``group`` (None: none approved).
+
+    The AUC is the ``metrics.auc`` of the version's evaluation report (its
+    ``ModelMetrics.ModelQuality.Statistics``, written by the pipeline's evaluation step). A
+    version without a readable report (one registered by hand) gives None: the candidate
+    then only has to clear the pipeline's ``MinAuc``.
+    """
+    found = sagemaker.list_model_packages(
+        ModelPackageGroupName=group, ModelApprovalStatus="Approved",
+        SortBy="CreationTime", SortOrder="Descending", MaxResults=1,
+    ).get("ModelPackageSummaryList", [])  # fmt: skip
+    if not found:
+        return None
+    package = sagemaker.describe_model_package(ModelPackageName=found[0]["ModelPackageArn"])
+    uri = (package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
+           .get("S3Uri", ""))  # fmt: skip
+    match = re.match(r"^s3://([^/]+)/(.+)$", str(uri))
+    if not match:
+        logger.warning("retrain gate: the approved version has no evaluation report")
+        return None
+    try:
+        report = json.loads(s3.get_object(Bucket=match[1], Key=match[2])["Body"].read())
+        return float(report["metrics"]["auc"])
+    except (KeyError, TypeError, ValueError) as e:
+        logger.warning("retrain gate: the approved version's report has no AUC (%s)", type(e))
+        return None
+
+
+def sagemaker_starter(
+    client: Any,
+    pipeline_name: str,
+    parameters: Callable[[], Mapping[str, str]] | None = None,
+) -> PipelineStarter:
+    """Return a starter of the SageMaker Pipeline ``pipeline_name`` (token = client token).
+
+    ``parameters`` (called at each start) gives pipeline parameters to set, e.g. the
+    approved version's AUC as ``ApprovedAuc``.
+    """
 
     def start(*, token: str, reason: str) -> str:
+        values = parameters() if parameters is not None else {}
+        extra = ({"PipelineParameters": [{"Name": k, "Value": v} for k, v in values.items()]}
+                 if values else {})  # fmt: skip
         answer = client.start_pipeline_execution(
             PipelineName=pipeline_name,
             PipelineExecutionDisplayName=f"retrain-{reason.replace('_', '-')}-{token[:12]}",
             PipelineExecutionDescription=f"retrain gate: {reason}",
             ClientRequestToken=token,
+            **extra,
         )
         return str(answer["PipelineExecutionArn"])
 

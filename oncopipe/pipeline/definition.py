@@ -13,11 +13,14 @@ The pipeline (:func:`model_pipeline`):
    record), so its declared output ``dataset`` names that prefix for the steps after it.
 2. ``Train`` (Training, cached): script mode ``training/train.py`` on that prefix as channel
    ``train``; Managed Spot Training with checkpoints in S3, VPC, volume and output KMS.
-3. ``Evaluate`` (Processing): ``python -m training.evaluate score`` on the model artifact
-   and the dataset's test split; writes ``evaluation.json`` (property file
-   ``EvaluationReport``) with the test AUC and the approved model's AUC minus tolerance.
+3. ``Evaluate`` (Processing): ``python -m training.evaluate score`` on the model artifact,
+   the dataset's test split and the per-sample VAF histograms; writes ``evaluation.json``
+   (property file ``EvaluationReport``: the test AUC, the approved model's AUC minus
+   tolerance, the artefact's SHA-256) and ``baseline.json`` (the drift baseline of the
+   training patients) under ``evaluation/<execution>/`` of the artifacts bucket.
 4. ``CheckAuc`` (Condition): AUC >= ``MinAuc`` and AUC >= approved AUC - ``AucTolerance``
-   -> ``RegisterModel`` (PendingManualApproval, model metrics = the evaluation report),
+   -> ``RegisterModel`` (PendingManualApproval; model metrics = the evaluation report and,
+   as data-quality statistics, the baseline; ``artifact_sha256`` in the customer metadata),
    else ``AucBelowGate`` (Fail, the message names the AUC and both gates).
 
 Expressions follow the definition format: ``{"Get": "Parameters.X"}``,
@@ -60,6 +63,11 @@ EVALUATION_FILE = "evaluation.json"
 #: Where evaluation.json keeps what the condition reads (:func:`training.evaluate.score`).
 AUC_PATH = "metrics.auc"
 APPROVED_FLOOR_PATH = "comparison.approved_floor"
+ARTIFACT_SHA256_PATH = "artifact.sha256"
+#: The model package's CustomerMetadataProperties key of the artefact's SHA-256.
+ARTIFACT_SHA256 = "artifact_sha256"
+#: The drift baseline the evaluation step writes beside evaluation.json.
+BASELINE_FILE = "baseline.json"
 
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
@@ -380,7 +388,7 @@ class PipelineSettings:
 
     Role ARNs: ``cohort_role_arn`` runs the cohort job, ``training_role_arn`` the training
     job, ``evaluation_role_arn`` the evaluation job (reads the model and the dataset, writes
-    under ``models/evaluation/``). ``kms_key_arn`` encrypts job volumes and outputs.
+    under ``evaluation/``). ``kms_key_arn`` encrypts job volumes and outputs.
     """
 
     curated_bucket: str
@@ -589,11 +597,12 @@ def _train(s: PipelineSettings) -> Step:
 def _evaluate(s: PipelineSettings) -> Step:
     model_in = f"{PROCESSING_INPUT}/model"
     data_in = f"{PROCESSING_INPUT}/dataset"
+    histograms_in = f"{PROCESSING_INPUT}/histograms"
     out = f"{PROCESSING_OUTPUT}/evaluation"
     # no trailing "/": the register step joins the file name on "/"
     report = join(
         [
-            f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_MODELS}evaluation/",
+            f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_EVALUATION}",
             execution("PipelineExecutionId"),
         ]
     )
@@ -614,11 +623,19 @@ def _evaluate(s: PipelineSettings) -> Step:
             param("ApprovedAuc"),
             "--tolerance",
             param("AucTolerance"),
+            "--histograms",
+            histograms_in,
         ],
         environment={},
         inputs=[
             _s3_input("model", model_artifacts(TRAIN), model_in),
             _s3_input("dataset", processing_output_uri(COHORT, "dataset"), data_in),
+            # the per-sample VAF histograms: the baseline sums the training patients' ones
+            _s3_input(
+                "histograms",
+                f"s3://{s.curated_bucket}/{layout.CURATED_GENOMICS_VAF_HISTOGRAMS}",
+                histograms_in,
+            ),
         ],
         outputs=[_s3_output("evaluation", report, out)],
     )
@@ -633,10 +650,12 @@ def _evaluate(s: PipelineSettings) -> Step:
 
 def _register(s: PipelineSettings) -> Step:
     report = join([processing_output_uri(EVALUATE, "evaluation"), EVALUATION_FILE], on="/")
+    baseline = join([processing_output_uri(EVALUATE, "evaluation"), BASELINE_FILE], on="/")
     container = {
         "Image": s.inference_image_uri,
         "ModelDataUrl": model_artifacts(TRAIN),
-        "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "ONCOPIPE_MODEL_VARIANT": "pruned"},
+        # the training image serves (training/serve.py); the endpoint serves the pruned model
+        "Environment": {"ONCOPIPE_MODEL_VARIANT": "pruned"},
     }
     args = {
         "ModelPackageGroupName": s.model_package_group_name,
@@ -649,6 +668,11 @@ def _register(s: PipelineSettings) -> Step:
             ]
         ),
         "ModelApprovalStatus": "PendingManualApproval",
+        # deployment hashes the artefact again and refuses one that differs
+        "CustomerMetadataProperties": {
+            ARTIFACT_SHA256: json_get(EVALUATE, EVALUATION_REPORT, ARTIFACT_SHA256_PATH),
+            "cohort_run_id": param("CohortRunId"),
+        },
         "InferenceSpecification": {
             "Containers": [container],
             "SupportedContentTypes": ["application/json"],
@@ -657,7 +681,11 @@ def _register(s: PipelineSettings) -> Step:
             "SupportedTransformInstanceTypes": [s.processing_instance_type],
         },
         "ModelMetrics": {
-            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": report}}
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": report}},
+            # the drift baseline (oncopipe.monitor.baseline): published when approved
+            "ModelDataQuality": {
+                "Statistics": {"ContentType": "application/json", "S3Uri": baseline}
+            },
         },
     }
     return Step(REGISTER, "RegisterModel", args, description="the model version, for approval")

@@ -11,6 +11,7 @@ is one short transaction of code, unit-tested end to end on moto, not a workflow
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aws_cdk import (
@@ -31,10 +32,16 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from oncopipe import layout
+from oncopipe import catalog, layout
 from oncopipe.deployment import EnvConfig
 from oncopipe.monitor.gate import DECISIONS_PREFIX
-from oncopipe.monitor.job import BASELINES_PREFIX, REPORTS_PREFIX, SCORE
+from oncopipe.monitor.job import (
+    BASELINES_PREFIX,
+    KIND_THRESHOLDS,
+    REPORTS_PREFIX,
+    SCORE,
+    alarm_distance,
+)
 from stacks.components.s3_grants import grant_objects
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.nag import acknowledge
@@ -67,18 +74,30 @@ def _metrics_policy(scope: Construct, role: iam.IRole, *extra: iam.PolicyStateme
     )
 
 
+DISTANCE_TITLES = {"wasserstein": "Wasserstein-1", "js": "Jensen-Shannon", "psi": "PSI"}
+#: The alarms' construct IDs and names of the kinds beside VAF.
+KIND_ALARMS = {"radiomics": ("RadiomicsDrift", "Radiomic feature"),
+               "notes": ("NotesDrift", "Note concept"),
+               "predictions": ("PredictionsDrift", "Prediction")}  # fmt: skip
+
+
 class DriftMonitor(Construct):
-    """The daily drift job and its M-of-N alarm.
+    """The daily drift job and its M-of-N alarms.
 
     Creates: the ``model_drift`` function (:class:`StageFunction`), a daily EventBridge rule
     (01:15 UTC, the previous day's window; retries, dead-letter queue), the alarm on
     ``DriftScore`` (``Monitor=vaf``, daily maximum; M of N windows above
     ``lifecycle.drift_threshold``; missing data, i.e. a window below the minimum samples,
-    is not breaching).
+    is not breaching), which starts the retrain gate, and one alarm like it per other kind
+    (``Monitor=radiomics``, ``notes``, ``predictions``; thresholds ``thresholds``, default
+    :data:`oncopipe.monitor.job.KIND_THRESHOLDS`), which report only.
 
-    Grants the function: read of the curated VAF histograms and of the baselines, write of
+    Grants the function: read of the curated VAF histograms, radiomics and note concepts,
+    of the baselines and (with an ``endpoint_name``) of the endpoint data capture; write of
     the drift reports, ListModelPackages, PutMetricData (namespace ``Oncopipe``).
-    Attributes: ``function``, ``alarm``, ``rule``.
+    ``endpoint_name`` (empty: no endpoint, no predictions window) is the real-time endpoint
+    whose captured predictions are monitored.
+    Attributes: ``function``, ``alarm`` (VAF), ``alarms`` (by kind, VAF's too), ``rule``.
     """
 
     def __init__(
@@ -93,9 +112,14 @@ class DriftMonitor(Construct):
         curated: s3.IBucket,
         artifacts: s3.IBucket,
         model_package_group_name: str,
+        endpoint_name: str = "",
+        thresholds: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         life = config.lifecycle
+        kind_thresholds = {**KIND_THRESHOLDS, **(thresholds or {})}
+        if set(kind_thresholds) != set(KIND_ALARMS):
+            raise ValueError(f"thresholds: kinds are {', '.join(sorted(KIND_ALARMS))}")
         if life.drift_alarm_of_windows > MAX_DAILY_WINDOWS:
             raise ValueError(
                 f"lifecycle.drift_alarm_of_windows: {life.drift_alarm_of_windows} daily windows; "
@@ -109,7 +133,7 @@ class DriftMonitor(Construct):
             self,
             "Job",
             handler="model_drift",
-            description="oncopipe: daily model drift (VAF histograms vs the approved baseline)",
+            description="oncopipe: daily model drift (VAF, radiomics, notes, predictions)",
             key=key,
             vpc=vpc,
             subnets=subnets,
@@ -122,6 +146,8 @@ class DriftMonitor(Construct):
                 "DRIFT_ALARM_WINDOWS": str(life.drift_alarm_windows),
                 "DRIFT_ALARM_OF_WINDOWS": str(life.drift_alarm_of_windows),
                 "DRIFT_MIN_SAMPLES": str(life.drift_min_samples),
+                "DRIFT_KIND_THRESHOLDS": json.dumps(kind_thresholds, sort_keys=True),
+                "SERVING_ENDPOINT_NAME": endpoint_name,
                 "MPLCONFIGDIR": "/tmp/matplotlib",  # noqa: S108 (Lambda: only /tmp is writable)
             },
             reserved_concurrency=1,
@@ -132,12 +158,18 @@ class DriftMonitor(Construct):
         role = self.function.role
         grant_objects(role, curated, read={
             layout.CURATED_GENOMICS_VAF_HISTOGRAMS: "Reads the day's per-sample VAF histograms "
-            "(counts only, no identifiers)."})  # fmt: skip
-        grant_objects(
-            role, artifacts,
-            read={BASELINES_PREFIX: "Reads the approved model package's drift baseline."},
-            write={REPORTS_PREFIX: "Writes the daily drift report (JSON and PNG)."},
-        )  # fmt: skip
+            "(counts only, no identifiers).",
+            layout.CURATED_IMAGING_RADIOMICS: "Reads the radiomic features committed that day "
+            "(and the table's symlink files that say which).",
+            catalog.NOTE_CONCEPTS.prefix: "Reads the note concepts committed that day (and the "
+            "table's symlink files that say which)."})  # fmt: skip
+        artifacts_read = {BASELINES_PREFIX: "Reads the approved model package's drift baseline."}
+        if endpoint_name:
+            artifacts_read[layout.ARTIFACTS_DATA_CAPTURE] = (
+                "Reads the endpoint's captured responses of the day (predicted probabilities)."
+            )
+        grant_objects(role, artifacts, read=artifacts_read, write={
+            REPORTS_PREFIX: "Writes the daily drift report (JSON and PNG)."})  # fmt: skip
         _metrics_policy(self, role, iam.PolicyStatement(
             actions=["sagemaker:ListModelPackages"], resources=["*"]))  # fmt: skip
         dead_letters = encrypted_queue(self, "ScheduleDeadLetters", key=key)
@@ -155,32 +187,47 @@ class DriftMonitor(Construct):
                 )
             ],
         )
-        self.alarm = cw.Alarm(
-            self,
-            "VafDrift",
-            alarm_description=(
-                f"VAF drift: Wasserstein-1 > {life.drift_threshold} in "
-                f"{life.drift_alarm_windows} of {life.drift_alarm_of_windows} daily windows "
-                f"with >= {life.drift_min_samples} samples; starts the retrain gate"
-            ),
-            metric=cw.Metric(
-                namespace="Oncopipe",
-                metric_name=SCORE,
-                dimensions_map={"Environment": config.name, "Monitor": "vaf"},
-                statistic="Maximum",
-                period=Duration.days(1),
-            ),
-            threshold=life.drift_threshold,
-            evaluation_periods=life.drift_alarm_of_windows,
-            datapoints_to_alarm=life.drift_alarm_windows,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
-        )
+        self.alarm = self._alarm(config, "vaf", "VafDrift", "VAF", life.drift_threshold)
         acknowledge(
             self.alarm,
             "HIPAA.Security-CloudWatchAlarmAction",
             "Its action is the EventBridge rule on its state change that starts the retrain "
             "gate (RetrainGate), not an alarm action.",
+        )
+        self.alarms: dict[str, cw.Alarm] = {"vaf": self.alarm}
+        for kind, (alarm_id, title) in KIND_ALARMS.items():
+            self.alarms[kind] = self._alarm(config, kind, alarm_id, title, kind_thresholds[kind])
+            acknowledge(
+                self.alarms[kind],
+                "HIPAA.Security-CloudWatchAlarmAction",
+                "Reports drift of a model input or of the predictions (alarm state, daily "
+                "report) for a person to act on; the retrain gate listens to the VAF alarm only.",
+            )
+
+    def _alarm(self, config: EnvConfig, kind: str, construct_id: str, title: str,
+               threshold: float) -> cw.Alarm:  # fmt: skip
+        life = config.lifecycle
+        return cw.Alarm(
+            self,
+            construct_id,
+            alarm_description=(
+                f"{title} drift: {DISTANCE_TITLES[alarm_distance(kind)]} > {threshold} in "
+                f"{life.drift_alarm_windows} of {life.drift_alarm_of_windows} daily windows "
+                f"with >= {life.drift_min_samples} samples"
+                + ("; starts the retrain gate" if kind == "vaf" else "")
+            ),
+            metric=cw.Metric(
+                namespace="Oncopipe",
+                metric_name=SCORE,
+                dimensions_map={"Environment": config.name, "Monitor": kind},
+                statistic="Maximum",
+                period=Duration.days(1),
+            ),
+            threshold=threshold,
+            evaluation_periods=life.drift_alarm_of_windows,
+            datapoints_to_alarm=life.drift_alarm_windows,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
         )
 
 
@@ -215,6 +262,7 @@ class RetrainGate(Construct):
         model_family: str,
         sagemaker_pipeline_name: str | None = None,
         state_machine: sfn.IStateMachine | None = None,
+        model_package_group_name: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if (sagemaker_pipeline_name is None) == (state_machine is None):
@@ -266,6 +314,7 @@ class RetrainGate(Construct):
                 "CURATED_BUCKET": curated.bucket_name,
                 "NOTIFY_TOPIC_ARN": self.topic.topic_arn,
                 "ONCOPIPE_ENV": config.name,
+                "MODEL_PACKAGE_GROUP": model_package_group_name or "",
             },
             reserved_concurrency=1,  # triggers are decided one at a time
             log_retention_days=config.log_retention_days,
@@ -287,7 +336,27 @@ class RetrainGate(Construct):
         grant_objects(role, curated, read={
             layout.CURATED_GENOMICS_VAF_HISTOGRAMS: "Counts the samples called so far (one "
             "histogram each) for the new-samples rule."})  # fmt: skip
-        _metrics_policy(self, role)
+        _metrics_policy(self, role, *(
+            [iam.PolicyStatement(actions=["sagemaker:ListModelPackages"], resources=["*"])]
+            if model_package_group_name else []
+        ))  # fmt: skip
+        if sagemaker_pipeline_name is not None and model_package_group_name:
+            # the approved version's test AUC becomes the pipeline's ApprovedAuc parameter
+            grant_objects(role, artifacts, read={
+                layout.ARTIFACTS_EVALUATION: "Reads the approved version's evaluation report "
+                "(its AUC is the floor a retrained candidate must reach)."})  # fmt: skip
+            role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["sagemaker:DescribeModelPackage"],
+                resources=[Stack.of(self).format_arn(
+                    service="sagemaker", resource="model-package",
+                    resource_name=f"{model_package_group_name}/*")],
+            ))  # fmt: skip
+            acknowledge(
+                role,
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
+                f"<AWS::AccountId>:model-package/{model_package_group_name}/*]",
+                "Reads the approved version of its own model package group (any version).",
+            )
         if sagemaker_pipeline_name is not None:
             role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["sagemaker:StartPipelineExecution"],

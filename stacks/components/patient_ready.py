@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from aws_cdk import (
     Duration,
+    Stack,
     aws_batch as batch,
     aws_ec2 as ec2,
     aws_events as events,
@@ -93,9 +94,12 @@ class PatientReady(Construct):
         sweep_state_machines: Sequence[sfn.IStateMachine] = (),
         genomics_job_queue: batch.IJobQueue | None = None,
         endpoint: sagemaker.CfnEndpoint | None = None,
+        endpoint_name: str | None = None,
     ) -> None:
         """``buckets`` maps ``ingest``, ``quarantine``, ``curated`` and ``artifacts`` to
         the buckets (imported into this stack); only quarantine and curated are granted.
+        The serving endpoint is ``endpoint`` (one this app's template creates) or else the
+        endpoint named ``endpoint_name`` (one that deployment on approval manages).
 
         Raises:
             ValueError: no state machine to watch, or a bucket missing.
@@ -185,7 +189,9 @@ class PatientReady(Construct):
                 "QUARANTINE_BUCKET": buckets["quarantine"].bucket_name,
                 "CURATED_BUCKET": buckets["curated"].bucket_name,
                 "ARTIFACTS_BUCKET": buckets["artifacts"].bucket_name,
-                ENDPOINT_ENV: endpoint.attr_endpoint_name if endpoint is not None else "",
+                ENDPOINT_ENV: endpoint.attr_endpoint_name
+                if endpoint is not None
+                else (endpoint_name or ""),
             },
             reserved_concurrency=config.lambda_reserved_concurrency,
             log_retention_days=config.log_retention_days,
@@ -207,6 +213,13 @@ class PatientReady(Construct):
             # Ref of AWS::SageMaker::Endpoint is the endpoint's ARN: that one endpoint only.
             self.role.add_to_principal_policy(
                 iam.PolicyStatement(actions=["sagemaker:InvokeEndpoint"], resources=[endpoint.ref])
+            )
+        elif endpoint_name:
+            # SageMaker writes endpoint ARNs with the name in lower case
+            arn = Stack.of(self).format_arn(service="sagemaker", resource="endpoint",
+                                            resource_name=endpoint_name.lower())  # fmt: skip
+            self.role.add_to_principal_policy(
+                iam.PolicyStatement(actions=["sagemaker:InvokeEndpoint"], resources=[arn])
             )
 
     def _rule(

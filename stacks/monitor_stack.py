@@ -54,15 +54,16 @@ class MonitorStack(Stack):
             "curated": curated,
             "artifacts": artifacts,
         }
+        # a pinned endpoint (serving_model_package_arn), else the one approval deploys to
         pinned = getattr(model, "endpoint", None)
+        if not isinstance(pinned, sagemaker.CfnEndpoint):
+            pinned = None
         self.drift = DriftMonitor(
             self,
             "Drift",
             model_package_group_name=str(model.model_package_group.model_package_group_name),
             # prediction drift reads the serving endpoint's captured data
-            endpoint_name=pinned.attr_endpoint_name
-            if isinstance(pinned, sagemaker.CfnEndpoint)
-            else model.endpoint_name,
+            endpoint_name=pinned.attr_endpoint_name if pinned else model.endpoint_name,
             **common,
         )
         self.gate = RetrainGate(
@@ -70,7 +71,6 @@ class MonitorStack(Stack):
             sagemaker_pipeline_name=pipeline_name or model.pipeline_name,
             model_package_group_name=model.group_name, **common,
         )  # fmt: skip
-        endpoint = getattr(model, "endpoint", None)
         self.patient_ready = PatientReady(
             self,
             "PatientReady",
@@ -90,7 +90,6 @@ class MonitorStack(Stack):
             ],
             sweep_state_machines=[features.state_machine],
             genomics_job_queue=features.genomics_job_queue,
-            endpoint=endpoint if isinstance(endpoint, sagemaker.CfnEndpoint) else None,
-            # without a pinned endpoint: the one deployment on approval manages
+            endpoint=pinned,
             endpoint_name=model.endpoint_name,
         )

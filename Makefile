@@ -63,6 +63,7 @@ demo: setup
 	$(PY) -m oncopipe local run; \
 	$(PY) -m oncopipe local status; \
 	$(PY) -m oncopipe local model; \
+	$(PY) -m oncopipe local lifecycle; \
 	$(PY) -m oncopipe report latest --out $(REPORT)
 
 lint: setup

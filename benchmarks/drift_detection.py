@@ -1,8 +1,9 @@
 """Detection delay of the VAF drift alarm against shift size, for PSI, JS and Wasserstein-1.
 
-Simulation (seeded): each tumour sample has a Poisson(12) number of PASS calls; their VAFs
-are a mixture of clonal calls (Beta(6, 9), mean 0.4) and a low-VAF tail (15 %, Beta(2, 40),
-mean 0.05). The baseline is 1,000 samples. A shift of size ``d`` moves every clonal call's
+Simulation (seeded, :mod:`oncopipe.monitor.simulation`, which the local lifecycle demo uses
+too): each tumour sample has a Poisson(12) number of PASS calls; their VAFs are a mixture of
+clonal calls (Beta(6, 9), mean 0.4) and a low-VAF tail (15 %, Beta(2, 40), mean 0.05). The
+baseline is 1,000 samples. A shift of size ``d`` moves every clonal call's
 VAF by +d; ``tail`` doubles the low-VAF tail (15 % -> 30 %) and leaves the rest alone.
 
 Each distance's threshold is calibrated on shift-free windows (the 99th percentile, i.e.
@@ -30,23 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI packa
 from _bench import Report
 
 from oncopipe.monitor.distances import DISTANCES, distances
-from oncopipe.monitor.histogram import VAF_EDGES, Histogram
+from oncopipe.monitor.simulation import simulate
 
 SHIFTS: tuple[float | str, ...] = (0.0, 0.02, 0.05, 0.08, 0.12, 0.2, "tail")
 RATES = (5, 20, 50)
-CALLS_PER_SAMPLE = 12
-TAIL = 0.15
-
-
-def simulate(rng: np.random.Generator, samples: int, shift: float | str) -> Histogram:
-    """Return the merged VAF histogram of ``samples`` simulated tumour samples."""
-    calls = int(rng.poisson(CALLS_PER_SAMPLE, samples).sum())
-    tail = 2 * TAIL if shift == "tail" else TAIL
-    low = rng.random(calls) < tail
-    vaf = np.where(low, rng.beta(2, 40, calls), rng.beta(6, 9, calls))
-    if isinstance(shift, float):
-        vaf = np.where(low, vaf, vaf + shift)
-    return Histogram.of(np.clip(vaf, 0.0, 1.0), VAF_EDGES, samples)
 
 
 def main() -> None:

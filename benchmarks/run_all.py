@@ -36,6 +36,7 @@ SCRIPTS: tuple[tuple[str, int], ...] = (
     ("model", 600),
     ("commit", 180),
     ("drift_detection", 240),
+    ("pipeline_local", 300),
     ("synth_time", 240),
 )
 CI_ROWS = [

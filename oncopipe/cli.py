@@ -858,6 +858,95 @@ def local_model(patients: int) -> None:
         _print_patients(outcomes)
 
 
+def _line(line: str) -> None:
+    """Print one line as it is (no markup, no highlighting, no wrapping)."""
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@local.command("lifecycle")
+@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True,
+              help="Simulated days of uploads.")  # fmt: skip
+@click.option("--shift", type=click.FloatRange(0.0, 1.0), default=0.12, show_default=True,
+              help="VAF shift of the new sequencing platform (every clonal call).")  # fmt: skip
+@click.option("--shift-day", type=click.IntRange(1, 366), default=10, show_default=True,
+              help="The new platform's first day.")  # fmt: skip
+@click.option("--samples-per-day", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="Samples uploaded a day.")  # fmt: skip
+@click.option("--gap-day", type=click.IntRange(0, 366), default=None,
+              help="A day without uploads: the window is not evaluated, the alarm clears "
+              "(default: the day after the shift day; 0: none).")  # fmt: skip
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Also run a no-shift control of the same length, from nothing.")  # fmt: skip
+@click.option("--calendar/--no-calendar", default=False, show_default=True,
+              help="lifecycle.retrain_schedule (calendar retrains) asks the gate too.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every simulation.")
+@click.option("--patients", type=click.IntRange(100, 100_000), default=800, show_default=True,
+              help="Patients of the synthetic training cohort.")  # fmt: skip
+@click.option("--epochs", type=click.IntRange(1, 500), default=8, show_default=True,
+              help="Training epochs (the pipeline's hyperparameter).")  # fmt: skip
+def local_lifecycle(days: int, shift: float, shift_day: int, samples_per_day: int,
+                    gap_day: int | None, control: bool, calendar: bool, seed: int,
+                    patients: int, epochs: int) -> None:  # fmt: skip
+    """The model lifecycle end to end: register, four eyes, deploy, drift, retrain gate.
+
+    Runs on the endpoint of `local up` in buckets of its own (emptied first); writes the
+    summary, the drift plots and the pipeline jobs' log under .oncopipe/local/lifecycle/.
+    """
+    from oncopipe.deployment import load_config, read_cdk_json
+    from oncopipe.local.lifecycle import Endpoint, Options, run_lifecycle
+    from oncopipe.local.state import LocalState, home
+
+    try:
+        state = LocalState.load()
+        options = Options(days=days, shift=shift, shift_day=shift_day,
+                          samples_per_day=samples_per_day, gap_day=gap_day, control=control,
+                          calendar=calendar, seed=seed, patients=patients,
+                          epochs=epochs)  # fmt: skip
+        config = load_config(read_cdk_json(), state.env)
+    except OncopipeError as e:
+        _fail(e)
+    # the pipeline's jobs reach the endpoint as the local worker (MLflow off: no server)
+    jobs = {k: v for k, v in state.handler_env().items() if k.startswith("AWS_")}
+    endpoint = Endpoint(state.client_kwargs(), {**jobs, "MLFLOW_TRACKING_URI": ""})
+    out = home() / "lifecycle"
+    out.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with (out / "jobs.log").open("w", encoding="utf-8") as job_log:
+        # the jobs' and the cores' logs go to the log, as a container's go to CloudWatch
+        handler = logging.StreamHandler(job_log)
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:
+            report = run_lifecycle(options, config=config, endpoint=endpoint, out=out,
+                                   job_log=job_log, say=_line)  # fmt: skip
+        except OncopipeError as e:
+            _fail(e)
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(handler)
+            root.setLevel(level)
+    drift = report.drift.as_dict(shift_day)
+    delay = drift["detection_delay_days"]
+    retrains = [d for d in drift["gate_decisions"] if d["outcome"] == "triggered"]
+    skips = [f"{d['reason']} ({d['source']})" for d in drift["gate_decisions"]
+             if d["outcome"] != "triggered"]  # fmt: skip
+    verdict = "met" if delay is not None and delay <= 3 else "MISSED"
+    caught = (f"alarmed in the window of day {drift['detection_day']}: {delay} day(s)"
+              if delay is not None else f"was not caught in {days} days")  # fmt: skip
+    _line(f"detection: the shift of day {shift_day} {caught} (goal <= 3: {verdict}); "
+          f"retrains started: {len(retrains)}; skipped: {', '.join(skips) or 'none'}")  # fmt: skip
+    if report.control is not None:
+        alarms = report.control.as_dict(shift_day)["alarm_days"]
+        _line(f"control (no shift, {days} days): {len(alarms)} alarm(s)"
+              + (f" on day(s) {', '.join(map(str, alarms))}" if alarms else ""))  # fmt: skip
+    for plot in report.plots:
+        _line(f"drift plot {plot}")
+    _line(f"summary {report.summary}; pipeline jobs' log {out / 'jobs.log'}; "
+          f"{report.seconds:.0f} s")  # fmt: skip
+
+
 @local.command("status")
 def local_status() -> None:
     """Show the endpoint, object counts per zone and the runs found."""

@@ -455,7 +455,7 @@ def publish_baseline(
         DeployError: no baseline metric, one outside those prefixes of the artifacts bucket,
             or a document that is not a format-1 baseline (or is another package's).
     """
-    # imported here: the drift job's module pulls in numpy and scipy, which no other step needs
+    # imported here: the drift job's module pulls in numpy, which no other step needs
     from oncopipe.monitor.job import baseline_key
 
     where = _where(plan.version)

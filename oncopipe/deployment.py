@@ -135,6 +135,9 @@ class LifecycleConfig:
     retrain_min_new_samples: int = _bounded(0, 10**7, "new samples a retrain needs")
     retrain_monthly_budget: int = _bounded(0, 1_000, "retrains a calendar month")
     retrain_schedule: str = _described("EventBridge Scheduler expression of the calendar retrain")
+    #: The nightly batch transform of the cohort with the serving version's full model
+    #: (EventBridge Scheduler, UTC); empty: no schedule (start ``NightlyRescore`` by hand).
+    rescore_schedule: str = _described("EventBridge Scheduler expression of the nightly rescore")
     #: Opt-in: publish each patient's model inputs to a SageMaker Feature Store group
     #: (offline store; the online store only with feature_store_online).
     feature_store: bool = _described("publish model inputs to SageMaker Feature Store")
@@ -229,6 +232,11 @@ def _lifecycle(env: str, value: Any) -> LifecycleConfig:
         raise ConfigurationError(
             f"{where}.retrain_schedule: {lifecycle.retrain_schedule!r} is not an EventBridge "
             "Scheduler expression such as cron(0 3 ? * MON *) or rate(7 days)"
+        )
+    if lifecycle.rescore_schedule and not _SCHEDULE_RE.match(lifecycle.rescore_schedule):
+        raise ConfigurationError(
+            f"{where}.rescore_schedule: {lifecycle.rescore_schedule!r} is not an EventBridge "
+            "Scheduler expression such as cron(0 2 * * ? *) (or empty: no schedule)"
         )
     if lifecycle.feature_store_online and not lifecycle.feature_store:
         raise ConfigurationError(f"{where}.feature_store_online needs feature_store")

@@ -36,6 +36,9 @@ CURATED_NOTES = "notes/"
 CURATED_LABELS = "cohort/labels/"
 CURATED_COHORT_DATASET = "cohort/dataset/"
 CURATED_COHORT_INFERENCE = "cohort/inference/"
+#: The Feature Store offline store of the patient inputs (opt-in ``lifecycle.feature_store``):
+#: Feature Store writes ``<account>/sagemaker/<region>/offline-store/<group>-<time>/`` here.
+CURATED_COHORT_FEATURE_STORE = "cohort/feature-store/"
 
 # Artifacts bucket.
 ARTIFACTS_ATHENA_RESULTS = "athena-results/"

@@ -3,7 +3,8 @@
 ``PythonFunction`` bundles in a container; there is no Docker engine on the build
 machines. :func:`lambda_code` packages a handler folder, the shared ``oncopipe`` library and
 the handler's pinned ``requirements.txt`` (installed by pip as manylinux wheels for the
-Lambda runtime) with a local bundler. The asset hash is computed from those sources, so
+Lambda runtime) with a local bundler, less the parts of a package the function never loads
+(:data:`UNUSED_PARTS`, per function). The asset hash is computed from those sources, so
 it is the same on every machine and changes exactly when the deployed code would.
 Tests skip bundling with the context ``aws:cdk:bundling-stacks: []``.
 """
@@ -14,6 +15,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsii
@@ -50,13 +52,88 @@ BUNDLE_LAYOUT = "deps-without:__pycache__,*.pyc,tests,*.pyi"
 LAMBDA_UNZIPPED_LIMIT = 262_144_000
 
 
+@dataclass(frozen=True)
+class UnusedParts:
+    """Files of one installed package that a function never loads, and why.
+
+    ``patterns`` are globs relative to the package's folder in the bundle (a folder that
+    matches goes whole). Each must match something: a new pin that renames or drops a file
+    fails the synth, so the list is reviewed instead of silently trimming nothing.
+    """
+
+    package: str
+    patterns: tuple[str, ...]
+    why: str
+
+
+#: pyarrow, for a function that reads Parquet from bytes it fetched with boto3
+#: (``pq.read_table(io.BytesIO(body))``): 161 MiB without its tests, 101 MiB after these.
+#: Not here: libarrow_substrait and libarrow_dataset/acero/compute/parquet, which
+#: ``pyarrow.lib`` and ``libarrow_python`` link (readelf NEEDED), so ``import pyarrow``
+#: needs them; there is no gandiva in the wheel.
+PYARROW_PARQUET_FROM_BYTES = (
+    UnusedParts("pyarrow", ("libarrow_flight.so.*", "libarrow_python_flight.so*",
+                            "_flight.cpython-*.so", "flight.py"),
+                "Arrow Flight (gRPC): only `import pyarrow.flight` loads it (31 MiB)"),
+    UnusedParts("pyarrow", ("libarrow_s3.so.*", "_s3fs.cpython-*.so"),
+                "pyarrow's own S3 filesystem (17 MiB): objects are read with boto3; "
+                "pyarrow.fs imports it in a try and marks S3FileSystem unavailable"),
+    UnusedParts("pyarrow", ("libarrow_python.so", "libarrow_python.so.*.*.*",
+                            "libarrow_python_parquet_encryption.so",
+                            "libarrow_python_parquet_encryption.so.*.*.*"),
+                "copies of the libraries under their link-time names (wheels hold no "
+                "symlinks): the extensions load the SONAME copy, libarrow_python.so.2600"),
+    UnusedParts("pyarrow", ("include", "src", "**/*.pyx", "**/*.pxd", "**/*.pxi"),
+                "C++ headers and sources, Cython sources: for building against pyarrow"),
+    UnusedParts("pyarrow", ("_pyarrow_cpp_tests.cpython-*.so",),
+                "the C++ half of pyarrow's test suite (test folders are always left out)"),
+)  # fmt: skip
+#: Per function (handler folder): parts of its requirements it never imports. Explicit
+#: lists, not a glob over every package: a part is left out only where someone checked
+#: that the function cannot load it (the drift function's bundle test imports and runs it).
+UNUSED_PARTS: dict[str, tuple[UnusedParts, ...]] = {
+    # numpy, pyarrow and matplotlib: 286 MiB unzipped with pyarrow whole, 226 without these
+    "model_drift": PYARROW_PARQUET_FROM_BYTES,
+}
+
+
 class BundleTooLargeError(RuntimeError):
     """A function's bundle exceeds what Lambda accepts unzipped."""
+
+
+class BundleLayoutError(RuntimeError):
+    """A function's list of unused package parts no longer matches what pip installed."""
 
 
 def bundle_size(folder: Path) -> int:
     """Return the bytes of the files under ``folder`` (what Lambda counts unzipped)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def remove_unused_parts(bundle: Path, handler_name: str) -> int:
+    """Delete ``UNUSED_PARTS[handler_name]`` from ``bundle``; return the bytes removed.
+
+    Raises:
+        BundleLayoutError: a pattern matches nothing (names the function and pattern).
+    """
+    removed = 0
+    for part in UNUSED_PARTS.get(handler_name, ()):
+        root = bundle / part.package
+        for pattern in part.patterns:
+            matches = sorted(root.glob(pattern)) if root.is_dir() else []
+            if not matches:
+                raise BundleLayoutError(
+                    f"lambdas/{handler_name}: {part.package}/{pattern} matches nothing in the "
+                    f"installed requirements; review UNUSED_PARTS in {Path(__file__).name}"
+                )
+            for path in matches:
+                if path.is_dir():
+                    removed += bundle_size(path)
+                    shutil.rmtree(path)
+                elif path.exists():  # a folder removed above may have held it
+                    removed += path.stat().st_size
+                    path.unlink()
+    return removed
 
 
 def _source_files(handler_dir: Path) -> list[Path]:
@@ -67,13 +144,13 @@ def _source_files(handler_dir: Path) -> list[Path]:
     return sorted(files)
 
 
-def _installed_requirements(requirements: Path) -> Path:
+def _installed_requirements(requirements: Path, python_version: str = PYTHON_VERSION) -> Path:
     """Return a folder with the pinned requirements installed for the Lambda runtime.
 
     Cached under ``.build/lambda-deps/<hash of the file and target>``, so repeated synths
     and functions with the same requirements pay for pip once.
     """
-    digest = hashlib.sha256(requirements.read_bytes() + f"{PYTHON_VERSION}{PLATFORM}".encode())
+    digest = hashlib.sha256(requirements.read_bytes() + f"{python_version}{PLATFORM}".encode())
     target = BUILD_DIR / "lambda-deps" / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
@@ -92,7 +169,7 @@ def _installed_requirements(requirements: Path) -> Path:
             "--implementation",
             "cp",
             "--python-version",
-            PYTHON_VERSION,
+            python_version,
             *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
             "--target",
             str(staging),
@@ -111,6 +188,8 @@ def source_hash(handler_dir: Path) -> str:
     """Return the SHA-256 over the files that go into a function's bundle."""
     # the bundle's layout rules too: a change to them rebundles every function
     digest = hashlib.sha256(f"{RUNTIME.name}|{PLATFORM}|{BUNDLE_LAYOUT}".encode())
+    if handler_dir.name in UNUSED_PARTS:  # what it leaves out of its requirements
+        digest.update(repr(UNUSED_PARTS[handler_dir.name]).encode())
     for path in _source_files(handler_dir):
         digest.update(str(path.relative_to(LIBRARY_DIR.parent)).encode("utf-8"))
         digest.update(path.read_bytes())
@@ -119,18 +198,24 @@ def source_hash(handler_dir: Path) -> str:
 
 @jsii.implements(ILocalBundling)
 class PipLocalBundling:
-    """Copies the handler and library and pip-installs the handler's requirements."""
+    """Copies the handler and library and pip-installs the handler's requirements.
 
-    def __init__(self, handler_dir: Path) -> None:
+    ``python_version`` is the runtime's; a test that imports the bundle on this machine
+    builds it for the interpreter it runs (the same pins, wheel platforms and trimming).
+    """
+
+    def __init__(self, handler_dir: Path, *, python_version: str = PYTHON_VERSION) -> None:
         self.handler_dir = handler_dir
+        self.python_version = python_version
 
     def try_bundle(self, output_dir: str, *, image: DockerImage, **_: object) -> bool:
         out = Path(output_dir)
         requirements = self.handler_dir / "requirements.txt"
         if requirements.exists():
-            shutil.copytree(_installed_requirements(requirements), out,
+            shutil.copytree(_installed_requirements(requirements, self.python_version), out,
                             ignore=_IGNORED_DEPENDENCIES, dirs_exist_ok=True)  # fmt: skip
             (out / ".complete").unlink(missing_ok=True)
+            remove_unused_parts(out, self.handler_dir.name)
         shutil.copytree(LIBRARY_DIR, out / "oncopipe", ignore=_IGNORED, dirs_exist_ok=True)
         shutil.copytree(
             self.handler_dir,

@@ -15,6 +15,7 @@ from aws_cdk import (
     aws_ecr_assets as ecr_assets,
     aws_iam as iam,
     aws_sagemaker as sagemaker,
+    aws_scheduler as scheduler,
     aws_stepfunctions as sfn,
     aws_stepfunctions_tasks as tasks,
 )
@@ -23,8 +24,10 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deploy import VARIANT as DEPLOY_VARIANT
 from oncopipe.deployment import EnvConfig
-from oncopipe.ops.cost import ENV_SM_MANAGED_SPOT, TAG_STAGE
+from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.ops.cost import TAG_STAGE
 from oncopipe.pipeline.definition import PipelineSettings, model_pipeline
+from stacks.components.feature_store import PatientFeatureStore
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.model_deploy import ModelDeploy
 from stacks.components.model_governance import (
@@ -40,7 +43,7 @@ from stacks.components.sagemaker_jobs import (
     network_config,
     sagemaker_job_role,
 )
-from stacks.components.stage_function import StageFunction
+from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.data_lake_stack import DataLakeStack
 from stacks.features_stack import FeaturesStack
 from stacks.nag import acknowledge
@@ -48,26 +51,6 @@ from stacks.paths import REPO_ROOT
 
 #: The training image's build context: only oncopipe/ and training/ (Docker syntax).
 TRAINING_IMAGE_EXCLUDES = ["*", "!oncopipe", "!training", "**/__pycache__", "oncopipe/local"]
-
-#: Default hyperparameters of a pipeline training job (strings, as SageMaker passes them).
-HYPERPARAMETERS = {"epochs": "16", "batch-size": "32", "lr": "0.003", "d-model": "32",
-                   "layers": "3", "heads": "2", "dropout": "0.0", "modality-dropout": "0.15",
-                   "seed": "0", "package": "true"}  # fmt: skip
-#: What the tuner searches, and what it maximises (train.py prints ``val_auc=...``).
-TUNING_RANGES = {
-    "ContinuousParameterRanges": [
-        {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
-        {"Name": "radiomic-noise", "MinValue": "0.25", "MaxValue": "1.5",
-         "ScalingType": "Linear"},
-    ],
-    "CategoricalParameterRanges": [{"Name": "d-model", "Values": ["32", "64", "128"]},
-                                   {"Name": "layers", "Values": ["1", "2", "3"]}],
-}  # fmt: skip
-TUNED = ("lr", "radiomic-noise", "d-model", "layers")
-METRICS = [
-    {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
-    {"Name": "train:loss", "Regex": " loss=([0-9.]+)"},
-]
 
 
 class ModelStack(Stack):
@@ -80,23 +63,24 @@ class ModelStack(Stack):
         - ``tracking_server``: a SageMaker managed MLflow tracking server whose artifact
           store is ``mlflow/`` of the artifacts bucket (KMS).
         - ``model_package_group``: the model registry group of the response model.
+        - With ``lifecycle.feature_store``, ``feature_store``
+          (:class:`stacks.components.feature_store.PatientFeatureStore`): the feature
+          group ``<prefix>-patient-inputs`` the pipeline's cohort step publishes each
+          patient's model inputs to (``cohort_role`` may PutRecord to it); else None.
         - ``sagemaker_pipeline``: the SageMaker Pipeline ``<prefix>-response``
           (:func:`oncopipe.pipeline.definition.model_pipeline`: cohort -> train -> evaluate
-          -> AUC gate -> register), run as ``PipelineRole``, its jobs as ``cohort_role``,
+          -> AUC gate -> register; with ``Tune`` a hyperparameter tuning job instead of the
+          training job), run as ``PipelineRole``, its jobs as ``cohort_role``,
           ``training_role`` and ``evaluation_role``; the retrain gate starts it.
         - ``deploy`` (:class:`stacks.components.model_deploy.ModelDeploy`): an approved
           version deploys itself to the endpoint ``<prefix>-response`` (blue/green, rolled
           back by ``serving_alarms``) and publishes its drift baseline.
-        - ``pipeline`` (state machine ``ModelPipeline``, started on demand; kept for
-          hyperparameter tuning and the batch transform of the full model): the cohort
-          dataset (Processing, on the features stack's image) -> training (Managed Spot
-          Training with checkpoints in ``checkpoints/<execution>/``) or, when the input
-          says ``{"tune": true}``, a hyperparameter tuning job over :data:`TUNING_RANGES`
-          -> the artefact's SHA-256 and S3 version (``ArtifactDigest`` function) -> the
-          model package (PendingManualApproval, digest in CustomerMetadataProperties) -> a
-          batch transform of the cohort with the full model. Jobs run in the VPC with
-          volumes and outputs encrypted with the platform key and inter-container traffic
-          encrypted.
+        - ``rescore`` (state machine ``NightlyRescore``, on ``lifecycle.rescore_schedule``):
+          today's cohort (Processing, on the features stack's image) -> the newest Approved
+          version (the one that serves) -> its artefact's SHA-256 checked against the
+          package's (``ArtifactDigest`` function) -> a batch transform of the cohort with
+          the *full* model into ``transform/<execution>/``. Jobs run in the VPC with
+          volumes and outputs encrypted with the platform key.
         - When ``serving_model_package_arn`` is set (a pin): a real-time endpoint serving the
           pruned model (VPC, network isolation, KMS, data capture to ``data-capture/``);
           with ``serving_serverless`` also a serverless endpoint (SageMaker offers neither
@@ -164,6 +148,7 @@ class ModelStack(Stack):
         self.training_role = self._training_role()
         self.digest = self._digest_function(config, vpc, subnets)
         self.cohort_role = self._cohort_role(features)
+        self.feature_store = self._feature_store(config)
         self.cohort_step = ProcessingStep(
             self,
             "Cohort",
@@ -179,7 +164,7 @@ class ModelStack(Stack):
             subnet_ids=self.subnet_ids,
             volume_key_arn=self.key.key_arn,
         )
-        self.pipeline = self._pipeline(config)
+        self.rescore = self._rescore(config)
         self.evaluation_role = self._evaluation_role()
         self.sagemaker_pipeline = self._sagemaker_pipeline(config, features)
         self.deploy = self._deploy_on_approval(config, vpc, subnets)
@@ -291,8 +276,35 @@ class ModelStack(Stack):
             layout.CURATED_COHORT_INFERENCE: "Writes the batch-transform input (a patient a line).",
         }
         grant_objects(role, self.curated, read=outputs, write=outputs, delete=True)
+        # the build is one manifest item (oncopipe.manifest): it reads its manifest to skip
+        # a finished build, and writes it last as the commit record
+        manifests = f"{MANIFEST_ROOT}/"
+        grant_objects(
+            role,
+            self.curated,
+            list_prefixes=(manifests,),
+            read={manifests: "Reads its builds' manifests (a finished build is skipped)."},
+            write={manifests: "Writes its builds' manifests (the commit record)."},
+        )
         acknowledge_job_role(role, log_group, {})
         return role
+
+    def _feature_store(self, config: EnvConfig) -> PatientFeatureStore | None:
+        """With ``lifecycle.feature_store``: the patient-inputs feature group, which the
+        pipeline's cohort step publishes to (:class:`PatientFeatureStore`); else None."""
+        if not config.lifecycle.feature_store:
+            return None
+        store = PatientFeatureStore(
+            self,
+            "PatientFeatureStore",
+            config=config,
+            curated=self.curated,
+            curated_key=self.lake.curated_key,
+            database_name=self.lake.database_name,
+            online_key=self.key,
+        )
+        store.grant_publish(self.cohort_role)
+        return store
 
     def _evaluation_role(self) -> iam.Role:
         log_group = "/aws/sagemaker/ProcessingJobs"
@@ -344,6 +356,9 @@ class ModelStack(Stack):
             auc_tolerance=config.lifecycle.auc_tolerance,
             mlflow_tracking_uri=self.tracking_server.attr_tracking_server_arn,
             mlflow_experiment=f"{config.prefix}-response",
+            cohort_environment=self.feature_store.environment if self.feature_store else {},
+            tuning_max_jobs=config.tuning_max_jobs,
+            tuning_parallel_jobs=config.tuning_parallel_jobs,
         )
         role = self._pipeline_role()
         body = Stack.of(self).to_json_string(model_pipeline(settings))
@@ -352,8 +367,8 @@ class ModelStack(Stack):
             "ResponsePipeline",
             pipeline_name=self.pipeline_name,
             pipeline_display_name=self.pipeline_name,
-            pipeline_description="cohort -> train -> evaluate -> AUC gate -> register "
-            "(PendingManualApproval)",
+            pipeline_description="cohort -> train (or tune) -> evaluate -> AUC gate -> "
+            "register (PendingManualApproval)",
             role_arn=role.role_arn,
             pipeline_definition={"PipelineDefinitionBody": body},
         )
@@ -378,6 +393,17 @@ class ModelStack(Stack):
                      "sagemaker:AddTags"],
             resources=jobs,
         ))  # fmt: skip
+        # SageMaker names a pipeline's tuning job itself (<= 32 characters, no documented
+        # prefix); its trials are started by the tuning service, as the training role
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateHyperParameterTuningJob",
+                     "sagemaker:DescribeHyperParameterTuningJob",
+                     "sagemaker:StopHyperParameterTuningJob",
+                     "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
+                     "sagemaker:AddTags"],
+            resources=[stack.format_arn(service="sagemaker", resource="hyper-parameter-tuning-job",
+                                        resource_name="*")],
+        ))  # fmt: skip
         role.add_to_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage",
                      "sagemaker:AddTags"],
@@ -401,6 +427,8 @@ class ModelStack(Stack):
             "pipelines-<execution>-<step>-<id>; the prefix is all that is known.",
             f"{prefix}training-job/pipelines-*": "SageMaker names a pipeline's jobs "
             "pipelines-<execution>-<step>-<id>; the prefix is all that is known.",
+            f"{prefix}hyper-parameter-tuning-job/*": "SageMaker names a pipeline's tuning "
+            "job itself (at most 32 characters, no documented prefix).",
             f"{prefix}model-package/{self.group_name}/*": (
                 "Registers new versions in its own model package group (as "
                 "PendingManualApproval: the approval guard denies any other status)."
@@ -410,151 +438,47 @@ class ModelStack(Stack):
         return role
 
     # -- the pipeline ------------------------------------------------------------------
-    def _training_job(self, config: EnvConfig) -> dict[str, Any]:
-        """The training-job definition shared by a plain run and the tuner."""
-        stopping: dict[str, Any] = {"MaxRuntimeInSeconds": config.training_max_runtime_minutes * 60}
-        if config.training_spot:
-            stopping["MaxWaitTimeInSeconds"] = config.training_max_wait_minutes * 60
-        dataset = (f"States.Format('s3://{self.curated.bucket_name}/"
-                   f"{layout.CURATED_COHORT_DATASET}{{}}/', $$.Execution.Name)")  # fmt: skip
-        return {
-            "AlgorithmSpecification": {
-                "TrainingImage": self.image.image_uri,
-                "TrainingInputMode": "File",
-                "MetricDefinitions": METRICS,
-            },
-            "RoleArn": self.training_role.role_arn,
-            "InputDataConfig": [
-                {
-                    "ChannelName": "train",
-                    "DataSource": {
-                        "S3DataSource": {
-                            "S3DataType": "S3Prefix",
-                            "S3Uri.$": dataset,
-                            "S3DataDistributionType": "FullyReplicated",
-                        }
-                    },
-                }
-            ],
-            "OutputDataConfig": {
-                "S3OutputPath": f"s3://{self.artifacts.bucket_name}/{layout.ARTIFACTS_MODELS}",
-                "KmsKeyId": self.key.key_arn,
-            },
-            "ResourceConfig": {
-                "InstanceCount": 1,
-                "InstanceType": config.training_instance_type,
-                "VolumeSizeInGB": 30,
-                "VolumeKmsKeyId": self.key.key_arn,
-            },
-            "StoppingCondition": stopping,
-            "EnableManagedSpotTraining": config.training_spot,
-            "CheckpointConfig": {
-                "S3Uri.$": f"States.Format('s3://{self.artifacts.bucket_name}/"
-                f"{layout.ARTIFACTS_CHECKPOINTS}{{}}/', $$.Execution.Name)",
-                "LocalPath": "/opt/ml/checkpoints",
-            },
-            "VpcConfig": network_config(self.security_group, self.subnet_ids),
-            "EnableInterContainerTrafficEncryption": True,
-            "Environment": {
-                "MLFLOW_TRACKING_URI": self.tracking_server.attr_tracking_server_arn,
-                "MLFLOW_EXPERIMENT_NAME": f"{config.prefix}-response",
-                # the cost estimate's lifecycle (SageMaker does not tell the container)
-                ENV_SM_MANAGED_SPOT: "true" if config.training_spot else "false",
-            },
-            "Tags": [
-                {"Key": "project", "Value": config.project},
-                {"Key": TAG_STAGE, "Value": "training"},
-            ],
-        }
+    def _rescore(self, config: EnvConfig) -> sfn.StateMachine:
+        """The nightly batch transform: today's cohort scored by the serving version, full model.
 
-    def _pipeline(self, config: EnvConfig) -> sfn.StateMachine:
-        job = self._training_job(config)
-        failed = sfn.Fail(self, "PipelineFailed", error="ModelPipelineFailed",
-                          cause="a pipeline job failed; see its logs")  # fmt: skip
+        A Step Functions state machine, not a second SageMaker Pipeline: it has no training,
+        no condition on metrics and nothing to cache, only a chain of service calls around
+        one transform job, and it needs the registry's newest Approved version, which a
+        pipeline step cannot look up.
+        """
+        failed = sfn.Fail(self, "RescoreFailed", error="NightlyRescoreFailed",
+                          cause="a rescore step failed; see the execution history")  # fmt: skip
         cohort = self.cohort_step.state
-        train = sfn.CustomState(self, "Train", state_json={
-            "Type": "Task",
-            "Resource": "arn:aws:states:::sagemaker:createTrainingJob.sync",
-            "Parameters": {
-                "TrainingJobName.$": "States.Format('response-{}', States.UUID())",
-                "HyperParameters": HYPERPARAMETERS,
-                **job,
-            },
-            "ResultSelector": {"model_data.$": "$.ModelArtifacts.S3ModelArtifacts"},
-            "ResultPath": "$.training",
-        })  # fmt: skip
-        definition = {k: v for k, v in job.items() if k not in ("Environment",)}
-        tune = sfn.CustomState(self, "Tune", state_json={
-            "Type": "Task",
-            "Resource": "arn:aws:states:::sagemaker:createHyperParameterTuningJob.sync",
-            "Parameters": {
-                # tuning job names: at most 32 characters
-                "HyperParameterTuningJobName.$": "States.Format('tune-{}', "
-                "States.ArrayGetItem(States.StringSplit(States.UUID(), '-'), 0))",
-                "HyperParameterTuningJobConfig": {
-                    "Strategy": "Bayesian",
-                    "HyperParameterTuningJobObjective": {"Type": "Maximize",
-                                                         "MetricName": "validation:auc"},
-                    "ResourceLimits": {"MaxNumberOfTrainingJobs": config.tuning_max_jobs,
-                                       "MaxParallelTrainingJobs": config.tuning_parallel_jobs},
-                    "ParameterRanges": TUNING_RANGES,
-                },
-                "TrainingJobDefinition": {
-                    **definition,
-                    "StaticHyperParameters": {k: v for k, v in HYPERPARAMETERS.items()
-                                              if k not in TUNED},
-                    "AlgorithmSpecification": {**job["AlgorithmSpecification"]},
-                    "Environment": job["Environment"],
-                },
-            },
-            "ResultSelector": {"best_job.$": "$.BestTrainingJob.TrainingJobName"},
-            "ResultPath": "$.tuning",
-        })  # fmt: skip
-        best = tasks.CallAwsService(
+        approved = tasks.CallAwsService(
             self,
-            "BestTrainingJob",
+            "ServingVersion",
             service="sagemaker",
-            action="describeTrainingJob",
-            parameters={"TrainingJobName": sfn.JsonPath.string_at("$.tuning.best_job")},
-            iam_resources=[
-                self.format_arn(service="sagemaker", resource="training-job", resource_name="*")
-            ],
-            result_selector={
-                "model_data": sfn.JsonPath.string_at("$.ModelArtifacts.S3ModelArtifacts")
-            },
-            result_path="$.training",
-        )
-        inference_image = self.inference_image
-        register = tasks.CallAwsService(
-            self,
-            "RegisterModel",
-            service="sagemaker",
-            action="createModelPackage",
+            action="listModelPackages",
             parameters={
-                "ModelPackageGroupName": self.model_package_group.model_package_group_name,
-                "ModelApprovalStatus": "PendingManualApproval",
-                "CustomerMetadataProperties": {
-                    "artifact_sha256": sfn.JsonPath.string_at("$.artifact.sha256"),
-                    "artifact_version_id": sfn.JsonPath.string_at("$.artifact.version_id"),
-                },
-                "ModelPackageDescription": sfn.JsonPath.format(
-                    "pipeline execution {}", sfn.JsonPath.string_at("$$.Execution.Name")),
-                "InferenceSpecification": {
-                    "Containers": [{
-                        "Image": inference_image,
-                        "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
-                        "Environment": {"ONCOPIPE_MODEL_VARIANT": "pruned"},
-                    }],
-                    "SupportedContentTypes": ["application/json"],
-                    "SupportedResponseMIMETypes": ["application/json"],
-                    "SupportedRealtimeInferenceInstanceTypes": [config.serving_instance_type],
-                    "SupportedTransformInstanceTypes": [config.processing_instance_type],
-                },
+                "ModelPackageGroupName": self.group_name,
+                "ModelApprovalStatus": "Approved",
+                "SortBy": "CreationTime",
+                "SortOrder": "Descending",
+                "MaxResults": 1,
             },
-            iam_resources=[*package_arns(self, self.group_name),
-                           self.format_arn(service="sagemaker", resource="model-package-group",
-                                           resource_name=f"{config.prefix}-response")],
-            result_selector={"arn": sfn.JsonPath.string_at("$.ModelPackageArn")},
+            # ListModelPackages supports no resource-level scoping
+            iam_resources=["*"],
+            result_selector={"packages.$": "$.ModelPackageSummaryList"},
+            result_path="$.approved",
+        )
+        describe = tasks.CallAwsService(
+            self,
+            "DescribeServingVersion",
+            service="sagemaker",
+            action="describeModelPackage",
+            parameters={"ModelPackageName": sfn.JsonPath.string_at(
+                "$.approved.packages[0].ModelPackageArn")},
+            iam_resources=package_arns(self, self.group_name),
+            result_selector={
+                "arn.$": "$.ModelPackageArn",
+                "model_data.$": "$.InferenceSpecification.Containers[0].ModelDataUrl",
+                "sha256.$": "$.CustomerMetadataProperties.artifact_sha256",
+            },
             result_path="$.package",
         )  # fmt: skip
         digest = tasks.LambdaInvoke(
@@ -562,13 +486,9 @@ class ModelStack(Stack):
             "HashArtifact",
             lambda_function=self.digest.function,
             payload=sfn.TaskInput.from_object(
-                {"model_data": sfn.JsonPath.string_at("$.training.model_data")}
+                {"model_data": sfn.JsonPath.string_at("$.package.model_data")}
             ),
-            result_selector={
-                "sha256": sfn.JsonPath.string_at("$.Payload.sha256"),
-                "size": sfn.JsonPath.string_at("$.Payload.size"),
-                "version_id": sfn.JsonPath.string_at("$.Payload.version_id"),
-            },
+            result_selector={"sha256": sfn.JsonPath.string_at("$.Payload.sha256")},
             result_path="$.artifact",
             retry_on_service_exceptions=True,
         )
@@ -582,8 +502,8 @@ class ModelStack(Stack):
                 "ModelName": sfn.JsonPath.format("response-full-{}", sfn.JsonPath.uuid()),
                 "ExecutionRoleArn": self.serving_role.role_arn,
                 "PrimaryContainer": {
-                    "Image": inference_image,
-                    "ModelDataUrl": sfn.JsonPath.string_at("$.training.model_data"),
+                    "Image": self.inference_image,
+                    "ModelDataUrl": sfn.JsonPath.string_at("$.package.model_data"),
                     "Environment": {"ONCOPIPE_MODEL_VARIANT": "full"},
                 },
                 "VpcConfig": network_config(self.security_group, self.subnet_ids),
@@ -624,93 +544,122 @@ class ModelStack(Stack):
                                        "InstanceType": config.processing_instance_type,
                                        "VolumeKmsKeyId": self.key.key_arn},
                 "BatchStrategy": "SingleRecord",
+                "Tags": [{"Key": "project", "Value": config.project},
+                         {"Key": TAG_STAGE, "Value": "transform"}],
             },
             "ResultPath": None,
         })  # fmt: skip
-        for state in (cohort, train, tune, transform):
+        for state in (cohort, transform):
             state.add_catch(failed, errors=["States.ALL"], result_path="$.error")
-        for task in (best, digest, register, model):
+        for task in (approved, describe, digest, model):
             task.add_catch(failed, result_path="$.error")
-        after_training = (
-            digest.next(register)
-            .next(model)
-            .next(transform)
-            .next(sfn.Succeed(self, "ModelRegistered", comment="awaiting manual approval"))
-        )
-        choose = (
-            sfn.Choice(self, "TuneOrTrain")
-            .when(
-                sfn.Condition.boolean_equals("$.tune", True), tune.next(best).next(after_training)
-            )
-            .otherwise(train.next(after_training))
-        )
-        logs_group = encrypted_log_group(self, "PipelineLogs", key=self.key,
+        mismatch = sfn.Fail(self, "ArtifactChanged", error="ArtifactDigestMismatch",
+                            cause="the serving version's model.tar.gz is not the one its "
+                            "package recorded; nothing scored")  # fmt: skip
+        scored = sfn.Succeed(self, "Rescored", comment="predictions under transform/<execution>/")
+        verified = (
+            sfn.Choice(self, "DigestMatches")
+            .when(sfn.Condition.string_equals_json_path("$.artifact.sha256", "$.package.sha256"),
+                  model.next(transform).next(scored))
+            .otherwise(mismatch)
+        )  # fmt: skip
+        nothing = sfn.Succeed(self, "NoApprovedVersion", comment="nothing serves yet")
+        chain = cohort.next(approved).next(
+            sfn.Choice(self, "AnyApproved")
+            .when(sfn.Condition.is_present("$.approved.packages[0]"),
+                  describe.next(digest).next(verified))
+            .otherwise(nothing)
+        )  # fmt: skip
+        logs_group = encrypted_log_group(self, "RescoreLogs", key=self.key,
                                          retention_days=config.log_retention_days)  # fmt: skip
-        # an execution input without "tune" trains with the default hyperparameters
-        choose_with_default = (
-            sfn.Choice(self, "TuneRequested")
-            .when(sfn.Condition.is_present("$.tune"), choose)
-            .otherwise(train)
-        )
         machine = sfn.StateMachine(
             self,
-            "ModelPipeline",
-            definition_body=sfn.DefinitionBody.from_chainable(cohort.next(choose_with_default)),
+            "NightlyRescore",
+            definition_body=sfn.DefinitionBody.from_chainable(chain),
             state_machine_type=sfn.StateMachineType.STANDARD,
-            timeout=Duration.hours(48),
+            timeout=Duration.hours(12),
             tracing_enabled=True,
             logs=sfn.LogOptions(
                 destination=logs_group, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
-            comment="oncopipe model pipeline: cohort -> train/tune -> register -> transform",
+            comment="oncopipe nightly rescore: cohort -> serving version (digest checked) -> "
+            "batch transform with the full model",
         )
         self.cohort_step.grant_start(machine)
         self._grant_pipeline(machine)
+        if config.lifecycle.rescore_schedule:
+            self._rescore_schedule(config, machine)
         return machine
+
+    def _rescore_schedule(self, config: EnvConfig, machine: sfn.StateMachine) -> None:
+        """``lifecycle.rescore_schedule`` (EventBridge Scheduler, UTC) starts the rescore."""
+        dead_letters = encrypted_queue(self, "RescoreScheduleDeadLetters", key=self.key)
+        role = iam.Role(
+            self,
+            "RescoreScheduleRole",
+            assumed_by=iam.ServicePrincipal(
+                "scheduler.amazonaws.com",
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            ),
+            description="oncopipe nightly rescore schedule: starts the rescore only",
+        )
+        machine.grant_start_execution(role)
+        dead_letters.grant_send_messages(role)
+        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            acknowledge(role, f"AwsSolutions-IAM5[Action::{action}]",
+                        "Sends to the schedule's dead-letter queue, encrypted with the platform "
+                        "key (CDK's grant_send_messages): that one key only.")  # fmt: skip
+        self.rescore_schedule = scheduler.CfnSchedule(
+            self,
+            "NightlyRescoreSchedule",
+            description="Nightly batch transform of the cohort with the serving version",
+            schedule_expression=config.lifecycle.rescore_schedule,
+            schedule_expression_timezone="UTC",
+            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+            target=scheduler.CfnSchedule.TargetProperty(
+                arn=machine.state_machine_arn,
+                role_arn=role.role_arn,
+                input="{}",
+                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
+                    maximum_event_age_in_seconds=6 * 3600, maximum_retry_attempts=8
+                ),
+                dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
+                    arn=dead_letters.queue_arn
+                ),
+            ),
+        )
 
     def _grant_pipeline(self, machine: sfn.StateMachine) -> None:
         stack = Stack.of(self)
         role = machine.role
         role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
-                     "sagemaker:StopTrainingJob", "sagemaker:CreateHyperParameterTuningJob",
-                     "sagemaker:DescribeHyperParameterTuningJob",
-                     "sagemaker:StopHyperParameterTuningJob",
-                     "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
-                     "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
+            actions=["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
                      "sagemaker:StopTransformJob", "sagemaker:AddTags"],
-            resources=[stack.format_arn(service="sagemaker", resource=r, resource_name="*")
-                       for r in ("training-job", "hyper-parameter-tuning-job",
-                                 "transform-job")],
+            resources=[stack.format_arn(service="sagemaker", resource="transform-job",
+                                        resource_name="transform-*")],
         ))  # fmt: skip
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-            resources=[stack.format_arn(service="events", resource="rule", resource_name=name)
-                       for name in ("StepFunctionsGetEventsForSageMakerTrainingJobsRule",
-                                    "StepFunctionsGetEventsForSageMakerTuningJobsRule",
-                                    "StepFunctionsGetEventsForSageMakerTransformJobsRule")],
-        ))  # fmt: skip
-        role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["iam:PassRole"], resources=[self.training_role.role_arn],
-            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            resources=[stack.format_arn(
+                service="events", resource="rule",
+                resource_name="StepFunctionsGetEventsForSageMakerTransformJobsRule")],
         ))  # fmt: skip
         policy = role.node.find_child("DefaultPolicy")
         prefix = "Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:"
         for finding, reason in {
             "Resource::*": (
-                "CloudWatch Logs delivery and X-Ray actions of Step Functions support no "
-                "resource-level scoping."
+                "CloudWatch Logs delivery and X-Ray actions of Step Functions, and "
+                "sagemaker:ListModelPackages, support no resource-level scoping."
             ),
             f"{prefix}processing-job/*": "Job names are generated per execution (prefix + UUID).",
-            f"{prefix}training-job/*": "Job names are generated per execution (prefix + UUID).",
-            f"{prefix}hyper-parameter-tuning-job/*": "Tuning job names are generated per run.",
-            f"{prefix}transform-job/*": "Job names are generated per execution (prefix + UUID).",
+            f"{prefix}transform-job/transform-*": "Job names are generated per execution "
+            "(prefix + UUID).",
             f"{prefix}model/response-full-*": "Models of the batch transform, one per run.",
             f"Resource::<{self._digest_logical_id()}.Arn>:*": (
                 "CDK's LambdaInvoke grant: the versions and aliases of the one digest function."
             ),
             f"{prefix}model-package/{self.config.prefix}-response/*": (
-                "Registers new versions in its own model package group."
+                "Reads the versions of its own model package group (the serving one)."
             ),
         }.items():
             acknowledge(policy, f"AwsSolutions-IAM5[{finding}]", reason)

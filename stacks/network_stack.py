@@ -35,6 +35,10 @@ INTERFACE_ENDPOINTS = {
     "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
     "Sns": ec2.InterfaceVpcEndpointAwsService.SNS,
 }
+#: With ``lifecycle.feature_store``: the cohort job puts its records through this one.
+FEATURE_STORE_ENDPOINTS = {
+    "SageMakerFeatureStore": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_FEATURESTORE_RUNTIME,
+}
 
 
 class NetworkStack(Stack):
@@ -42,7 +46,8 @@ class NetworkStack(Stack):
 
     Creates: a VPC with only private isolated subnets (no NAT, no internet gateway), the
     default security group closed, an S3 gateway endpoint, the interface endpoints in
-    :data:`INTERFACE_ENDPOINTS` (private DNS on, HTTPS from the VPC only), and flow logs of
+    :data:`INTERFACE_ENDPOINTS` (and :data:`FEATURE_STORE_ENDPOINTS` with
+    ``lifecycle.feature_store``; private DNS on, HTTPS from the VPC only), and flow logs of
     all traffic to a KMS-encrypted log group.
     """
 
@@ -104,7 +109,10 @@ class NetworkStack(Stack):
         self.endpoint_security_group.add_ingress_rule(
             ec2.Peer.ipv4(config.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC"
         )
-        for name, service in INTERFACE_ENDPOINTS.items():
+        endpoints = dict(INTERFACE_ENDPOINTS)
+        if config.lifecycle.feature_store:
+            endpoints.update(FEATURE_STORE_ENDPOINTS)
+        for name, service in endpoints.items():
             self.vpc.add_interface_endpoint(
                 name,
                 service=service,

@@ -25,6 +25,7 @@ from aws_cdk import App
 from botocore.exceptions import ClientError
 
 from oncopipe.local import iam as local_iam
+from oncopipe.pipeline import definition as d
 from stacks.app_factory import build_app
 from tests.conftest import cdk_context
 from tests.test_permissions import ACCOUNT, REGION, Resolver
@@ -175,7 +176,7 @@ def test_the_four_eyes_function_can_reject_but_not_approve(templates: Templates)
 
 
 def test_the_pipeline_registers_pending_versions_only(templates: Templates) -> None:
-    policy = statements(templates, *role_at(templates, "Oncopipe-dev-Model/ModelPipeline/Role/"))
+    policy = statements(templates, *role_at(templates, "Oncopipe-dev-Model/PipelineRole/"))
     action = "sagemaker:CreateModelPackage"
     assert decide(policy, action, PACKAGE, _approval("PendingManualApproval")) == "Allow"
     assert decide(policy, action, PACKAGE, _approval("Approved")) == "Deny"
@@ -187,18 +188,33 @@ def test_the_pipeline_registers_pending_versions_only(templates: Templates) -> N
 def test_the_registered_version_records_the_artefact_digest(templates: Templates) -> None:
     resolver = Resolver(templates)
     stack = "Oncopipe-dev-Model"
+    pipeline = next(r for r in templates[stack]["Resources"].values()
+                    if r["Type"] == "AWS::SageMaker::Pipeline")  # fmt: skip
+    body = pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"]
+    definition = json.loads(resolver.resolve(stack, body))
+    registers = [s for s in d.all_steps(definition["Steps"]) if s["Type"] == "RegisterModel"]
+    assert [s["Name"] for s in registers] == ["RegisterTunedModel", "RegisterModel"]
+    for step in registers:  # trained or tuned: the digest the evaluation step computed
+        evaluate = "EvaluateTuned" if "Tuned" in step["Name"] else "Evaluate"
+        args = step["Arguments"]
+        assert args["ModelApprovalStatus"] == "PendingManualApproval"
+        assert args["CustomerMetadataProperties"]["artifact_sha256"] == {"Std:JsonGet": {
+            "PropertyFile": {"Get": f"Steps.{evaluate}.PropertyFiles.EvaluationReport"},
+            "Path": "artifact.sha256"}}  # fmt: skip
+    # the nightly rescore scores only the artefact its package recorded
     machine = next(r for r in templates[stack]["Resources"].values()
                    if r["Type"] == "AWS::StepFunctions::StateMachine"
-                   and "ModelPipeline" in r["Metadata"]["aws:cdk:path"])  # fmt: skip
+                   and "NightlyRescore" in r["Metadata"]["aws:cdk:path"])  # fmt: skip
     states = json.loads(resolver.resolve(stack, machine["Properties"]["DefinitionString"]))
     states = states["States"]
-    assert states["HashArtifact"]["Next"] == "RegisterModel"
-    register = states["RegisterModel"]["Parameters"]
-    assert register["ModelApprovalStatus"] == "PendingManualApproval"
-    assert register["CustomerMetadataProperties"] == {
-        "artifact_sha256.$": "$.artifact.sha256",
-        "artifact_version_id.$": "$.artifact.version_id",
-    }
+    assert states["HashArtifact"]["Next"] == "DigestMatches"
+    choice = states["DigestMatches"]
+    assert choice["Choices"][0]["Variable"] == "$.artifact.sha256"
+    assert choice["Choices"][0]["StringEqualsPath"] == "$.package.sha256"
+    assert choice["Default"] == "ArtifactChanged"
+    assert states["DescribeServingVersion"]["ResultSelector"]["sha256.$"] == (
+        "$.CustomerMetadataProperties.artifact_sha256"
+    )
 
 
 def _artifacts_arn(templates: Templates) -> str:

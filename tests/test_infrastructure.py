@@ -499,67 +499,78 @@ def test_processing_role_reads_volumes_and_writes_features_only(synthesized: Any
     assert "/fastq/" not in notes and "/dicom/" not in notes
 
 
-def _pipeline_machine(built: Any) -> dict[str, Any]:
-    """The Step Functions ``ModelPipeline`` (the model stack also has ``DeployOnApproval``)."""
+def _rescore_machine(built: Any) -> dict[str, Any]:
+    """The Step Functions ``NightlyRescore`` (the model stack also has ``DeployOnApproval``)."""
     machines = Template.from_stack(built.model).find_resources("AWS::StepFunctions::StateMachine")
-    found = [m for k, m in machines.items() if k.startswith("ModelPipeline")]
+    found = [m for k, m in machines.items() if k.startswith("NightlyRescore")]
     assert len(found) == 1
     return found[0]
 
 
-def _pipeline_definition(built: OncopipeApp) -> str:
-    return json.dumps(_pipeline_machine(built)["Properties"]["DefinitionString"])
-
-
-def _pipeline_document(built: Any) -> dict[str, Any]:
-    raw = _pipeline_machine(built)["Properties"]["DefinitionString"]
+def _rescore_document(built: Any) -> dict[str, Any]:
+    raw = _rescore_machine(built)["Properties"]["DefinitionString"]
     if isinstance(raw, dict):  # Fn::Join of strings and tokens (ARNs)
         raw = "".join(p if isinstance(p, str) else "TOKEN" for p in raw["Fn::Join"][1])
     document: dict[str, Any] = json.loads(raw)
     return document
 
 
-def _pipeline_states(built: Any) -> dict[str, Any]:
-    states: dict[str, Any] = _pipeline_document(built)["States"]
-    return states
-
-
-def _pipeline_start(built: Any) -> str:
-    return str(_pipeline_document(built)["StartAt"])
-
-
-def test_model_pipeline_cohort_train_or_tune_register_transform(synthesized: Any) -> None:
+def test_nightly_rescore_scores_todays_cohort_with_the_serving_version(synthesized: Any) -> None:
     built, _, _ = synthesized
-    definition = _pipeline_definition(built)
-    # the order of execution (Next pointers), not of the JSON text
-    states = _pipeline_states(built)
-    chain, name = [], "Train"
+    document = _rescore_document(built)
+    states = document["States"]
+    # the order of execution (Next pointers, the success path through both choices)
+    chain, name = [], document["StartAt"]
     while name:
         chain.append(name)
-        name = states[name].get("Next")
-    resources = [states[n].get("Resource", "") for n in chain]
-    order = [next(i for i, r in enumerate(resources) if r.endswith(s)) for s in (
-        "createTrainingJob.sync", "lambda:invoke", "createModelPackage",
-        "createTransformJob.sync")]  # fmt: skip
-    assert order == sorted(order)
-    assert (
-        chain[resources.index(next(r for r in resources if r.endswith("lambda:invoke")))]
-        == "HashArtifact"
-    )
-    start = states[_pipeline_start(built)]
-    assert start["Resource"].endswith("createProcessingJob.sync")  # the cohort comes first
-    assert "createHyperParameterTuningJob.sync" in definition
-    assert '\\"MetricName\\":\\"validation:auc\\"' in definition
-    assert '\\"ModelApprovalStatus\\":\\"PendingManualApproval\\"' in definition
-    # spot training that survives interruption: checkpoints in S3, waiting bounded
-    assert '\\"EnableManagedSpotTraining\\":true' in definition
-    assert '\\"LocalPath\\":\\"/opt/ml/checkpoints\\"' in definition
-    assert '\\"MaxWaitTimeInSeconds\\"' in definition
-    # private and encrypted: VPC, volume and output keys, encrypted inter-node traffic
-    assert definition.count('\\"VpcConfig\\"') >= 3  # cohort, training, tuning (+ model)
-    assert '\\"VolumeKmsKeyId\\"' in definition and '\\"KmsKeyId\\"' in definition
-    assert '\\"EnableInterContainerTrafficEncryption\\":true' in definition
-    assert "MLFLOW_TRACKING_URI" in definition
+        state = states[name]
+        if state["Type"] == "Choice":
+            name = state["Choices"][0]["Next"]
+        else:
+            name = state.get("Next")
+    assert chain == ["Cohort", "ServingVersion", "AnyApproved", "DescribeServingVersion",
+                     "HashArtifact", "DigestMatches", "TransformModel", "BatchTransform",
+                     "Rescored"]  # fmt: skip
+    assert states["Cohort"]["Resource"].endswith("createProcessingJob.sync")
+    # the serving version: the newest Approved one of the group (a rejected one is not)
+    listing = states["ServingVersion"]["Parameters"]
+    assert listing["ModelApprovalStatus"] == "Approved"
+    assert (listing["SortBy"], listing["SortOrder"], listing["MaxResults"]) == (
+        "CreationTime", "Descending", 1)  # fmt: skip
+    assert states["AnyApproved"]["Default"] == "NoApprovedVersion"
+    # the full model, isolated in the VPC; the transform writes KMS-encrypted predictions
+    model = states["TransformModel"]["Parameters"]
+    assert model["PrimaryContainer"]["Environment"] == {"ONCOPIPE_MODEL_VARIANT": "full"}
+    assert model["EnableNetworkIsolation"] is True and "VpcConfig" in model
+    transform = states["BatchTransform"]
+    assert transform["Resource"].endswith("createTransformJob.sync")
+    assert transform["Parameters"]["TransformOutput"]["KmsKeyId"]
+    assert transform["Parameters"]["TransformResources"]["VolumeKmsKeyId"]
+    assert "transform/{}/" in transform["Parameters"]["TransformOutput"]["S3OutputPath.$"]
+    # every task that can fail ends in the failure state, nothing half-scored is reported
+    for name in ("Cohort", "ServingVersion", "DescribeServingVersion", "HashArtifact",
+                 "TransformModel", "BatchTransform"):  # fmt: skip
+        assert states[name]["Catch"][0]["Next"] == "RescoreFailed", name
+    # nothing of training is left in Step Functions: the SageMaker Pipeline trains and tunes
+    text = json.dumps(document)
+    assert "createTrainingJob" not in text and "createHyperParameterTuningJob" not in text
+    assert "createModelPackage" not in text
+    # started nightly by EventBridge Scheduler, on the configured expression
+    template = Template.from_stack(built.model)
+    schedules = template.find_resources("AWS::Scheduler::Schedule")
+    assert len(schedules) == 1
+    props = next(iter(schedules.values()))["Properties"]
+    assert props["ScheduleExpression"] == built.config.lifecycle.rescore_schedule
+    assert props["ScheduleExpressionTimezone"] == "UTC"
+    assert props["Target"]["DeadLetterConfig"]["Arn"]
+    assert "NightlyRescore" in json.dumps(props["Target"]["Arn"])
+
+
+def test_no_rescore_schedule_when_the_config_has_none(tmp_path: Path) -> None:
+    context = cdk_context(env="dev")
+    context["oncopipe:environments"]["dev"]["lifecycle"]["rescore_schedule"] = ""
+    built = build_app(App(context=context, outdir=str(tmp_path)))
+    Template.from_stack(built.model).resource_count_is("AWS::Scheduler::Schedule", 0)
 
 
 def test_registry_and_tracking_server_exist_and_no_endpoint_until_a_model_is_approved(

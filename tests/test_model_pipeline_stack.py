@@ -52,8 +52,18 @@ def test_the_deployed_definition_is_the_builders_and_valid(
     assert props["PipelineName"] == "oncopipe-dev-response"
     validate(definition)
     names = [s["Name"] for s in d.all_steps(definition["Steps"])]
-    assert names == [d.COHORT, d.TRAIN, d.EVALUATE, d.CHECK, d.REGISTER, d.FAIL]
+    assert names == [d.COHORT, d.TUNE_OR_TRAIN, d.TUNE, "EvaluateTuned", "CheckAucTuned",
+                     "RegisterTunedModel", "TunedAucBelowGate", d.TRAIN, d.EVALUATE, d.CHECK,
+                     d.REGISTER, d.FAIL]  # fmt: skip
     parameters = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}
+    assert parameters["Tune"] is False
+    # the tuner's budget is the environment's
+    tune = next(s for s in d.all_steps(definition["Steps"]) if s["Name"] == d.TUNE)
+    limits = tune["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    config = app_dev.built.config
+    assert limits == {"MaxNumberOfTrainingJobs": config.tuning_max_jobs,
+                      "MaxParallelTrainingJobs": config.tuning_parallel_jobs}  # fmt: skip
+    assert tune["Arguments"]["TrainingJobDefinition"]["RoleArn"] == TOKEN
     # the gates come from the environment's lifecycle config
     lifecycle = app_dev.built.config.lifecycle
     assert parameters["MinAuc"] == lifecycle.auc_gate
@@ -100,7 +110,10 @@ def test_the_pipeline_role_starts_its_jobs_and_passes_only_their_roles(
     actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str)
                                                 else s["Action"])}  # fmt: skip
     assert {"sagemaker:CreateProcessingJob", "sagemaker:CreateTrainingJob",
-            "sagemaker:CreateModelPackage", "iam:PassRole"} <= actions  # fmt: skip
+            "sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateModelPackage",
+            "iam:PassRole"} <= actions  # fmt: skip
+    tuning = next(s for s in statements if "sagemaker:CreateHyperParameterTuningJob" in s["Action"])
+    assert json.dumps(tuning["Resource"]).endswith(':hyper-parameter-tuning-job/*"]]}')
     assert not any(a.endswith("*") and a.startswith("sagemaker:") for a in actions)
     passes = [s for s in statements if s["Action"] == "iam:PassRole"]
     assert len(passes) == 1 and len(passes[0]["Resource"]) == 3
@@ -125,3 +138,23 @@ def test_the_evaluation_role_writes_reports_not_models(model: Template) -> None:
                 writes.append(json.dumps(s["Resource"]))
     assert writes and all("/evaluation/*" in w for w in writes)
     assert not any("/models/" in w for w in writes)
+
+
+def test_the_cohort_role_may_commit_its_build_manifest(model: Template) -> None:
+    """processing.cohort commits through oncopipe.manifest: its manifest is written last."""
+    from oncopipe.manifest import manifest_key
+
+    roles = model.find_resources("AWS::IAM::Role")
+    cohort = [k for k in roles if k.startswith("CohortRole")]
+    assert len(cohort) == 1
+    granted: dict[str, list[str]] = {}
+    for policy in model.find_resources("AWS::IAM::Policy").values():
+        if {"Ref": cohort[0]} not in policy["Properties"]["Roles"]:
+            continue
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]:
+            for action in [s["Action"]] if isinstance(s["Action"], str) else s["Action"]:
+                granted.setdefault(action, []).append(json.dumps(s["Resource"]))
+    key = manifest_key("build-1", "cohort", "dataset")
+    prefix = key.split("/", 1)[0] + "/*"
+    for action in ("s3:PutObject", "s3:GetObject"):
+        assert any(prefix in r for r in granted[action]), f"cohort role lacks {action} on {key}"

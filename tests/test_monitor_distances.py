@@ -58,6 +58,77 @@ def test_wasserstein_reads_a_shift_in_vaf_units() -> None:
     assert js_distance(base, moved) == pytest.approx(1.0)  # disjoint supports
 
 
+def scipy_distances(a: Histogram, b: Histogram) -> tuple[float, float]:
+    """SciPy's JS distance (base 2) and Wasserstein-1 on the bin centres, as the job had them."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    p, q = np.asarray(a.counts, dtype=float), np.asarray(b.counts, dtype=float)
+    centres = a.centres
+    return (float(jensenshannon(p / p.sum(), q / q.sum(), base=2)),
+            float(wasserstein_distance(centres, centres, p, q)))  # fmt: skip
+
+
+def random_pairs() -> list[tuple[Histogram, Histogram]]:
+    rng = np.random.default_rng(23)
+    pairs = []
+    for _ in range(200):
+        edges = VAF_EDGES if rng.random() < 0.5 else tuple(np.cumsum(rng.uniform(0.1, 5, 13)))
+        k = len(edges) - 1
+        # some bins empty, totals from 1 to 10,000 and different on each side
+        a = rng.integers(0, 50, k) * (rng.random(k) < 0.7)
+        b = rng.integers(0, 5000, k) * (rng.random(k) < 0.4)
+        a[rng.integers(k)] += 1
+        b[rng.integers(k)] += 1
+        if rng.random() < 0.5:  # a window drawn from the baseline's shape: small distances
+            b = rng.multinomial(int(rng.integers(1, 10_000)), a / a.sum())
+        pairs.append((Histogram(edges, tuple(int(x) for x in a)),
+                      Histogram(edges, tuple(int(x) for x in b))))  # fmt: skip
+    return pairs
+
+
+def edge_case_pairs() -> list[tuple[Histogram, Histogram]]:
+    one_bin = Histogram(VAF_EDGES, tuple(int(i == 3) * 40 for i in range(len(VAF_EDGES) - 1)))
+    last_bin = Histogram(VAF_EDGES, tuple(int(i == 27) for i in range(len(VAF_EDGES) - 1)))
+    spread = Histogram.of([0.01 * i for i in range(100)], VAF_EDGES)
+    return [
+        (one_bin, one_bin),  # all mass in one bin, equal
+        (one_bin, last_bin),  # all mass in one bin each, disjoint, totals 40 and 1
+        (one_bin, spread),
+        (spread, Histogram(VAF_EDGES, tuple(7 * c for c in spread.counts))),  # x7: same shape
+        (Histogram(HALVES, (1, 0)), Histogram(HALVES, (0, 1))),
+        (Histogram((0.0, 1.0), (3,)), Histogram((0.0, 1.0), (5,))),  # a single bin
+    ]
+
+
+def assert_scipys(a: Histogram, b: Histogram) -> None:
+    js, w1 = scipy_distances(a, b)
+    assert js_distance(a, b) == pytest.approx(js, rel=1e-9, abs=1e-7)
+    assert wasserstein1(a, b) == pytest.approx(w1, rel=1e-9, abs=1e-12)
+    assert js_distance(a, b) == pytest.approx(js_distance(b, a), abs=1e-12)  # symmetric
+
+
+def test_js_and_wasserstein_are_scipys_on_random_histograms() -> None:
+    for a, b in random_pairs():
+        assert_scipys(a, b)
+
+
+@pytest.mark.parametrize("pair", edge_case_pairs(),
+                         ids=["one-bin-equal", "one-bin-disjoint", "one-bin-vs-spread",
+                              "same-shape-x7", "two-bins-swapped", "single-bin"])  # fmt: skip
+def test_js_and_wasserstein_are_scipys_on_edge_cases(pair: tuple[Histogram, Histogram]) -> None:
+    assert_scipys(*pair)
+
+
+def test_js_of_equal_proportions_is_zero_not_nan() -> None:
+    # equal shapes, different totals: rounding must not give sqrt of a tiny negative
+    for counts in ((1, 2, 3), (7, 0, 11), (1, 1, 1)):
+        a = Histogram((0.0, 1.0, 2.0, 3.0), counts)
+        b = Histogram((0.0, 1.0, 2.0, 3.0), tuple(c * 3 for c in counts))
+        assert js_distance(a, b) == pytest.approx(0.0, abs=1e-7)
+        assert not math.isnan(js_distance(a, b))
+
+
 def test_psi_floor_keeps_an_empty_bin_finite() -> None:
     base = Histogram(HALVES, (100, 0))
     window = Histogram(HALVES, (50, 50))

@@ -108,3 +108,21 @@ def test_a_window_below_min_samples_publishes_no_score(clients: tuple[object, ob
                      "vaf/panel-v1/tumour_only": "no baseline for this stratum"}  # fmt: skip
     assert not any(r.breaching for r in report.results)
     assert score(cw) == []
+
+
+def test_an_empty_baseline_monitor_is_reported_and_the_others_still_run(
+    clients: tuple[object, object],
+) -> None:
+    s3, cw = clients
+    rng = np.random.default_rng(4)
+    base = baseline(rng)
+    only_tumour = Stratum("panel-v1", "tumour_only")
+    empty = baseline_document({only_tumour: Histogram.empty(VAF_EDGES)}, model_package_arn="x")
+    base["monitors"].update(empty["monitors"])  # type: ignore[attr-defined]
+    write_day(s3, rng, 20, 0.12)
+    write_day(s3, rng, 20, 0.12, only_tumour)
+    report = go(s3, cw, base)
+    by_name = {r.monitor: r for r in report.results}
+    assert by_name["vaf/panel-v1/tumour_only"].note == "the baseline of this monitor is empty"
+    assert by_name["vaf/panel-v1/tumour_only"].distances is None
+    assert by_name["vaf/panel-v1/paired"].breaching  # evaluated as before

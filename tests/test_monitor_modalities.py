@@ -409,6 +409,142 @@ def test_handler_reports_kinds_it_cannot_read(monkeypatch: pytest.MonkeyPatch, s
     windows, unavailable = handler.feature_windows(s3, settings, baseline, TODAY)
     assert windows[mod.NOTES_MONITOR].samples == 0
     assert unavailable == {"predictions": "not read: no endpoint (SERVING_ENDPOINT_NAME is empty)"}
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as in the Lambda bundle: no pyarrow
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # a bundle without pyarrow
     _, unavailable = handler.feature_windows(s3, settings, baseline, TODAY)
     assert unavailable["notes"] == "not read: pyarrow is not in the function's bundle"
+
+
+# -- baselines at training time (the cohort dataset's training split) ---------------------
+
+NOTE_EXTRA = {"numeric_value": None, "negated": False, "certainty": "certain",
+              "temporality": "current", "experiencer": "patient", "start": 0, "end": 1}  # fmt: skip
+
+
+def cohort_notes(rng: np.random.Generator, patients: list[str], tokens: list[str],
+                 p: list[float]) -> list[dict[str, Any]]:  # fmt: skip
+    """One to three notes of five concept mentions per patient (curated table's rows)."""
+    rows = []
+    for patient in patients:
+        for n in range(int(rng.integers(1, 4))):
+            for t in rng.choice(len(tokens), size=5, p=p):
+                concept, _, value = tokens[t].partition("=")
+                rows.append({"patient_key": patient, "note_id": f"note-{n}", "concept": concept,
+                             "value": value or None, **NOTE_EXTRA})  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cohort() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A cohort dataset of 400 patients and the curated rows it was built from."""
+    import pyarrow as pa
+
+    from oncopipe.cohort.dataset import build_dataset
+
+    rng = np.random.default_rng(29)
+    radiomics = radiomics_rows(rng, 400)
+    # every tenth patient lacks sphericity: missing stays missing, not the training mean
+    radiomics = [r for r in radiomics if r["feature"] != "original_shape_Sphericity"
+                 or int(r["patient_key"][2:]) % 10 != 0]  # fmt: skip
+    patients = [f"pk{i}" for i in range(400)]
+    notes = cohort_notes(rng, patients, TOKENS, P)
+    # once: a token outside the vocabulary, counted as (other)
+    notes.append({"patient_key": "pk1", "note_id": "note-9", "concept": "therapy",
+                  "value": "rare", **NOTE_EXTRA})  # fmt: skip
+    variants = pa.table({"patient_key": pa.array([], pa.string()),
+                         "filter": pa.array([], pa.string()), "gene": pa.array([], pa.string()),
+                         "protein_change": pa.array([], pa.string()),
+                         "vaf": pa.array([], pa.float64())})  # fmt: skip
+    labels = pa.table({"patient_key": patients, "response": [i % 2 for i in range(400)]})
+    dataset = build_dataset(variants, pa.Table.from_pylist(radiomics),
+                            pa.Table.from_pylist(notes), labels, seed=1)  # fmt: skip
+    return dataset, radiomics, notes
+
+
+def test_the_training_baseline_has_radiomics_and_notes_of_training_patients_only(
+    cohort: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    from oncopipe.monitor.baseline import training_baseline
+
+    dataset, radiomics, notes = cohort
+    train = set(dataset.split("train")["patient_key"].to_pylist())
+    assert 200 < len(train) < 400  # the others are validation and test patients
+    baseline = training_baseline(None, sorted(train), dataset=dataset,
+                                 features=mod.predictions_baseline([0.2, 0.4]))  # fmt: skip
+    monitors = baseline["monitors"]
+    assert set(monitors) == {"radiomics/original_firstorder_Energy",
+                             "radiomics/original_shape_Sphericity",
+                             "radiomics/original_shape_VoxelVolume", "notes/concepts",
+                             "predictions/probability"}  # fmt: skip
+    energy, sphericity = (monitors[f"radiomics/{f}"] for f in FEATURES)
+    assert energy["samples"] == len(train)
+    assert sphericity["samples"] == sum(int(k[2:]) % 10 != 0 for k in train)
+
+    # the same documents as from the curated rows of the training patients: table units
+    # (the cohort stores z-scores), the model's features and vocabulary, notes as samples
+    trained_rows = [r for r in radiomics if r["patient_key"] in train]
+    features = dataset.preprocessing.radiomic_features
+    from_table = mod.radiomics_baseline(trained_rows, features=features)
+    for name, doc in from_table.items():
+        assert monitors[name]["counts"] == doc["counts"]
+        assert monitors[name]["cuts"] == pytest.approx(doc["cuts"], rel=1e-6)
+    trained_notes = [r for r in notes if r["patient_key"] in train]
+    vocabulary = dataset.preprocessing.note_tokens
+    from_rows = mod.notes_baseline(trained_notes, vocabulary=vocabulary)
+    assert monitors["notes/concepts"] == from_rows[mod.NOTES_MONITOR]
+    assert monitors["notes/concepts"]["samples"] == len({(r["patient_key"], r["note_id"])
+                                                         for r in trained_notes})  # fmt: skip
+    assert "therapy=rare" not in monitors["notes/concepts"]["categories"]
+
+
+def test_a_training_like_day_scores_below_the_threshold_and_a_shifted_one_above(
+    cohort: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    from oncopipe.monitor.baseline import training_baseline
+
+    dataset, radiomics, notes = cohort
+    train = set(dataset.split("train")["patient_key"].to_pylist())
+    baseline = training_baseline(None, sorted(train), dataset=dataset)
+
+    def scores(radiomic_rows: list[dict[str, Any]],
+               note_rows: list[dict[str, Any]]) -> dict[str, float | None]:  # fmt: skip
+        windows = {**mod.radiomics_window(radiomic_rows, baseline),
+                   **mod.notes_window(note_rows, baseline)}  # fmt: skip
+        report = compare(baseline, windows, day=TODAY, rule=RULE, rules=RULES)
+        return {kind: report.score(kind) for kind in ("radiomics", "notes")}
+
+    # the training patients themselves, read back from the curated tables: about 0 (the
+    # cohort's float32 z-scores can move a cut, itself a training value, by a rounding
+    # error, and that patient's value to the bin below: <= 10 patients of ~280, by 0.1)
+    same = scores([r for r in radiomics if r["patient_key"] in train],
+                  [r for r in notes if r["patient_key"] in train])  # fmt: skip
+    assert same["radiomics"] == pytest.approx(0.0, abs=0.005)
+    assert same["notes"] == pytest.approx(0.0, abs=1e-9)
+
+    rng = np.random.default_rng(31)
+    new = [f"new{i}" for i in range(40)]
+    like = scores(radiomics_rows(rng, 40, prefix="new"), cohort_notes(rng, new, TOKENS, P))
+    assert like["radiomics"] < KIND_THRESHOLDS["radiomics"]  # type: ignore[operator]
+    assert like["notes"] < KIND_THRESHOLDS["notes"]  # type: ignore[operator]
+
+    shifted = scores(radiomics_rows(rng, 40, scale=6.0, prefix="new"),  # energy x6
+                     cohort_notes(rng, new, [*TOKENS, "therapy=pembrolizumab"],
+                                  [0.02, 0.02, 0.02, 0.02, 0.02, 0.9]))  # fmt: skip
+    assert shifted["radiomics"] > KIND_THRESHOLDS["radiomics"]  # type: ignore[operator]
+    assert shifted["notes"] > KIND_THRESHOLDS["notes"]  # type: ignore[operator]
+
+
+def test_a_split_without_notes_gets_no_notes_monitor(
+    cohort: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    import pyarrow as pa
+
+    from oncopipe.cohort.dataset import CohortDataset
+    from oncopipe.monitor.baseline import cohort_monitors
+
+    dataset, _, _ = cohort
+    table = dataset.table
+    empty = pa.array([[]] * table.num_rows, pa.list_(pa.string()))
+    for column in ("note_tokens", "note_ids"):
+        table = table.set_column(table.schema.get_field_index(column), column, empty)
+    monitors = cohort_monitors(CohortDataset(table, dataset.preprocessing))
+    assert monitors and not mod.monitors_of({"monitors": monitors}, mod.NOTES)

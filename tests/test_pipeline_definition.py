@@ -36,6 +36,8 @@ DOCUMENTED_RELAXATIONS = (
     "as 'placeholder-job-name'",
     "Training: TrainingJobName (required by the API, chosen by the pipeline) is added as "
     "'placeholder-job-name'",
+    "Tuning: HyperParameterTuningJobName (required by the API, chosen by the pipeline) is "
+    "added as 'placeholder-tuning'",
 )
 
 
@@ -67,12 +69,24 @@ def steps(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(s["Name"]): dict(s) for s in d.all_steps(definition["Steps"])}
 
 
+def step_in(definition: dict[str, Any], name: str) -> dict[str, Any]:
+    """The step ``name`` itself (not a copy), wherever it is nested."""
+    found: dict[str, Any] = next(s for s in d.all_steps(definition["Steps"]) if s["Name"] == name)
+    return found
+
+
 def test_model_pipeline_validates_against_schema_and_service_model(
     definition: dict[str, Any],
 ) -> None:
     validate(definition)
     assert definition["Version"] == "2020-12-01"
-    assert [s["Name"] for s in definition["Steps"]] == ["Cohort", "Train", "Evaluate", "CheckAuc"]
+    assert [s["Name"] for s in definition["Steps"]] == ["Cohort", "TuneOrTrain"]
+    branches = definition["Steps"][1]["Arguments"]
+    assert branches["Conditions"] == [
+        {"Type": "Equals", "LeftValue": {"Get": "Parameters.Tune"}, "RightValue": True}
+    ]
+    assert [s["Name"] for s in branches["IfSteps"]] == ["Tune", "EvaluateTuned", "CheckAucTuned"]
+    assert [s["Name"] for s in branches["ElseSteps"]] == ["Train", "Evaluate", "CheckAuc"]
     kinds = {p["Name"]: p["Type"] for p in definition["Parameters"]}
     assert kinds == {
         "ProcessingInstanceType": "String",
@@ -81,7 +95,10 @@ def test_model_pipeline_validates_against_schema_and_service_model(
         "MinAuc": "Float",
         "ApprovedAuc": "Float",
         "AucTolerance": "Float",
+        "Tune": "Boolean",
     }
+    tune = next(p for p in definition["Parameters"] if p["Name"] == "Tune")
+    assert tune["DefaultValue"] is False  # a retrain trains with the default hyperparameters
     # the same settings give the same JSON (the stack's template stays stable)
     assert d.to_json(definition) == d.to_json(d.model_pipeline(settings()))
     json.loads(d.to_json(definition))
@@ -156,6 +173,53 @@ def test_gate_registers_pending_approval_else_fails_naming_the_auc(
     assert auc in message
 
 
+def test_tuning_branch_tunes_the_same_job_and_gates_the_best_model(
+    definition: dict[str, Any],
+) -> None:
+    all_ = steps(definition)
+    tune = all_["Tune"]
+    assert tune["Type"] == "Tuning" and tune["CacheConfig"]["Enabled"] is True
+    config = tune["Arguments"]["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian"
+    assert config["HyperParameterTuningJobObjective"] == {
+        "Type": "Maximize", "MetricName": "validation:auc"}  # fmt: skip
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2}
+    tuned = {r["Name"] for ranges in config["ParameterRanges"].values() for r in ranges}
+    assert tuned == {"lr", "radiomic-noise", "d-model", "layers"}
+    job = tune["Arguments"]["TrainingJobDefinition"]
+    # the tuned values are not also passed as static ones (the tuner refuses that)
+    assert not tuned & set(job["StaticHyperParameters"])
+    assert job["StaticHyperParameters"]["epochs"] == d.DEFAULT_HYPERPARAMETERS["epochs"]
+    # the trial is the Train step's job: same image, role, data, VPC, keys, spot
+    train = all_["Train"]["Arguments"]
+    for key in ("AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig",
+                "ResourceConfig", "StoppingCondition", "EnableManagedSpotTraining", "VpcConfig",
+                "EnableInterContainerTrafficEncryption"):  # fmt: skip
+        assert job[key] == train[key], key
+    # trials share the step's checkpoint prefix and keep a folder per job (train.py)
+    assert job["Environment"][d.CHECKPOINT_PER_JOB_ENV] == "true"
+    assert d.CHECKPOINT_PER_JOB_ENV not in train["Environment"]
+    assert job["CheckpointConfig"]["S3Uri"]["Std:Join"]["Values"][-1] == "/tune/"
+    # the best trial's artefact is evaluated and registered
+    name = {"Get": "Steps.Tune.BestTrainingJob.TrainingJobName"}
+    best = {"Std:Join": {"On": "/", "Values": [
+        "s3://onco-dev-artifacts/models", name, "output", "model.tar.gz"]}}  # fmt: skip
+    model_in = all_["EvaluateTuned"]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"]
+    assert model_in == best
+    register = all_["RegisterTunedModel"]["Arguments"]
+    assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == best
+    sha = register["CustomerMetadataProperties"]["artifact_sha256"]["Std:JsonGet"]
+    assert sha["PropertyFile"] == {"Get": "Steps.EvaluateTuned.PropertyFiles.EvaluationReport"}
+    check = all_["CheckAucTuned"]["Arguments"]
+    assert [s["Name"] for s in check["IfSteps"]] == ["RegisterTunedModel"]
+    assert [s["Name"] for s in check["ElseSteps"]] == ["TunedAucBelowGate"]
+    limited = steps(d.model_pipeline(settings(tuning_max_jobs=3, tuning_parallel_jobs=3)))
+    limits = limited["Tune"]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    assert limits == {"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 3}
+    with pytest.raises(d.DefinitionError, match="tuning_parallel_jobs"):
+        settings(tuning_max_jobs=2, tuning_parallel_jobs=3)
+
+
 def test_every_substitution_is_a_documented_relaxation() -> None:
     assert RELAXATIONS == DOCUMENTED_RELAXATIONS
 
@@ -186,6 +250,9 @@ def test_substitution_follows_the_service_model_types(definition: dict[str, Any]
         ("Train", ("EnableManagedSpotTraining",), "yes", "EnableManagedSpotTraining"),
         ("RegisterModel", ("ModelApprovalStatus",), 5, "ModelApprovalStatus"),
         ("Evaluate", ("ProcessingInputs", 0, "S3Input", "S3DataType"), None, "S3DataType"),
+        ("Tune", ("HyperParameterTuningJobConfig", "ResourceLimits", "MaxNumberOfTrainingJobs"),
+         "8", "MaxNumberOfTrainingJobs"),
+        ("Tune", ("TrainingJobDefinition", "HyperParameters"), {}, "HyperParameters"),
     ],
 )  # fmt: skip
 def test_service_model_rejects_bad_arguments(
@@ -205,7 +272,7 @@ def test_service_model_rejects_bad_arguments(
 
 def _mutated(definition: dict[str, Any], change: str) -> dict[str, Any]:
     out = copy.deepcopy(definition)
-    check = out["Steps"][3]
+    check = step_in(out, "CheckAuc")
     if change == "version":
         out["Version"] = "2019-01-01"
     elif change == "parameter-type":
@@ -247,7 +314,7 @@ def test_reference_to_an_unknown_step_is_refused() -> None:
         d.build_definition([], [bad])
     # a hand-edited definition is refused by the runner too, before anything runs
     definition = d.model_pipeline(settings())
-    definition["Steps"][2]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"] = {
+    step_in(definition, "Evaluate")["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"] = {
         "Get": "Steps.Tran.ModelArtifacts.S3ModelArtifacts"
     }
     with pytest.raises(d.DefinitionError, match=r"step Evaluate reads Steps\.Tran\..*Cohort"):

@@ -152,8 +152,12 @@ def _evaluation(world: World, execution_id: str) -> dict[str, Any]:
 def test_condition_true_registers_a_package_pending_approval(world: World, first: Any) -> None:
     assert first.status == SUCCEEDED
     assert {n: first.status_of(n) for n in first.steps} == {
-        "Cohort": SUCCEEDED, "Train": SUCCEEDED, "Evaluate": SUCCEEDED, "CheckAuc": SUCCEEDED,
-        "RegisterModel": SUCCEEDED, "AucBelowGate": NOT_EXECUTED,
+        "Cohort": SUCCEEDED, "TuneOrTrain": SUCCEEDED, "Train": SUCCEEDED,
+        "Evaluate": SUCCEEDED, "CheckAuc": SUCCEEDED, "RegisterModel": SUCCEEDED,
+        "AucBelowGate": NOT_EXECUTED,
+        # Tune defaults to false: the tuning branch does not run
+        "Tune": NOT_EXECUTED, "EvaluateTuned": NOT_EXECUTED, "CheckAucTuned": NOT_EXECUTED,
+        "RegisterTunedModel": NOT_EXECUTED, "TunedAucBelowGate": NOT_EXECUTED,
     }  # fmt: skip
     # the cohort step committed the dataset where its declared output says
     dataset = f"{layout.CURATED_COHORT_DATASET}build-1/dataset.parquet"
@@ -229,6 +233,51 @@ def test_a_new_cohort_run_id_reruns_the_cohort_step(world: World, first: Any) ->
     assert result.status_of("Cohort") == SUCCEEDED and "Cohort: cached" not in world.lines
     assert world.store.exists(CURATED, f"{layout.CURATED_COHORT_DATASET}build-2/dataset.parquet")
     assert len(model_packages(world.store, ARTIFACTS, GROUP)) == 2
+
+
+def test_tune_runs_trials_and_registers_the_best_one(world: World, first: Any) -> None:
+    """Tune=true: the tuning step's trials (random search locally), the best one evaluated."""
+    definition = d.model_pipeline(
+        settings(curated_bucket=CURATED, artifacts_bucket=ARTIFACTS,
+                 model_package_group_name=GROUP, hyperparameters=HPARAMS,
+                 cohort_run_id="build-1", tuning_max_jobs=2, tuning_parallel_jobs=1)
+    )  # fmt: skip
+    world.lines.clear()
+    runner = LocalPipelineRunner(definition, world.store, work_dir=world.work,
+                                 artifacts_bucket=ARTIFACTS, region=REGION,
+                                 echo=world.lines.append)  # fmt: skip
+    before = len(model_packages(world.store, ARTIFACTS, GROUP))
+    result = runner.start({"MinAuc": 0.0, "Tune": True}, execution_id="tune-1")
+    assert result.status_of("Train") == NOT_EXECUTED and result.status_of("Evaluate") == (
+        NOT_EXECUTED
+    )
+    assert result.status_of("Cohort") == CACHED  # same cohort run as the first execution
+    tune = result.steps["Tune"].properties
+    trials = tune["TrainingJobSummaries"]
+    assert len(trials) == 2 and len({t["TrainingJobName"] for t in trials}) == 2
+    # each trial drew its own values of the tuned hyperparameters, within the ranges
+    drawn = [t["TunedHyperParameters"] for t in trials]
+    assert drawn[0] != drawn[1]
+    for hp in drawn:
+        assert set(hp) == {"lr", "radiomic-noise", "d-model", "layers"}
+        assert 0.0001 <= float(hp["lr"]) <= 0.01 and hp["d-model"] in ("32", "64", "128")
+    scores = [t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for t in trials]
+    best = tune["BestTrainingJob"]
+    assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == max(scores)
+    # the best trial's artefact is the one evaluated and registered
+    packages = model_packages(world.store, ARTIFACTS, GROUP)
+    assert len(packages) == before + 1
+    url = packages[-1]["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert url == f"s3://{ARTIFACTS}/models/{best['TrainingJobName']}/output/model.tar.gz"
+    assert world.store.exists(ARTIFACTS, url.split("/", 3)[3])
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    digest = hashlib.sha256(world.store.get_bytes(bucket, key)).hexdigest()
+    assert packages[-1]["CustomerMetadataProperties"]["artifact_sha256"] == digest
+    assert result.status_of("RegisterTunedModel") == SUCCEEDED
+    # each trial kept its checkpoint under its own job name (no trial resumed another's)
+    ckpt = f"{layout.ARTIFACTS_CHECKPOINTS}build-1/tune-1/tune/"
+    folders = {k[len(ckpt) :].split("/")[0] for k in world.store.list_keys(ARTIFACTS, ckpt)}
+    assert folders == {t["TrainingJobName"] for t in trials}
 
 
 def test_bad_parameters_are_refused_before_anything_runs(world: World) -> None:

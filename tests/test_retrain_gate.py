@@ -176,9 +176,9 @@ def test_the_start_call_carries_the_idempotency_key(world: World) -> None:
 
 
 def test_handler_reads_alarm_and_schedule_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"MODEL_FAMILY": "response", "RETRAIN_COOLDOWN_HOURS": "72",
-                        "RETRAIN_MIN_NEW_SAMPLES": "20", "RETRAIN_MONTHLY_BUDGET": "4",
-                        "PIPELINE_KIND": "sagemaker"}.items():  # fmt: skip
+    env = {"MODEL_FAMILY": "response", "RETRAIN_COOLDOWN_HOURS": "72",
+           "RETRAIN_MIN_NEW_SAMPLES": "20", "RETRAIN_MONTHLY_BUDGET": "4"}  # fmt: skip
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     from lambdas.retrain_gate.handler import trigger_of
 
@@ -238,3 +238,24 @@ def test_a_retrain_must_reach_the_approved_versions_auc(world: World) -> None:
         start = sagemaker_starter(stubbed, "response-training",
                                   parameters=lambda: {"ApprovedAuc": "0.91"})  # fmt: skip
         assert start(token="t" * 32, reason="schedule") == arn
+
+
+def test_a_retrain_builds_its_cohort_anew(world: World) -> None:
+    """The step cache answers an unchanged CohortRunId: each retrain gets its own build."""
+    from oncopipe.monitor.gate import COHORT_RUN_ID
+
+    stubbed = boto3.client("sagemaker", region_name=REGION)
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/response-training/execution/x3"
+    with Stubber(stubbed) as stub:
+        stub.add_response(
+            "start_pipeline_execution",
+            {"PipelineExecutionArn": arn},
+            {"PipelineName": "response-training", "ClientRequestToken": "k" * 64,
+             "PipelineExecutionDisplayName": f"retrain-drift-alarm-{'k' * 12}",
+             "PipelineExecutionDescription": "retrain gate: drift_alarm",
+             "PipelineParameters": [{"Name": "ApprovedAuc", "Value": "0.9"},
+                                    {"Name": COHORT_RUN_ID, "Value": f"retrain-{'k' * 12}"}]},
+        )  # fmt: skip
+        start = sagemaker_starter(stubbed, "response-training", build_parameter=COHORT_RUN_ID,
+                                  parameters=lambda: {"ApprovedAuc": "0.9"})  # fmt: skip
+        assert start(token="k" * 64, reason="drift_alarm") == arn

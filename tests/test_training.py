@@ -305,6 +305,24 @@ def test_pruned_model_is_smaller_and_predicts_close(
     diff = np.abs(predict(full, data) - predict(pruned, data))
     assert float(np.mean(diff)) < 0.08
     assert report["latency_ms"]["pruned"]["p50_ms"] > 0
+    # the evaluation step puts the pruned-vs-full comparison on the registered version
+    import shutil
+
+    from training.evaluate import SERVING_KEYS, score
+
+    packaged = tmp_path / "packaged"
+    shutil.copytree(model_dir, packaged)
+    shutil.copytree(tmp_path / "pruned", packaged / "pruned")
+    evaluation = score(packaged, dataset_dir, tmp_path / "evaluation")
+    assert set(evaluation["serving"]) == set(SERVING_KEYS)
+    assert evaluation["serving"]["speedup_p50"] == report["speedup_p50"]
+    assert evaluation["serving"]["latency_ms"]["full"]["p50_ms"] > 0
+    written = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert written["serving"]["test_auc"] == report["test_auc"]
+    assert "serving" not in score(model_dir, dataset_dir, tmp_path / "e2")  # not packaged
+    (packaged / "pruned" / "prune_report.json").write_text('{"latency_ms": {}}')
+    with pytest.raises(ValueError, match=r"prune_report\.json: the pruning report lacks"):
+        score(packaged, dataset_dir, tmp_path / "e3")
 
 
 def test_inference_handler_round_trip_matches_training_preprocessing(

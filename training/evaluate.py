@@ -355,6 +355,25 @@ def _auc_std(labels: Any, probs: Any, samples: int = BOOTSTRAP_SAMPLES) -> float
     return float(np.std(values)) if values else float("nan")
 
 
+#: What ``serving`` of evaluation.json copies from the pruning report (training/prune.py).
+SERVING_KEYS = ("latency_ms", "speedup_p50", "test_auc", "auc_loss", "parameters")
+
+
+def _serving_report(model: Path) -> dict[str, Any] | None:
+    """The pruned-vs-full figures of a packaged model folder (None: no pruned model)."""
+    path = model / "pruned" / "prune_report.json"
+    if not path.is_file():
+        return None
+    try:
+        pruned = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a pruning report ({e})") from e
+    missing = [k for k in SERVING_KEYS if k not in pruned]
+    if missing:
+        raise ValueError(f"{path}: the pruning report lacks {', '.join(missing)}")
+    return {k: pruned[k] for k in SERVING_KEYS}
+
+
 def _nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and np.isnan(value):
         return None
@@ -385,11 +404,17 @@ def score(
     the value the pipeline's condition compares the AUC with. When the model came as
     ``model.tar.gz``, ``artifact`` holds that file's SHA-256 and size (the register step
     records the digest on the package; deployment checks the artefact against it).
+    When the artefact holds the pruned model for serving (``pruned/prune_report.json``,
+    written by ``train.py --package``), ``serving`` holds the pruned-vs-full comparison the
+    approver sees on the version: one-patient latency p50/p95 of both, the p50 speed-up,
+    both test AUCs and the AUC loss, and the parameter counts.
 
     Also writes ``baseline.json``: the drift baseline of this model
     (:func:`oncopipe.monitor.baseline.training_baseline`): the VAF histogram documents in
-    ``histograms_dir`` of the training split's patients, and the histogram of this model's
-    test-split predictions (what served predictions are compared with).
+    ``histograms_dir`` of the training split's patients, the training split's radiomic
+    features and note concepts (from the dataset, in the curated tables' units and
+    spelling), and the histogram of this model's test-split predictions (what served
+    predictions are compared with).
 
     Returns: the report.
 
@@ -413,6 +438,7 @@ def score(
         root = _model_folder(Path(model_dir), Path(scratch))
         model = load_model(root)
         prep = Preprocessing.load(root / "preprocess.json")
+        serving = _serving_report(root)
     dataset = read_dataset(dataset_dir)
     config = model.config
     test = encode_rows(
@@ -448,9 +474,11 @@ def score(
     }
     if artifact is not None:
         report["artifact"] = artifact
+    if serving is not None:
+        report["serving"] = serving
     trained_on = dataset.split("train")["patient_key"].to_pylist()
     # served predictions are compared with this model's predictions on held-out patients
-    baseline = training_baseline(histograms_dir, trained_on,
+    baseline = training_baseline(histograms_dir, trained_on, dataset=dataset,
                                  features=predictions_baseline(probs.tolist()))  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

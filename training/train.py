@@ -396,7 +396,9 @@ class _MlflowLogger:
 
         self._mlflow = mlflow
         mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run()
+        # a SageMaker job (a tuning trial too) names its run: one MLflow run per job
+        job = os.environ.get("TRAINING_JOB_NAME") or None
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=job)
         self.run_id = run.info.run_id
 
     def params(self, params: dict[str, Any]) -> None:
@@ -439,12 +441,27 @@ def _requirements() -> list[str]:
 
 
 def resolve_checkpoint_dir(explicit: str | Path | None) -> Path | None:
-    """Return the checkpoint folder: explicit, ``SM_CHECKPOINT_DIR``, or /opt/ml/checkpoints."""
+    """Return the checkpoint folder: explicit, ``SM_CHECKPOINT_DIR``, or /opt/ml/checkpoints.
+
+    In a tuning trial (``ONCOPIPE_CHECKPOINT_PER_JOB=true``, set by the pipeline's tuning
+    step) the folder is ``<that>/<TRAINING_JOB_NAME>``: the trials share the step's
+    checkpoint S3 prefix, and a trial must resume only from its own checkpoint (a spot
+    restart keeps the job name), never from another trial's hyperparameters.
+    """
     if explicit:
         return Path(explicit)
     if os.environ.get("SM_CHECKPOINT_DIR"):
-        return Path(os.environ["SM_CHECKPOINT_DIR"])
-    return DEFAULT_SPOT_CHECKPOINTS if DEFAULT_SPOT_CHECKPOINTS.is_dir() else None
+        base: Path | None = Path(os.environ["SM_CHECKPOINT_DIR"])
+    else:
+        base = DEFAULT_SPOT_CHECKPOINTS if DEFAULT_SPOT_CHECKPOINTS.is_dir() else None
+    job = os.environ.get("TRAINING_JOB_NAME", "")
+    if base is not None and os.environ.get("ONCOPIPE_CHECKPOINT_PER_JOB") == "true":
+        if not job or "/" in job or job.startswith("."):
+            raise ValueError(
+                "ONCOPIPE_CHECKPOINT_PER_JOB=true needs TRAINING_JOB_NAME (a plain job name)"
+            )
+        return base / job
+    return base
 
 
 def _both(

@@ -11,11 +11,13 @@ as not breaching) and says why in its result. The log holds counts only.
 Beside the VAF histograms, the job reads the day's windows of the kinds the baseline has
 monitors of (:mod:`oncopipe.monitor.modalities`): radiomics and note concepts from the
 curated tables, predictions from the data capture of ``SERVING_ENDPOINT_NAME`` (empty: no
-endpoint, the predictions monitor is reported as not read). A kind whose window cannot be
-read (a malformed file, pyarrow missing from the bundle) is reported as not read, with the
-reason, and the other kinds are still evaluated. ``DRIFT_KIND_THRESHOLDS`` (JSON, kind ->
-threshold; default :data:`oncopipe.monitor.job.KIND_THRESHOLDS`) sets the other kinds'
-thresholds; ``DRIFT_THRESHOLD`` is VAF's.
+endpoint, the predictions monitor is reported as not read). The bundle carries pyarrow for
+the tables, less the parts it never loads (``stacks.bundling.UNUSED_PARTS``). A kind whose
+window cannot be read (a malformed file, a module missing from the bundle) is reported as
+not read, with the reason, and the other kinds are still evaluated.
+``DRIFT_KIND_THRESHOLDS`` (JSON, kind -> threshold; default
+:data:`oncopipe.monitor.job.KIND_THRESHOLDS`) sets the other kinds' thresholds;
+``DRIFT_THRESHOLD`` is VAF's.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def feature_windows(
             continue
         try:
             windows.update(read())
-        except ImportError as e:  # pyarrow, for the Parquet tables
+        except ImportError as e:  # a bundle without pyarrow, which reads the Parquet tables
             unavailable[kind] = f"not read: {e.name or 'a module'} is not in the function's bundle"
         except modalities.WindowError as e:  # names the S3 key and line, never a record
             unavailable[kind] = f"not read: {e}"

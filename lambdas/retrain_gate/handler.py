@@ -9,7 +9,8 @@ Events:
   trigger id the scheduled time (a retried delivery has the same one).
 
 A SageMaker Pipeline retrain gets ``ApprovedAuc``: the test AUC of the newest approved
-version of ``MODEL_PACKAGE_GROUP`` (none approved: the pipeline's default, 0).
+version of ``MODEL_PACKAGE_GROUP`` (none approved: the pipeline's default, 0), and a new
+``CohortRunId`` (``retrain-<token>``), so the cached cohort and training steps run again.
 
 New samples are counted as the per-sample VAF histograms in the curated bucket. Returns the
 decision record; the log holds the outcome and reason only.
@@ -27,13 +28,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.layout import CURATED_GENOMICS_VAF_HISTOGRAMS
 from oncopipe.monitor.gate import (
+    COHORT_RUN_ID,
     GateSettings,
     PipelineStarter,
     RetrainGate,
     Trigger,
-    approved_auc,
+    count_samples,
+    retrain_parameters,
     sagemaker_starter,
-    step_functions_starter,
 )
 
 logger = Logger(service="retrain-gate")
@@ -52,10 +54,6 @@ SETTINGS = GateSettings(
     min_new_samples=int(_env("RETRAIN_MIN_NEW_SAMPLES")),
     monthly_budget=int(_env("RETRAIN_MONTHLY_BUDGET")),
 )
-PIPELINE_KIND = _env("PIPELINE_KIND")  # "sagemaker" (a pipeline name) or "stepfunctions"
-if PIPELINE_KIND not in ("sagemaker", "stepfunctions"):
-    raise RuntimeError(f"retrain gate: PIPELINE_KIND {PIPELINE_KIND!r} is not sagemaker or "
-                       "stepfunctions")  # fmt: skip
 
 
 def trigger_of(event: dict[str, Any]) -> Trigger:
@@ -74,18 +72,12 @@ def trigger_of(event: dict[str, Any]) -> Trigger:
 
 
 def _count_samples(s3: Any, bucket: str) -> int:
-    count = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=CURATED_GENOMICS_VAF_HISTOGRAMS
-    ):
-        count += int(page.get("KeyCount", 0))
-    return count
+    return count_samples(s3, bucket, CURATED_GENOMICS_VAF_HISTOGRAMS)
 
 
 def _floor(sagemaker: Any, s3: Any, group: str) -> dict[str, str]:
     """The pipeline parameters of a retrain: the approved version's AUC, when there is one."""
-    auc = approved_auc(sagemaker, s3, group) if group else None
-    return {} if auc is None else {"ApprovedAuc": repr(auc)}
+    return retrain_parameters(sagemaker, s3, group)
 
 
 @cache
@@ -96,13 +88,13 @@ def _gate() -> RetrainGate:
     sns = boto3.client("sns")
     pipeline = _env("PIPELINE_ID")
     group = os.environ.get("MODEL_PACKAGE_GROUP", "")
-    start: PipelineStarter
-    if PIPELINE_KIND == "sagemaker":
-        sagemaker = boto3.client("sagemaker")
-        start = sagemaker_starter(sagemaker, pipeline,
-                                  parameters=lambda: _floor(sagemaker, s3, group))  # fmt: skip
-    else:
-        start = step_functions_starter(boto3.client("stepfunctions"), pipeline)
+    sagemaker = boto3.client("sagemaker")
+    start: PipelineStarter = sagemaker_starter(
+        sagemaker,
+        pipeline,
+        parameters=lambda: _floor(sagemaker, s3, group),
+        build_parameter=COHORT_RUN_ID,  # a retrain builds its cohort anew (no cached dataset)
+    )
     topic, curated = _env("NOTIFY_TOPIC_ARN"), _env("CURATED_BUCKET")
     return RetrainGate(
         SETTINGS,

@@ -68,35 +68,7 @@ def provision(project: str, env: str, client_kwargs: dict[str, Any]) -> Provisio
     }
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for name, key_id in zone_keys.items():
-        if name not in existing:
-            create: dict[str, Any] = {"Bucket": name}
-            if region != "us-east-1":
-                create["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            s3.create_bucket(**create)
-        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_bucket_encryption(
-            Bucket=name,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {
-                            "SSEAlgorithm": "aws:kms",
-                            "KMSMasterKeyID": key_id,
-                        },
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
-        s3.put_public_access_block(
-            Bucket=name,
-            PublicAccessBlockConfiguration={
-                "BlockPublicAcls": True,
-                "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True,
-                "RestrictPublicBuckets": True,
-            },
-        )
+        _secure_bucket(s3, name, key_id, region, exists=name in existing)
 
     # S3 -> EventBridge -> SQS, the local worker's view of the state machine's rule.
     dlq_url = sqs.create_queue(QueueName=f"{base}-ingest-events-dlq")["QueueUrl"]
@@ -199,6 +171,112 @@ def provision_iam(
     local_iam.enable_enforcement(endpoint_url)
     logger.info("IAM enforcement on: %d stage roles", len(stage_roles))
     return IamProvisioned(credentials=credentials, stage_roles=stage_roles)
+
+
+def _secure_bucket(s3: Any, name: str, key_id: str, region: str, *, exists: bool) -> None:
+    """Create (unless ``exists``) a bucket as the stacks do: versioned, SSE-KMS, private."""
+    if not exists:
+        create: dict[str, Any] = {"Bucket": name}
+        if region != "us-east-1":
+            create["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        s3.create_bucket(**create)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": key_id,
+                    },
+                    "BucketKeyEnabled": True,
+                }
+            ]
+        },
+    )
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+
+
+def _empty_bucket(s3: Any, name: str) -> int:
+    """Delete every object version and delete marker of a bucket; return how many."""
+    deleted = 0
+    while True:  # the first page again each time: a marker past deleted keys skips pages
+        page = s3.list_object_versions(Bucket=name, MaxKeys=1000)
+        items = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                 for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))]  # fmt: skip
+        if not items:
+            return deleted
+        for start in range(0, len(items), 1000):
+            answer = s3.delete_objects(Bucket=name, Delete={
+                "Objects": items[start : start + 1000], "Quiet": True})  # fmt: skip
+            if answer.get("Errors"):
+                error = answer["Errors"][0]
+                raise RuntimeError(f"s3://{name}: emptying failed ({error.get('Code')}) "
+                                   f"at {error.get('Key')}")  # fmt: skip
+        deleted += len(items)
+
+
+@dataclass(frozen=True)
+class LifecycleProvisioned:
+    """The resources of one local lifecycle scenario: its two buckets and the gate's table."""
+
+    curated: str
+    artifacts: str
+    lease_table: str
+    key_arns: dict[str, str]  # curated / platform -> KMS key ARN
+
+
+def provision_lifecycle(
+    project: str, env: str, scenario: str, client_kwargs: dict[str, Any]
+) -> LifecycleProvisioned:
+    """Create, empty, the resources of one lifecycle scenario (``oncopipe local lifecycle``).
+
+    A curated and an artifacts bucket like the zone buckets (versioned, SSE-KMS with the
+    local mode's curated and platform keys, public access blocked), named
+    ``<project>-<env>-lifecycle-<scenario>-...``, and the retrain gate's lease table as the
+    monitor stack defines it (partition key ``pk``, on-demand, KMS, TTL ``expires_at``).
+    Whatever an earlier run left in them is deleted first: each run starts from nothing.
+    """
+    region = client_kwargs["region_name"]
+    s3 = _client("s3", client_kwargs)
+    kms = _client("kms", client_kwargs)
+    dynamodb = _client("dynamodb", client_kwargs)
+    base = f"{project}-{env}"
+    keys = {zone: _key(kms, f"alias/{base}-{zone}") for zone in ("curated", "platform")}
+    buckets = local_bucket_names(project, f"{env}-lifecycle-{scenario}")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for name, zone in ((buckets.curated, "curated"), (buckets.artifacts, "platform")):
+        _secure_bucket(s3, name, keys[zone], region, exists=name in existing)
+        if name in existing:
+            _empty_bucket(s3, name)
+    table = f"{base}-lifecycle-{scenario}-retrain-lease"
+    if table in dynamodb.list_tables().get("TableNames", []):
+        dynamodb.delete_table(TableName=table)
+        dynamodb.get_waiter("table_not_exists").wait(TableName=table)
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        SSESpecification={"Enabled": True, "SSEType": "KMS", "KMSMasterKeyId": keys["platform"]},
+    )
+    dynamodb.get_waiter("table_exists").wait(TableName=table)
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
+    arns = {zone: str(kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"])
+            for zone, key_id in keys.items()}  # fmt: skip
+    logger.info("lifecycle scenario %s provisioned", scenario)
+    return LifecycleProvisioned(buckets.curated, buckets.artifacts, table, arns)
 
 
 def _key(kms: Any, alias: str) -> str:

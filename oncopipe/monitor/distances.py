@@ -2,9 +2,15 @@
 
 - :func:`psi`: population stability index, sum((p - q) * ln(p / q)), with proportions
   floored at :data:`PSI_FLOOR` so an empty bin does not make it infinite.
-- :func:`js_distance`: Jensen-Shannon distance (base 2, so 0 <= d <= 1), SciPy's.
-- :func:`wasserstein1`: the earth mover's distance on the bin centres, SciPy's; in VAF
-  units, so a shift of every call by 0.1 reads about 0.1.
+- :func:`js_distance`: Jensen-Shannon distance (base 2, so 0 <= d <= 1).
+- :func:`wasserstein1`: the earth mover's distance on the bin centres; in VAF units, so a
+  shift of every call by 0.1 reads about 0.1.
+
+Both are SciPy's (``scipy.spatial.distance.jensenshannon``, ``scipy.stats.
+wasserstein_distance``) written out in numpy for histograms on shared bins: the drift
+Lambda must also carry pyarrow (the radiomics and note-concept tables) and matplotlib (the
+report), and with SciPy's 93 MiB beside them its bundle exceeds Lambda's 250 MiB unzipped
+limit. ``tests/test_monitor_distances.py`` checks them against SciPy's.
 """
 
 from __future__ import annotations
@@ -12,8 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import wasserstein_distance
 
 from oncopipe.monitor.histogram import Histogram, HistogramError
 
@@ -58,7 +62,13 @@ def js_distance(baseline: Histogram, window: Histogram) -> float:
         HistogramError: different edges, or an empty histogram.
     """
     a, b = _check(baseline, window)
-    return float(jensenshannon(_proportions(a), _proportions(b), base=2))
+    p, q = _proportions(a), _proportions(b)
+    m = (p + q) / 2
+    # relative entropy with 0 * log(0 / m) = 0; m > 0 wherever p or q is
+    kl_pm = np.sum(p[p > 0] * np.log2(p[p > 0] / m[p > 0]))
+    kl_qm = np.sum(q[q > 0] * np.log2(q[q > 0] / m[q > 0]))
+    # max: rounding can leave -1e-17 for equal histograms, whose square root is NaN
+    return float(np.sqrt(max((kl_pm + kl_qm) / 2, 0.0)))
 
 
 def wasserstein1(baseline: Histogram, window: Histogram) -> float:
@@ -68,8 +78,10 @@ def wasserstein1(baseline: Histogram, window: Histogram) -> float:
         HistogramError: different edges, or an empty histogram.
     """
     a, b = _check(baseline, window)
-    centres = baseline.centres
-    return float(wasserstein_distance(centres, centres, _proportions(a), _proportions(b)))
+    # on one sorted support (the edges increase), W1 is the area between the two CDFs
+    gaps = np.diff(baseline.centres)
+    cdf_gap = np.cumsum(_proportions(a))[:-1] - np.cumsum(_proportions(b))[:-1]
+    return float(np.sum(np.abs(cdf_gap) * gaps))
 
 
 @dataclass(frozen=True)

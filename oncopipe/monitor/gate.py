@@ -331,19 +331,46 @@ def approved_auc(sagemaker: Any, s3: Any, group: str) -> float | None:
         return None
 
 
+def count_samples(s3: Any, bucket: str, prefix: str) -> int:
+    """Return the number of objects under ``prefix``: the samples, counted as their
+    per-sample VAF histograms (``genomics/vaf-histograms/`` of the curated bucket)."""
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        count += int(page.get("KeyCount", 0))
+    return count
+
+
+def retrain_parameters(sagemaker: Any, s3: Any, group: str) -> dict[str, str]:
+    """Return the pipeline parameters of a retrain: ``ApprovedAuc``, the test AUC of the
+    newest approved version of ``group`` (:func:`approved_auc`); none without one."""
+    auc = approved_auc(sagemaker, s3, group) if group else None
+    return {} if auc is None else {"ApprovedAuc": repr(auc)}
+
+
+#: The model pipeline's parameter that names its cohort build (oncopipe.pipeline.definition).
+COHORT_RUN_ID = "CohortRunId"
+
+
 def sagemaker_starter(
     client: Any,
     pipeline_name: str,
     parameters: Callable[[], Mapping[str, str]] | None = None,
+    *,
+    build_parameter: str | None = None,
 ) -> PipelineStarter:
     """Return a starter of the SageMaker Pipeline ``pipeline_name`` (token = client token).
 
     ``parameters`` (called at each start) gives pipeline parameters to set, e.g. the
-    approved version's AUC as ``ApprovedAuc``.
+    approved version's AUC as ``ApprovedAuc``. ``build_parameter`` (the model pipeline's
+    :data:`COHORT_RUN_ID`) is set to ``retrain-<token[:12]>``: each retrain builds its
+    cohort anew, where the same build id would let the step cache (``P30D``) hand back the
+    last run's dataset and model; a retried start (same token) gets the same build id.
     """
 
     def start(*, token: str, reason: str) -> str:
-        values = parameters() if parameters is not None else {}
+        values = dict(parameters() if parameters is not None else {})
+        if build_parameter:
+            values[build_parameter] = f"retrain-{token[:12]}"
         extra = ({"PipelineParameters": [{"Name": k, "Value": v} for k, v in values.items()]}
                  if values else {})  # fmt: skip
         answer = client.start_pipeline_execution(
@@ -354,24 +381,5 @@ def sagemaker_starter(
             **extra,
         )
         return str(answer["PipelineExecutionArn"])
-
-    return start
-
-
-def step_functions_starter(client: Any, state_machine_arn: str) -> PipelineStarter:
-    """Return a starter of the pipeline state machine (the execution name is the token)."""
-
-    def start(*, token: str, reason: str) -> str:
-        try:
-            answer = client.start_execution(
-                stateMachineArn=state_machine_arn,
-                name=f"retrain-{token[:60]}",
-                input=json.dumps({"trigger": reason}),
-            )
-        except client.exceptions.ExecutionAlreadyExists:
-            # the same trigger started it before (a retry after a lost answer)
-            account_arn = state_machine_arn.replace(":stateMachine:", ":execution:")
-            return f"{account_arn}:retrain-{token[:60]}"
-        return str(answer["executionArn"])
 
     return start

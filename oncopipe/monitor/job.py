@@ -197,7 +197,8 @@ def compare(
     """Compare each window with its baseline monitor; return the report.
 
     A monitor of the baseline with no window (no sample that day) is reported with zero
-    samples; a window without a baseline monitor is reported, not evaluated. ``rules``
+    samples; a window without a baseline monitor, or with an empty one, is reported, not
+    evaluated (one empty monitor must not stop the others). ``rules``
     (by kind) replace ``rule`` for their kinds; the monitors of a kind in ``unavailable``
     (kind -> why its window was not read) are reported with that note, not evaluated.
 
@@ -219,6 +220,8 @@ def compare(
             note = unavailable[kind] or "window not read"
         elif reference is None:
             note = "no baseline for this stratum"
+        elif reference.total <= 0:  # nothing to compare with: reported, not evaluated
+            note = "the baseline of this monitor is empty"
         elif not kind_rule.counts(window):
             note = f"fewer than {kind_rule.min_samples} samples"
         else:

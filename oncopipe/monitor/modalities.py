@@ -156,10 +156,20 @@ def radiomics_baseline(
     is not monitored (nothing to bin). Pass the result as ``features`` of
     :func:`oncopipe.monitor.job.baseline_document`.
     """
-    values = radiomics_values(rows, features)
+    return radiomics_monitors(radiomics_values(rows, features), bins=bins)
+
+
+def radiomics_monitors(
+    values: Mapping[str, Sequence[float] | np.ndarray], *, bins: int = RADIOMICS_BINS
+) -> dict[str, dict[str, Any]]:
+    """Return the radiomics monitors of each feature's training values (one per patient).
+
+    ``values`` maps a feature (as the radiomics table names it) to its values, in the
+    table's units; a feature with fewer than two distinct finite values is not monitored.
+    """
     monitors = {}
-    for feature in features:
-        doc = quantile_monitor(values[feature], bins=bins)
+    for feature, xs in values.items():
+        doc = quantile_monitor(list(xs), bins=bins)
         if doc is not None:
             monitors[f"{RADIOMICS}/{feature}"] = doc
     return monitors
@@ -229,6 +239,22 @@ def notes_baseline(
     Pass the result as ``features`` of :func:`oncopipe.monitor.job.baseline_document`.
     """
     tokens, notes = _notes(rows)
+    return notes_monitor(tokens, notes=notes, vocabulary=vocabulary,
+                         max_categories=max_categories)  # fmt: skip
+
+
+def notes_monitor(
+    tokens: Sequence[str],
+    *,
+    notes: int,
+    vocabulary: Sequence[str] | None = None,
+    max_categories: int = NOTES_MAX_CATEGORIES,
+) -> dict[str, dict[str, Any]]:
+    """Return the ``notes/concepts`` monitor of concept tokens (as :func:`concept_token`).
+
+    ``notes`` is the number of notes the tokens come from (the samples); the categories are
+    chosen as by :func:`notes_baseline`.
+    """
     if vocabulary is None:
         ranked = sorted(Counter(tokens).items(), key=lambda item: (-item[1], item[0]))
         categories = [t for t, _ in ranked[:max_categories]]

@@ -11,8 +11,18 @@ The pipeline (:func:`model_pipeline`):
    <CohortRunId>`` builds the training dataset into ``cohort/dataset/<CohortRunId>/`` of the
    curated bucket. The job commits its files through the S3 API (its manifest is the commit
    record), so its declared output ``dataset`` names that prefix for the steps after it.
-2. ``Train`` (Training, cached): script mode ``training/train.py`` on that prefix as channel
-   ``train``; Managed Spot Training with checkpoints in S3, VPC, volume and output KMS.
+2. ``TuneOrTrain`` (Condition on the ``Tune`` parameter, default false). SageMaker has no
+   way to rejoin two branches, so the steps after training sit in each branch, the tuned
+   ones with the suffix ``Tuned`` (``EvaluateTuned``, ``CheckAucTuned``...):
+
+   - else (``Tune`` false): ``Train`` (Training, cached): script mode ``training/train.py``
+     on that prefix as channel ``train``; Managed Spot Training with checkpoints in S3,
+     VPC, volume and output KMS;
+   - if: ``Tune`` (Tuning): a hyperparameter tuning job (Bayesian, maximising
+     ``validation:auc`` over :data:`TUNING_RANGES`) of the same training job definition;
+     its best training job's ``model.tar.gz`` goes on
+     (``<S3OutputPath>/<BestTrainingJob.TrainingJobName>/output/model.tar.gz``). Every trial
+     is a script-mode run like ``Train``, so each logs its own MLflow run.
 3. ``Evaluate`` (Processing): ``python -m training.evaluate score`` on the model artifact,
    the dataset's test split and the per-sample VAF histograms; writes ``evaluation.json``
    (property file ``EvaluationReport``: the test AUC, the approved model's AUC minus
@@ -38,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oncopipe import layout
+from oncopipe.ops.cost import ENV_SM_MANAGED_SPOT
 
 VERSION = "2020-12-01"
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
@@ -58,6 +69,10 @@ EVALUATE = "Evaluate"
 CHECK = "CheckAuc"
 REGISTER = "RegisterModel"
 FAIL = "AucBelowGate"
+TUNE_OR_TRAIN = "TuneOrTrain"
+TUNE = "Tune"
+#: The suffix of the steps after the tuning step (step names are unique in a pipeline).
+TUNED = "Tuned"
 EVALUATION_REPORT = "EvaluationReport"
 EVALUATION_FILE = "evaluation.json"
 #: Where evaluation.json keeps what the condition reads (:func:`training.evaluate.score`).
@@ -119,6 +134,20 @@ def json_get(step: str, property_file: str, path: str) -> dict[str, Any]:
 def processing_output_uri(step: str, output: str) -> dict[str, Any]:
     """Return the S3 URI a processing step's named output is uploaded to."""
     return get(f"Steps.{step}.ProcessingOutputConfig.Outputs['{output}'].S3Output.S3Uri")
+
+
+def best_model_artifacts(step: str, output_path: str) -> dict[str, Any]:
+    """The ``model.tar.gz`` of a Tuning step's best training job (``output_path``: its
+    ``OutputDataConfig.S3OutputPath``, where SageMaker writes ``<job>/output/model.tar.gz``)."""
+    return join(
+        [
+            output_path.rstrip("/"),
+            get(f"Steps.{step}.BestTrainingJob.TrainingJobName"),
+            "output",
+            "model.tar.gz",
+        ],
+        on="/",
+    )
 
 
 def model_artifacts(step: str) -> dict[str, Any]:
@@ -301,6 +330,8 @@ def check_references(definition: Mapping[str, Any]) -> None:
                     f"(steps: {', '.join(names)})"
                 )
         body = {k: v for k, v in step.items() if k == "Arguments"}
+        if step.get("Type") == "Condition":  # its branch steps are checked as themselves
+            body = {"Arguments": {"Conditions": step.get("Arguments", {}).get("Conditions")}}
         for expr in iter_expressions(body):
             path = expr.get("Get")
             if not isinstance(path, str):
@@ -375,6 +406,22 @@ DEFAULT_HYPERPARAMETERS: dict[str, str] = {
     "seed": "0",
     "package": "true",
 }
+#: What the tuning step searches (the other hyperparameters stay at their defaults).
+TUNING_RANGES: dict[str, list[dict[str, Any]]] = {
+    "ContinuousParameterRanges": [
+        {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
+        {"Name": "radiomic-noise", "MinValue": "0.25", "MaxValue": "1.5", "ScalingType": "Linear"},
+    ],
+    "CategoricalParameterRanges": [
+        {"Name": "d-model", "Values": ["32", "64", "128"]},
+        {"Name": "layers", "Values": ["1", "2", "3"]},
+    ],
+}
+#: The metric the tuner maximises (a :data:`METRIC_DEFINITIONS` name).
+TUNING_OBJECTIVE = "validation:auc"
+#: Set in a tuning trial's environment: train.py keeps its checkpoint in a folder of the
+#: trial's own job name, so trials never resume from each other's (other hyperparameters).
+CHECKPOINT_PER_JOB_ENV = "ONCOPIPE_CHECKPOINT_PER_JOB"
 #: What SageMaker reads from the training log (train.py prints ``val_auc=...``).
 METRIC_DEFINITIONS = (
     {"Name": "validation:auc", "Regex": "val_auc=([0-9.]+)"},
@@ -420,9 +467,16 @@ class PipelineSettings:
     hyperparameters: Mapping[str, str] = field(
         default_factory=lambda: dict(DEFAULT_HYPERPARAMETERS)
     )
+    #: More environment of the cohort job (``FEATURE_GROUP_NAME`` with
+    #: ``lifecycle.feature_store``: the job then publishes the dataset to that group).
+    cohort_environment: Mapping[str, str] = field(default_factory=dict)
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "oncopipe-response"
     cache_expire_after: str = "P30D"
+    #: The tuning step's trials in all and at once (``tuning_max_jobs`` and
+    #: ``tuning_parallel_jobs`` of the config).
+    tuning_max_jobs: int = 8
+    tuning_parallel_jobs: int = 2
 
     def __post_init__(self) -> None:
         if not self.subnet_ids or not self.security_group_ids:
@@ -431,6 +485,8 @@ class PipelineSettings:
             raise DefinitionError(
                 "spot training: training_max_wait_s must be >= training_max_runtime_s"
             )
+        if not 1 <= self.tuning_parallel_jobs <= self.tuning_max_jobs:
+            raise DefinitionError("tuning: 1 <= tuning_parallel_jobs <= tuning_max_jobs")
 
 
 def _vpc(s: PipelineSettings) -> dict[str, Any]:
@@ -502,6 +558,8 @@ def _s3_output(name: str, uri: Any, local: str) -> dict[str, Any]:
 
 
 def _cohort(s: PipelineSettings) -> Step:
+    if "CURATED_BUCKET" in s.cohort_environment:
+        raise DefinitionError("cohort_environment: CURATED_BUCKET is the curated_bucket setting")
     # the trailing "/" matters: as an S3 prefix, build-1 would also match build-10/
     dataset = join(
         [f"s3://{s.curated_bucket}/{layout.CURATED_COHORT_DATASET}", param("CohortRunId"), "/"]
@@ -512,7 +570,7 @@ def _cohort(s: PipelineSettings) -> Step:
         image=s.processing_image_uri,
         module="processing.cohort",
         arguments=["stage", "--build-id", param("CohortRunId")],
-        environment={"CURATED_BUCKET": s.curated_bucket},
+        environment={**s.cohort_environment, "CURATED_BUCKET": s.curated_bucket},
         inputs=[],
         # the job commits the dataset through the S3 API (manifest last); the declared
         # output names the prefix for the steps after it and its local folder stays empty
@@ -527,22 +585,30 @@ def _cohort(s: PipelineSettings) -> Step:
     )
 
 
-def _train(s: PipelineSettings) -> Step:
+def _models_path(s: PipelineSettings) -> str:
+    return f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_MODELS}"
+
+
+def _training_job(s: PipelineSettings, *, checkpoints: str) -> dict[str, Any]:
+    """The training job's request without hyperparameters (shared by Train and Tune)."""
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": s.training_max_runtime_s}
     if s.training_spot:
         stopping["MaxWaitTimeInSeconds"] = s.training_max_wait_s
-    environment = {"SAGEMAKER_PROGRAM": "training/train.py"}
+    environment = {
+        "SAGEMAKER_PROGRAM": "training/train.py",
+        # the cost estimate's lifecycle (SageMaker does not tell the container)
+        ENV_SM_MANAGED_SPOT: "true" if s.training_spot else "false",
+    }
     if s.mlflow_tracking_uri:
         environment["MLFLOW_TRACKING_URI"] = s.mlflow_tracking_uri
         environment["MLFLOW_EXPERIMENT_NAME"] = s.mlflow_experiment
-    args = {
+    return {
         "AlgorithmSpecification": {
             "TrainingImage": s.training_image_uri,
             "TrainingInputMode": "File",
             "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
         },
         "RoleArn": s.training_role_arn,
-        "HyperParameters": dict(s.hyperparameters),
         "InputDataConfig": [
             {
                 "ChannelName": "train",
@@ -555,10 +621,7 @@ def _train(s: PipelineSettings) -> Step:
                 },
             }
         ],
-        "OutputDataConfig": {
-            "S3OutputPath": f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_MODELS}",
-            "KmsKeyId": s.kms_key_arn,
-        },
+        "OutputDataConfig": {"S3OutputPath": _models_path(s), "KmsKeyId": s.kms_key_arn},
         "ResourceConfig": {
             "InstanceCount": 1,
             "InstanceType": param("TrainingInstanceType"),
@@ -575,7 +638,7 @@ def _train(s: PipelineSettings) -> Step:
                     param("CohortRunId"),
                     "/",
                     execution("PipelineExecutionId"),
-                    "/",
+                    checkpoints,
                 ]
             ),
             "LocalPath": "/opt/ml/checkpoints",
@@ -585,6 +648,10 @@ def _train(s: PipelineSettings) -> Step:
         "EnableNetworkIsolation": False,
         "Environment": environment,
     }
+
+
+def _train(s: PipelineSettings) -> Step:
+    args = {**_training_job(s, checkpoints="/"), "HyperParameters": dict(s.hyperparameters)}
     return Step(
         TRAIN,
         "Training",
@@ -594,7 +661,40 @@ def _train(s: PipelineSettings) -> Step:
     )
 
 
-def _evaluate(s: PipelineSettings) -> Step:
+def _tune(s: PipelineSettings) -> Step:
+    job = _training_job(s, checkpoints="/tune/")
+    tuned = {r["Name"] for ranges in TUNING_RANGES.values() for r in ranges}
+    definition = {
+        **job,
+        "StaticHyperParameters": {k: v for k, v in s.hyperparameters.items() if k not in tuned},
+        "Environment": {**job["Environment"], CHECKPOINT_PER_JOB_ENV: "true"},
+    }
+    args = {
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {
+                "Type": "Maximize",
+                "MetricName": TUNING_OBJECTIVE,
+            },
+            "ResourceLimits": {
+                "MaxNumberOfTrainingJobs": s.tuning_max_jobs,
+                "MaxParallelTrainingJobs": s.tuning_parallel_jobs,
+            },
+            "ParameterRanges": TUNING_RANGES,
+            "TrainingJobEarlyStoppingType": "Off",
+        },
+        "TrainingJobDefinition": definition,
+    }
+    return Step(
+        TUNE,
+        "Tuning",
+        args,
+        cache_expire_after=s.cache_expire_after,
+        description="hyperparameter tuning (Bayesian, validation AUC) of the response model",
+    )
+
+
+def _evaluate(s: PipelineSettings, *, model: Any, suffix: str = "") -> Step:
     model_in = f"{PROCESSING_INPUT}/model"
     data_in = f"{PROCESSING_INPUT}/dataset"
     histograms_in = f"{PROCESSING_INPUT}/histograms"
@@ -605,7 +705,7 @@ def _evaluate(s: PipelineSettings) -> Step:
             f"s3://{s.artifacts_bucket}/{layout.ARTIFACTS_EVALUATION}",
             execution("PipelineExecutionId"),
         ]
-    )
+    )  # one of the two evaluate steps runs in an execution: the same folder
     args = _processing_args(
         s,
         role=s.evaluation_role_arn,
@@ -628,7 +728,7 @@ def _evaluate(s: PipelineSettings) -> Step:
         ],
         environment={},
         inputs=[
-            _s3_input("model", model_artifacts(TRAIN), model_in),
+            _s3_input("model", model, model_in),
             _s3_input("dataset", processing_output_uri(COHORT, "dataset"), data_in),
             # the per-sample VAF histograms: the baseline sums the training patients' ones
             _s3_input(
@@ -640,7 +740,7 @@ def _evaluate(s: PipelineSettings) -> Step:
         outputs=[_s3_output("evaluation", report, out)],
     )
     return Step(
-        EVALUATE,
+        EVALUATE + suffix,
         "Processing",
         args,
         property_files=(PropertyFile(EVALUATION_REPORT, "evaluation", EVALUATION_FILE),),
@@ -648,12 +748,13 @@ def _evaluate(s: PipelineSettings) -> Step:
     )
 
 
-def _register(s: PipelineSettings) -> Step:
-    report = join([processing_output_uri(EVALUATE, "evaluation"), EVALUATION_FILE], on="/")
-    baseline = join([processing_output_uri(EVALUATE, "evaluation"), BASELINE_FILE], on="/")
+def _register(s: PipelineSettings, *, model: Any, suffix: str = "") -> Step:
+    evaluate = EVALUATE + suffix
+    report = join([processing_output_uri(evaluate, "evaluation"), EVALUATION_FILE], on="/")
+    baseline = join([processing_output_uri(evaluate, "evaluation"), BASELINE_FILE], on="/")
     container = {
         "Image": s.inference_image_uri,
-        "ModelDataUrl": model_artifacts(TRAIN),
+        "ModelDataUrl": model,
         # the training image serves (training/serve.py); the endpoint serves the pruned model
         "Environment": {"ONCOPIPE_MODEL_VARIANT": "pruned"},
     }
@@ -670,7 +771,7 @@ def _register(s: PipelineSettings) -> Step:
         "ModelApprovalStatus": "PendingManualApproval",
         # deployment hashes the artefact again and refuses one that differs
         "CustomerMetadataProperties": {
-            ARTIFACT_SHA256: json_get(EVALUATE, EVALUATION_REPORT, ARTIFACT_SHA256_PATH),
+            ARTIFACT_SHA256: json_get(evaluate, EVALUATION_REPORT, ARTIFACT_SHA256_PATH),
             "cohort_run_id": param("CohortRunId"),
         },
         "InferenceSpecification": {
@@ -688,17 +789,19 @@ def _register(s: PipelineSettings) -> Step:
             },
         },
     }
-    return Step(REGISTER, "RegisterModel", args, description="the model version, for approval")
+    name = REGISTER.replace("Model", f"{suffix}Model") if suffix else REGISTER
+    return Step(name, "RegisterModel", args, description="the model version, for approval")
 
 
-def _fail() -> Step:
-    auc = json_get(EVALUATE, EVALUATION_REPORT, AUC_PATH)
-    floor = json_get(EVALUATE, EVALUATION_REPORT, APPROVED_FLOOR_PATH)
+def _fail(suffix: str = "") -> Step:
+    evaluate = EVALUATE + suffix
+    auc = json_get(evaluate, EVALUATION_REPORT, AUC_PATH)
+    floor = json_get(evaluate, EVALUATION_REPORT, APPROVED_FLOOR_PATH)
     message = join(
         ["model not registered: test AUC ", auc, " is below the gate (MinAuc ",
          param("MinAuc"), ", approved AUC - tolerance ", floor, ")"]
     )  # fmt: skip
-    return Step(FAIL, "Fail", {"ErrorMessage": message})
+    return Step(f"{suffix}{FAIL}", "Fail", {"ErrorMessage": message})
 
 
 def model_parameters(s: PipelineSettings) -> list[Parameter]:
@@ -710,7 +813,28 @@ def model_parameters(s: PipelineSettings) -> list[Parameter]:
         Parameter("MinAuc", "Float", float(s.min_auc)),
         Parameter("ApprovedAuc", "Float", float(s.approved_auc)),
         Parameter("AucTolerance", "Float", float(s.auc_tolerance)),
+        Parameter("Tune", "Boolean", False),
     ]
+
+
+def _gate(s: PipelineSettings, *, model: Any, suffix: str = "") -> list[Step]:
+    """Evaluate -> CheckAuc -> RegisterModel | AucBelowGate of one branch's model."""
+    evaluate = EVALUATE + suffix
+    auc = json_get(evaluate, EVALUATION_REPORT, AUC_PATH)
+    check = condition_step(
+        CHECK + suffix,
+        [
+            compare("GreaterThanOrEqualTo", auc, param("MinAuc")),
+            compare(
+                "GreaterThanOrEqualTo",
+                auc,
+                json_get(evaluate, EVALUATION_REPORT, APPROVED_FLOOR_PATH),
+            ),
+        ],
+        if_steps=[_register(s, model=model, suffix=suffix)],
+        else_steps=[_fail(suffix)],
+    )
+    return [_evaluate(s, model=model, suffix=suffix), check]
 
 
 def model_pipeline(s: PipelineSettings) -> dict[str, Any]:
@@ -719,21 +843,14 @@ def model_pipeline(s: PipelineSettings) -> dict[str, Any]:
     Raises:
         DefinitionError: the definition is inconsistent (a bug, not a user error).
     """
-    auc = json_get(EVALUATE, EVALUATION_REPORT, AUC_PATH)
-    check = condition_step(
-        CHECK,
-        [
-            compare("GreaterThanOrEqualTo", auc, param("MinAuc")),
-            compare(
-                "GreaterThanOrEqualTo",
-                auc,
-                json_get(EVALUATE, EVALUATION_REPORT, APPROVED_FLOOR_PATH),
-            ),
-        ],
-        if_steps=[_register(s)],
-        else_steps=[_fail()],
-    )
-    return build_definition(model_parameters(s), [_cohort(s), _train(s), _evaluate(s), check])
+    branches = condition_step(
+        TUNE_OR_TRAIN,
+        [compare("Equals", param("Tune"), True)],
+        if_steps=[_tune(s), *_gate(s, model=best_model_artifacts(TUNE, _models_path(s)),
+                                   suffix=TUNED)],
+        else_steps=[_train(s), *_gate(s, model=model_artifacts(TRAIN))],
+    )  # fmt: skip
+    return build_definition(model_parameters(s), [_cohort(s), branches])
 
 
 def to_json(definition: Mapping[str, Any]) -> str:

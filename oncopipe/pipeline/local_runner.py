@@ -45,12 +45,15 @@ import datetime as dt
 import hashlib
 import importlib
 import json
+import math
 import os
+import random
 import re
 import shutil
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 PIPELINES_PREFIX = "pipelines/"
 MODEL_REGISTRY_PREFIX = "model-registry/"
 LOCAL_ACCOUNT = "000000000000"
+#: Objects of a step's input downloaded at a time, and the size read with a single GET.
+DOWNLOAD_THREADS = 8
+SMALL_OBJECT_BYTES = 8 * 1024 * 1024
 
 SUCCEEDED = "Succeeded"
 CACHED = "Cached"
@@ -259,6 +265,31 @@ def evaluate_condition(cond: Mapping[str, Any], resolved: Callable[[Any], Any]) 
         if type(left) is not type(right) or left is None:
             raise LocalRunError(f"condition {kind}: cannot compare {left!r} with {right!r}")
     return ops[str(kind)](left, right)
+
+
+#: How the local runner searches a Tuning step's ranges (SageMaker: the step's Strategy).
+LOCAL_TUNING_STRATEGY = "Random"
+
+
+def _draw(ranges: Mapping[str, Any], rng: random.Random, where: str) -> dict[str, str]:
+    """Draw one trial's hyperparameters (strings) from a tuning job's ParameterRanges."""
+    out: dict[str, str] = {}
+    for r in ranges.get("CategoricalParameterRanges", []):
+        out[r["Name"]] = str(rng.choice(list(r["Values"])))
+    for kind in ("ContinuousParameterRanges", "IntegerParameterRanges"):
+        for r in ranges.get(kind, []):
+            lo, hi = float(r["MinValue"]), float(r["MaxValue"])
+            scaling = r.get("ScalingType", "Auto")
+            if scaling in ("Logarithmic", "ReverseLogarithmic") and lo <= 0:
+                raise LocalRunError(f"{where}: {r['Name']}: logarithmic scaling needs MinValue > 0")
+            if scaling == "Logarithmic":
+                x = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            elif scaling == "ReverseLogarithmic":  # dense near MaxValue
+                x = hi + lo - math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            else:
+                x = rng.uniform(lo, hi)
+            out[r["Name"]] = str(round(x)) if kind == "IntegerParameterRanges" else f"{x:.6g}"
+    return out
 
 
 # -- the runner -----------------------------------------------------------------------------
@@ -520,6 +551,7 @@ class LocalPipelineRunner:
         runners = {
             "Processing": self._processing,
             "Training": self._training,
+            "Tuning": self._tuning,
             "RegisterModel": self._register,
         }
         if kind not in runners:
@@ -636,21 +668,35 @@ class LocalPipelineRunner:
             base = prefix
         else:
             base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-        count = 0
         target.mkdir(parents=True, exist_ok=True)
-        for key in self.store.list_keys(bucket, prefix):
-            if key.endswith("/"):
-                continue
-            rel = key[len(base) :]
-            path = (target / rel).resolve()
-            if target.resolve() not in path.parents:
-                raise LocalRunError(f"{where}: object {key} would land outside {target}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.store.download_file(bucket, key, str(path))
-            count += 1
-        if not count:
+        paths: dict[str, tuple[Path, int]] = {}
+        for page in self.store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            for obj in page.get("Contents", []):
+                key = str(obj["Key"])
+                if key.endswith("/"):
+                    continue
+                path = (target / key[len(base) :]).resolve()
+                if target.resolve() not in path.parents:
+                    raise LocalRunError(f"{where}: object {key} would land outside {target}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                paths[key] = (path, int(obj.get("Size", 0)))
+
+        def fetch(key: str) -> None:
+            path, size = paths[key]
+            if size <= SMALL_OBJECT_BYTES:  # one GET (a transfer's HEAD + GET doubles it)
+                path.write_bytes(self.store.get_bytes(bucket, key))
+            else:
+                self.store.download_file(bucket, key, str(path))
+
+        if not paths:
             raise StepFailed(f"{where}: no objects at {uri}")
-        return count
+        # several at a time, as SageMaker fetches an input: one by one, a prefix of
+        # thousands of small objects (the per-sample VAF histograms) took 10-20 ms each
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+            list(pool.map(fetch, paths))
+        return len(paths)
 
     def _upload(self, folder: Path, uri: str, ctx: _Context, step: str) -> int:
         bucket, prefix = _split_s3(uri, f"step {step} output")
@@ -743,7 +789,14 @@ class LocalPipelineRunner:
         job_dir: Path,
         ctx: _Context,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        where = f"step {name}"
+        job = f"pipelines-{ctx.execution['PipelineExecutionId']}-{name}".lower()
+        return self._training_job(name, job, args, job_dir, ctx), {}
+
+    def _training_job(
+        self, name: str, job: str, args: dict[str, Any], job_dir: Path, ctx: _Context
+    ) -> dict[str, Any]:
+        """Run one script-mode training job ``job`` of ``args``; return its properties."""
+        where = f"step {name}" if job_dir.name == name else f"step {name} job {job}"
         env_args = {k: _as_text(v) for k, v in args.get("Environment", {}).items()}
         hps = {k: _as_text(v) for k, v in args.get("HyperParameters", {}).items()}
         program = env_args.get("SAGEMAKER_PROGRAM") or hps.pop("sagemaker_program", "")
@@ -773,6 +826,7 @@ class LocalPipelineRunner:
                 self._download(checkpoint["S3Uri"], ckpt_dir, f"{where} checkpoints")
         env.update(
             {
+                "TRAINING_JOB_NAME": job,
                 "SM_CHANNELS": json.dumps(channels),
                 "SM_MODEL_DIR": str(model_dir),
                 "SM_OUTPUT_DATA_DIR": str(output_dir),
@@ -784,7 +838,6 @@ class LocalPipelineRunner:
         argv = [x for k, v in hps.items() for x in (f"--{k}", v)]
         with _environment({**self.environment, **env_args, **env}):
             _call_main(module, argv, where)
-        job = f"pipelines-{ctx.execution['PipelineExecutionId']}-{name}".lower()
         out_uri = str(args["OutputDataConfig"]["S3OutputPath"]).rstrip("/") + f"/{job}/output/"
         bucket, prefix = _split_s3(out_uri, f"{where} output")
         artifacts = {}
@@ -811,6 +864,79 @@ class LocalPipelineRunner:
             "FinalMetricDataList": metrics,
             "_outputs": [artifacts["model.tar.gz"]],
         }
+        return properties
+
+    def _tuning(
+        self,
+        name: str,
+        step: Mapping[str, Any],
+        args: dict[str, Any],
+        job_dir: Path,
+        ctx: _Context,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run a Tuning step's trials one after another; the best one's job is the result.
+
+        SageMaker's Bayesian search is a managed service: here the trials' hyperparameters
+        are drawn at random from the ranges (seeded by execution and step, so a rerun
+        draws the same), :data:`LOCAL_TUNING_STRATEGY`. Each trial is a training job
+        like a Training step's, named ``<tuning job>-NNN``; its objective is read from the
+        trial's ``metrics.json`` (``validation:auc`` = ``best_val_auc``).
+        """
+        where = f"step {name}"
+        config = args["HyperParameterTuningJobConfig"]
+        objective = config["HyperParameterTuningJobObjective"]
+        if objective.get("MetricName") != "validation:auc":
+            raise LocalRunError(
+                f"{where}: locally only the objective validation:auc can be read "
+                f"(metrics.json), not {objective.get('MetricName')!r}"
+            )
+        maximise = objective.get("Type", "Maximize") == "Maximize"
+        trials = int(config["ResourceLimits"]["MaxNumberOfTrainingJobs"])
+        definition = args["TrainingJobDefinition"]
+        ranges = config.get("ParameterRanges") or definition.get("HyperParameterRanges") or {}
+        tuning_job = f"pipelines-{ctx.execution['PipelineExecutionId'][-12:]}".lower()[:32]
+        rng = random.Random(f"{ctx.execution['PipelineExecutionId']}/{name}")
+        summaries: list[dict[str, Any]] = []
+        for i in range(1, trials + 1):
+            tuned = _draw(ranges, rng, where)
+            job = f"{tuning_job}-{i:03d}"
+            trial_args = {
+                **{k: v for k, v in definition.items() if k != "StaticHyperParameters"},
+                "HyperParameters": {**definition.get("StaticHyperParameters", {}), **tuned},
+            }
+            self.echo(
+                f"{name}: trial {i}/{trials}: {', '.join(f'{k}={v}' for k, v in tuned.items())}"
+            )
+            props = self._training_job(name, job, trial_args, job_dir / job, ctx)
+            value = next(
+                (m["Value"] for m in props["FinalMetricDataList"]
+                 if m["MetricName"] == "validation:auc"),
+                None,
+            )  # fmt: skip
+            if value is None:
+                raise StepFailed(f"{where} job {job}: no validation:auc (no validation split?)")
+            self.echo(f"{name}: trial {i}/{trials}: validation:auc={value:.4f}")
+            summaries.append({
+                "TrainingJobName": job,
+                "TrainingJobStatus": "Completed",
+                "TunedHyperParameters": tuned,
+                "FinalHyperParameterTuningJobObjectiveMetric": {
+                    "MetricName": "validation:auc", "Value": value},
+                "_model": props["ModelArtifacts"]["S3ModelArtifacts"],
+            })  # fmt: skip
+        summaries.sort(key=lambda t: t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"],
+                       reverse=maximise)  # fmt: skip
+        best = summaries[0]
+        self.echo(f"{name}: best {best['TrainingJobName']}")
+        properties = {
+            **args,
+            "HyperParameterTuningJobName": tuning_job,
+            "HyperParameterTuningJobStatus": "Completed",
+            "BestTrainingJob": {k: v for k, v in best.items() if k != "_model"},
+            "TrainingJobSummaries": [{k: v for k, v in t.items() if k != "_model"}
+                                     for t in summaries],
+            "_outputs": [best["_model"]],
+        }  # fmt: skip
         return properties, {}
 
     def _register(

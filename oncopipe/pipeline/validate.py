@@ -7,7 +7,8 @@ Two checks:
   Fail steps' shapes), with ``jsonschema``.
 * :func:`validate_step_arguments`: each API step's ``Arguments`` against botocore's own
   SageMaker service model (Apache-2.0): Processing -> ``CreateProcessingJob``, Training ->
-  ``CreateTrainingJob``, RegisterModel -> ``CreateModelPackage``, with
+  ``CreateTrainingJob``, Tuning -> ``CreateHyperParameterTuningJob``, RegisterModel ->
+  ``CreateModelPackage``, with
   ``botocore.validate.ParamValidator``. Expressions are resolved only at run time, so
   before validating, each is replaced by a placeholder of the type the service model
   expects at that place (:data:`RELAXATIONS` lists every such substitution).
@@ -29,6 +30,7 @@ from oncopipe.pipeline.definition import (
 OPERATIONS = {
     "Processing": "CreateProcessingJob",
     "Training": "CreateTrainingJob",
+    "Tuning": "CreateHyperParameterTuningJob",
     "RegisterModel": "CreateModelPackage",
 }
 
@@ -43,6 +45,8 @@ RELAXATIONS = (
     "as 'placeholder-job-name'",
     "Training: TrainingJobName (required by the API, chosen by the pipeline) is added as "
     "'placeholder-job-name'",
+    "Tuning: HyperParameterTuningJobName (required by the API, chosen by the pipeline) is "
+    "added as 'placeholder-tuning'",
 )
 
 _EXPRESSION_KEYS = ("Get", "Std:Join", "Std:JsonGet")
@@ -107,6 +111,8 @@ def validate_step_arguments(step: Mapping[str, Any]) -> None:
         params.setdefault("ProcessingJobName", "placeholder-job-name")
     if operation == "CreateTrainingJob":
         params.setdefault("TrainingJobName", "placeholder-job-name")
+    if operation == "CreateHyperParameterTuningJob":
+        params.setdefault("HyperParameterTuningJobName", "placeholder-tuning")
     report = ParamValidator().validate(params, shape)
     if report.has_errors():
         raise ValidationError(f"step {step['Name']} ({operation}): {report.generate_report()}")
@@ -238,7 +244,16 @@ SCHEMA: dict[str, Any] = {
             "required": ["Name", "Type", "Arguments"],
             "properties": {
                 "Name": {"type": "string", "pattern": r"^[A-Za-z0-9\-_]{1,64}$"},
-                "Type": {"enum": ["Processing", "Training", "Condition", "RegisterModel", "Fail"]},
+                "Type": {
+                    "enum": [
+                        "Processing",
+                        "Training",
+                        "Tuning",
+                        "Condition",
+                        "RegisterModel",
+                        "Fail",
+                    ]
+                },
                 "Description": {"type": "string"},
                 "DisplayName": {"type": "string"},
                 "DependsOn": {"type": "array", "items": {"type": "string"}},

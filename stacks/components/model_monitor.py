@@ -28,7 +28,6 @@ from aws_cdk import (
     aws_s3 as s3,
     aws_scheduler as scheduler,
     aws_sns as sns,
-    aws_stepfunctions as sfn,
 )
 from constructs import Construct
 
@@ -240,8 +239,8 @@ class RetrainGate(Construct):
     (``lifecycle.retrain_schedule``, UTC) with its own role, dead-letter queues, and the
     ``topic`` (KMS) that hears when the monthly budget is spent.
 
-    Exactly one of ``sagemaker_pipeline_name`` (a SageMaker Pipeline) and ``state_machine``
-    (a pipeline state machine) is the retrain target. Grants the function: the table, the
+    ``sagemaker_pipeline_name`` (the model stack's SageMaker Pipeline) is the retrain
+    target. Grants the function: the table, the
     topic, write of decision records, list/read of the curated VAF histograms (the sample
     count), PutMetricData, and start of the target only.
     Attributes: ``table``, ``function``, ``topic``, ``schedule``, ``alarm_rule``.
@@ -260,13 +259,10 @@ class RetrainGate(Construct):
         artifacts: s3.IBucket,
         alarm: cw.IAlarm,
         model_family: str,
-        sagemaker_pipeline_name: str | None = None,
-        state_machine: sfn.IStateMachine | None = None,
+        sagemaker_pipeline_name: str,
         model_package_group_name: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        if (sagemaker_pipeline_name is None) == (state_machine is None):
-            raise ValueError("give exactly one of sagemaker_pipeline_name and state_machine")
         life = config.lifecycle
         self.table = dynamodb.Table(
             self,
@@ -289,11 +285,6 @@ class RetrainGate(Construct):
         )
         self.topic = sns.Topic(self, "BudgetNotices", master_key=key, enforce_ssl=True,
                                display_name="oncopipe retrain budget")  # fmt: skip
-        kind, target_id = (
-            ("sagemaker", str(sagemaker_pipeline_name))
-            if sagemaker_pipeline_name is not None
-            else ("stepfunctions", state_machine.state_machine_arn)  # type: ignore[union-attr]
-        )
         self.function = StageFunction(
             self,
             "Gate",
@@ -307,8 +298,7 @@ class RetrainGate(Construct):
                 "RETRAIN_COOLDOWN_HOURS": str(life.retrain_cooldown_hours),
                 "RETRAIN_MIN_NEW_SAMPLES": str(life.retrain_min_new_samples),
                 "RETRAIN_MONTHLY_BUDGET": str(life.retrain_monthly_budget),
-                "PIPELINE_KIND": kind,
-                "PIPELINE_ID": target_id,
+                "PIPELINE_ID": sagemaker_pipeline_name,
                 "LEASE_TABLE": self.table.table_name,
                 "ARTIFACTS_BUCKET": artifacts.bucket_name,
                 "CURATED_BUCKET": curated.bucket_name,
@@ -340,7 +330,7 @@ class RetrainGate(Construct):
             [iam.PolicyStatement(actions=["sagemaker:ListModelPackages"], resources=["*"])]
             if model_package_group_name else []
         ))  # fmt: skip
-        if sagemaker_pipeline_name is not None and model_package_group_name:
+        if model_package_group_name:
             # the approved version's test AUC becomes the pipeline's ApprovedAuc parameter
             grant_objects(role, artifacts, read={
                 layout.ARTIFACTS_EVALUATION: "Reads the approved version's evaluation report "
@@ -357,15 +347,12 @@ class RetrainGate(Construct):
                 f"<AWS::AccountId>:model-package/{model_package_group_name}/*]",
                 "Reads the approved version of its own model package group (any version).",
             )
-        if sagemaker_pipeline_name is not None:
-            role.add_to_principal_policy(iam.PolicyStatement(
-                actions=["sagemaker:StartPipelineExecution"],
-                resources=[Stack.of(self).format_arn(
-                    service="sagemaker", resource="pipeline",
-                    resource_name=sagemaker_pipeline_name.lower())],
-            ))  # fmt: skip
-        else:
-            state_machine.grant_start_execution(role)  # type: ignore[union-attr]
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["sagemaker:StartPipelineExecution"],
+            resources=[Stack.of(self).format_arn(
+                service="sagemaker", resource="pipeline",
+                resource_name=sagemaker_pipeline_name.lower())],
+        ))  # fmt: skip
 
         function = self.function.function
         rule_dead_letters = encrypted_queue(self, "TriggerDeadLetters", key=key)

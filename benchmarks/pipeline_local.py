@@ -23,7 +23,6 @@ Run: ``.venv/bin/python benchmarks/pipeline_local.py [--quick] [--json PATH]``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -42,35 +41,15 @@ ROLE = "arn:aws:iam::123456789012:role/bench"
 
 def _commit_cohort(store: Any, patients: int) -> None:
     """Commit synthetic feature tables (manifests + symlinks), labels and VAF histograms."""
-    import pyarrow.parquet as pq
-
-    from oncopipe import catalog, layout
+    from oncopipe import layout
     from oncopipe.cohort.dataset import split_of
-    from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
-    from oncopipe.manifest import StepContext, process_item
+    from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
     from oncopipe.monitor.histogram import VAF_EDGES, Histogram, Stratum, encode, to_document
-
-    def parquet(table: Any) -> bytes:
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        return buffer.getvalue()
 
     features = [f for f in radiomic_feature_names()
                 if f.startswith(("original_", "log-sigma-1-0-mm-3D_"))]  # fmt: skip
     tables = generate_tables(patients, seed=5, features=features)
-    places = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
-    for name, table in places.items():
-        key = f"{catalog.TABLES[table].prefix}pk-all/{name}.parquet"
-        ctx = StepContext(store=store, manifest_bucket=CURATED, run_id="feat-1", step=name)
-        data = parquet(getattr(tables, name))
-
-        def work(writer: Any, key: str = key, data: bytes = data) -> dict[str, Any]:
-            writer.put(CURATED, key, data)
-            return {}
-
-        process_item(ctx, name, [], work)
-    store.put_bytes(CURATED, f"{layout.CURATED_LABELS}labels.parquet", parquet(tables.labels),
-                    tags={})  # fmt: skip
+    commit_tables(tables, store, CURATED, run_id="feat-1")
     for patient in tables.labels["patient_key"].to_pylist():
         vaf = {"train": 0.05, "validation": 0.3, "test": 0.6}[split_of(patient)]
         doc = to_document(Histogram.of([vaf], VAF_EDGES), Stratum("panel-v1", "paired"),

@@ -8,21 +8,18 @@ training/train.py in script mode, training.evaluate score) on it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("torch")
 
-from oncopipe import catalog, layout
-from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
-from oncopipe.manifest import StepContext, process_item
+from oncopipe import layout
+from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
 from oncopipe.pipeline import definition as d
 from oncopipe.pipeline.local_runner import (
     CACHED,
@@ -48,28 +45,10 @@ HPARAMS = {"epochs": "10", "batch-size": "32", "lr": "0.003", "d-model": "32", "
            "log-level": "WARNING"}  # fmt: skip
 
 
-def _bytes(table: Any) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
 def _commit_cohort(store: ObjectStore) -> None:
     """Commit the synthetic feature tables (manifests + symlinks) and upload labels."""
     tables = generate_tables(900, seed=5, features=FEATURES)
-    places = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
-    for name, table in places.items():
-        key = f"{catalog.TABLES[table].prefix}pk-all/{name}.parquet"
-        ctx = StepContext(store=store, manifest_bucket=CURATED, run_id="feat-1", step=name)
-        data = _bytes(getattr(tables, name))
-
-        def work(writer: Any, key: str = key, data: bytes = data) -> dict[str, Any]:
-            writer.put(CURATED, key, data)
-            return {}
-
-        process_item(ctx, name, [], work)
-    store.put_bytes(CURATED, f"{layout.CURATED_LABELS}labels.parquet", _bytes(tables.labels),
-                    tags={})  # fmt: skip
+    commit_tables(tables, store, CURATED, run_id="feat-1", item="pk-all")
     _commit_histograms(store, tables.labels["patient_key"].to_pylist())
 
 

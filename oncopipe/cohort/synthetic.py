@@ -624,6 +624,52 @@ def write_tables(tables: SyntheticTables, out_dir: Path | str) -> dict[str, Path
     return paths
 
 
+#: Where :func:`commit_tables` puts each table: the catalog table it is part of.
+COMMITTED_TABLES = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
+
+
+def commit_tables(
+    tables: SyntheticTables,
+    store: Any,
+    bucket: str,
+    *,
+    run_id: str,
+    item: str = "synthetic",
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Commit the feature tables to a curated ``bucket`` as the stages commit theirs.
+
+    Each table is one item of its step (``variants``, ``radiomics``, ``notes``; run
+    ``run_id``): ``<table prefix><item>/<name>.parquet`` written through
+    :func:`oncopipe.manifest.process_item`, so its manifest and the table's symlink file
+    make it visible to the cohort build. The labels go to ``labels/labels.parquet``.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    from oncopipe import catalog, layout
+    from oncopipe.manifest import ItemWriter, StepContext, process_item
+
+    def parquet(table: Any) -> bytes:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        return buffer.getvalue()
+
+    for name, table in COMMITTED_TABLES.items():
+        key = f"{catalog.TABLES[table].prefix}{item}/{name}.parquet"
+        ctx = StepContext(store=store, manifest_bucket=bucket, run_id=run_id, step=name)
+        data = parquet(getattr(tables, name))
+
+        def work(writer: ItemWriter, key: str = key, data: bytes = data) -> dict[str, Any]:
+            writer.put(bucket, key, data)
+            return {}
+
+        process_item(ctx, name, [], work)
+    store.put_bytes(bucket, f"{layout.CURATED_LABELS}labels.parquet", parquet(tables.labels),
+                    tags=dict(tags or {}))  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: write a cohort (``--out DIR``) or refresh the cached feature names."""
     parser = argparse.ArgumentParser(prog="python -m oncopipe.cohort.synthetic")

@@ -45,7 +45,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -53,17 +52,17 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from oncopipe import catalog, layout
+from oncopipe import layout
 from oncopipe.errors import OncopipeError
 from oncopipe.local.registry import LocalExecution, LocalSageMaker, user_context
-from oncopipe.pipeline.local_runner import LOCAL_ACCOUNT
+from oncopipe.pipeline.local_runner import LOCAL_ACCOUNT, set_environment
 from oncopipe.storage import TAG_RUN_ID, TAG_STEP, ObjectStore
 
 #: Day 1 of the simulated month (a Monday).
@@ -241,14 +240,6 @@ def _synthetic_keys(rng: np.random.Generator, n: int) -> list[str]:
             .decode("ascii").lower() for _ in range(n)]  # fmt: skip
 
 
-def _parquet(table: Any) -> bytes:
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
 def _schedule_times(expression: str, start: dt.date, days: int) -> list[dt.datetime]:
     """Return the times of ``cron(M H ? * DAYS *)`` or ``rate(N day(s))`` in the days.
 
@@ -272,20 +263,6 @@ def _schedule_times(expression: str, start: dt.date, days: int) -> list[dt.datet
         return [first + dt.timedelta(days=i) for i in range(0, days, max(int(rate[1]), 1))]
     raise LifecycleError(f"lifecycle.retrain_schedule {expression!r}: the local lifecycle reads "
                          "cron(M H ? * DAYS *) or rate(N days) only")  # fmt: skip
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, old in saved.items():
-            if old is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = old
 
 
 class _World:
@@ -351,27 +328,13 @@ class _World:
     # -- the cohort -------------------------------------------------------------------------
     def commit_cohort(self) -> int:
         """Commit the synthetic tables, labels and each patient's VAF histogram."""
-        from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
-        from oncopipe.manifest import ItemWriter, StepContext, process_item
+        from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
 
         o = self.options
         features = [f for f in radiomic_feature_names() if f.startswith(FEATURE_PREFIXES)]
         self.tables = generate_tables(o.patients, seed=o.seed, features=features)
-        curated = self.made.curated
-        places = {"variants": "variants", "radiomics": "radiomics", "notes": "note_concepts"}
-        for name, table in places.items():
-            key = f"{catalog.TABLES[table].prefix}synthetic/{name}.parquet"
-            ctx = StepContext(store=self.store, manifest_bucket=curated,
-                              run_id=f"lifecycle-{self.name}", step=name)  # fmt: skip
-            data = _parquet(getattr(self.tables, name))
-
-            def work(writer: ItemWriter, key: str = key, data: bytes = data) -> dict[str, Any]:
-                writer.put(curated, key, data)
-                return {}
-
-            process_item(ctx, name, [], work)
-        self.store.put_bytes(curated, f"{layout.CURATED_LABELS}labels.parquet",
-                             _parquet(self.tables.labels), tags=self._tags("labels"))  # fmt: skip
+        commit_tables(self.tables, self.store, self.made.curated, run_id=f"lifecycle-{self.name}",
+                      tags=self._tags("labels"))  # fmt: skip
         rng = np.random.default_rng((o.seed, 2))  # the same cohort in every scenario
         patients = self.tables.labels["patient_key"].to_pylist()
         self._put_samples(rng, patients, o.start - dt.timedelta(days=1), 0.0)
@@ -493,7 +456,7 @@ class _World:
         payloads = patient_payloads(t.variants, t.radiomics, t.notes)
         patient = next((k for k in payloads if split_of(k) == "test"), next(iter(payloads)))
         environment = {**container.get("Environment", {}), "ONCOPIPE_MODEL_VARIANT": VARIANT}
-        with _environment(environment):
+        with set_environment(environment):
             server = make_server(str(model_dir), host="127.0.0.1", port=0)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()

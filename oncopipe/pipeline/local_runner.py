@@ -310,7 +310,8 @@ def _duration(text: str) -> dt.timedelta:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
+def set_environment(values: Mapping[str, Any]) -> Iterator[None]:
+    """Set ``values`` (as strings) in ``os.environ`` for the block; restore them after."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update({k: str(v) for k, v in values.items()})
     try:
@@ -753,7 +754,7 @@ class LocalPipelineRunner:
             **self.environment,
             **{k: _as_text(v) for k, v in args.get("Environment", {}).items()},
         }
-        with _environment(env):
+        with set_environment(env):
             _call_main(module, argv, where)
         uris = []
         for item in outputs:
@@ -836,7 +837,7 @@ class LocalPipelineRunner:
             }
         )
         argv = [x for k, v in hps.items() for x in (f"--{k}", v)]
-        with _environment({**self.environment, **env_args, **env}):
+        with set_environment({**self.environment, **env_args, **env}):
             _call_main(module, argv, where)
         out_uri = str(args["OutputDataConfig"]["S3OutputPath"]).rstrip("/") + f"/{job}/output/"
         bucket, prefix = _split_s3(out_uri, f"{where} output")

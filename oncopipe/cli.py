@@ -39,7 +39,25 @@ def _fail(error: Exception) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The top-level group: ``oncopipe model`` is imported only when it is used.
+
+    Its governance module pulls in botocore (~20 ms of every other command's start-up,
+    ``benchmarks/profiles.md``).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "model"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "model" and "model" not in self.commands:
+            from oncopipe.model_cli import model  # oncopipe model list|approve|reject|rollback
+
+            self.add_command(model)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=None, version=__import__("oncopipe").__version__)
 def main() -> None:
     """oncopipe: multimodal oncology data platform on AWS (and on your laptop)."""
@@ -1246,14 +1264,6 @@ def report_command(run_id: str, out: Path, plots: tuple[Path, ...], drift_json: 
     path = write_report(data, out)
     console.print(f"run report {path}", highlight=False, markup=False)
 
-
-def _add_model_commands() -> None:
-    from oncopipe.model_cli import model as model_group
-
-    main.add_command(model_group)  # oncopipe model list|approve|reject|rollback
-
-
-_add_model_commands()
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """``oncopipe model list|approve|reject|rollback``: the governed model registry.
 
-Registered into the main group by :mod:`oncopipe.cli` (``main.add_command(model)``).
+Registered into the main group by :mod:`oncopipe.cli` when first used (``_Commands``).
 Runs boto3 against the response model's package group: the AWS configuration decides
 the account and credentials (assume the ``ModelApprover`` role to approve), and
 ``--endpoint-url`` (or ``AWS_ENDPOINT_URL``) points it at the embedded endpoint of

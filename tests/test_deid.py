@@ -10,7 +10,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from oncopipe.errors import InputError
 from oncopipe.imaging.deid import (
@@ -150,6 +155,24 @@ def test_nested_sequences_and_references_stay_consistent() -> None:
     assert rt_out.ContentSequence[0].PersonName == "ANONYMIZED"
 
 
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_a_read_object_is_released_as_the_same_bytes_as_one_built_in_memory(syntax: Any) -> None:
+    # The values an object read from bytes gets anew are stored encoded as it is encoded and
+    # written as they are; built in memory they are pydicom elements. The files must agree.
+    built = dataset(StudyTime="101500", AcquisitionDateTime="20260301101500.5",
+                    SliceThickness="2.5", InstanceNumber="7")  # fmt: skip
+    built.file_meta.TransferSyntaxUID = syntax
+    image = Dataset()
+    image.ReferencedSOPClassUID = built.SOPClassUID  # kept (DICOM's own UID)
+    image.ReferencedSOPInstanceUID = "1.2.3.4.5.6.7.1\\1.2.3.4.5.6.7.2"  # replaced, VM 2
+    image.PersonName = "Dr^Who"  # D, nested
+    built.ReferencedImageSequence = Sequence([image])
+    read = read_dicom(write_dicom(copy.deepcopy(built)), source=SOURCE)
+    assert write_dicom(run(read)[0]) == write_dicom(run(built)[0])
+
+
 def test_private_tags_overlays_and_curves_removed_safelist_kept() -> None:
     ds = dataset()
     block = ds.private_block(0x0009, "ACME 1.0", create=True)
@@ -204,6 +227,26 @@ def test_burned_in_and_risky_modalities_are_refused() -> None:
     with pytest.raises(DeidentificationError, match="no PatientID") as err:
         run(dataset(patient_id=""))
     assert err.value.reason_code == "not-deidentifiable"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("Modality", ["CT", "US"], "modality US"),  # multi-valued: any value counts
+        ("Modality", "us", "modality US"),
+        ("Modality", "SC ", "modality SC"),
+        ("BurnedInAnnotation", "yes", "BurnedInAnnotation is YES"),
+        ("BurnedInAnnotation", ["NO", "YES"], "BurnedInAnnotation is YES"),
+    ],
+)  # fmt: skip
+def test_every_spelling_of_burned_in_text_is_refused(keyword: str, value: Any,
+                                                      message: str) -> None:  # fmt: skip
+    ds = dataset(**{keyword: value})
+    with pytest.raises(DeidentificationError, match=message):
+        run(copy.deepcopy(ds))
+    # and from the file's bytes (the raw element path of the Lambda and the stage)
+    with pytest.raises(DeidentificationError, match=message):
+        deidentify_bytes(write_dicom(ds), source=SOURCE, secret=SECRET)
 
 
 def test_malformed_input_gets_a_clear_error_naming_the_file() -> None:

@@ -48,13 +48,16 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import IO, Any
 
 from oncopipe.errors import InputError
 from oncopipe.imaging.profile import BINARY_VRS, load_binary_safelist, load_rules
 from oncopipe.imaging.uids import (
+    PATH_UIDS,
     InvalidUIDError as InvalidUIDError,  # re-exported
+    is_valid_uid,
     path_uids,
     validate_uid,
 )
@@ -65,6 +68,7 @@ BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC", "OT"})
 #: Encapsulated PDF, CDA, STL, OBJ, MTL (PS3.4 B.5): documents, refused as a whole.
 ENCAPSULATED_DOCUMENT_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
 ENCAPSULATED_DOCUMENT_TAG = 0x00420011
+METHOD_CODE_SEQUENCE_TAG = 0x00120064  # Deidentification Method Code Sequence
 #: DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes): kept as they are.
 DICOM_UID_ROOT = "1.2.840.10008."
 #: Part 10 file meta elements that survive; the implementation UID and version name are
@@ -164,9 +168,17 @@ class Deidentifier:
     def __init__(self, secret: bytes, options: DeidOptions | None = None) -> None:
         self.secret = secret
         self.options = options or DeidOptions()
+        import pydicom
+
+        # pydicom's validation messages quote values (PHI): never let them reach a log, also
+        # for data sets read elsewhere (as :func:`read_dicom` does for those it reads).
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         self.rules, self.patterns = load_rules()
         self._binary_safelist = load_binary_safelist()
         self._enabled = self.options.enabled
+        # each (tag, stored VR) gets its action once per set of options, not per element
+        self._decisions = _decision_memo(self._enabled)
 
     def deidentify(self, ds: Any, *, source: str) -> tuple[Any, str]:
         """De-identify ``ds`` in place; return it and the patient key.
@@ -179,9 +191,9 @@ class Deidentifier:
                 Instance UID.
         """
         meta = getattr(ds, "file_meta", None)
-        classes = [str(ds.get("SOPClassUID", "") or "")]
+        classes = [str(_peek_uid(ds, "SOPClassUID") or "")]
         if meta is not None:
-            classes.append(str(meta.get("MediaStorageSOPClassUID", "") or ""))
+            classes.append(str(_peek_uid(meta, "MediaStorageSOPClassUID") or ""))
         if any(c.startswith(ENCAPSULATED_DOCUMENT_CLASS_PREFIX) for c in classes) or (
             ENCAPSULATED_DOCUMENT_TAG in ds
         ):
@@ -196,25 +208,27 @@ class Deidentifier:
             raise DeidentificationError(
                 source, "no PatientID: the object cannot be tied to a patient"
             )
-        burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
-        modality = str(ds.get("Modality", "") or "").upper()
-        sop_class = str(ds.get("SOPClassUID", "") or "")
-        if burned == "YES":
+        # every value counts: a multi-valued or padded, lower-case spelling must not pass
+        burned = _peek_cs(ds, 0x00280301)  # BurnedInAnnotation
+        modalities = _peek_cs(ds, 0x00080060)  # Modality
+        sop_class = classes[0]
+        if "YES" in burned:
             raise DeidentificationError(
                 source, "BurnedInAnnotation is YES: pixel data may show identity; not released"
             )
-        if modality in BURNED_IN_MODALITIES or sop_class in SECONDARY_CAPTURE_CLASSES:
+        carrying = sorted(set(modalities) & BURNED_IN_MODALITIES)
+        if carrying or sop_class in SECONDARY_CAPTURE_CLASSES:
             raise DeidentificationError(
                 source,
-                f"modality {modality or 'secondary capture'} commonly carries burned-in text and "
-                "no pixel cleaning rule is configured; not released",
+                f"modality {'/'.join(carrying) or 'secondary capture'} commonly carries "
+                "burned-in text and no pixel cleaning rule is configured; not released",
             )
         key = patient_key(self.secret, source_id)
         days = date_shift_days(self.secret, source_id)
         identifiers = self._identifying_strings(ds) if "clean_descriptors" in self._enabled else []
         self._walk(ds, days, identifiers, source)
         # every UID was checked on the walk; these three make paths and must be there
-        path_uids(ds, source=source)
+        path_uids({k: _peek_uid(ds, k) for k in PATH_UIDS}, source=source)
         if meta is not None:
             # Only what Part 10 requires survives: AE titles and private information go.
             for tag in list(meta.keys()):
@@ -223,16 +237,29 @@ class Deidentifier:
             if "TransferSyntaxUID" in meta:
                 validate_uid(meta.TransferSyntaxUID, source=source, attribute="TransferSyntaxUID")
             # The meta names the instance it carries: the de-identified one.
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientID = key
-        ds.PatientIdentityRemoved = "YES"
+            _set_ascii(meta, 0x00020002, "UI", str(_peek_uid(ds, "SOPClassUID")))
+            _set_ascii(meta, 0x00020003, "UI", str(_peek_uid(ds, "SOPInstanceUID")))
         used = ["basic", *sorted(n for n in self._enabled if n in METHOD_CODES)]
+        _set_ascii(ds, 0x00100020, "LO", key)  # PatientID
+        _set_ascii(ds, 0x00120062, "CS", "YES")  # PatientIdentityRemoved
         # LO holds 64 characters: the options are listed in the code sequence below
-        ds.DeidentificationMethod = f"oncopipe PS3.15 E.1-1 basic profile + {len(used) - 1} options"
-        ds.DeidentificationMethodCodeSequence = self._method_codes(used)
+        _set_ascii(ds, 0x00120063, "LO",  # DeidentificationMethod
+                   f"oncopipe PS3.15 E.1-1 basic profile + {len(used) - 1} options")  # fmt: skip
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None:  # built in memory: no encoding to match
+            ds.DeidentificationMethodCodeSequence = self._method_codes(used)
+        else:
+            from pydicom.dataelem import RawDataElement
+            from pydicom.tag import BaseTag
+
+            # the same constant items in every file: encoded once per encoding, and written
+            # as they are (building and encoding the 3 items was a quarter of the time)
+            value = _encoded_method_codes(tuple(used), implicit, little)
+            ds[METHOD_CODE_SEQUENCE_TAG] = RawDataElement(
+                BaseTag(METHOD_CODE_SEQUENCE_TAG), "SQ", len(value), value, 0, implicit, little
+            )
         if "retain_long_modified_dates" in self._enabled:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            _set_ascii(ds, 0x00280303, "CS", "MODIFIED")  # LongitudinalTemporalInformationModified
         return ds, key
 
     # -- internals ---------------------------------------------------------------------------
@@ -254,16 +281,22 @@ class Deidentifier:
     def _walk(
         self, ds: Any, days: int, identifiers: list[str], source: str, top: bool = True
     ) -> None:
-        from pydicom.dataelem import DataElement
+        from pydicom.dataelem import DataElement, RawDataElement
         from pydicom.dataset import Dataset
 
+        # What the walk writes anew (UIDs, dummies, empty values) is ASCII: where the data set
+        # was read from bytes, it is stored encoded as they are and written as it is
+        # (:func:`_ascii_element`); a data set built in memory gets DataElements.
+        encoding = ds.original_encoding
+        encoded = None not in encoding
         self._remove_private(ds)
         for tag in list(ds.keys()):
             number = int(tag)
             group = number >> 16
+            item = ds.get_item(tag)
             if group & 1:  # a safelisted private element (or its creator)
-                if ds.get_item(tag).VR == "UI":  # written as it is: it must be a UID
-                    _check_kept_uid(ds[tag], source)
+                if item.VR == "UI":  # written as it is: it must be a UID
+                    _check_kept_uid_in(ds, tag, source)
                 continue
             if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
                 del ds[tag]  # curves and overlays
@@ -273,29 +306,40 @@ class Deidentifier:
                 continue
             if number == 0x00100020 and top:  # PatientID: replaced by the key at the end
                 continue
-            rule = self.rules.get(number)
+            decision = self._decisions.get((number, item.VR))
+            if decision is None:
+                decision = self._decide(number, item.VR)
             # Elements that are kept are not decoded: reading and writing them stays raw.
-            raw_vr = ds.get_item(tag).VR
-            known_vr = _KNOWN_VRS[number] or None
-            if raw_vr is None:
-                raw_vr = known_vr or "UN"
-            # A known attribute written as UN is judged by what it is (pydicom decodes it so)
-            vr = known_vr if raw_vr == "UN" and known_vr else raw_vr
-            if rule:
-                action = rule.action(self._enabled)
-            else:
-                action = self._unlisted(vr, number, known=known_vr is not None)
+            raw_vr, vr, action = decision
             if action in ("K", "KU") and raw_vr != "SQ":
                 if vr == "UI":  # written as it is: it must be a UID
-                    _check_kept_uid(ds[tag], source)
+                    _check_kept_uid_in(ds, tag, source)
                 continue
             if action == "X":
                 del ds[tag]  # no need to decode what is removed
                 continue
             if action in ("Z", "D") and raw_vr not in ("SQ", "UI"):
-                ds[tag] = DataElement(tag, raw_vr, _replacement(action, raw_vr))
+                value = _replacement(action, raw_vr)
+                if encoded and len(raw_vr) == 2 and raw_vr != "UN":  # UN: pydicom sets the known VR
+                    ds[tag] = _constant_element(number, raw_vr, value or "", encoding)
+                else:
+                    ds[tag] = DataElement(tag, raw_vr, value)
+                continue
+            if action == "C" and raw_vr == "TM":
+                continue  # whole-day shifts keep the time of day (as _apply does)
+            if (
+                action == "U" and encoded and raw_vr == "UI" and item.VR in (None, "UI")
+                and isinstance(item, RawDataElement) and item.value is not None
+            ):  # fmt: skip
+                # the UIDs are read with pydicom's UI converter, without decoding the element
+                # into the data set, and their replacements stored encoded
+                rule = self.rules.get(number)
+                name = _keyword(number) or (rule.name if rule else "") or f"({number:08X})"
+                new = [self._uid(str(v), name, source) for v in _uids_of(item)]
+                ds[tag] = _ascii_element(number, "UI", "\\".join(new), encoding)
                 continue
             element = ds[tag]
+            rule = self.rules.get(number)
             name = element.keyword or (rule.name if rule else "") or f"({number:08X})"
             try:
                 self._apply(ds, element, action, days, identifiers, name=name, source=source)
@@ -308,6 +352,22 @@ class Deidentifier:
                 for item in ds[tag].value:
                     if isinstance(item, Dataset):
                         self._walk(item, days, identifiers, source, top=False)
+
+    def _decide(self, number: int, stored_vr: str | None) -> tuple[str, str, str]:
+        """Return (stored VR, VR judged by, action) of an element; memoised per options."""
+        rule = self.rules.get(number)
+        known_vr = _KNOWN_VRS[number] or None
+        raw_vr = stored_vr if stored_vr is not None else known_vr or "UN"
+        # A known attribute written as UN is judged by what it is (pydicom decodes it so)
+        vr = known_vr if raw_vr == "UN" and known_vr else raw_vr
+        if rule:
+            action = rule.action(self._enabled)
+        else:
+            action = self._unlisted(vr, number, known=known_vr is not None)
+        decision = (raw_vr, vr, action)
+        if len(self._decisions) < 65536:  # bounded: unknown tags in hostile files are many
+            self._decisions[(number, stored_vr)] = decision
+        return decision
 
     def _uid(self, uid: str, attribute: str, source: str) -> str:
         """Return the replacement of a UID, or DICOM's own UID unchanged.
@@ -409,7 +469,7 @@ class Deidentifier:
 
     def _remove_private(self, ds: Any) -> None:
         """Remove private elements, keeping safelisted ones and their creators."""
-        private = [tag for tag in ds.keys() if tag.group & 1]
+        private = [tag for tag in ds.keys() if (tag >> 16) & 1]  # odd group
         if not private:
             return
         keep: set[int] = set()
@@ -427,17 +487,180 @@ class Deidentifier:
                 del ds[tag]
 
     def _method_codes(self, used: Iterable[str]) -> Any:
-        from pydicom.dataset import Dataset
+        return _method_code_items(used)
 
-        items = []
-        for name in used:
-            value, meaning = METHOD_CODES[name]
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            items.append(item)
-        return items
+
+def _method_code_items(used: Iterable[str]) -> list[Any]:
+    """The Deidentification Method Code Sequence items (CID 7050) of the options used."""
+    from pydicom.dataset import Dataset
+
+    items = []
+    for name in used:
+        value, meaning = METHOD_CODES[name]
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    return items
+
+
+@lru_cache(maxsize=32)
+def _encoded_method_codes(used: tuple[str, ...], implicit: bool, little: bool) -> bytes:
+    """The value of the method code sequence, encoded as a data set read that way stores it."""
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_sequence
+
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
+    element = DataElement(METHOD_CODE_SEQUENCE_TAG, "SQ", _method_code_items(used))
+    write_sequence(buffer, element, ["iso8859"])  # the codes are plain ASCII
+    return bytes(buffer.getvalue())
+
+
+@cache
+def _pydicom() -> Any:
+    """The pydicom names the element helpers below use, imported on first use.
+
+    An import statement costs ~2 us even for a loaded module, and these helpers run some
+    thirty times per file; pydicom still is not imported with this module.
+    """
+    from types import SimpleNamespace
+
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.multival import MultiValue
+    from pydicom.tag import BaseTag
+    from pydicom.values import convert_string, convert_UI
+
+    return SimpleNamespace(
+        keyword_for_tag=keyword_for_tag, tag_for_keyword=tag_for_keyword,
+        DataElement=DataElement, RawDataElement=RawDataElement, MultiValue=MultiValue,
+        BaseTag=BaseTag, convert_UI=convert_UI, convert_string=convert_string,
+    )  # fmt: skip
+
+
+def _ascii_element(tag: int, vr: str, text: str, encoding: tuple[bool, bool]) -> Any:
+    """A new element holding ASCII ``text``, encoded the way its data set stores elements.
+
+    pydicom writes such an element as it is. A DataElement instead is validated when set
+    and encoded on write: for the twenty-odd values a CT slice gets anew, that was a third
+    of the de-identification time (``benchmarks/profiles.md``). Only for what this module
+    makes (UIDs, dates, dummies, empty values, the patient key): ASCII, which every DICOM
+    character set encodes as ASCII. Padded to even length as pydicom pads (UI with NUL).
+    """
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    implicit, little = encoding
+    pd = _pydicom()
+    return pd.RawDataElement(pd.BaseTag(tag), vr, len(data), data, 0, implicit, little)
+
+
+@lru_cache(maxsize=4096)
+def _constant_element(tag: int, vr: str, text: str, encoding: tuple[bool, bool]) -> Any:
+    """:func:`_ascii_element` for the dummy and empty values (immutable: shared by files)."""
+    return _ascii_element(tag, vr, text, encoding)
+
+
+def _set_ascii(ds: Any, tag: int, vr: str, text: str) -> None:
+    """Set an element to ASCII ``text``: encoded (:func:`_ascii_element`) or a DataElement."""
+    encoding = ds.original_encoding
+    if None in encoding:
+        ds[tag] = _pydicom().DataElement(tag, vr, text)
+    else:
+        ds[tag] = _ascii_element(tag, vr, text, encoding)
+
+
+def _uids_of(raw: Any) -> list[Any]:
+    """The UIDs of a raw UI element as pydicom reads them (padding removed; [] if empty)."""
+    pd = _pydicom()
+    value = pd.convert_UI(raw.value, raw.is_little_endian)
+    if isinstance(value, pd.MultiValue):
+        return list(value)
+    return [value] if value else []
+
+
+def _peek_uid(ds: Any, keyword: str) -> Any:
+    """``ds.get(keyword)`` for a UI attribute, without decoding a raw element into ``ds``.
+
+    A decoded element is encoded again on write; a raw one is written as it is.
+    """
+    pd = _pydicom()
+    tag = pd.tag_for_keyword(keyword)
+    item = ds.get_item(tag) if tag is not None else None
+    if item is None:
+        return None
+    if isinstance(item, pd.RawDataElement) and item.VR in (None, "UI") and item.value is not None:
+        return pd.convert_UI(item.value, item.is_little_endian)
+    return ds[tag].value
+
+
+def _peek_cs(ds: Any, tag: int) -> list[str]:
+    """The values of a CS attribute, stripped and upper-cased, without decoding a raw
+    element into ``ds``: every value of a multi-valued one (``US\\CT``), none if absent."""
+    pd = _pydicom()
+    item = ds.get_item(tag)
+    if item is None:
+        return []
+    if isinstance(item, pd.RawDataElement) and item.VR in (None, "CS") and item.value is not None:
+        value = pd.convert_string(item.value, item.is_little_endian)  # CS: default repertoire
+    else:
+        value = ds[tag].value
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str | bytes) else list(value)
+    out = []
+    for v in values:
+        text = v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
+        out += [part.strip().upper() for part in text.split("\\") if part.strip()]
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _keyword(tag: int) -> str:
+    return str(_pydicom().keyword_for_tag(tag))
+
+
+def _check_kept_uid_in(ds: Any, tag: Any, source: str) -> None:
+    """:func:`_check_kept_uid` on ``ds[tag]``, from its bytes when they need no decoding.
+
+    Bytes that are exactly what pydicom writes for strictly valid UIDs (ASCII, NUL-padded
+    to even length) are checked as they are and stay raw; anything else is decoded and
+    checked as before.
+
+    Raises:
+        InvalidUIDError: naming the attribute, never the value.
+    """
+    item = ds.get_item(tag)
+    if (
+        isinstance(item, _pydicom().RawDataElement) and item.VR in (None, "UI")  # UN: as UI
+        and item.value is not None and _canonical_uids(item.value)
+    ):  # fmt: skip
+        return
+    _check_kept_uid(ds[tag], source)
+
+
+def _canonical_uids(data: bytes) -> bool:
+    """True when ``data`` is the encoding of one or more strictly valid UIDs."""
+    if len(data) % 2:
+        return False
+    text = data[:-1] if data.endswith(b"\0") else data  # one NUL pads an odd-length value
+    try:
+        parts = text.decode("ascii").split("\\")
+    except UnicodeDecodeError:
+        return False
+    return all(is_valid_uid(part) for part in parts)
+
+
+@lru_cache(maxsize=4)  # a deployment uses one or two sets of options
+def _decision_memo(enabled: frozenset[str]) -> dict[tuple[int, str | None], tuple[str, str, str]]:
+    """The memo of :meth:`Deidentifier._decide` for one set of options.
+
+    Shared by instances: :func:`deidentify_bytes` makes a Deidentifier per file.
+    """
+    return {}
 
 
 def _replacement(action: str, vr: str) -> Any:
@@ -599,10 +822,21 @@ def _parse(handle: Any, size: int, head: bytes, *, source: str) -> Any:
         raise InvalidDicomError(
             source, "truncated or malformed: the file meta information has no TransferSyntaxUID"
         )
-    for element in meta:  # every UID of the file meta, whether it is kept or replaced
+    pd = _pydicom()
+    for tag in meta.keys():  # every UID of the file meta, whether it is kept or replaced
+        item = meta.get_item(tag)
+        if isinstance(item, pd.RawDataElement) and item.value is not None and item.VR == "UI":
+            # read with pydicom's UI converter and left raw (de-identification replaces or
+            # removes most of the meta: decoding it all was 7 % of a file's time)
+            vr, value = "UI", pd.convert_UI(item.value, item.is_little_endian)
+        elif isinstance(item, pd.RawDataElement) and item.VR not in ("UN", None):
+            continue  # not a UID
+        else:
+            element = meta[tag]
+            vr, value = element.VR, element.value
         # an empty Media Storage UID is tolerated: de-identification sets both from the data set
-        if element.VR == "UI" and (element.value or element.tag == 0x00020010):
-            validate_uid(element.value, source=source, attribute=element.keyword, strict=False)
+        if vr == "UI" and (value or int(tag) == 0x00020010):
+            validate_uid(value, source=source, attribute=_keyword(int(tag)), strict=False)
     validate_uid(meta.TransferSyntaxUID, source=source, attribute="TransferSyntaxUID")
     if not isinstance(meta, FileMetaDataset):  # pragma: no cover - pydicom always sets one
         raise InvalidDicomError(source, "no file meta information")
@@ -765,10 +999,12 @@ def _check_pixel_length(ds: Any, source: str) -> None:
         ) // 8  # fmt: skip
     except (AttributeError, TypeError, ValueError) as e:
         raise InvalidDicomError(source, "pixel data without Rows/Columns/BitsAllocated") from e
-    if len(ds.PixelData) < expected:
+    item = ds.get_item(0x7FE00010)  # its length, without decoding the element
+    raw = isinstance(item, _pydicom().RawDataElement) and item.value is not None
+    length = len(item.value) if raw else len(ds.PixelData)
+    if length < expected:
         raise InvalidDicomError(
-            source,
-            f"truncated or malformed: pixel data has {len(ds.PixelData)} of {expected} bytes",
+            source, f"truncated or malformed: pixel data has {length} of {expected} bytes"
         )
 
 

@@ -130,12 +130,18 @@ def _settings(params: Params) -> dict[str, Any]:
 
 @cache
 def _extractor(path: str, text: str) -> Any:
-    """A configured extractor per parameter file (cached per process)."""
+    """A configured extractor per parameter file (cached per process).
+
+    It gets the file's mapping as :func:`load_params` parsed it (a copy: PyRadiomics keeps
+    parts of it), which PyRadiomics validates like a file without reading it again.
+    """
+    import copy
+
     from radiomics import featureextractor
 
     # PyRadiomics warns once per image that symmetric GLCMs make SumAverage redundant
     logging.getLogger("radiomics").setLevel(logging.ERROR)
-    return featureextractor.RadiomicsFeatureExtractor(path)
+    return featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(_parse(text)))
 
 
 def _margin_voxels(settings: Mapping[str, Any], spacing: Sequence[float]) -> list[int]:
@@ -348,13 +354,38 @@ def schema() -> Any:
     )
 
 
+def _column(values: list[Any], type_: Any) -> Any:
+    """A pyarrow array of str or float values, built from its buffers.
+
+    ``pa.array`` (and ``Table.from_pylist``) import pandas on first use, 0.2-0.3 s of a
+    one-scan job (``benchmarks/profiles.md``); ``from_buffers`` does not. Anything else
+    (None, other types, over 2 GiB of text) goes through ``pa.array``.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if type_ == pa.float64() and all(type(v) is float for v in values):
+        data = pa.py_buffer(np.array(values, np.float64))
+        return pa.Array.from_buffers(type_, len(values), [None, data])
+    if type_ == pa.string() and all(type(v) is str for v in values):
+        encoded = [v.encode("utf-8") for v in values]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        if offsets[-1] < 2**31:
+            bounds, text = pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))
+            return pa.StringArray.from_buffers(len(encoded), bounds, text)
+    return pa.array(values, type_)
+
+
 def write_features(rows: Iterable[Mapping[str, Any]], out: Path) -> int:
     """Write feature rows as zstd Parquet; return the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = list(rows)
-    table = pa.Table.from_pylist(rows, schema=schema())
+    table = pa.Table.from_arrays(
+        [_column([r.get(f.name) for r in rows], f.type) for f in schema()], schema=schema()
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, str(out), compression="zstd")
     return len(rows)

@@ -218,7 +218,7 @@ def test_tune_runs_trials_and_registers_the_best_one(world: World, first: Any) -
     """Tune=true: the tuning step's trials (random search locally), the best one evaluated."""
     definition = d.model_pipeline(
         settings(curated_bucket=CURATED, artifacts_bucket=ARTIFACTS,
-                 model_package_group_name=GROUP, hyperparameters=HPARAMS,
+                 model_package_group_name=GROUP, hyperparameters={**HPARAMS, "epochs": "3"},
                  cohort_run_id="build-1", tuning_max_jobs=2, tuning_parallel_jobs=1)
     )  # fmt: skip
     world.lines.clear()

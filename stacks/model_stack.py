@@ -221,7 +221,7 @@ class ModelStack(Stack):
     def _digest_function(
         self, config: EnvConfig, vpc: ec2.IVpc, subnets: ec2.SubnetSelection
     ) -> StageFunction:
-        """The function that hashes a trained artefact before it is registered."""
+        """The function that hashes a registered artefact before the nightly rescore uses it."""
         function = StageFunction(
             self,
             "ArtifactDigest",
@@ -237,7 +237,7 @@ class ModelStack(Stack):
             memory_mb=512,
         )
         grant_objects(function.role, self.artifacts, read={
-            layout.ARTIFACTS_MODELS: "Hashes the trained model.tar.gz it registers."})  # fmt: skip
+            layout.ARTIFACTS_MODELS: "Hashes the model.tar.gz the rescore uses."})  # fmt: skip
         return function
 
     def _digest_logical_id(self) -> str:

@@ -114,7 +114,7 @@ def test_none_and_nan_are_left_out_of_a_record(dataset: Any) -> None:
     values[0], values[1] = math.nan, math.inf
     row.update(radiomic_values=values, split=None, has_notes=None,
                note_numeric=[0.5, math.nan])  # fmt: skip
-    (record,) = fs.patient_records([row], features, when=WHEN, build_id="b")
+    (record,) = list(fs.iter_patient_records([row], features, when=WHEN, build_id="b"))
     got = record.values()
     assert features[0] not in got and features[1] not in got and features[2] in got
     assert "split" not in got and "has_notes" not in got
@@ -127,20 +127,20 @@ def test_a_bad_row_names_the_patient_key_and_the_feature_never_the_value(dataset
     row = dict(dataset.table.to_pylist()[0])
     key = row["patient_key"]
     with pytest.raises(fs.FeatureStoreError) as err:
-        fs.patient_records([{**row, "has_genomics": "secret-value"}], features,
-                           when=WHEN, build_id="b")  # fmt: skip
+        list(fs.iter_patient_records([{**row, "has_genomics": "secret-value"}], features,
+                                     when=WHEN, build_id="b"))  # fmt: skip
     assert key in str(err.value) and "has_genomics" in str(err.value)
     assert "secret-value" not in str(err.value) and err.value.__cause__ is None
     with pytest.raises(fs.FeatureStoreError, match="radiomic values"):
-        fs.patient_records([{**row, "radiomic_values": [0.0, 1.0]}], features,
-                           when=WHEN, build_id="b")  # fmt: skip
+        list(fs.iter_patient_records([{**row, "radiomic_values": [0.0, 1.0]}], features,
+                                     when=WHEN, build_id="b"))  # fmt: skip
 
 
 def test_dataset_features_outside_the_group_are_not_published(dataset: Any) -> None:
     row = dict(next(r for r in dataset.table.to_pylist() if r["has_radiomics"]))
     features = [*dataset.preprocessing.radiomic_features, "original_firstorder_Unheard"]
     row["radiomic_values"] = [*row["radiomic_values"], 1.0]
-    (record,) = fs.patient_records([row], features, when=WHEN, build_id="b")
+    (record,) = list(fs.iter_patient_records([row], features, when=WHEN, build_id="b"))
     assert "original_firstorder_Unheard" not in record.values()
 
 

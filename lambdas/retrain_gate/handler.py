@@ -71,15 +71,6 @@ def trigger_of(event: dict[str, Any]) -> Trigger:
     raise ValueError("not a drift alarm state change nor the retrain schedule's input")
 
 
-def _count_samples(s3: Any, bucket: str) -> int:
-    return count_samples(s3, bucket, CURATED_GENOMICS_VAF_HISTOGRAMS)
-
-
-def _floor(sagemaker: Any, s3: Any, group: str) -> dict[str, str]:
-    """The pipeline parameters of a retrain: the approved version's AUC, when there is one."""
-    return retrain_parameters(sagemaker, s3, group)
-
-
 @cache
 def _gate() -> RetrainGate:
     import boto3
@@ -92,7 +83,7 @@ def _gate() -> RetrainGate:
     start: PipelineStarter = sagemaker_starter(
         sagemaker,
         pipeline,
-        parameters=lambda: _floor(sagemaker, s3, group),
+        parameters=lambda: retrain_parameters(sagemaker, s3, group),
         build_parameter=COHORT_RUN_ID,  # a retrain builds its cohort anew (no cached dataset)
     )
     topic, curated = _env("NOTIFY_TOPIC_ARN"), _env("CURATED_BUCKET")
@@ -105,7 +96,7 @@ def _gate() -> RetrainGate:
         cloudwatch=boto3.client("cloudwatch"),
         environment=_env("ONCOPIPE_ENV"),
         start_pipeline=start,
-        count_samples=lambda: _count_samples(s3, curated),
+        count_samples=lambda: count_samples(s3, curated, CURATED_GENOMICS_VAF_HISTOGRAMS),
         notify=lambda subject, body: sns.publish(
             TopicArn=topic, Subject=subject[:100], Message=body
         ),

@@ -247,21 +247,6 @@ def _text(key: str, feature: FeatureDefinition, value: Any) -> str | None:
     return text
 
 
-def patient_records(
-    rows: Iterable[Mapping[str, Any]],
-    radiomic_features: Sequence[str],
-    *,
-    when: datetime | str,
-    build_id: str,
-) -> list[PatientRecord]:
-    """Return one record per cohort row (see :func:`iter_patient_records`).
-
-    Raises:
-        FeatureStoreError: as :func:`iter_patient_records`.
-    """
-    return list(iter_patient_records(rows, radiomic_features, when=when, build_id=build_id))
-
-
 def iter_patient_records(
     rows: Iterable[Mapping[str, Any]],
     radiomic_features: Sequence[str],

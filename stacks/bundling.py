@@ -11,6 +11,7 @@ Tests skip bundling with the context ``aws:cdk:bundling-stacks: []``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -154,6 +155,18 @@ def _installed_requirements(requirements: Path, python_version: str = PYTHON_VER
     target = BUILD_DIR / "lambda-deps" / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # two synths at once (a CI matrix, parallel tests) install one target: the second waits
+    # for the first's lock and then finds the folder complete
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            _install(requirements, python_version, target)
+    return target
+
+
+def _install(requirements: Path, python_version: str, target: Path) -> None:
+    """Install ``requirements`` into ``target`` through a staging folder (call under the lock)."""
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     subprocess.run(
@@ -181,7 +194,6 @@ def _installed_requirements(requirements: Path, python_version: str = PYTHON_VER
     (staging / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    return target
 
 
 def source_hash(handler_dir: Path) -> str:

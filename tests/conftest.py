@@ -16,6 +16,24 @@ REGION = "eu-west-1"
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "20")
+# The CLI's console wraps at the terminal's width, which differs between a terminal, CI and
+# a pytest-xdist worker (80 columns): the CLI tests read whole lines.
+os.environ["COLUMNS"] = "200"
+
+#: The test layers (folders of ``tests/``), slowest first. ``make test`` hands whole files to
+#: its worker processes in this order, so the long end-to-end files start first and the many
+#: short unit files fill in behind them.
+LAYERS = ("e2e", "infrastructure", "adapters", "unit")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the tests by layer (see :data:`LAYERS`), keeping the file order within one."""
+
+    def layer(item: pytest.Item) -> int:
+        folder = item.path.parent.name
+        return LAYERS.index(folder) if folder in LAYERS else len(LAYERS)
+
+    items.sort(key=layer)
 
 
 @pytest.fixture

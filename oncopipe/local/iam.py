@@ -23,8 +23,8 @@ What the emulator (moto 5.2) checks, read from ``moto/iam/access_control.py`` an
   keeps the actions and widens the resource to ``"*"``: the action is proven, the
   resource is not.
 
-What it cannot check (the static tests of ``tests/test_infrastructure.py`` and cdk-nag
-cover those):
+What it cannot check (the static tests of ``tests/infrastructure/test_infrastructure.py`` and
+cdk-nag cover those):
 
 - ``Condition`` blocks of identity policies: moto evaluates identity policies with no
   request context at all (only a trust policy's ``sts:ExternalId`` is ever compared), so

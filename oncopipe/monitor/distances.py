@@ -10,7 +10,7 @@ Both are SciPy's (``scipy.spatial.distance.jensenshannon``, ``scipy.stats.
 wasserstein_distance``) written out in numpy for histograms on shared bins: the drift
 Lambda must also carry pyarrow (the radiomics and note-concept tables) and matplotlib (the
 report), and with SciPy's 93 MiB beside them its bundle exceeds Lambda's 250 MiB unzipped
-limit. ``tests/test_monitor_distances.py`` checks them against SciPy's.
+limit. ``tests/unit/test_monitor_distances.py`` checks them against SciPy's.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ fields, signature blocks, ``, MD``, headings in capitals, a vocabulary word capi
 lower-case prose ("spoke with Zoran today") or as a possessive ("Shin's CT"), and the capitalised
 words and particles ("van der", "de la", "Ní") next to a name.
 
-Measured (``benchmarks/features.py``, ``tests/test_notes_phi.py``): of 206 held-out names (373
+Measured (``benchmarks/features.py``, ``tests/unit/test_notes_phi.py``): of 206 held-out names (373
 parts, many languages, none in a lexicon of the project) planted in 14 positions (2884 notes),
 the name-lexicon scrubber this replaced left a part of the name in 2120 notes (every name leaked
 somewhere); this one leaves none. Extraction F1 is unchanged (hand-written 0.998, generated 1.000)

@@ -7,7 +7,7 @@ their ARNs would make the stateful stack depend on them: a CloudFormation depend
 cycle. The roles therefore get deterministic names (``<project>-<env>-<stage>``) from this
 module, and the policy in the stateful stack builds the same ARNs from the same names,
 with no reference between the stacks. A reader added here and not given the name (or
-the other way round) fails ``tests/test_infrastructure.py``.
+the other way round) fails ``tests/infrastructure/test_infrastructure.py``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from oncopipe.notes.evaluate import evaluate
 from oncopipe.notes.sample import FIRST_NAMES, LAST_NAMES, GoldConcept, NoteProfile, generate_note
 from oncopipe.notes.scrub import scrub
 
-DATA = Path(__file__).parent / "data" / "notes"
+DATA = Path(__file__).parents[1] / "data" / "notes"
 SECRET = bytes(range(32))
 GENERATED = 100
 

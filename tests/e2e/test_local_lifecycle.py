@@ -190,7 +190,7 @@ def test_the_local_pipeline_start_types_parameters_and_honours_the_token(s3: Any
     from oncopipe.pipeline.local_runner import LocalPipelineRunner
     from oncopipe.storage import ObjectStore
     from tests.conftest import make_bucket
-    from tests.test_pipeline_definition import settings
+    from tests.unit.test_pipeline_definition import settings
 
     store = ObjectStore(s3)
     registry = LocalSageMaker(store, make_bucket(s3, "artifacts"), groups=(GROUP,),

@@ -48,7 +48,7 @@ def test_price_table_states_its_sources_date_and_method() -> None:
 
 
 def test_prices_csv_ships_with_the_package() -> None:
-    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"oncopipe.ops" = ["*.csv"]' in pyproject
 
 

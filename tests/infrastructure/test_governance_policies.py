@@ -2,7 +2,7 @@
 
 The whole app is synthesized once (dev, both cdk-nag packs on, so a finding fails the
 fixture) with the model stack's guard applied, every intrinsic resolved
-(:class:`tests.test_permissions.Resolver`). Two evaluations of the roles' policies:
+(:class:`tests.infrastructure.test_permissions.Resolver`). Two evaluations of the roles' policies:
 
 - moto's IAM enforcement (the local mode's embedded endpoint): the approver's and the
   training role's synthesized policies loaded into moto, the calls made as those roles;
@@ -28,7 +28,7 @@ from oncopipe.local import iam as local_iam
 from oncopipe.pipeline import definition as d
 from stacks.app_factory import build_app
 from tests.conftest import cdk_context
-from tests.test_permissions import ACCOUNT, REGION, Resolver
+from tests.infrastructure.test_permissions import ACCOUNT, REGION, Resolver
 
 pytestmark = pytest.mark.slow
 

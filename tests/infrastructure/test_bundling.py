@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from stacks import bundling
-from stacks.paths import LAMBDAS_DIR, REPO_ROOT
+from stacks.paths import LAMBDAS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def drift_objects(root: Path) -> None:
     from oncopipe.monitor.job import baseline_document
     from oncopipe.notes.core import notes_schema
     from oncopipe.radiomics.core import schema as radiomics_schema
-    from tests.test_monitor_modalities import (
+    from tests.adapters.test_monitor_modalities import (
         FEATURES,
         TOKENS,
         P,
@@ -179,7 +179,7 @@ def test_the_drift_bundle_alone_reads_the_tables_and_reports(
     report = tmp_path / "smoke.json"
     # -S: no site-packages (the venv's), -s: no user site, -P: not the script's folder
     done = subprocess.run(
-        [sys.executable, "-S", "-s", "-P", str(REPO_ROOT / "tests" / "drift_bundle_smoke.py"),
+        [sys.executable, "-S", "-s", "-P", str(Path(__file__).with_name("drift_bundle_smoke.py")),
          str(objects), str(report)],
         env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

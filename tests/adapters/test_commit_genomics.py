@@ -13,7 +13,7 @@ from oncopipe.errors import InputError
 from oncopipe.genomics.stage import align_sample, bam_key, call_sample
 from oncopipe.manifest import committed_outputs, read_manifest
 from oncopipe.storage import ObjectStore
-from tests.test_genomics_stage import BUCKETS, SAMPLE, SECRET, _populate
+from tests.adapters.test_genomics_stage import BUCKETS, SAMPLE, SECRET, _populate
 
 pytestmark = pytest.mark.skipif(shutil.which("bwa") is None, reason="installed by make setup")
 

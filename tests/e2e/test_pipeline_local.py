@@ -31,7 +31,7 @@ from oncopipe.pipeline.local_runner import (
 )
 from oncopipe.storage import ObjectStore
 from tests.conftest import REGION, make_bucket
-from tests.test_pipeline_definition import settings
+from tests.unit.test_pipeline_definition import settings
 
 CURATED = "pipe-curated"
 ARTIFACTS = "pipe-artifacts"

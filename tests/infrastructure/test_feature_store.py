@@ -425,7 +425,7 @@ def test_without_the_option_there_is_no_feature_store(app_dev: Any) -> None:
 
 
 def _cohort_step(model: Template) -> dict[str, Any]:
-    from tests.test_model_pipeline_stack import _render
+    from tests.infrastructure.test_model_pipeline_stack import _render
 
     (pipeline,) = model.find_resources("AWS::SageMaker::Pipeline").values()
     body = json.loads(
@@ -487,7 +487,7 @@ def test_with_the_option_the_cohort_step_publishes_and_nag_passes(app_on: Any) -
 
 
 def test_pipeline_settings_refuse_a_second_curated_bucket() -> None:
-    from tests.test_pipeline_definition import settings
+    from tests.unit.test_pipeline_definition import settings
 
     with pytest.raises(d.DefinitionError, match="CURATED_BUCKET"):
         d.model_pipeline(settings(cohort_environment={"CURATED_BUCKET": "other"}))

@@ -379,7 +379,7 @@ def test_serving_runs_the_torch_version_that_trains() -> None:
 
     import torch
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     pins = {}
     for name in ("training/requirements.txt", "requirements.txt"):
         found = re.search(r"^torch==([\w.]+)\s*$", (repo / name).read_text(), re.MULTILINE)

@@ -40,7 +40,7 @@ from oncopipe.notes.evaluate import (
 )
 from oncopipe.notes.scrub import NAME, safe_words, scrub
 
-DATA = Path(__file__).parent / "data" / "notes"
+DATA = Path(__file__).parents[1] / "data" / "notes"
 SECRET = bytes(range(32))
 HELD_OUT = read_name_list(DATA / "heldout_names.txt")
 

@@ -1,7 +1,7 @@
 """Series settle wired in: the stacks' event-driven imaging triggers and the local mode.
 
 The settle logic itself (restarts, duplicates, leases, long settle times) is in
-``tests/test_settle.py``; here: what the app synthesizes for it (nag packs and cfn-lint
+``tests/adapters/test_settle.py``; here: what the app synthesizes for it (nag packs and cfn-lint
 included), the de-id handler's hook, the job commands' ``--series``, and the local
 series settle (a series converts without the daily job; a late instance reconverts it).
 """

@@ -1,8 +1,8 @@
 """Least privilege of the synthesized app: who may read PHI, list keys, delete versions, use keys.
 
 The templates of the whole app are synthesized once per environment, every intrinsic
-resolved (:class:`tests.test_permissions.Resolver`), and the rules of issue 11 checked on
-every role, whatever construct made its statements.
+resolved (:class:`tests.infrastructure.test_permissions.Resolver`), and the rules of issue 11
+checked on every role, whatever construct made its statements.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from oncopipe.deployment import load_config, read_cdk_json
 from tests.conftest import stack_templates, synthesized_app
-from tests.test_permissions import ACCOUNT, REGION, Resolver, synthesized_templates
+from tests.infrastructure.test_permissions import ACCOUNT, REGION, Resolver, synthesized_templates
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ from oncopipe.ops.drift import (
 )
 from oncopipe.ops.drift_report import to_dict, to_html, to_json, to_markdown
 
-DATA = Path(__file__).parent / "data" / "drift"
+DATA = Path(__file__).parents[1] / "data" / "drift"
 TIMESTAMPS = {"Timestamp", "LastUpdatedTimestamp", "LastCheckTimestamp"}
 FILTERS = ["MODIFIED", "DELETED", "UNKNOWN"]
 

@@ -321,7 +321,7 @@ def test_radiomics_workers_inherit_the_profile_and_pay_a_share() -> None:
                               started=0.0)  # fmt: skip
     code = ("import json; from oncopipe.ops.cost import item_cost; "
             "print(json.dumps(item_cost(3600.0)))")  # fmt: skip
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     with cost.metering(profile):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, cwd=repo)  # fmt: skip

@@ -1,6 +1,6 @@
-"""Runs the drift Lambda from its bundle alone; started by ``tests/test_bundling.py``.
+"""Runs the drift Lambda from its bundle alone; started by ``test_bundling.py`` beside it.
 
-Run as ``python -S -s -P tests/drift_bundle_smoke.py OBJECTS OUT`` with
+Run as ``python -S -s -P tests/infrastructure/drift_bundle_smoke.py OBJECTS OUT`` with
 ``PYTHONPATH=<bundle>`` and the function's environment: no site-packages, no user site, no
 script folder on ``sys.path``, so every import comes from the bundle or the standard
 library. Needs nothing outside them: the AWS clients are the fakes below (the Lambda runtime

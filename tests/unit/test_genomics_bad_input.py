@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from oncopipe.cli import main
 from oncopipe.genomics.variants import BGZF_EOF, InvalidVcfError, describe, variant_rows
+from stacks.paths import REPO_ROOT
 
 SECRET_SAMPLE = "JANE-DOE-MRN-4711"  # a sample ID as some exports write it
 SECRET_VALUE = "DoeJane"  # a bad value that must not be echoed
@@ -431,7 +432,7 @@ def test_huge_line_memory_is_bounded(tmp_path: Path) -> None:
         "print(message)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(r1)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     growth_kib, message = done.stdout.strip().split("\n", 1)
@@ -473,7 +474,7 @@ def test_align_survives_a_chatty_aligner(tmp_path: Path) -> None:
         "print(qc.reads)\n"
     )
     env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}",
-           "PYTHONPATH": str(Path(__file__).parent.parent)}  # fmt: skip
+           "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
     try:
         done = subprocess.run(
             [sys.executable, "-c", probe, str(reference), str(tmp_path / "s.bam")],

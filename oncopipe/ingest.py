@@ -26,9 +26,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 from oncopipe import layout
 from oncopipe.errors import ConfigError, InputError, MissingPatientError, UnknownObjectError
@@ -40,6 +38,7 @@ from oncopipe.manifest import (
     process_item,
 )
 from oncopipe.pseudonym import object_ref
+from oncopipe.quarantine import write_quarantine
 from oncopipe.samplesheet import parse_samplesheet, pseudonymised_records, stage_records
 from oncopipe.storage import ObjectRef, ObjectStore
 
@@ -49,144 +48,71 @@ STEP = "route"
 #: Bump when the routing rules change, so a re-run re-routes instead of skipping.
 RULES_VERSION = 2
 SNIFF_BYTES = 4096
-#: Python exception names of transient failures: retried before the catch-all quarantines.
-TRANSIENT_ERRORS = (
-    "ClientError",
-    "EndpointConnectionError",
-    "ReadTimeoutError",
-    "ConnectionError",
-)
 MAX_SAMPLESHEET_BYTES = 5 * 1024 * 1024
-
-KIND_SAMPLESHEET = "samplesheet"
-KIND_FASTQ = "fastq"
-KIND_DICOM = "dicom"
-KIND_NOTE = "note"
 
 FASTQ_SUFFIXES = (".fastq.gz", ".fq.gz")
 NOTE_SUFFIXES = (".txt",)
 
 
+def _check_samplesheet(key: str, lower: str, head: bytes) -> None:
+    if not lower.endswith(".csv"):
+        raise UnknownObjectError(key, "sample sheets must be .csv files")
+    if b"\x00" in head:
+        raise InputError(key, "a sample sheet must be text, this object has NUL bytes")
+
+
+def _check_fastq(key: str, lower: str, head: bytes) -> None:
+    if not lower.endswith(FASTQ_SUFFIXES):
+        raise UnknownObjectError(key, "FASTQ files must be gzip-compressed .fastq.gz/.fq.gz")
+    if not head.startswith(b"\x1f\x8b"):
+        raise InputError(key, "named .fastq.gz but not gzip-compressed (no gzip magic)")
+
+
+def _check_dicom(key: str, lower: str, head: bytes) -> None:
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise InputError(
+            key, "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)"
+        )
+
+
+def _check_note(key: str, lower: str, head: bytes) -> None:
+    if not lower.endswith(NOTE_SUFFIXES):
+        raise UnknownObjectError(key, "clinical notes must be UTF-8 .txt files")
+    if b"\x00" in head:
+        raise InputError(key, "a clinical note must be text, this object has NUL bytes")
+
+
+#: What an object of each kind (:data:`oncopipe.layout.INGEST_KINDS`) must look like.
+_CHECKS: dict[str, Callable[[str, str, bytes], None]] = {
+    layout.KIND_SAMPLESHEET: _check_samplesheet,
+    layout.KIND_FASTQ: _check_fastq,
+    layout.KIND_DICOM: _check_dicom,
+    layout.KIND_NOTE: _check_note,
+}
+
+
 def classify(key: str, head: bytes, size: int) -> str:
     """Return the kind of an ingest object from its key and first bytes.
 
-    Prefixes are matched exactly (lower case, as the stages' permissions are scoped to
-    them); suffixes in any case.
+    The kind is the one its prefix announces (:func:`oncopipe.layout.kind_from_prefix`);
+    prefixes are matched exactly (lower case, as the stages' permissions are scoped to
+    them), suffixes in any case.
 
     Raises:
         UnknownObjectError: the key is under no known prefix or has an unexpected suffix.
         InputError: the object is empty, or its content contradicts its prefix.
     """
-    lower = key.lower()
     if size == 0:
         raise InputError(key, "the object is empty (0 bytes)")
-    if key.startswith(layout.INGEST_SAMPLESHEETS):
-        if not lower.endswith(".csv"):
-            raise UnknownObjectError(key, "sample sheets must be .csv files")
-        if b"\x00" in head:
-            raise InputError(key, "a sample sheet must be text, this object has NUL bytes")
-        return KIND_SAMPLESHEET
-    if key.startswith(layout.INGEST_FASTQ):
-        if not lower.endswith(FASTQ_SUFFIXES):
-            raise UnknownObjectError(key, "FASTQ files must be gzip-compressed .fastq.gz/.fq.gz")
-        if not head.startswith(b"\x1f\x8b"):
-            raise InputError(key, "named .fastq.gz but not gzip-compressed (no gzip magic)")
-        return KIND_FASTQ
-    if key.startswith(layout.INGEST_DICOM):
-        if len(head) < 132 or head[128:132] != b"DICM":
-            raise InputError(
-                key,
-                "not a DICOM Part 10 file (no 'DICM' marker after the 128-byte preamble)",
-            )
-        return KIND_DICOM
-    if key.startswith(layout.INGEST_NOTES):
-        if not lower.endswith(NOTE_SUFFIXES):
-            raise UnknownObjectError(key, "clinical notes must be UTF-8 .txt files")
-        if b"\x00" in head:
-            raise InputError(key, "a clinical note must be text, this object has NUL bytes")
-        return KIND_NOTE
-    raise UnknownObjectError(
-        key,
-        "no stage takes objects under this prefix; expected one of "
-        f"{layout.INGEST_SAMPLESHEETS}, {layout.INGEST_FASTQ}, {layout.INGEST_DICOM}, "
-        f"{layout.INGEST_NOTES}",
-    )
-
-
-def kind_from_prefix(key: str) -> str:
-    """Return the kind an object's prefix announces (``unknown`` under no known prefix)."""
-    prefixes = {
-        layout.INGEST_SAMPLESHEETS: KIND_SAMPLESHEET,
-        layout.INGEST_FASTQ: KIND_FASTQ,
-        layout.INGEST_DICOM: KIND_DICOM,
-        layout.INGEST_NOTES: KIND_NOTE,
-    }
-    return next((kind for p, kind in prefixes.items() if key.startswith(p)), "unknown")
-
-
-def reason_document(
-    ref: ObjectRef,
-    run_id: str,
-    step: str,
-    reason_code: str,
-    message: str,
-    details: Sequence[str],
-) -> dict[str, Any]:
-    """Return the reason document written beside a quarantined object.
-
-    It holds the readable reason and the source object's key: PHI, which is why it lives in
-    the quarantine zone only and is never logged or returned to a state machine.
-    """
-    return {
-        "run_id": run_id,
-        "step": step,
-        "reason_code": reason_code,
-        "message": message,
-        "details": list(details),
-        "source": ref.as_dict(),
-        "quarantined_at": datetime.now(UTC).isoformat(),
-    }
-
-
-def write_quarantine(
-    writer: ItemWriter,
-    buckets: layout.Buckets,
-    ref: ObjectRef,
-    run_id: str,
-    step: str,
-    error: InputError,
-) -> dict[str, Any]:
-    """Copy a rejected object to quarantine with its reason; return the item summary.
-
-    The summary (recorded in the item's manifest) keeps the readable ``reason`` and
-    ``details``; adapters must not pass them on to logs or state outputs.
-    """
-    writer.reject(error.reason_code)  # the item's manifest is a tombstone (retracts outputs)
-    writer.copy(ref, buckets.quarantine, layout.quarantine_key(run_id, ref.key))
-    writer.put_json(
-        buckets.quarantine,
-        layout.quarantine_reason_key(run_id, ref.key),
-        reason_document(ref, run_id, step, error.reason_code, str(error), error.details),
-    )
-    logger.info("quarantined an object of step %s: %s", step, error.reason_code)
-    return {
-        "status": "quarantined",
-        "reason_code": error.reason_code,
-        "reason": str(error),
-        "details": list(error.details),
-    }
-
-
-def resolve(store: ObjectStore, ref: ObjectRef) -> ObjectRef | None:
-    """Return the current reference of an event's object, or None if it is gone.
-
-    Event keys may arrive URL-encoded (spaces as '+'); the decoded key is tried when the
-    key as given does not exist. The version and ETag come from S3, not the event.
-    """
-    found = store.head(ref.bucket, ref.key)
-    if found is None and unquote_plus(ref.key) != ref.key:
-        found = store.head(ref.bucket, unquote_plus(ref.key))
-    return found
+    kind = layout.kind_from_prefix(key)
+    if kind not in _CHECKS:
+        raise UnknownObjectError(
+            key,
+            "no stage takes objects under this prefix; expected one of "
+            + ", ".join(layout.INGEST_KINDS),
+        )
+    _CHECKS[kind](key, key.lower(), head)
+    return kind
 
 
 def _split_s3_uri(value: str, default_bucket: str) -> tuple[str, str]:
@@ -211,8 +137,8 @@ class Router:
     secret: bytes | None = None
 
     def resolve(self, ref: ObjectRef) -> ObjectRef | None:
-        """Return the current reference of an event's object (see :func:`resolve`)."""
-        return resolve(self.store, ref)
+        """Return the current reference of an event's object (see :meth:`ObjectStore.resolve`)."""
+        return self.store.resolve(ref)
 
     def _route_manifests(self, run_id: str) -> list[dict[str, Any]]:
         prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
@@ -246,13 +172,13 @@ class Router:
             try:
                 kind = classify(ref.key, head, ref.size)
                 summary: dict[str, Any] = {"kind": kind}
-                if kind == KIND_SAMPLESHEET:
+                if kind == layout.KIND_SAMPLESHEET:
                     summary.update(self._accept_samplesheet(writer, ref, run_id))
                 else:
                     summary["status"] = "received"
                 return summary
             except InputError as e:
-                return {"kind": kind_from_prefix(ref.key)} | write_quarantine(
+                return {"kind": layout.kind_from_prefix(ref.key)} | write_quarantine(
                     writer, self.buckets, ref, run_id, STEP, e
                 )
 
@@ -294,7 +220,7 @@ class Router:
         # The stage inputs first: the curated table announces a sheet whose inputs exist.
         writer.put(
             self.buckets.quarantine,
-            sample_inputs_key(table_key),
+            layout.sample_inputs_key(table_key),
             _json_lines(inputs),
             content_type="application/x-ndjson",
         )
@@ -312,7 +238,7 @@ class Router:
             ],
             "referenced_keys": sheet.referenced_keys(),
             "sample_table": out.key,
-            "sample_inputs": sample_inputs_key(table_key),
+            "sample_inputs": layout.sample_inputs_key(table_key),
         }
 
     def reconcile(self, run_id: str, *, also_named_by: Sequence[str] = ()) -> list[ItemResult]:
@@ -345,7 +271,7 @@ class Router:
         results = []
         for document in sorted(routed, key=lambda d: str(d.get("item"))):
             summary = document.get("summary", {})
-            if summary.get("kind") != KIND_FASTQ or summary.get("status") != "received":
+            if summary.get("kind") != layout.KIND_FASTQ or summary.get("status") != "received":
                 continue
             if document["item"] in named:
                 continue
@@ -356,7 +282,7 @@ class Router:
             )
 
             def work(writer: ItemWriter, ref: ObjectRef = ref, error: InputError = error) -> Any:
-                return {"kind": KIND_FASTQ} | write_quarantine(
+                return {"kind": layout.KIND_FASTQ} | write_quarantine(
                     writer, self.buckets, ref, run_id, "reconcile", error
                 )
 
@@ -366,64 +292,3 @@ class Router:
 
 def _json_lines(records: Sequence[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
-
-
-def sample_inputs_key(table_key: str) -> str:
-    """Return the PHI-zone key of the stage inputs that go with a curated sample table.
-
-    ``cohort/samples/<run>/<ref>.jsonl`` (curated) -> ``_sample-inputs/<run>/<ref>.jsonl``
-    (quarantine bucket): the same name, so a stage given the curated table finds them.
-
-    Raises:
-        ValueError: ``table_key`` is not a sample table key.
-    """
-    name = table_key.removeprefix(layout.CURATED_SAMPLES)
-    if name == table_key or not name.endswith(".jsonl") or ".." in name.split("/"):
-        raise ValueError(f"not a sample table key (expected {layout.CURATED_SAMPLES}...jsonl)")
-    return layout.QUARANTINE_SAMPLE_INPUTS + name
-
-
-def load_sample_inputs(
-    store: ObjectStore, buckets: layout.Buckets, table_key: str
-) -> list[dict[str, Any]]:
-    """Return the stage inputs of an accepted sample sheet, given its curated table's key.
-
-    The one reader every stage uses: rows of :func:`oncopipe.samplesheet.stage_records`
-    (patient key, source patient id, sample, lane, ingest keys...), read from the PHI zone.
-    They are PHI: never log them.
-
-    Raises:
-        ValueError: ``table_key`` is not a sample table key.
-        InputError: the stage inputs are not there (the sheet was not accepted by this
-            router version).
-    """
-    key = sample_inputs_key(table_key)
-    if not store.exists(buckets.quarantine, key):
-        raise InputError(table_key, "no stage inputs for this sample table; route the sheet again")
-    text = store.get_bytes(buckets.quarantine, key).decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def route_error_to_quarantine(
-    store: ObjectStore,
-    buckets: layout.Buckets,
-    ref: ObjectRef,
-    run_id: str,
-    error_name: str,
-    step: str = "route-failed",
-) -> ItemResult:
-    """Quarantine an object whose routing failed unexpectedly (the state machine's Catch).
-
-    Only the error's type is recorded: an unexpected error's text is not known to be free
-    of PHI.
-    """
-    error = InputError(ref.key, f"routing failed with {error_name}; see the execution history")
-    error.reason_code = "processing-error"
-    ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id, step=step,
-                      phi_zone=True)  # fmt: skip
-    return process_item(
-        ctx,
-        ref.key,
-        [ref],
-        lambda writer: write_quarantine(writer, buckets, ref, run_id, step, error),
-    )

@@ -15,6 +15,20 @@ INGEST_FASTQ = "fastq/"
 INGEST_DICOM = "dicom/"
 INGEST_NOTES = "notes/"
 
+#: The kinds of ingest object, and the prefix that announces each: the one table the router
+#: (:func:`oncopipe.ingest.classify`), the quarantine summaries and the stages read.
+KIND_SAMPLESHEET = "samplesheet"
+KIND_FASTQ = "fastq"
+KIND_DICOM = "dicom"
+KIND_NOTE = "note"
+KIND_UNKNOWN = "unknown"
+INGEST_KINDS = {
+    INGEST_SAMPLESHEETS: KIND_SAMPLESHEET,
+    INGEST_FASTQ: KIND_FASTQ,
+    INGEST_DICOM: KIND_DICOM,
+    INGEST_NOTES: KIND_NOTE,
+}
+
 # Quarantine bucket (PHI zone: rejected input, route manifests). The stage inputs of each
 # accepted sample sheet (ingest keys, source ids): what the stages work from, beside the
 # route manifests, as the curated sample table holds only opaque references.
@@ -100,3 +114,23 @@ def quarantine_key(run_id: str, source_key: str) -> str:
 def quarantine_reason_key(run_id: str, source_key: str) -> str:
     """Return the key of the reason document that sits beside a quarantined copy."""
     return f"{run_id}/{source_key}.reason.json"
+
+
+def kind_from_prefix(key: str) -> str:
+    """Return the kind an ingest key's prefix announces (:data:`KIND_UNKNOWN` under none)."""
+    return next((k for prefix, k in INGEST_KINDS.items() if key.startswith(prefix)), KIND_UNKNOWN)
+
+
+def sample_inputs_key(table_key: str) -> str:
+    """Return the PHI-zone key of the stage inputs that go with a curated sample table.
+
+    ``cohort/samples/<run>/<ref>.jsonl`` (curated) -> ``_sample-inputs/<run>/<ref>.jsonl``
+    (quarantine bucket): the same name, so a stage given the curated table finds them.
+
+    Raises:
+        ValueError: ``table_key`` is not a sample table key.
+    """
+    name = table_key.removeprefix(CURATED_SAMPLES)
+    if name == table_key or not name.endswith(".jsonl") or ".." in name.split("/"):
+        raise ValueError(f"not a sample table key (expected {CURATED_SAMPLES}...jsonl)")
+    return QUARANTINE_SAMPLE_INPUTS + name

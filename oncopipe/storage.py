@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,17 @@ class ObjectStore:
             version_id=meta.get("VersionId"),
             sha256=sha,
         )
+
+    def resolve(self, ref: ObjectRef) -> ObjectRef | None:
+        """Return the current reference of an event's object, or None if it is gone.
+
+        Event keys may arrive URL-encoded (spaces as '+'); the decoded key is tried when the
+        key as given does not exist. The version and ETag come from S3, not the event.
+        """
+        found = self.head(ref.bucket, ref.key)
+        if found is None and unquote_plus(ref.key) != ref.key:
+            found = self.head(ref.bucket, unquote_plus(ref.key))
+        return found
 
     def _listed(self, bucket: str, key: str) -> bool:
         """Return True when a listing of ``key`` as a prefix shows the key itself.

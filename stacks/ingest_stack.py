@@ -21,7 +21,7 @@ from constructs import Construct
 
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
-from oncopipe.ingest import KIND_DICOM, KIND_NOTE, TRANSIENT_ERRORS
+from oncopipe.flow import INGEST, Branch, Retry
 from oncopipe.manifest import MANIFEST_ROOT
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
@@ -299,7 +299,7 @@ class IngestStack(Stack):
         """DICOM object: de-identify on write; quarantined objects fail visibly."""
         task = tasks.LambdaInvoke(
             self,
-            "Deidentify",
+            INGEST.deidentify.name,
             lambda_function=self.deid.function,
             comment="De-identify the DICOM object into curated/imaging/dicom/",
             # the S3 event (it names the ingest key) is read from the execution input:
@@ -309,24 +309,20 @@ class IngestStack(Stack):
             result_path="$.deid",
             retry_on_service_exceptions=True,
         )
-        task.add_retry(
-            errors=["Lambda.TooManyRequestsException"],
-            interval=Duration.seconds(2),
-            max_attempts=12,
-            backoff_rate=2.0,
-            max_delay=Duration.minutes(5),
-        )
-        failed = sfn.Fail(self, "DeidFailed", error="DeidFailed", cause_path="$.deid_error.Error")
+        _add_retries(task, INGEST.deidentify.retries)
+        branch = INGEST.branch(INGEST.deidentify.name)
+        quarantined, errored = branch.failures
+        failed = sfn.Fail(self, errored, error=errored, cause_path="$.deid_error.Error")
         task.add_catch(failed, errors=["States.ALL"], result_path="$.deid_error")
         refused = sfn.Fail(
-            self, "DicomQuarantined", error="DicomQuarantined",
+            self, quarantined, error=quarantined,
             cause_path="$.deid.result.reason_code",  # the readable reason is in quarantine
             comment="Not released (burned-in text, no patient, unreadable): in quarantine",
         )  # fmt: skip
         return task.next(
-            sfn.Choice(self, "DeidOutcome")
+            sfn.Choice(self, INGEST.deid_outcome_choice)
             .when(sfn.Condition.string_equals("$.deid.result.status", "quarantined"), refused)
-            .otherwise(sfn.Succeed(self, "Deidentified"))
+            .otherwise(sfn.Succeed(self, str(branch.success)))
         )
 
     def _genomics_branch(self) -> sfn.IChainable:
@@ -338,7 +334,7 @@ class IngestStack(Stack):
         """
         start = tasks.StepFunctionsStartExecution(
             self,
-            "StartGenomics",
+            INGEST.start_genomics.name,
             state_machine=self.genomics.state_machine,
             comment="Align every sample, then call every tumour (whole genomes scattered)",
             input=sfn.TaskInput.from_object(
@@ -356,32 +352,25 @@ class IngestStack(Stack):
             result_selector={"execution_arn": sfn.JsonPath.string_at("$.ExecutionArn")},
             result_path="$.genomics",
         )
-        start.add_retry(
-            errors=[
-                "StepFunctions.ExecutionLimitExceededException",
-                "StepFunctions.SdkClientException",
-            ],
-            interval=Duration.seconds(5),
-            max_attempts=6,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
+        _add_retries(start, INGEST.start_genomics.retries)
+        branch = INGEST.branch(INGEST.start_genomics.name)
+        (not_started,) = branch.failures
         failed = sfn.Fail(
             self,
-            "GenomicsNotStarted",
-            error="GenomicsNotStarted",
+            not_started,
+            error=not_started,
             cause_path="$.genomics_error.Error",
             comment="The genomics state machine could not be started; re-upload the sheet",
         )
         start.add_catch(failed, errors=["States.ALL"], result_path="$.genomics_error")
         return start.next(
-            sfn.Succeed(self, "SampleSheetProcessed", comment="Genomics execution started")
+            sfn.Succeed(self, str(branch.success), comment="Genomics execution started")
         )
 
     def _state_machine(self, config: EnvConfig, lake: DataLakeStack) -> sfn.StateMachine:
         route = tasks.LambdaInvoke(
             self,
-            "Route",
+            INGEST.route.name,
             lambda_function=self.router.function,
             comment="Classify, validate (sample sheets) and route the object",
             payload=sfn.TaskInput.from_json_path_at("$"),
@@ -392,27 +381,10 @@ class IngestStack(Stack):
             result_path="$",
             retry_on_service_exceptions=True,
         )
-        # Reserved concurrency throttles bulk uploads: wait for a slot rather than
-        # letting the catch-all quarantine valid data.
-        throttled: dict[str, Any] = {
-            "errors": ["Lambda.TooManyRequestsException"],
-            "interval": Duration.seconds(2),
-            "max_attempts": 12,
-            "backoff_rate": 2.0,
-            "max_delay": Duration.minutes(5),
-            "jitter_strategy": sfn.JitterType.FULL,
-        }
-        route.add_retry(**throttled)
-        route.add_retry(
-            errors=list(TRANSIENT_ERRORS),
-            interval=Duration.seconds(5),
-            max_attempts=3,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
+        _add_retries(route, INGEST.route.retries)
         quarantine = tasks.LambdaInvoke(
             self,
-            "QuarantineAfterError",
+            INGEST.quarantine_after_error.name,
             lambda_function=self.quarantine_on_error.function,
             comment="Routing failed after retries: keep the object in quarantine with why",
             payload=sfn.TaskInput.from_object(
@@ -425,58 +397,47 @@ class IngestStack(Stack):
             result_path="$.quarantine",
             retry_on_service_exceptions=True,
         )
-        quarantine.add_retry(**throttled)
-        quarantine.add_retry(
-            errors=list(TRANSIENT_ERRORS), interval=Duration.seconds(5), max_attempts=3
-        )
+        _add_retries(quarantine, INGEST.quarantine_after_error.retries)
         routing_failed = sfn.Fail(
             self,
-            "RoutingFailed",
-            error="RoutingFailed",
+            INGEST.routing_failed,
+            error=INGEST.routing_failed,
             cause_path="$.Error",
             comment="The object could not be routed; it is in quarantine",
         )
         # The caught error replaces the event in the state (the event names the key).
         route.add_catch(quarantine.next(routing_failed), errors=["States.ALL"], result_path="$")
 
+        (input_quarantined,) = INGEST.branch("InputQuarantined").failures
         rejected = sfn.Fail(
             self,
-            "InputQuarantined",
-            error="InputQuarantined",
+            input_quarantined,
+            error=input_quarantined,
             # A code: the readable reason names the object, so it stays in quarantine.
             cause_path="$.route.result.reason_code",
             comment="Invalid input: copied to quarantine with a reason document",
         )
-        self.outcome = (
-            sfn.Choice(self, "Outcome")
-            .when(
-                sfn.Condition.string_equals("$.route.result.status", "quarantined"),
-                rejected,
-            )
-            .when(
-                sfn.Condition.string_equals("$.route.result.status", "accepted"),
-                self._genomics_branch(),
-            )
-            .when(
-                sfn.Condition.and_(
-                    sfn.Condition.string_equals("$.route.result.kind", KIND_DICOM),
-                    sfn.Condition.string_equals("$.route.result.status", "received"),
-                ),
-                self._deid_branch(),
-            )
-        )
-        if self.notes_arrival is not None:
+        branches: dict[str, sfn.IChainable | None] = {
+            "InputQuarantined": rejected,
+            INGEST.start_genomics.name: self._genomics_branch(),
+            INGEST.deidentify.name: self._deid_branch(),
             # A routed note: its run's notes job starts within ops.notes_batch_seconds.
-            self.outcome.when(
-                sfn.Condition.and_(
-                    sfn.Condition.string_equals("$.route.result.kind", KIND_NOTE),
-                    sfn.Condition.string_equals("$.route.result.status", "received"),
-                ),
-                self.notes_arrival.queue_note(self, "QueueNote").next(
-                    sfn.Succeed(self, "NoteQueued", comment="Notes job of the run follows")
-                ),
-            )
-        self.outcome.otherwise(sfn.Succeed(self, "Received", comment="Data object recorded"))
+            "QueueNote": None
+            if self.notes_arrival is None
+            else self.notes_arrival.queue_note(self, "QueueNote").next(
+                sfn.Succeed(
+                    self,
+                    str(INGEST.branch("QueueNote").success),
+                    comment="Notes job of the run follows",
+                )
+            ),
+        }
+        self.outcome = sfn.Choice(self, INGEST.outcome_choice)
+        for branch in INGEST.branches:
+            chain = branches[branch.start]
+            if chain is not None:
+                self.outcome.when(_condition(branch), chain)
+        self.outcome.otherwise(sfn.Succeed(self, INGEST.default, comment="Data object recorded"))
         logs_group = encrypted_log_group(
             self,
             "StateMachineLogs",
@@ -566,3 +527,28 @@ def _grant_quarantine_zone(role: iam.IRole, quarantine: s3.IBucket) -> None:
         read={"": "Reads back its quarantine copies and the manifests of its runs."},
         write={"": "Quarantines rejected objects with their reasons, writes its manifests."},
     )  # fmt: skip
+
+
+def _add_retries(task: sfn.TaskStateBase, retries: tuple[Retry, ...]) -> None:
+    """Add a flow task's retriers (:mod:`oncopipe.flow`) to its state, in order."""
+    for retry in retries:
+        task.add_retry(
+            errors=list(retry.errors),
+            interval=Duration.seconds(retry.interval_seconds),
+            max_attempts=retry.max_attempts,
+            backoff_rate=retry.backoff_rate,
+            max_delay=None
+            if retry.max_delay_seconds is None
+            else Duration.seconds(retry.max_delay_seconds),
+            jitter_strategy=sfn.JitterType.FULL if retry.jitter else None,
+        )
+
+
+def _condition(branch: Branch) -> sfn.Condition:
+    """Return the ``Outcome`` Choice's condition of a flow branch."""
+    status = sfn.Condition.string_equals("$.route.result.status", branch.status)
+    if branch.kind is None:
+        return status
+    return sfn.Condition.and_(
+        sfn.Condition.string_equals("$.route.result.kind", branch.kind), status
+    )

@@ -23,7 +23,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.events import object_created, run_id_for
 from oncopipe.imaging.stage import deidentify_object, options_from_env
-from oncopipe.ingest import resolve
 from oncopipe.metrics import StageMetrics
 from oncopipe.pseudonym import load_secret, object_ref
 from oncopipe.settings import StageSettings
@@ -54,7 +53,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     secret = load_secret()
     ref = object_created(event)
     run_id = run_id_for(event)
-    current = resolve(STORE, ref)
+    current = STORE.resolve(ref)
     if current is None:
         raise FileNotFoundError(f"object {object_ref(secret, ref.key)} no longer exists")
     obj = object_ref(secret, current.key)

@@ -21,8 +21,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.events import object_created, redacted_error, run_id_for
-from oncopipe.ingest import resolve, route_error_to_quarantine
 from oncopipe.metrics import StageMetrics
+from oncopipe.quarantine import route_error_to_quarantine
 from oncopipe.settings import StageSettings
 from oncopipe.storage import ObjectStore, make_client
 
@@ -46,7 +46,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     with StageMetrics("ingest") as metrics:
         started = time.perf_counter()
         try:
-            current = resolve(STORE, ref)
+            current = STORE.resolve(ref)
             if current is None:
                 logger.warning("object gone before quarantine", extra={"run_id": run_id})
                 metrics.outcome("skipped", seconds=time.perf_counter() - started)

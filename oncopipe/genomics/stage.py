@@ -36,8 +36,9 @@ from oncopipe.genomics.call import CallerSettings, call_variants
 from oncopipe.genomics.fastq import validate_pair
 from oncopipe.genomics.panel import Panel
 from oncopipe.genomics.variants import variant_rows, write_parquet
-from oncopipe.ingest import load_sample_inputs, write_quarantine
 from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item, retract_item
+from oncopipe.quarantine import write_quarantine
+from oncopipe.stage_inputs import load_sample_inputs
 from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -315,6 +316,6 @@ def load_samples(
     """Return the stage inputs (with ingest keys; PHI zone) of a curated sample table.
 
     The curated table holds opaque references only; see
-    :func:`oncopipe.ingest.load_sample_inputs`, which this is, and what it raises.
+    :func:`oncopipe.stage_inputs.load_sample_inputs`, which this is, and what it raises.
     """
     return load_sample_inputs(store, buckets, table_key)

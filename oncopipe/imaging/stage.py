@@ -27,9 +27,9 @@ from oncopipe import layout
 from oncopipe.errors import ConfigError, InputError
 from oncopipe.imaging.deid import DeidOptions, deidentify_bytes
 from oncopipe.imaging.uids import InvalidUIDError, instance_path_parts, safe_key_component
-from oncopipe.ingest import write_quarantine
 from oncopipe.manifest import ItemResult, ItemWriter, StepContext, manifest_key, process_item
 from oncopipe.pseudonym import is_patient_key
+from oncopipe.quarantine import write_quarantine
 from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from oncopipe import layout
 from oncopipe.completeness import PatientOutcome
 from oncopipe.deployment import load_config, read_cdk_json
+from oncopipe.flow import INGEST
 from oncopipe.ingest import Router
 from oncopipe.layout import Buckets
 from oncopipe.local import arrival, provision, server
@@ -268,7 +269,7 @@ def run(
     # The run's clinical notes: scrubbed, concepts, tokens (the notes processing job).
     notes = run_notes_job(state, run_id)
     jobs: list[JobResult] = []
-    accepted = [e for e in executions if e.outcome == "SampleSheetAccepted"]
+    accepted = [e for e in executions if e.outcome == INGEST.branch("StartGenomics").success]
     if accepted:
         job_task = None
         if progress is not None:

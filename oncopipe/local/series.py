@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 
+from oncopipe.flow import INGEST
 from oncopipe.local.state import LocalState
 from oncopipe.local.worker import Execution, JobResult, _json_lines, _run_job_command
 from oncopipe.settle import (
@@ -164,7 +165,7 @@ class LocalSeriesSettle:
         Returns:
             The series' generation, or None for an execution that is not a de-id.
         """
-        if execution.outcome != "Deidentified":
+        if execution.outcome != INGEST.branch(INGEST.deidentify.name).success:
             return None
         result = execution.route
         item_status = "skipped" if result.get("skipped") else "done"

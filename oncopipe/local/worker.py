@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from oncopipe.ingest import TRANSIENT_ERRORS
+from oncopipe.flow import INGEST, attempts
 from oncopipe.local.state import LocalState, home
 
 ROUTER_MODULE = "lambdas.ingest_router.handler"
@@ -127,49 +127,52 @@ class IngestFlow:
         return {"reason": document.get("message"), "details": document.get("details", [])}
 
     def execute(self, event: dict[str, Any]) -> Execution:
+        """Run the flow (:data:`oncopipe.flow.INGEST`) for one event; return how it ended.
+
+        The router runs as often as the state machine would run it for its error (the
+        task's retriers; waits scaled down by ``retry_delay / 5 s``); the outcome is the
+        name of the terminal state the state machine ends in. The genomics and notes
+        branches end where the state machine hands over (the execution started, the note
+        queued): the local runner runs those jobs next, as the deployed ones follow.
+        """
         started = time.perf_counter()
         key = str(event.get("detail", {}).get("object", {}).get("key", "?"))
-        attempt = 0
+
+        def ended(status: str, outcome: str, route: dict[str, Any]) -> Execution:
+            return Execution(key, status, outcome, route, time.perf_counter() - started)
+
+        retry = 0
         while True:
-            attempt += 1
             route = self.router.invoke(event)
-            if route.ok or route.error.get("Error") not in TRANSIENT_ERRORS or attempt >= 3:
+            name = str(route.error.get("Error", ""))
+            if route.ok or route.denied:  # a refusal is the same on every attempt
                 break
-            if route.denied:
-                break  # a refusal is not transient: the policy is the same on every attempt
-            time.sleep(self.retry_delay * 2 ** (attempt - 1))
+            if retry + 1 >= attempts(INGEST.route.retries, name):
+                break
+            retry += 1
+            policy = next(r for r in INGEST.route.retries if r.matches(name))
+            time.sleep(self.retry_delay * policy.wait_seconds(retry) / policy.interval_seconds)
         if not route.ok:
             failed = {**event, "error": route.error}  # the ASL: result_path $.error
             self.quarantine.invoke({"event": failed, "error": route.error})
-            return Execution(
-                key,
-                "FAILED",
-                "RoutingFailed",
-                {"error": route.error},
-                time.perf_counter() - started,
-            )
-        status = route.result.get("status")
-        if status == "quarantined":
-            outcome, result = "InputQuarantined", "FAILED"
+            return ended("FAILED", INGEST.routing_failed, {"error": route.error})
+        branch = INGEST.branch_for(route.result)
+        if branch is None:
+            return ended("SUCCEEDED", INGEST.default, route.result)
+        if branch.success is None:  # input quarantined by the router
             # The router returns codes only (its result is state output): the local report
             # reads the readable reason where it lives, in the quarantine zone.
-            return Execution(key, result, outcome, {**route.result, **self._reason(route, key)},
-                             time.perf_counter() - started)  # fmt: skip
-        elif status == "accepted":
-            outcome, result = "SampleSheetAccepted", "SUCCEEDED"
-        elif route.result.get("kind") == "dicom":  # the Deidentify branch
+            return ended("FAILED", branch.failures[0],
+                         {**route.result, **self._reason(route, key)})  # fmt: skip
+        if branch.start == INGEST.deidentify.name:
+            quarantined, errored = branch.failures
             deid = self.deid.invoke(event)
             if not deid.ok:
-                return Execution(key, "FAILED", "DeidFailed", {"error": deid.error},
-                                 time.perf_counter() - started)  # fmt: skip
+                return ended("FAILED", errored, {"error": deid.error})
             if deid.result.get("status") == "quarantined":
-                return Execution(key, "FAILED", "DicomQuarantined", deid.result,
-                                 time.perf_counter() - started)  # fmt: skip
-            return Execution(key, "SUCCEEDED", "Deidentified", deid.result,
-                             time.perf_counter() - started)  # fmt: skip
-        else:
-            outcome, result = "Received", "SUCCEEDED"
-        return Execution(key, result, outcome, route.result, time.perf_counter() - started)
+                return ended("FAILED", quarantined, deid.result)
+            return ended("SUCCEEDED", branch.success, deid.result)
+        return ended("SUCCEEDED", branch.success, route.result)
 
     def close(self) -> None:
         self.router.close()

@@ -35,8 +35,10 @@ from typing import Any
 
 from oncopipe import layout
 from oncopipe.errors import ConfigError, InputError
-from oncopipe.ingest import KIND_NOTE, KIND_SAMPLESHEET, load_sample_inputs, write_quarantine
+from oncopipe.layout import KIND_NOTE, KIND_SAMPLESHEET
 from oncopipe.manifest import MANIFEST_ROOT, ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.quarantine import write_quarantine
+from oncopipe.stage_inputs import load_sample_inputs
 from oncopipe.storage import ObjectRef, ObjectStore
 
 log = logging.getLogger(__name__)

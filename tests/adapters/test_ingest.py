@@ -12,9 +12,10 @@ import pytest
 
 from oncopipe.errors import ConfigError, InputError, UnknownObjectError
 from oncopipe.genomics.stage import load_samples
-from oncopipe.ingest import Router, classify, load_sample_inputs, sample_inputs_key
-from oncopipe.layout import Buckets
+from oncopipe.ingest import Router, classify
+from oncopipe.layout import Buckets, sample_inputs_key
 from oncopipe.pseudonym import keyer, object_ref, patient_key
+from oncopipe.stage_inputs import load_sample_inputs
 from oncopipe.storage import ObjectStore
 from tests.conftest import make_bucket
 

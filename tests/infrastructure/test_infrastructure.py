@@ -183,15 +183,6 @@ def test_state_machine_logs_all_encrypted_and_rule_has_dead_letters(synthesized:
         assert "KmsMasterKeyId" in queue["Properties"]
 
 
-def test_state_machine_branches_on_the_router_outcome(synthesized: Any) -> None:
-    built, _, _ = synthesized
-    machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
-    definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
-    for state in ("Route", "Outcome", "InputQuarantined", "QuarantineAfterError", "RoutingFailed"):
-        assert state in definition
-    assert "Lambda.TooManyRequestsException" in definition  # throttling waits, never quarantines
-
-
 def test_network_is_isolated_with_endpoints_and_flow_logs(synthesized: Any) -> None:
     built, _, _ = synthesized
     network = Template.from_stack(built.network)
@@ -379,9 +370,7 @@ def test_state_machine_runs_genomics_jobs_for_an_accepted_sheet(synthesized: Any
     built, _, _ = synthesized
     machine = Template.from_stack(built.ingest).find_resources("AWS::StepFunctions::StateMachine")
     definition = json.dumps(next(iter(machine.values()))["Properties"]["DefinitionString"])
-    for state in ("StartGenomics", "GenomicsNotStarted", "SampleSheetProcessed",
-                  "Deidentify", "DicomQuarantined", "QueueNote", "NoteQueued"):  # fmt: skip
-        assert state in definition
+    # (its states, state by state: tests/infrastructure/test_ingest_flow.py)
     # the ingest execution starts the genomics one and ends (request-response, no .sync)
     assert 'states:startExecution\\"' in definition
     assert "states:startExecution.sync" not in definition

@@ -31,11 +31,12 @@ from typing import Any
 from oncopipe import layout
 from oncopipe.errors import ConfigError, InputError, MissingPatientError, UnknownObjectError
 from oncopipe.manifest import (
-    MANIFEST_ROOT,
     ItemResult,
     ItemWriter,
     StepContext,
+    StepRecord,
     process_item,
+    run_manifests,
 )
 from oncopipe.pseudonym import object_ref
 from oncopipe.quarantine import write_quarantine
@@ -44,7 +45,7 @@ from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
 
-STEP = "route"
+STEP = layout.ROUTE_STEP
 #: Bump when the routing rules change, so a re-run re-routes instead of skipping.
 RULES_VERSION = 2
 SNIFF_BYTES = 4096
@@ -140,12 +141,10 @@ class Router:
         """Return the current reference of an event's object (see :meth:`ObjectStore.resolve`)."""
         return self.store.resolve(ref)
 
-    def _route_manifests(self, run_id: str) -> list[dict[str, Any]]:
-        prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
-        return [
-            json.loads(self.store.get_bytes(self.buckets.quarantine, key))
-            for key in self.store.list_keys(self.buckets.quarantine, prefix)
-        ]
+    def _route_manifests(self, run_id: str) -> list[StepRecord]:
+        return run_manifests(
+            self.store, self.buckets.quarantine, run_id, STEP, include_retracted=True
+        )
 
     def context(self, run_id: str) -> StepContext:
         return StepContext(
@@ -254,9 +253,9 @@ class Router:
         for other in also_named_by:  # a sheet uploaded after midnight names earlier files
             sheets += self._route_manifests(other)
         named: set[str] = set()
-        for document in sheets:
-            if document.get("summary", {}).get("status") == "accepted":
-                for value in document["summary"].get("referenced_keys", []):
+        for sheet in sheets:
+            if sheet.status == "accepted":
+                for value in sheet.summary.get("referenced_keys", []):
                     bucket, key = _split_s3_uri(value, self.buckets.ingest)
                     if bucket == self.buckets.ingest:
                         named.add(key)
@@ -269,13 +268,12 @@ class Router:
             phi_zone=True,
         )
         results = []
-        for document in sorted(routed, key=lambda d: str(d.get("item"))):
-            summary = document.get("summary", {})
-            if summary.get("kind") != layout.KIND_FASTQ or summary.get("status") != "received":
+        for record in sorted(routed, key=lambda r: r.item):
+            if record.summary.get("kind") != layout.KIND_FASTQ or record.status != "received":
                 continue
-            if document["item"] in named:
+            if record.item in named:
                 continue
-            ref = ObjectRef(**document["inputs"][0])
+            ref = ObjectRef(**record.inputs[0])
             error = MissingPatientError(
                 ref.key,
                 "no accepted sample sheet names this FASTQ file, so it has no patient",

@@ -22,6 +22,9 @@ KIND_FASTQ = "fastq"
 KIND_DICOM = "dicom"
 KIND_NOTE = "note"
 KIND_UNKNOWN = "unknown"
+#: The router's step: its manifests (``_manifests/<run>/route/``, quarantine bucket, PHI
+#: zone) say what each ingest object of a run was; the stages read them to find their inputs.
+ROUTE_STEP = "route"
 INGEST_KINDS = {
     INGEST_SAMPLESHEETS: KIND_SAMPLESHEET,
     INGEST_FASTQ: KIND_FASTQ,

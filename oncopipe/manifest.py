@@ -681,6 +681,71 @@ def iter_manifests(
             yield document
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One item's manifest as the next stage reads it: what it was and what it wrote.
+
+    ``status`` is the item's outcome as its step summarised it (``deidentified``,
+    ``converted``, ``extracted``, ``accepted``, ``quarantined``...); ``summary`` the whole
+    summary; ``committed`` False for a tombstone (a rejected or retracted item).
+    """
+
+    item: str
+    status: str | None
+    summary: Mapping[str, Any]
+    inputs: tuple[Mapping[str, Any], ...]
+    outputs: tuple[Mapping[str, Any], ...]
+    committed: bool
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> StepRecord:
+        """Return the record of a manifest document (missing fields read as empty)."""
+        summary = document.get("summary") or {}
+        if not isinstance(summary, Mapping):
+            raise ValueError("the manifest's summary is not an object")
+        status = summary.get("status")
+        return cls(
+            item=str(document.get("item", "")),
+            status=None if status is None else str(status),
+            summary=summary,
+            inputs=tuple(document.get("inputs") or ()),
+            outputs=tuple(document.get("outputs") or ()),
+            committed=is_committed(document),
+        )
+
+
+def run_manifests(
+    store: ObjectStore,
+    bucket: str,
+    run_id: str,
+    step: str,
+    *,
+    include_retracted: bool = False,
+    unreadable: list[str] | None = None,
+) -> list[StepRecord]:
+    """Return the records of one step of a run, in key order (tombstones only if asked).
+
+    A manifest that is not a JSON object with an object summary raises ``ValueError``,
+    unless ``unreadable`` is given: then its key is appended there and the others are read
+    (a stage that must not stop for one broken record counts them).
+    """
+    records = []
+    for key in store.list_keys(bucket, f"{MANIFEST_ROOT}/{run_id}/{step}/"):
+        try:
+            document = json.loads(store.get_bytes(bucket, key))
+            if not isinstance(document, Mapping):
+                raise ValueError("the manifest is not a JSON object")
+            record = StepRecord.from_document(document)
+        except ValueError:
+            if unreadable is None:
+                raise
+            unreadable.append(key)
+            continue
+        if include_retracted or record.committed:
+            records.append(record)
+    return records
+
+
 def committed_outputs(
     store: ObjectStore, bucket: str, run_id: str, step: str | None = None
 ) -> list[dict[str, Any]]:

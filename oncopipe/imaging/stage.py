@@ -35,6 +35,8 @@ from oncopipe.storage import ObjectRef, ObjectStore
 logger = logging.getLogger(__name__)
 
 STEP = "deid"
+#: The step that converts a de-identified series into a volume (and its masks).
+VOLUME_STEP = "volume"
 OPTIONS_ENV = "DEID_OPTIONS"
 
 
@@ -149,27 +151,27 @@ def build_series_volumes(
     Returns:
         One result per series, in a stable order.
     """
-    from oncopipe.manifest import MANIFEST_ROOT
+    from oncopipe.manifest import run_manifests
 
     groups: dict[tuple[str, str], list[str]] = {}
     structures: dict[str, list[str]] = {}  # patient key -> RTSTRUCT outputs
-    prefix = f"{MANIFEST_ROOT}/{run_id}/{STEP}/"
-    unreadable = 0
-    for key in store.list_keys(buckets.curated, prefix):
+    unreadable: list[str] = []  # one broken record must not stop the run
+    for record in run_manifests(store, buckets.curated, run_id, STEP, include_retracted=True,
+                                unreadable=unreadable):  # fmt: skip
+        if record.status != "deidentified":
+            continue
+        summary = record.summary
         try:
-            summary = json.loads(store.get_bytes(buckets.curated, key)).get("summary", {})
-            if summary.get("status") != "deidentified":
-                continue
             patient, output = str(summary["patient_key"]), str(summary["output"])
             if summary.get("modality") in ("RTSTRUCT", "SEG"):
                 structures.setdefault(patient, []).append(output)
             else:
                 groups.setdefault((patient, str(summary["series"])), []).append(output)
-        except (ValueError, KeyError, AttributeError, TypeError):
-            unreadable += 1  # one broken record must not stop the run
+        except KeyError:
+            unreadable.append(record.item)
     if unreadable:
         # counted, not named: one log line per run is enough to look
-        logger.warning("%d deid manifests of run %s could not be read", unreadable, run_id)
+        logger.warning("%d deid manifests of run %s could not be read", len(unreadable), run_id)
     wanted = None if series is None else set(series)
     results = []
     for (patient, uid), keys in sorted(groups.items()):
@@ -189,7 +191,7 @@ def build_series_volumes(
                 ItemResult(
                     item=uid,
                     status="failed",
-                    manifest_key=manifest_key(run_id, "volume", uid),
+                    manifest_key=manifest_key(run_id, VOLUME_STEP, uid),
                     outputs=(),
                     summary={
                         "kind": "series",
@@ -230,7 +232,7 @@ def _series_volume(
     rt_refs = [r for k in sorted(structure_keys)
                if (r := store.head(buckets.curated, k)) is not None]  # fmt: skip
     ctx = StepContext(store=store, manifest_bucket=buckets.curated, run_id=run_id,
-                      step="volume", params={"format": "parquet-zstd-v1"})  # fmt: skip
+                      step=VOLUME_STEP, params={"format": "parquet-zstd-v1"})  # fmt: skip
 
     def work(writer: ItemWriter) -> Mapping[str, Any]:
         with tempfile.TemporaryDirectory(prefix="oncopipe-volume-") as tmp:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,8 +34,15 @@ from typing import Any
 
 from oncopipe import layout
 from oncopipe.errors import ConfigError, InputError
-from oncopipe.layout import KIND_NOTE, KIND_SAMPLESHEET
-from oncopipe.manifest import MANIFEST_ROOT, ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.layout import KIND_NOTE, KIND_SAMPLESHEET, ROUTE_STEP
+from oncopipe.manifest import (
+    ItemResult,
+    ItemWriter,
+    StepContext,
+    StepRecord,
+    process_item,
+    run_manifests,
+)
 from oncopipe.quarantine import write_quarantine
 from oncopipe.stage_inputs import load_sample_inputs
 from oncopipe.storage import ObjectRef, ObjectStore
@@ -89,14 +95,8 @@ class SheetNote:
     note_date: date | None
 
 
-def _route_documents(store: ObjectStore, buckets: layout.Buckets, run_id: str) -> list[Any]:
-    prefix = f"{MANIFEST_ROOT}/{run_id}/route/"
-    return [json.loads(store.get_bytes(buckets.quarantine, key))
-            for key in store.list_keys(buckets.quarantine, prefix)]  # fmt: skip
-
-
 def sheet_notes(
-    store: ObjectStore, buckets: layout.Buckets, documents: list[Any]
+    store: ObjectStore, buckets: layout.Buckets, routed: list[StepRecord]
 ) -> dict[str, SheetNote]:
     """Return note key -> patient and date from the run's accepted sample sheets.
 
@@ -104,11 +104,10 @@ def sheet_notes(
     the router put the validated rows with their ingest keys.
     """
     found: dict[str, SheetNote] = {}
-    for document in documents:
-        summary = document.get("summary", {})
-        if summary.get("kind") != KIND_SAMPLESHEET or summary.get("status") != "accepted":
+    for record in routed:
+        if record.summary.get("kind") != KIND_SAMPLESHEET or record.status != "accepted":
             continue
-        for row in load_sample_inputs(store, buckets, str(summary["sample_table"])):
+        for row in load_sample_inputs(store, buckets, str(record.summary["sample_table"])):
             if row.get("notes"):
                 raw_date = row.get("note_date")
                 found[str(row["notes"])] = SheetNote(
@@ -139,17 +138,16 @@ def process_run_notes(
     from oncopipe.notes.core import check_size, concept_rows, notes_schema, process_note
 
     cap = max_bytes_from_env(os.environ) if max_bytes is None else max_bytes
-    documents = _route_documents(store, buckets, run_id)
-    sheets = sheet_notes(store, buckets, documents)
+    routed = run_manifests(store, buckets.quarantine, run_id, ROUTE_STEP, include_retracted=True)
+    sheets = sheet_notes(store, buckets, routed)
     ctx = StepContext(store=store, manifest_bucket=buckets.quarantine, run_id=run_id,
                       step=STEP, params={"version": "notes-v2", "max_bytes": cap}, phi_zone=True,
                       tables_bucket=buckets.curated)  # fmt: skip
     results = []
-    for document in sorted(documents, key=lambda d: str(d.get("item"))):
-        summary = document.get("summary", {})
-        if summary.get("kind") != KIND_NOTE or summary.get("status") != "received":
+    for record in sorted(routed, key=lambda r: r.item):
+        if record.summary.get("kind") != KIND_NOTE or record.status != "received":
             continue
-        ref = ObjectRef(**document["inputs"][0])
+        ref = ObjectRef(**record.inputs[0])
         from_sheet = sheets.get(ref.key)
 
         def work(writer: ItemWriter, ref: ObjectRef = ref,
@@ -213,11 +211,11 @@ def tokenize_run_notes(
 
     from oncopipe.notes.tokenizer import encode
 
-    extracted = []
-    for key in store.list_keys(buckets.quarantine, f"{MANIFEST_ROOT}/{run_id}/{STEP}/"):
-        summary = json.loads(store.get_bytes(buckets.quarantine, key)).get("summary", {})
-        if summary.get("status") == "extracted":
-            extracted.append(summary)
+    extracted = [
+        record.summary
+        for record in run_manifests(store, buckets.quarantine, run_id, STEP, include_retracted=True)
+        if record.status == "extracted"
+    ]
     if not extracted:
         return []
     tokenizer, tokenizer_hash = _tokenizer(store, buckets)
@@ -230,7 +228,7 @@ def tokenize_run_notes(
             continue
 
         def work(writer: ItemWriter, ref: ObjectRef = ref,
-                 summary: dict[str, Any] = summary) -> Mapping[str, Any]:  # fmt: skip
+                 summary: Mapping[str, Any] = summary) -> Mapping[str, Any]:  # fmt: skip
             text = store.get_bytes(ref.bucket, ref.key, ref.version_id).decode("utf-8")
             ids = encode(tokenizer, text)
             table = pa.table({"patient_key": [summary["patient_key"]],

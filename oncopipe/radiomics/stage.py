@@ -12,7 +12,6 @@ from the standard AWS configuration (``AWS_ENDPOINT_URL`` in the local mode).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from oncopipe import layout
-from oncopipe.manifest import MANIFEST_ROOT, ItemResult, ItemWriter, StepContext, process_item
+from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item, run_manifests
 from oncopipe.storage import ObjectRef, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -42,15 +41,14 @@ class SeriesItem:
 
 def pending_series(store: ObjectStore, buckets: layout.Buckets, run_id: str) -> list[SeriesItem]:
     """Return the run's converted series that have masks (from the ``volume`` manifests)."""
-    from oncopipe.imaging.stage import masks_key, volume_key
+    from oncopipe.imaging.stage import VOLUME_STEP, masks_key, volume_key
 
     items = []
-    for key in store.list_keys(buckets.curated, f"{MANIFEST_ROOT}/{run_id}/volume/"):
-        document = json.loads(store.get_bytes(buckets.curated, key))
-        summary = document.get("summary", {})
-        if summary.get("status") != "converted" or not summary.get("rois"):
+    for record in run_manifests(store, buckets.curated, run_id, VOLUME_STEP,
+                                include_retracted=True):  # fmt: skip
+        if record.status != "converted" or not record.summary.get("rois"):
             continue
-        patient, series = summary["patient_key"], str(document["item"])
+        patient, series = record.summary["patient_key"], record.item
         items.append(SeriesItem(patient, series, volume_key(patient, series),
                                 masks_key(patient, series)))  # fmt: skip
     return sorted(items, key=lambda i: (i.patient_key, i.series))

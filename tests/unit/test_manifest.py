@@ -15,6 +15,7 @@ from oncopipe.manifest import (
     manifest_key,
     process_item,
     read_manifest,
+    run_manifests,
 )
 from oncopipe.pseudonym import object_ref
 from oncopipe.storage import ObjectStore
@@ -175,3 +176,34 @@ def test_manifest_is_json_with_parameters_hash(store: ObjectStore) -> None:
 def test_bad_run_id_refused(store: ObjectStore) -> None:
     with pytest.raises(ValueError, match="invalid run id"):
         StepContext(store=store, manifest_bucket="curated-zone", run_id="../x", step="s")
+
+
+def test_run_manifests_reads_typed_records_and_counts_broken_ones(store: ObjectStore) -> None:
+    ref = _input(store)
+
+    def align(writer: Any) -> dict[str, Any]:
+        writer.put("curated-zone", "genomics/S1.bam", b"BAM")
+        return {"status": "aligned"}
+
+    process_item(_ctx(store), "S1", [ref], align)
+
+    def refuse(writer: Any) -> dict[str, Any]:
+        writer.reject("bad-input")
+        return {"status": "quarantined", "reason_code": "bad-input"}
+
+    process_item(_ctx(store), "S2", [ref], refuse)
+    (done,) = run_manifests(store, "curated-zone", "run-1", "align")
+    assert (done.item, done.status, done.committed) == ("S1", "aligned", True)
+    assert [o["key"] for o in done.outputs] == ["genomics/S1.bam"]
+    every = run_manifests(store, "curated-zone", "run-1", "align", include_retracted=True)
+    assert {(r.item, r.status, r.committed) for r in every} == {
+        ("S1", "aligned", True), ("S2", "quarantined", False)}  # fmt: skip
+    assert run_manifests(store, "curated-zone", "run-1", "call") == []  # another step: none
+
+    broken = manifest_key("run-1", "align", "S3")
+    store.put_bytes("curated-zone", broken, b"{not json", tags={})
+    with pytest.raises(ValueError):
+        run_manifests(store, "curated-zone", "run-1", "align")
+    unreadable: list[str] = []
+    assert len(run_manifests(store, "curated-zone", "run-1", "align", unreadable=unreadable)) == 1
+    assert unreadable == [broken]

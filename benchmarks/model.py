@@ -53,10 +53,10 @@ def main() -> int:
 
     from training.evaluate import evaluate_data, format_table
     from training.explain import explain_patient
+    from training.fit import HyperParameters
     from training.inference import input_fn, model_fn, output_fn, predict_fn
     from training.model import save_model
     from training.prune import prune
-    from training.train import HyperParameters
 
     print(_line("="))
     print(

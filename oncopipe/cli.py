@@ -1186,15 +1186,15 @@ def ops_cost(run_id: str, no_actual: bool) -> None:
     Cost Explorer (by the oncopipe:run-id, oncopipe:stage and oncopipe:sample tags)."""
     import boto3
 
-    from oncopipe.ops import cost
+    from oncopipe.ops import cost, cost_report
 
     store, buckets, local_mode = _run_zones()
     ce = None
     if not (no_actual or local_mode):
         ce = boto3.client("ce", region_name=cost.COST_EXPLORER_REGION)
     zones = [buckets.curated, buckets.quarantine]
-    manifests = list(cost.iter_run_manifests(store, zones, run_id))
-    report = cost.cost_report(run_id, manifests, ce)
+    manifests = list(cost_report.iter_run_manifests(store, zones, run_id))
+    report = cost_report.cost_report(run_id, manifests, ce)
     table = Table(title=f"cost of run {run_id} (USD)")
     for column in ("stage", "sample", "items", "estimate", "actual"):
         table.add_column(column, justify="left" if column in ("stage", "sample") else "right")

@@ -33,19 +33,8 @@ from oncopipe.genomics.simulate import (
     write_truth_vcf,
 )
 from oncopipe.imaging.sample import write_burned_in_ultrasound, write_ct_series
-
-FIRST_NAMES = ("Maria", "John", "Aiko", "Lars", "Fatima", "Pedro", "Grace", "Omar")
-LAST_NAMES = (
-    "Keller",
-    "Okafor",
-    "Tanaka",
-    "Lindqvist",
-    "Haddad",
-    "Silva",
-    "Moreau",
-    "Ivanova",
-)
-
+from oncopipe.notes.sample import generate_note
+from oncopipe.sample_people import FIRST_NAMES, LAST_NAMES
 
 #: Somatic variants planted per patient (cycled), with their VAF in the tumour.
 PLANTED: tuple[tuple[tuple[str, float], ...], ...] = (
@@ -118,8 +107,6 @@ def generate(out: Path, *, patients: int = 3, depth: int = 80, seed: int = 7) ->
                                  with_rtstruct=True)  # fmt: skip
         for path in series:
             data[path.relative_to(out).as_posix()] = path.read_bytes()
-        from oncopipe.notes.sample import generate_note  # it imports this module's names
-
         note, _, _ = generate_note(rng, mrn=mrn, name=name,
                                    note_date=date(2026, 3, rng.randrange(1, 28)))  # fmt: skip
         data[note_key] = note.encode("utf-8")

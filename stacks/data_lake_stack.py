@@ -229,6 +229,33 @@ class DataLakeStack(Stack):
         self._athena()
         self._lake_formation()
 
+    def grant_pseudonym_secret(self, role: iam.IRole) -> None:
+        """Let a role read the pseudonymisation secret.
+
+        Secret.grant_read would add the role to the key policy of the stateful stack, a
+        dependency cycle; the same access is granted on the role's side. The platform key
+        decrypts only as a request of Secrets Manager for this secret (its encryption
+        context), not anything else the key protects.
+        """
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[self.pseudonym_secret.secret_arn],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt"],
+                resources=[self.platform_key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{Stack.of(role).region}.amazonaws.com",
+                        "kms:EncryptionContext:SecretARN": self.pseudonym_secret.secret_arn,
+                    }
+                },
+            )
+        )
+
     def export_bucket(self, consumer: Stack, bucket: s3.IBucket, key: kms.IKey) -> s3.IBucket:
         """Return ``bucket`` as seen from ``consumer``, through an export with a stable name.
 

@@ -38,7 +38,6 @@ from stacks.genomics_stack import (
     acknowledge_batch_then_processing,
     grant_batch_sync,
 )
-from stacks.ingest_stack import grant_pseudonym_secret
 from stacks.paths import REPO_ROOT
 
 #: The processing image's build context: only oncopipe/ and processing/ (Docker syntax).
@@ -218,7 +217,7 @@ class FeaturesStack(Stack):
         tokenizer = {f"{layout.ARTIFACTS_TOKENIZERS}notes/": (
             "Stores the notes tokenizer once and reuses it.")}  # fmt: skip
         grant_objects(role, artifacts, read=tokenizer, write=tokenizer, delete=True)
-        grant_pseudonym_secret(lake, role)
+        lake.grant_pseudonym_secret(role)
         acknowledge_job_role(role, log_group, {})
         return role
 

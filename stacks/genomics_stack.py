@@ -151,10 +151,8 @@ class GenomicsStack(Stack):
         artifacts = lake.export_bucket(self, lake.artifacts, lake.platform_key)
 
         self.job_role = self._align_role(config, ingest, quarantine, curated, artifacts)
-        from stacks.ingest_stack import grant_pseudonym_secret  # (ingest_stack imports us)
-
         # opaque references of the ingest FASTQ files in its curated manifests
-        grant_pseudonym_secret(lake, self.job_role)
+        lake.grant_pseudonym_secret(self.job_role)
         self.call_role = self._call_role(quarantine, curated, artifacts)
 
         template = ec2.LaunchTemplate(

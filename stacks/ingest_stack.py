@@ -117,7 +117,7 @@ class IngestStack(Stack):
         # The sample tables and their symlink files (checked, repaired, retracted).
         tables = {layout.CURATED_SAMPLES: "Writes the pseudonymised sample table of a sheet."}
         grant_objects(self.router.role, curated, read=tables, write=tables, delete=True)
-        grant_pseudonym_secret(lake, self.router.role)
+        lake.grant_pseudonym_secret(self.router.role)
 
         self.quarantine_on_error = StageFunction(
             self,
@@ -195,7 +195,7 @@ class IngestStack(Stack):
         }
         grant_objects(self.deid.role, curated, read=released, write=released, delete=True)
         _grant_quarantine_zone(self.deid.role, quarantine)
-        grant_pseudonym_secret(lake, self.deid.role)
+        lake.grant_pseudonym_secret(self.deid.role)
 
         if config.deid_on_read:
             self._deid_on_read(config, lake, ingest, deid_environment, common)
@@ -247,7 +247,7 @@ class IngestStack(Stack):
                 actions=["s3-object-lambda:WriteGetObjectResponse"], resources=["*"]
             )
         )
-        grant_pseudonym_secret(lake, role)
+        lake.grant_pseudonym_secret(role)
         # The presigned inputS3Url is signed with the caller's credentials; the caller also
         # needs kms:Decrypt on the ingest key, as for any read of that bucket.
         # The supporting access point serves reads made by S3 Object Lambda only: a direct
@@ -478,34 +478,6 @@ class IngestStack(Stack):
         if self.notes_arrival is not None:
             self.notes_arrival.acknowledge_sender(machine.role)
         return machine
-
-
-def grant_pseudonym_secret(lake: DataLakeStack, role: iam.IRole) -> None:
-    """Let a role read the pseudonymisation secret.
-
-    Secret.grant_read would add the role to the key policy of the stateful stack, a
-    dependency cycle; the same access is granted on the role's side. The platform key
-    decrypts only as a request of Secrets Manager for this secret (its encryption
-    context), not anything else the key protects.
-    """
-    role.add_to_principal_policy(
-        iam.PolicyStatement(
-            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-            resources=[lake.pseudonym_secret.secret_arn],
-        )
-    )
-    role.add_to_principal_policy(
-        iam.PolicyStatement(
-            actions=["kms:Decrypt"],
-            resources=[lake.platform_key.key_arn],
-            conditions={
-                "StringEquals": {
-                    "kms:ViaService": f"secretsmanager.{Stack.of(role).region}.amazonaws.com",
-                    "kms:EncryptionContext:SecretARN": lake.pseudonym_secret.secret_arn,
-                }
-            },
-        )
-    )
 
 
 def _logical(construct: Construct) -> str:

@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from training.data import MODALITIES, Encoded, RadiomicLayout, encode_rows, select_modalities
-from training.train import HyperParameters, fit, predict, roc_auc
+from training.fit import HyperParameters, fit, predict, roc_auc
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ def predict_fn(data: Mapping[str, Any], model: LoadedModel) -> dict[str, Any]:
         RequestError: a patient's radiomics share no feature with the model's.
     """
     from training.data import MODALITIES, encode_rows
-    from training.train import predict
+    from training.fit import predict
 
     prep = model.preprocessing
     known = set(prep.radiomic_features)

@@ -308,6 +308,18 @@ def save_model(model: MultimodalTransformer, model_dir: Path | str, **extra: Any
     return path
 
 
+def quantize(model: MultimodalTransformer) -> nn.Module:
+    """Return the model with dynamic int8 ``Linear`` layers (weights int8, CPU only)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not installed
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 def load_model(model_dir: Path | str) -> MultimodalTransformer:
     """Load ``model.pt`` from a model folder, in eval mode.
 
@@ -323,8 +335,6 @@ def load_model(model_dir: Path | str) -> MultimodalTransformer:
         raise ValueError(f"{path}: not a model saved by training.model.save_model")
     model = MultimodalTransformer(ModelConfig.from_dict(saved["config"]))
     if saved.get("quantized"):
-        from training.prune import quantize
-
         model = quantize(model)  # type: ignore[assignment]
     model.load_state_dict(saved["state_dict"])
     model.eval()

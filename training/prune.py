@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from training.data import Encoded
-from training.model import ModelConfig, MultimodalTransformer
+from training.model import ModelConfig, MultimodalTransformer, quantize
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +201,6 @@ def plan(
     return layers, heads, units
 
 
-def quantize(model: MultimodalTransformer) -> nn.Module:
-    """Return the model with dynamic int8 ``Linear`` layers (weights int8, CPU only)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which is not installed
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
 def latency(
     models: dict[str, nn.Module], data: Encoded, *, calls: int = 200, warmup: int = 30
 ) -> dict[str, dict[str, float]]:
@@ -290,8 +278,8 @@ def prune(
     """
     from oncopipe.cohort.dataset import read_dataset
     from training.data import RadiomicLayout, encode_rows
+    from training.fit import HyperParameters, fit, predict, roc_auc
     from training.model import load_model, save_model
-    from training.train import HyperParameters, fit, predict, roc_auc
 
     full = load_model(model_dir)
     ds = read_dataset(dataset_dir)

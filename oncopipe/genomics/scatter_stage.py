@@ -120,7 +120,7 @@ def reference_bases(store: ObjectStore, buckets: layout.Buckets, reference_prefi
     if store.exists(buckets.artifacts, key):
         store.download_file(buckets.artifacts, key, str(fai))
     else:
-        from oncopipe.genomics.stage import fetch_reference
+        from oncopipe.genomics.reference import fetch_reference
 
         fetch_reference(store, buckets.artifacts, reference_prefix, workdir)
     return sum(length for _, length in read_fai(fai))
@@ -229,7 +229,7 @@ def align_shard_part(
         ShardError: no committed split, no such shard, a corrupt shard, reads lost.
         AlignmentError: bwa or samtools failed.
     """
-    from oncopipe.genomics.stage import fetch_reference
+    from oncopipe.genomics.reference import fetch_reference
 
     prefix = scratch_prefix(run_id, sample, "align")
     bucket = buckets.curated
@@ -306,7 +306,7 @@ def call_region_job(
     Raises:
         ShardError: no such region. InvalidBamError, AlignmentError: as the caller.
     """
-    from oncopipe.genomics.stage import fetch_reference
+    from oncopipe.genomics.reference import fetch_reference
 
     prefix = scratch_prefix(run_id, sample, "call")
     bucket = buckets.curated

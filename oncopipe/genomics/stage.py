@@ -25,16 +25,14 @@ from typing import Any
 from oncopipe import layout
 from oncopipe.errors import InputError
 from oncopipe.genomics.align import (
-    INDEX_SUFFIXES,
     ReadGroup,
     align_pair,
-    ensure_index,
     merge_bams,
     qc_metrics,
 )
 from oncopipe.genomics.call import CallerSettings, call_variants
 from oncopipe.genomics.fastq import validate_pair
-from oncopipe.genomics.panel import Panel
+from oncopipe.genomics.reference import fetch_reference
 from oncopipe.genomics.variants import variant_rows, write_parquet
 from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item, retract_item
 from oncopipe.quarantine import write_quarantine
@@ -43,40 +41,6 @@ from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
 ALIGNER = "bwa-mem-0.7.17"
-
-
-def fetch_reference(
-    store: ObjectStore, bucket: str, prefix: str, workdir: Path
-) -> tuple[Path, Panel, str]:
-    """Download the reference and its index; build and store the index once if missing.
-
-    Returns:
-        (FASTA path, panel annotation, the FASTA's ETag for the parameters hash).
-
-    Raises:
-        InputError: the reference or its annotation is missing.
-    """
-    fasta_key, panel_key = f"{prefix}panel.fa", f"{prefix}panel.json"
-    fasta_ref = store.head(bucket, fasta_key)
-    if fasta_ref is None or store.head(bucket, panel_key) is None:
-        raise InputError(
-            f"s3://{bucket}/{prefix}",
-            "reference missing: upload panel.fa and panel.json there (see README)",
-        )
-    fasta = workdir / "panel.fa"
-    store.download_file(bucket, fasta_key, str(fasta))
-    store.download_file(bucket, panel_key, str(workdir / "panel.json"))
-    extras = [*INDEX_SUFFIXES, ".fai"]
-    present = [s for s in extras if store.exists(bucket, fasta_key + s)]
-    for suffix in present:
-        store.download_file(bucket, fasta_key + suffix, f"{fasta}{suffix}")
-    if len(present) < len(extras):
-        ensure_index(fasta)
-        for suffix in extras:
-            store.upload_file(f"{fasta}{suffix}", bucket, fasta_key + suffix,
-                              tags={"step": "reference-index"})  # fmt: skip
-        logger.info("built and stored the BWA index of %s", fasta_key)
-    return fasta, Panel.load(workdir / "panel.json"), fasta_ref.etag
 
 
 def bam_key(patient_key: str, sample: str) -> str:

@@ -71,9 +71,10 @@ def run_model_demo(
     from oncopipe.cohort.synthetic import generate_tables, write_tables
     from training.evaluate import evaluate, format_table
     from training.explain import explain
+    from training.fit import HyperParameters
     from training.inference import predict_local
     from training.prune import prune
-    from training.train import HyperParameters, train
+    from training.train import train
 
     say = progress or (lambda _line: None)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 # --- name lexicons (for scrubbing) --------------------------------------------------------------
 # A modest list of common first names and surnames, including every name of
-# sample_data.FIRST_NAMES/LAST_NAMES and of the note generator. Names that are also common English
+# sample_people.FIRST_NAMES/LAST_NAMES and the note generator's. Names that are also common English
 # or clinical words (Will, May, Hope, Rose, Mark, Brown, White, Young, King, Stone, Lane...) are
 # left out on purpose: they are scrubbed only in context (after a title, in a "Name:" field,
 # next to a known name, before ", MD"), so "White blood cells" and "Hope to..." survive.

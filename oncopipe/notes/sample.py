@@ -11,7 +11,7 @@ returns the gold concepts (matched by concept, value, negated, experiencer; see
 :mod:`oncopipe.notes.evaluate`) and the planted PHI strings a scrubber must remove.
 
 Names should come from :data:`FIRST_NAMES`/:data:`LAST_NAMES` (they include
-``oncopipe.sample_data``'s), all of them in the scrubber's lexicon; doctors' surnames are partly
+``oncopipe.sample_people``'s), all of them in the scrubber's lexicon; doctors' surnames are partly
 outside it and always follow "Dr." or precede ", MD".
 """
 
@@ -22,14 +22,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from oncopipe import sample_data
+from oncopipe import sample_people
 
 FIRST_NAMES: tuple[str, ...] = (
-    *sample_data.FIRST_NAMES,
+    *sample_people.FIRST_NAMES,
     *("Linda", "James", "Priya", "Kenji", "Sofia", "Ahmed", "Ingrid", "Carlos", "Helen", "Walter"),
 )
 LAST_NAMES: tuple[str, ...] = (
-    *sample_data.LAST_NAMES,
+    *sample_people.LAST_NAMES,
     *("Nguyen", "Patel", "Okonjo", "Schmidt", "Rossi", "Kowalski", "Hansen", "Mendoza", "Sato"),
 )
 #: Doctors' surnames; several are outside the scrubber's lexicon on purpose.

@@ -26,7 +26,7 @@ from typing import Any
 
 from oncopipe.layout import Buckets
 from oncopipe.manifest import COMMITTED, iter_manifests
-from oncopipe.ops.cost import CostReport, cost_report
+from oncopipe.ops.cost_report import CostReport, cost_report
 from oncopipe.ops.insight import MODALITIES, PatientInsight, insight_from_manifests
 
 SECTION_IDS = (

@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 
 from oncopipe.errors import ConfigError
 from oncopipe.manifest import manifest_key
-from oncopipe.ops import cost
+from oncopipe.ops import cost, cost_report
 from oncopipe.ops.cost import (
     TAG_RUN_ID,
     TAG_SAMPLE,
@@ -283,7 +283,7 @@ def _group(stage: str, sample: str, amount: str) -> dict[str, Any]:
 
 def test_estimate_vs_actual_when_tags_are_active(run_manifests: Any) -> None:
     store, curated, samples = run_manifests
-    manifests = list(cost.iter_run_manifests(store, [curated], RUN))
+    manifests = list(cost_report.iter_run_manifests(store, [curated], RUN))
     tumour, normal = samples["P001-T"], samples["P001-N"]
     ce = _ce()
     request = {
@@ -308,7 +308,7 @@ def test_estimate_vs_actual_when_tags_are_active(run_manifests: Any) -> None:
                                                     _group("call", "", "0.0010")]}],
             "DimensionValueAttributes": [],
         }, {**request, "NextPageToken": "page2"})  # fmt: skip
-        report = cost.cost_report(RUN, manifests, ce)
+        report = cost_report.cost_report(RUN, manifests, ce)
         stub.assert_no_pending_responses()
     assert report.actual_available and report.note == ""
     rows = {(r.stage, r.sample): r for r in report.rows}
@@ -326,11 +326,11 @@ def test_estimate_vs_actual_when_tags_are_active(run_manifests: Any) -> None:
 
 def test_estimates_only_when_tags_are_not_active_yet(run_manifests: Any) -> None:
     store, curated, _ = run_manifests
-    manifests = list(cost.iter_run_manifests(store, [curated], RUN))
+    manifests = list(cost_report.iter_run_manifests(store, [curated], RUN))
     ce = _ce()
     with Stubber(ce) as stub:
         stub.add_response("list_cost_allocation_tags", _tags_response("Inactive"))
-        report = cost.cost_report(RUN, manifests, ce)
+        report = cost_report.cost_report(RUN, manifests, ce)
         stub.assert_no_pending_responses()  # no GetCostAndUsage
     assert not report.actual_available and report.actual_total is None
     assert "not active yet" in report.note and "24 h" in report.note
@@ -339,12 +339,12 @@ def test_estimates_only_when_tags_are_not_active_yet(run_manifests: Any) -> None
 
 def test_estimates_only_when_cost_explorer_is_denied(run_manifests: Any) -> None:
     store, curated, _ = run_manifests
-    manifests = list(cost.iter_run_manifests(store, [curated], RUN))
+    manifests = list(cost_report.iter_run_manifests(store, [curated], RUN))
     ce = _ce()
     with Stubber(ce) as stub:
         stub.add_client_error("list_cost_allocation_tags", "AccessDeniedException",
                               "User is not authorized", 400)  # fmt: skip
-        report = cost.cost_report(RUN, manifests, ce)
+        report = cost_report.cost_report(RUN, manifests, ce)
     assert not report.actual_available
     assert report.note == "estimates only: Cost Explorer unavailable (AccessDeniedException)"
     assert report.estimate_total > 0

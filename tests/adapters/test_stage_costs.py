@@ -33,7 +33,7 @@ from oncopipe.manifest import (
     process_item,
 )
 from oncopipe.metrics import COST, FAILED, ITEMS_IN, QUARANTINED, RETRIED, STAGES, SUCCEEDED
-from oncopipe.ops import cost
+from oncopipe.ops import cost, cost_report
 from oncopipe.storage import ObjectStore
 from tests.conftest import make_bucket
 
@@ -401,9 +401,9 @@ def test_ops_cost_prints_the_manifests_estimates_beside_the_actual(
 
     from oncopipe.cli import main
 
-    manifests = list(cost.iter_run_manifests(ObjectStore(boto3.client("s3")),
+    manifests = list(cost_report.iter_run_manifests(ObjectStore(boto3.client("s3")),
                                              [BUCKETS.curated], RUN))  # fmt: skip
-    rows = {(r.stage, r.sample): r for r in cost.estimates_from_manifests(manifests)}
+    rows = {(r.stage, r.sample): r for r in cost_report.estimates_from_manifests(manifests)}
     tumour = metered_run["P9-T"]
     assert rows[("align", tumour)].estimate_usd == pytest.approx(
         manifests[0]["cost"]["cost_usd_estimate"] if manifests[0]["item"] == "P9-T"
@@ -437,5 +437,5 @@ def test_manifests_outside_a_metered_job_have_no_cost_field(store: ObjectStore) 
     process_item(ctx, "n1", [], lambda w: {"status": "ok"})
     (manifest,) = iter_manifests(store, BUCKETS.curated, RUN, "notes")
     assert "cost" not in manifest
-    assert cost.estimates_from_manifests([manifest]) == []
+    assert cost_report.estimates_from_manifests([manifest]) == []
     assert COST_PROFILE_ENV == cost.ENV_COST_PROFILE

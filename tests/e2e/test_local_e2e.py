@@ -14,11 +14,12 @@ from typing import Any
 import boto3
 import pytest
 
+from oncopipe.sample_people import LAST_NAMES
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 #: The generated patients' surnames: planted in DICOM headers and notes as PHI.
-NAMES = tuple(name.encode() for name in __import__("oncopipe.sample_data").sample_data.LAST_NAMES)
+NAMES = tuple(name.encode() for name in LAST_NAMES)
 
 
 def oncopipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

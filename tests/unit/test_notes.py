@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from oncopipe import sample_data
+from oncopipe import sample_people
 from oncopipe.errors import InputError, MissingPatientError
 from oncopipe.imaging.deid import date_shift_days
 from oncopipe.notes import core, nlp, rules, tokenizer
@@ -303,7 +303,7 @@ def test_names_from_patient_titles_labels_and_lexicon() -> None:
 
 def test_name_lexicon_covers_samples_and_avoids_clinical_terms() -> None:
     lexicon = rules.FIRST_NAMES | rules.SURNAMES
-    sample_names = {n.lower() for n in (*sample_data.FIRST_NAMES, *sample_data.LAST_NAMES)}
+    sample_names = {n.lower() for n in (*sample_people.FIRST_NAMES, *sample_people.LAST_NAMES)}
     generator_names = {n.lower() for n in (*FIRST_NAMES, *LAST_NAMES)}
     assert sample_names | generator_names <= lexicon
     assert lexicon & rules.CLINICAL_WORDS == set()

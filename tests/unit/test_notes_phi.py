@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from oncopipe import sample_data
+from oncopipe import sample_people
 from oncopipe.notes import nlp, rules, sample as note_sample
 from oncopipe.notes.core import (
     DEFAULT_MAX_NOTE_BYTES,
@@ -61,8 +61,8 @@ def test_held_out_names_are_many_and_in_no_lexicon_of_the_project() -> None:
         | {
             n.lower()
             for n in (
-                *sample_data.FIRST_NAMES,
-                *sample_data.LAST_NAMES,
+                *sample_people.FIRST_NAMES,
+                *sample_people.LAST_NAMES,
                 *note_sample.FIRST_NAMES,
                 *note_sample.LAST_NAMES,
                 *note_sample.DOCTOR_NAMES,

@@ -25,7 +25,8 @@ from oncopipe.cohort.dataset import (  # noqa: E402
 from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from training.data import encode_rows, modality_dropout  # noqa: E402
-from training.train import HyperParameters, fit, predict, roc_auc, train  # noqa: E402
+from training.fit import HyperParameters, fit, predict, roc_auc  # noqa: E402
+from training.train import train  # noqa: E402
 
 # two image types (13 radiomic groups) keep the tests fast; both carry the heterogeneity signal
 FEATURES = [

@@ -44,6 +44,8 @@ CURATED_GENOMICS_VARIANTS = "genomics/variants/"
 CURATED_GENOMICS_VCF = "genomics/vcf/"
 #: Per-sample VAF histograms (JSON), by the day the sample was called: the drift windows.
 CURATED_GENOMICS_VAF_HISTOGRAMS = "genomics/vaf-histograms/"
+#: Whole-genome scatter scratch (shards, region calls, plans): expired by a lifecycle rule.
+CURATED_GENOMICS_SCRATCH = "genomics/_scatter/"
 CURATED_IMAGING = "imaging/"
 CURATED_IMAGING_VOLUMES = "imaging/volumes/"
 CURATED_IMAGING_RADIOMICS = "imaging/radiomics/"
@@ -137,3 +139,10 @@ def sample_inputs_key(table_key: str) -> str:
     if name == table_key or not name.endswith(".jsonl") or ".." in name.split("/"):
         raise ValueError(f"not a sample table key (expected {CURATED_SAMPLES}...jsonl)")
     return QUARANTINE_SAMPLE_INPUTS + name
+
+
+def plan_key(run_id: str, sample: str) -> str:
+    """Return the curated key of a sample's plan document (``shards``, ``regions``,
+    ``fastq_bytes``, ``reference_bases``): the genomics state machine reads it to choose
+    one job or an array job and to size the array (``stacks/genomics_stack.py``)."""
+    return f"{CURATED_GENOMICS_SCRATCH}{run_id}/{sample}/plan.json"

@@ -22,7 +22,6 @@ from constructs import Construct
 
 from oncopipe import catalog, layout
 from oncopipe.deployment import EnvConfig
-from oncopipe.genomics.scatter_stage import SCRATCH as SCATTER_SCRATCH
 from stacks.components.ingest_readers import INGEST_READERS, ingest_reader_role_name
 from stacks.components.s3_grants import grant_objects
 from stacks.components.secure_bucket import SecureBucket
@@ -177,7 +176,9 @@ class DataLakeStack(Stack):
             encryption_key=self.curated_key,
             raw_prefixes=layout.RAW_SEQUENCE_PREFIXES_CURATED,
             # shards and plans of scattered whole genomes, kept for reruns and inspection
-            scratch_prefixes={SCATTER_SCRATCH: config.scatter.scratch_expiration_days},
+            scratch_prefixes={
+                layout.CURATED_GENOMICS_SCRATCH: config.scatter.scratch_expiration_days
+            },
             **common,
         ).bucket
         self.artifacts = SecureBucket(

@@ -23,10 +23,10 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from batch_jobs.genomics.__main__ import plan_key
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig, ScatterConfig
-from oncopipe.genomics.scatter_stage import SCRATCH, SETTINGS_ENV
+from oncopipe.genomics.scatter_stage import SETTINGS_ENV
+from oncopipe.layout import plan_key
 from oncopipe.manifest import MANIFEST_ROOT
 from oncopipe.ops.cost import (
     ENV_JOB_MEMORY_MIB,
@@ -511,7 +511,7 @@ class GenomicsStack(Stack):
         policy = machine.role.node.find_child("DefaultPolicy")
         acknowledge(
             policy,
-            f"AwsSolutions-IAM5[{objects_finding(curated, f'{SCRATCH}*')}]",
+            f"AwsSolutions-IAM5[{objects_finding(curated, f'{layout.CURATED_GENOMICS_SCRATCH}*')}]",
             "Reads each sample's plan document (genomics/_scatter/<run>/<sample>/plan.json) "
             "to choose one job or an array job and to size the array.",
         )
@@ -608,7 +608,7 @@ class GenomicsStack(Stack):
                     sfn.JsonPath.string_at("$.sample"),
                 ),
             },
-            iam_resources=[curated.arn_for_objects(f"{SCRATCH}*")],
+            iam_resources=[curated.arn_for_objects(f"{layout.CURATED_GENOMICS_SCRATCH}*")],
             result_selector={"plan": sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.Body"))},
             result_path="$.scatter",
         )
@@ -755,7 +755,12 @@ def _retry_submit(state: sfn.CustomState | tasks.BatchSubmitJob) -> None:
 def _grant_scratch(role: iam.IRole, curated: s3.IBucket, reason: str) -> None:
     """Read and write the scatter scratch (``genomics/_scatter/*`` of curated) and nothing
     wider: no deletes (the scratch expires by lifecycle; a redone part overwrites)."""
-    grant_objects(role, curated, read={SCRATCH: reason}, write={SCRATCH: reason})
+    grant_objects(
+        role,
+        curated,
+        read={layout.CURATED_GENOMICS_SCRATCH: reason},
+        write={layout.CURATED_GENOMICS_SCRATCH: reason},
+    )
 
 
 def grant_batch_sync(role: iam.IRole) -> None:

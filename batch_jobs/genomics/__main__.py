@@ -3,7 +3,7 @@
 Steps: ``align`` and ``call`` (one job per sample); for whole genomes the scatter/gather
 phases (:mod:`oncopipe.genomics.scatter_stage`): ``plan`` (prints ``shards``, 0 when the
 sample aligns as one job, and ``regions``, 1 when it calls as one job, and writes them to
-:func:`plan_key` for the state machine; splits the FASTQ pair when it scatters),
+:func:`oncopipe.layout.plan_key` for the state machine; splits the FASTQ pair when it scatters),
 ``align-shard`` (an array child: shard ``--index`` or ``AWS_BATCH_JOB_ARRAY_INDEX``),
 ``gather`` (commits the sample's BAM from its shards), ``call-region`` (an array child:
 region ``--index`` of ``--regions``) and ``call-gather`` (commits the calls from the
@@ -223,18 +223,6 @@ def _run(
 
 
 #: The plan step's outcome as an object, beside the sample's scatter scratch.
-PLAN_DOCUMENT = "plan.json"
-
-
-def plan_key(run_id: str, sample: str) -> str:
-    """Return the curated key of a sample's plan document (``shards``, ``regions``,
-    ``fastq_bytes``, ``reference_bases``): the genomics state machine reads it to choose
-    one job or an array job and to size the array (``stacks/genomics_stack.py``)."""
-    from oncopipe.genomics.scatter_stage import SCRATCH
-
-    return f"{SCRATCH}{run_id}/{sample}/{PLAN_DOCUMENT}"
-
-
 def _scatter_phase(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
@@ -273,7 +261,7 @@ def _scatter_phase(
                     "reference_bases": planned.reference_bases}  # fmt: skip
         # The state machine cannot read a job's stdout: it sizes the array jobs from this.
         # A rerun that plans the same writes nothing (no new version of an unchanged plan).
-        key, body = plan_key(args.run_id, args.sample), json.dumps(document).encode()
+        key, body = layout.plan_key(args.run_id, args.sample), json.dumps(document).encode()
         curated = buckets.curated
         if not (store.exists(curated, key) and store.get_bytes(curated, key) == body):
             store.put_bytes(buckets.curated, key, body, content_type="application/json",

@@ -52,7 +52,7 @@ from oncopipe.genomics.shard import (
 from oncopipe.storage import ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
-SCRATCH = "genomics/_scatter/"
+SCRATCH = layout.CURATED_GENOMICS_SCRATCH
 #: Environment variables of the job definitions that carry ``config.scatter``.
 SETTINGS_ENV = {
     "pairs_per_shard": "SCATTER_PAIRS_PER_SHARD",

@@ -19,9 +19,9 @@ from typing import Any, cast
 
 import pytest
 
-from batch_jobs.genomics.__main__ import plan_key
 from oncopipe import layout
 from oncopipe.genomics.scatter_stage import SCRATCH
+from oncopipe.layout import plan_key
 from tests.conftest import make_bucket
 
 pytestmark = pytest.mark.slow

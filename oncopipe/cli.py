@@ -1132,14 +1132,12 @@ def _run_zones() -> tuple[Any, Any, bool]:
     import os
 
     from oncopipe.layout import Buckets
+    from oncopipe.settings import BUCKET_ENV
     from oncopipe.storage import ObjectStore, make_client
 
-    curated, quarantine = os.environ.get("CURATED_BUCKET"), os.environ.get("QUARANTINE_BUCKET")
-    if curated and quarantine:
-        env = os.environ
-        buckets = Buckets(ingest=env.get("INGEST_BUCKET", ""), quarantine=quarantine,
-                          curated=curated, artifacts=env.get("ARTIFACTS_BUCKET", ""))  # fmt: skip
-        return ObjectStore(make_client()), buckets, False
+    names = {zone: os.environ.get(name, "") for zone, name in BUCKET_ENV.items()}
+    if names["curated"] and names["quarantine"]:
+        return ObjectStore(make_client()), Buckets(**names), False
     from oncopipe.local import runner
     from oncopipe.local.state import LocalState
 

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from oncopipe.errors import ConfigError, OncopipeError
 from oncopipe.governance import APPROVED, GovernanceError, artifact_digest, package_version, review
 from oncopipe.layout import ARTIFACTS_DATA_CAPTURE, ARTIFACTS_EVALUATION, ARTIFACTS_MODELS
+from oncopipe.settings import BUCKET_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class BlueGreen:
 
 #: DeploySettings field -> the environment variable it is read from.
 ENV = {"group": "MODEL_PACKAGE_GROUP", "endpoint_name": "ENDPOINT_NAME",
-       "artifacts_bucket": "ARTIFACTS_BUCKET", "artifacts_key_arn": "ARTIFACTS_KEY_ARN",
+       "artifacts_bucket": BUCKET_ENV["artifacts"], "artifacts_key_arn": "ARTIFACTS_KEY_ARN",
        "kms_key_arn": "ENDPOINT_KMS_KEY_ARN", "serving_role_arn": "SERVING_ROLE_ARN",
        "instance_type": "SERVING_INSTANCE_TYPE", "instance_count": "SERVING_INSTANCE_COUNT",
        "security_group_ids": "SECURITY_GROUP_IDS", "subnet_ids": "SUBNET_IDS",

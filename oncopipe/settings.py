@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from oncopipe.errors import ConfigError
 from oncopipe.layout import Buckets
+
+#: The environment variable of each zone bucket: the one spelling the stacks (function and job
+#: environments), the local mode and the adapters use.
+BUCKET_ENV = {
+    "ingest": "INGEST_BUCKET",
+    "quarantine": "QUARANTINE_BUCKET",
+    "curated": "CURATED_BUCKET",
+    "artifacts": "ARTIFACTS_BUCKET",
+}
+
+
+def bucket_env(**names: str) -> dict[str, str]:
+    """Return the environment variables of some zone buckets (``curated=name``...).
+
+    Raises:
+        KeyError: a zone that does not exist.
+    """
+    return {BUCKET_ENV[zone]: name for zone, name in names.items()}
 
 
 @dataclass(frozen=True)
@@ -28,29 +46,11 @@ class StageSettings:
             ConfigError: a variable is missing or empty; the message lists all of them.
         """
         env = os.environ if environ is None else environ
-        names = (
-            "INGEST_BUCKET",
-            "QUARANTINE_BUCKET",
-            "CURATED_BUCKET",
-            "ARTIFACTS_BUCKET",
-        )
-        missing = [n for n in names if not env.get(n)]
+        missing = [n for n in BUCKET_ENV.values() if not env.get(n)]
         if missing:
             raise ConfigError(f"missing environment variables: {', '.join(missing)}")
-        return cls(
-            buckets=Buckets(
-                ingest=env["INGEST_BUCKET"],
-                quarantine=env["QUARANTINE_BUCKET"],
-                curated=env["CURATED_BUCKET"],
-                artifacts=env["ARTIFACTS_BUCKET"],
-            )
-        )
+        return cls(buckets=Buckets(**{zone: env[name] for zone, name in BUCKET_ENV.items()}))
 
     def as_env(self) -> dict[str, str]:
         """Return the environment variables that :meth:`from_env` reads."""
-        return {
-            "INGEST_BUCKET": self.buckets.ingest,
-            "QUARANTINE_BUCKET": self.buckets.quarantine,
-            "CURATED_BUCKET": self.buckets.curated,
-            "ARTIFACTS_BUCKET": self.buckets.artifacts,
-        }
+        return bucket_env(**asdict(self.buckets))

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oncopipe.settings import BUCKET_ENV
+
 if TYPE_CHECKING:
     from oncopipe.storage import ObjectStore
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         stats: dict[str, object] = {}
         try:
-            curated, store = os.environ["CURATED_BUCKET"], ObjectStore(make_client())
+            curated, store = os.environ[BUCKET_ENV["curated"]], ObjectStore(make_client())
             summary = build(curated, args.build_id, store, seed=args.seed, stats=stats)
             group = os.environ.get("FEATURE_GROUP_NAME", "")
             if group:  # after the commit: a failure here leaves the dataset committed

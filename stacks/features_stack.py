@@ -21,6 +21,7 @@ from constructs import Construct
 from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.settings import bucket_env
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.notes_arrival import NotesOnArrival
@@ -98,12 +99,12 @@ class FeaturesStack(Stack):
             description="SageMaker Processing jobs: no ingress; egress to VPC endpoints",
             allow_all_outbound=True,
         )
-        environment = {
-            "INGEST_BUCKET": lake.ingest.bucket_name,
-            "QUARANTINE_BUCKET": lake.quarantine.bucket_name,
-            "CURATED_BUCKET": self.curated.bucket_name,
-            "ARTIFACTS_BUCKET": lake.artifacts.bucket_name,
-        }
+        environment = bucket_env(
+            ingest=lake.ingest.bucket_name,
+            quarantine=lake.quarantine.bucket_name,
+            curated=self.curated.bucket_name,
+            artifacts=lake.artifacts.bucket_name,
+        )
         common: dict[str, Any] = {
             "image": self.image,
             "role": self.processing_role,

@@ -35,6 +35,7 @@ from oncopipe.ops.cost import (
     TAG_SAMPLE,
     TAG_STAGE,
 )
+from oncopipe.settings import bucket_env
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.s3_grants import grant_key_via_s3, grant_objects, objects_finding
@@ -236,10 +237,12 @@ class GenomicsStack(Stack):
             self, "JobLogs", key=lake.platform_key, retention_days=config.log_retention_days
         )
         environment = {
-            "INGEST_BUCKET": ingest.bucket_name,
-            "QUARANTINE_BUCKET": quarantine.bucket_name,
-            "CURATED_BUCKET": curated.bucket_name,
-            "ARTIFACTS_BUCKET": artifacts.bucket_name,
+            **bucket_env(
+                ingest=ingest.bucket_name,
+                quarantine=quarantine.bucket_name,
+                curated=curated.bucket_name,
+                artifacts=artifacts.bucket_name,
+            ),
             "REFERENCE_PREFIX": layout.ARTIFACTS_REFERENCE,
         }
         # every genomics job sees config.scatter (the local worker gives each the same)

@@ -23,6 +23,7 @@ from oncopipe import layout
 from oncopipe.deployment import EnvConfig
 from oncopipe.flow import INGEST, Branch, Retry
 from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.settings import bucket_env
 from stacks.components.ingest_readers import ingest_reader_role_name
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.notes_arrival import NotesOnArrival
@@ -81,12 +82,12 @@ class IngestStack(Stack):
         ingest = lake.export_bucket(self, lake.ingest, lake.ingest_key)
         quarantine = lake.export_bucket(self, lake.quarantine, lake.ingest_key)
         curated = lake.export_bucket(self, lake.curated, lake.curated_key)
-        environment = {
-            "INGEST_BUCKET": ingest.bucket_name,
-            "QUARANTINE_BUCKET": quarantine.bucket_name,
-            "CURATED_BUCKET": curated.bucket_name,
-            "ARTIFACTS_BUCKET": lake.artifacts.bucket_name,
-        }
+        environment = bucket_env(
+            ingest=ingest.bucket_name,
+            quarantine=quarantine.bucket_name,
+            curated=curated.bucket_name,
+            artifacts=lake.artifacts.bucket_name,
+        )
         common: dict[str, Any] = {
             "key": lake.platform_key,
             "vpc": vpc,

@@ -27,6 +27,7 @@ from oncopipe.deployment import EnvConfig
 from oncopipe.manifest import MANIFEST_ROOT
 from oncopipe.ops.cost import TAG_STAGE
 from oncopipe.pipeline.definition import PipelineSettings, model_pipeline
+from oncopipe.settings import bucket_env
 from stacks.components.feature_store import PatientFeatureStore
 from stacks.components.log_group import encrypted_log_group
 from stacks.components.model_deploy import ModelDeploy
@@ -159,7 +160,7 @@ class ModelStack(Stack):
             "$$.Execution.Name)",
             role=self.cohort_role,
             config=config,
-            environment={"CURATED_BUCKET": self.curated.bucket_name},
+            environment=bucket_env(curated=self.curated.bucket_name),
             security_group=self.security_group,
             subnet_ids=self.subnet_ids,
             volume_key_arn=self.key.key_arn,

@@ -37,6 +37,7 @@ from oncopipe.monitor import modalities
 from oncopipe.monitor.histogram import Histogram
 from oncopipe.monitor.job import KIND_THRESHOLDS, baseline_key, kind_rules, run
 from oncopipe.monitor.window import AlarmRule
+from oncopipe.settings import BUCKET_ENV
 
 logger = Logger(service="model-drift")
 
@@ -84,8 +85,8 @@ class Settings:
                 min_samples=int(os.environ["DRIFT_MIN_SAMPLES"]),
             )
             return cls(
-                curated_bucket=os.environ["CURATED_BUCKET"],
-                artifacts_bucket=os.environ["ARTIFACTS_BUCKET"],
+                curated_bucket=os.environ[BUCKET_ENV["curated"]],
+                artifacts_bucket=os.environ[BUCKET_ENV["artifacts"]],
                 model_package_group=os.environ["MODEL_PACKAGE_GROUP"],
                 environment=os.environ["ONCOPIPE_ENV"],
                 rule=rule,

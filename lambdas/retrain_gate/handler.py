@@ -37,6 +37,7 @@ from oncopipe.monitor.gate import (
     retrain_parameters,
     sagemaker_starter,
 )
+from oncopipe.settings import BUCKET_ENV
 
 logger = Logger(service="retrain-gate")
 
@@ -86,13 +87,13 @@ def _gate() -> RetrainGate:
         parameters=lambda: retrain_parameters(sagemaker, s3, group),
         build_parameter=COHORT_RUN_ID,  # a retrain builds its cohort anew (no cached dataset)
     )
-    topic, curated = _env("NOTIFY_TOPIC_ARN"), _env("CURATED_BUCKET")
+    topic, curated = _env("NOTIFY_TOPIC_ARN"), _env(BUCKET_ENV["curated"])
     return RetrainGate(
         SETTINGS,
         dynamodb=boto3.client("dynamodb"),
         table_name=_env("LEASE_TABLE"),
         s3=s3,
-        artifacts_bucket=_env("ARTIFACTS_BUCKET"),
+        artifacts_bucket=_env(BUCKET_ENV["artifacts"]),
         cloudwatch=boto3.client("cloudwatch"),
         environment=_env("ONCOPIPE_ENV"),
         start_pipeline=start,

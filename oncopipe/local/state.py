@@ -10,6 +10,7 @@ from typing import Any
 
 from oncopipe.errors import ConfigError
 from oncopipe.layout import Buckets
+from oncopipe.settings import StageSettings
 
 DEFAULT_REGION = "eu-west-1"
 
@@ -93,10 +94,7 @@ class LocalState:
         env = {
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
-            "INGEST_BUCKET": self.buckets.ingest,
-            "QUARANTINE_BUCKET": self.buckets.quarantine,
-            "CURATED_BUCKET": self.buckets.curated,
-            "ARTIFACTS_BUCKET": self.buckets.artifacts,
+            **StageSettings(self.buckets).as_env(),
             "PSEUDONYM_SECRET_ARN": self.secret_arn,
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "INFO",

@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol
 
 from oncopipe.deployment import DriftAllowEntry
 from oncopipe.errors import OncopipeError
+from oncopipe.settings import BUCKET_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -591,7 +592,7 @@ ENV_ENVIRONMENT = "ONCOPIPE_ENV"
 ENV_STACKS = "DRIFT_STACK_NAMES"
 ENV_ALLOW_LIST = "DRIFT_ALLOW_LIST"
 ENV_POLL = "DRIFT_POLL_SECONDS"
-ENV_BUCKET = "ARTIFACTS_BUCKET"
+ENV_BUCKET = BUCKET_ENV["artifacts"]
 
 
 @dataclass(frozen=True)

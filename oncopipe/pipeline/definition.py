@@ -49,6 +49,7 @@ from typing import Any
 
 from oncopipe import layout
 from oncopipe.ops.cost import ENV_SM_MANAGED_SPOT
+from oncopipe.settings import BUCKET_ENV
 
 VERSION = "2020-12-01"
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
@@ -558,8 +559,9 @@ def _s3_output(name: str, uri: Any, local: str) -> dict[str, Any]:
 
 
 def _cohort(s: PipelineSettings) -> Step:
-    if "CURATED_BUCKET" in s.cohort_environment:
-        raise DefinitionError("cohort_environment: CURATED_BUCKET is the curated_bucket setting")
+    curated_env = BUCKET_ENV["curated"]
+    if curated_env in s.cohort_environment:
+        raise DefinitionError(f"cohort_environment: {curated_env} is the curated_bucket setting")
     # the trailing "/" matters: as an S3 prefix, build-1 would also match build-10/
     dataset = join(
         [f"s3://{s.curated_bucket}/{layout.CURATED_COHORT_DATASET}", param("CohortRunId"), "/"]
@@ -570,7 +572,7 @@ def _cohort(s: PipelineSettings) -> Step:
         image=s.processing_image_uri,
         module="processing.cohort",
         arguments=["stage", "--build-id", param("CohortRunId")],
-        environment={**s.cohort_environment, "CURATED_BUCKET": s.curated_bucket},
+        environment={**s.cohort_environment, curated_env: s.curated_bucket},
         inputs=[],
         # the job commits the dataset through the S3 API (manifest last); the declared
         # output names the prefix for the steps after it and its local folder stays empty

@@ -41,6 +41,7 @@ from oncopipe.monitor.job import (
     SCORE,
     alarm_distance,
 )
+from oncopipe.settings import bucket_env
 from stacks.components.s3_grants import grant_objects
 from stacks.components.stage_function import StageFunction, encrypted_queue
 from stacks.nag import acknowledge
@@ -137,8 +138,7 @@ class DriftMonitor(Construct):
             vpc=vpc,
             subnets=subnets,
             environment={
-                "CURATED_BUCKET": curated.bucket_name,
-                "ARTIFACTS_BUCKET": artifacts.bucket_name,
+                **bucket_env(curated=curated.bucket_name, artifacts=artifacts.bucket_name),
                 "MODEL_PACKAGE_GROUP": model_package_group_name,
                 "ONCOPIPE_ENV": config.name,
                 "DRIFT_THRESHOLD": str(life.drift_threshold),
@@ -300,8 +300,7 @@ class RetrainGate(Construct):
                 "RETRAIN_MONTHLY_BUDGET": str(life.retrain_monthly_budget),
                 "PIPELINE_ID": sagemaker_pipeline_name,
                 "LEASE_TABLE": self.table.table_name,
-                "ARTIFACTS_BUCKET": artifacts.bucket_name,
-                "CURATED_BUCKET": curated.bucket_name,
+                **bucket_env(artifacts=artifacts.bucket_name, curated=curated.bucket_name),
                 "NOTIFY_TOPIC_ARN": self.topic.topic_arn,
                 "ONCOPIPE_ENV": config.name,
                 "MODEL_PACKAGE_GROUP": model_package_group_name or "",

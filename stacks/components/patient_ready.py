@@ -44,6 +44,7 @@ from oncopipe.catalog import TABLES
 from oncopipe.completeness import CURATED_PREDICTIONS, FEATURE_TABLES
 from oncopipe.deployment import EnvConfig
 from oncopipe.manifest import MANIFEST_ROOT
+from oncopipe.settings import BUCKET_ENV, bucket_env
 from stacks.components.s3_grants import grant_objects
 from stacks.components.stage_function import StageFunction, encrypted_queue
 
@@ -107,7 +108,7 @@ class PatientReady(Construct):
         super().__init__(scope, construct_id)
         if not run_state_machines:
             raise ValueError("PatientReady: give at least one per-run state machine")
-        missing = {"ingest", "quarantine", "curated", "artifacts"} - set(buckets)
+        missing = set(BUCKET_ENV) - set(buckets)
         if missing:
             raise ValueError(f"PatientReady: buckets missing: {', '.join(sorted(missing))}")
         self.endpoint = endpoint
@@ -185,10 +186,7 @@ class PatientReady(Construct):
             vpc=vpc,
             subnets=subnets,
             environment={
-                "INGEST_BUCKET": buckets["ingest"].bucket_name,
-                "QUARANTINE_BUCKET": buckets["quarantine"].bucket_name,
-                "CURATED_BUCKET": buckets["curated"].bucket_name,
-                "ARTIFACTS_BUCKET": buckets["artifacts"].bucket_name,
+                **bucket_env(**{zone: buckets[zone].bucket_name for zone in BUCKET_ENV}),
                 ENDPOINT_ENV: endpoint.attr_endpoint_name
                 if endpoint is not None
                 else (endpoint_name or ""),

@@ -248,7 +248,8 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
     PSEUDONYM_SECRET_ARN, as for every stage. Files that cannot be released are listed
     with the reason and not written.
     """
-    from oncopipe.imaging.deid import DeidOptions, deidentify_file, write_deidentified
+    from oncopipe.imaging.deid import deidentify_file, write_deidentified
+    from oncopipe.imaging.options import DeidOptions
     from oncopipe.pseudonym import load_secret
 
     try:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from oncopipe.imaging.options import PROFILE_OPTIONS
+
 ENVIRONMENTS_KEY = "oncopipe:environments"
 DEFAULT_ENV_KEY = "oncopipe:default-env"
 
@@ -596,10 +598,7 @@ def _ml_instance_type(env: str, key: str, value: Any) -> str:
     return value
 
 
-DEID_OPTION_NAMES = (
-    "retain_long_modified_dates", "retain_patient_characteristics", "clean_descriptors",
-    "retain_device_identity",
-)  # fmt: skip
+DEID_OPTION_NAMES = PROFILE_OPTIONS
 
 
 def _deid_options(env: str, value: Any) -> tuple[tuple[str, bool], ...]:

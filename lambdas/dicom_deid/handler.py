@@ -22,7 +22,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.events import object_created, run_id_for
-from oncopipe.imaging.stage import deidentify_object, options_from_env
+from oncopipe.imaging.options import options_from_env
+from oncopipe.imaging.stage import deidentify_object
 from oncopipe.metrics import StageMetrics
 from oncopipe.pseudonym import load_secret, object_ref
 from oncopipe.settings import StageSettings

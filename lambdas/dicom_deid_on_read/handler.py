@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from oncopipe.imaging.on_read import handle_get_object
-from oncopipe.imaging.stage import options_from_env
+from oncopipe.imaging.options import options_from_env
 from oncopipe.pseudonym import load_secret
 
 logger = Logger(service="dicom-deid-on-read")

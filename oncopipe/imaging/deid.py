@@ -46,13 +46,13 @@ import os
 import struct
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import IO, Any
 
 from oncopipe.errors import InputError
+from oncopipe.imaging.options import DeidOptions
 from oncopipe.imaging.profile import BINARY_VRS, load_binary_safelist, load_rules
 from oncopipe.imaging.uids import (
     PATH_UIDS,
@@ -112,30 +112,6 @@ class InvalidDicomError(InputError):
     """The bytes are not readable DICOM (empty, not DICOM, truncated, malformed)."""
 
     reason_code = "invalid-dicom"
-
-
-@dataclass(frozen=True)
-class DeidOptions:
-    """Profile options, configurable per deployment (PS3.15 E.3)."""
-
-    retain_long_modified_dates: bool = True
-    retain_patient_characteristics: bool = True
-    clean_descriptors: bool = False
-    retain_device_identity: bool = False
-    #: (private creator, element low byte) pairs known to carry no identity.
-    safe_private: tuple[tuple[str, int], ...] = field(default_factory=tuple)
-
-    @property
-    def enabled(self) -> frozenset[str]:
-        names = {
-            name
-            for name in ("retain_long_modified_dates", "retain_patient_characteristics",
-                         "clean_descriptors", "retain_device_identity")
-            if getattr(self, name)
-        }  # fmt: skip
-        if self.safe_private:
-            names.add("retain_safe_private")
-        return frozenset(names)
 
 
 def deterministic_uid(secret: bytes, uid: str) -> str:

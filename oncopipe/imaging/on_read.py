@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from oncopipe.errors import InputError
-from oncopipe.imaging.deid import DeidOptions, deidentify_bytes
+from oncopipe.imaging.deid import deidentify_bytes
+from oncopipe.imaging.options import DeidOptions
 from oncopipe.pseudonym import object_ref
 
 logger = logging.getLogger(__name__)

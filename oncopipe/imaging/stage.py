@@ -16,16 +16,15 @@ and an unexpected failure of one series is reported while the rest proceed.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from oncopipe import layout
-from oncopipe.errors import ConfigError, InputError
-from oncopipe.imaging.deid import DeidOptions, deidentify_bytes
+from oncopipe.errors import InputError
+from oncopipe.imaging.deid import deidentify_bytes
+from oncopipe.imaging.options import DeidOptions
 from oncopipe.imaging.uids import InvalidUIDError, instance_path_parts, safe_key_component
 from oncopipe.manifest import ItemResult, ItemWriter, StepContext, manifest_key, process_item
 from oncopipe.pseudonym import is_patient_key
@@ -37,26 +36,6 @@ logger = logging.getLogger(__name__)
 STEP = "deid"
 #: The step that converts a de-identified series into a volume (and its masks).
 VOLUME_STEP = "volume"
-OPTIONS_ENV = "DEID_OPTIONS"
-
-
-def options_from_env(environ: Mapping[str, str] | None = None) -> DeidOptions:
-    """Return the profile options of a deployment (``DEID_OPTIONS``, JSON), else defaults.
-
-    Raises:
-        ConfigError: not JSON, or an unknown option.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(OPTIONS_ENV)
-    if not raw:
-        return DeidOptions()
-    try:
-        values = json.loads(raw)
-        flags: dict[str, Any] = {str(k): bool(v) for k, v in values.items()}
-        return DeidOptions(**flags)
-    except (json.JSONDecodeError, TypeError, AttributeError) as e:
-        allowed = ", ".join(f for f in asdict(DeidOptions()) if f != "safe_private")
-        raise ConfigError(f"{OPTIONS_ENV} must be a JSON object of: {allowed}") from e
 
 
 def _patient_component(patient_key: str, source: str) -> str:

@@ -180,7 +180,7 @@ def test_an_aws_error_naming_the_key_is_logged_by_code_and_frames_only(
         return real(self, bucket, key, path, *a, **k)
 
     monkeypatch.setattr(ObjectStore, "download_file", refused)
-    monkeypatch.setattr("oncopipe.genomics.stage.ensure_index", lambda fasta: None)
+    monkeypatch.setattr("oncopipe.genomics.reference.ensure_index", lambda fasta: None)
     for suffix in (".amb", ".ann", ".bwt", ".pac", ".sa", ".fai"):  # a stored index: no bwa
         store.client.put_object(Bucket=BUCKETS.artifacts, Body=b"index",
                                 Key=f"{layout.ARTIFACTS_REFERENCE}panel.fa{suffix}")  # fmt: skip

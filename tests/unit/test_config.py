@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
 from oncopipe.deployment import ConfigurationError, load_config, read_cdk_json
+from oncopipe.errors import ConfigError
 
 
 def context() -> dict[str, Any]:
@@ -85,3 +87,18 @@ def test_synth_fails_on_bad_config() -> None:
     ctx["oncopipe:environments"]["dev"]["log_retention_days"] = 8
     with pytest.raises(ConfigurationError, match="log_retention_days"):
         build_app(App(context=ctx))
+
+
+def test_the_configurable_deid_options_are_the_de_identifiers_own() -> None:
+    from dataclasses import fields
+
+    from oncopipe.deployment import DEID_OPTION_NAMES
+    from oncopipe.imaging.options import PROFILE_OPTIONS, DeidOptions, options_from_env
+
+    # one list: every switch of the profile but the safelist of private elements
+    assert set(PROFILE_OPTIONS) == {f.name for f in fields(DeidOptions)} - {"safe_private"}
+    assert DEID_OPTION_NAMES == PROFILE_OPTIONS
+    every = {name: True for name in PROFILE_OPTIONS}
+    assert options_from_env({"DEID_OPTIONS": json.dumps(every)}).enabled == set(PROFILE_OPTIONS)
+    with pytest.raises(ConfigError, match="clean_descriptors"):  # the error lists them
+        options_from_env({"DEID_OPTIONS": "[1]"})

@@ -51,6 +51,16 @@ OBJECT_REF_PREFIX = "obj-"
 OBJECT_REF_PATTERN = re.compile(r"^obj-[a-z2-7]{20}$")
 
 
+def date_shift_days(secret: bytes, source_patient_id: str) -> int:
+    """Return a patient's date shift: between 1 and 3650 days into the past.
+
+    One shift per patient for every modality (DICOM dates, the sample sheet's note dates,
+    dates in note text), so intervals between a patient's events survive de-identification.
+    """
+    digest = hmac.new(secret, b"dateshift:" + source_patient_id.strip().encode(), hashlib.sha256)
+    return -(1 + int.from_bytes(digest.digest()[:4], "big") % 3650)
+
+
 def object_ref(secret: bytes, key: str) -> str:
     """Return the opaque reference of an object key (what logs, state outputs and curated use).
 

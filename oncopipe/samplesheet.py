@@ -691,8 +691,7 @@ def pseudonymised_records(
         ValueError: an id the key function refuses (empty after stripping), or a secret
             shorter than 32 bytes. The message names neither.
     """
-    from oncopipe.imaging.deid import date_shift_days
-    from oncopipe.pseudonym import keyer, object_ref
+    from oncopipe.pseudonym import date_shift_days, keyer, object_ref
 
     key_of = patient_key or keyer(secret)
 

@@ -61,7 +61,7 @@ from oncopipe.imaging.uids import (
     path_uids,
     validate_uid,
 )
-from oncopipe.pseudonym import patient_key
+from oncopipe.pseudonym import date_shift_days, patient_key
 
 #: Modalities that carry burned-in text and for which no pixel cleaning rule exists.
 BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC", "OT"})
@@ -118,12 +118,6 @@ def deterministic_uid(secret: bytes, uid: str) -> str:
     """Return the replacement of a UID: ``2.25.`` + 38 decimal digits of an HMAC."""
     digest = hmac.new(secret, b"uid:" + uid.strip().encode("ascii", "replace"), hashlib.sha256)
     return "2.25." + str(int.from_bytes(digest.digest()[:16], "big"))
-
-
-def date_shift_days(secret: bytes, source_patient_id: str) -> int:
-    """Return the per-patient date shift: between 1 and 3650 days into the past."""
-    digest = hmac.new(secret, b"dateshift:" + source_patient_id.strip().encode(), hashlib.sha256)
-    return -(1 + int.from_bytes(digest.digest()[:4], "big") % 3650)
 
 
 def _shift(value: str, vr: str, days: int) -> str:

@@ -27,12 +27,12 @@ import pytest
 
 from oncopipe import sample_people
 from oncopipe.errors import InputError, MissingPatientError
-from oncopipe.imaging.deid import date_shift_days
 from oncopipe.notes import core, nlp, rules, tokenizer
 from oncopipe.notes.core import NoteInputError, NoteResult, parse_note, process_note
 from oncopipe.notes.evaluate import evaluate
 from oncopipe.notes.sample import FIRST_NAMES, LAST_NAMES, GoldConcept, NoteProfile, generate_note
 from oncopipe.notes.scrub import scrub
+from oncopipe.pseudonym import date_shift_days
 
 DATA = Path(__file__).parents[1] / "data" / "notes"
 SECRET = bytes(range(32))

@@ -7,8 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from oncopipe.imaging.deid import date_shift_days
-from oncopipe.pseudonym import is_object_ref, keyer, object_ref, patient_key
+from oncopipe.pseudonym import date_shift_days, is_object_ref, keyer, object_ref, patient_key
 from oncopipe.samplesheet import (
     SampleSheet,
     SampleSheetError,

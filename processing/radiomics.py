@@ -1,10 +1,4 @@
-"""SageMaker Processing entry: ``python -m processing.radiomics files|stage``.
-
-``files`` (the SageMaker pipeline's step): volumes and masks that ProcessingInputs put
-under ``/opt/ml/processing/input/{volumes,masks}/<patient_key>/<series>.parquet`` ->
-``/opt/ml/processing/output/radiomics/<patient_key>/<series>.parquet`` for a
-ProcessingOutput to upload. A series that fails is listed on stdout and makes the job
-fail after the others are written.
+"""SageMaker Processing entry: ``python -m processing.radiomics stage``.
 
 ``stage --run-id R`` (the daily imaging state machine, after the volumes job): every
 series of an ingest run that has masks, read from and written to the curated bucket with
@@ -16,12 +10,12 @@ durations, ``CostEstimateUSD``) go to stderr; each series' manifest records its 
 cost (``cost``: its seconds on a 1/``workers`` share of the processing instance), and the
 job's estimate is logged (``job cost {...}``).
 
-Both use every CPU of the instance (one process per series) unless ``--workers`` says
-otherwise, and print one JSON line per series: its pseudonymous patient key, series, status,
+It uses every CPU of the instance (one process per series) unless ``--workers`` says
+otherwise, and prints one JSON line per series: its pseudonymous patient key, series, status,
 reason code and counts (:mod:`oncopipe.boundary`: stdout goes to CloudWatch Logs). The
-readable reason of a series without features is in its manifest (``stage``) or in
-``<output>/radiomics/_failures/<patient_key>/<series>.json`` (``files``, beside the tables
-and skipped by Athena); a failure of the job is logged by error type, never by message.
+readable reason of a series without features is in its manifest; a failure of the job is
+logged by error type, never by message. Features of volume files on a disk:
+``oncopipe radiomics`` (the CLI).
 """
 
 from __future__ import annotations
@@ -31,47 +25,13 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-PROCESSING = Path("/opt/ml/processing")
 logger = logging.getLogger("processing.radiomics")
 
 #: Summary fields a series' line may carry (an allow-list: :func:`oncopipe.boundary.pick`).
 OUTCOME_FIELDS = ("kind", "status", "reason_code", "patient_key", "rois", "features",
                   "skipped_rois")  # fmt: skip
-
-
-def _files(args: argparse.Namespace) -> int:
-    from oncopipe.radiomics.core import (
-        Job,
-        RadiomicsError,
-        extract_many,
-        load_params,
-        write_features as write,
-    )
-
-    params = load_params(args.params)
-    volumes = sorted((args.input / "volumes").glob("*/*.parquet"))
-    jobs = [Job(volume=v, masks=args.input / "masks" / v.parent.name / v.name,
-                patient_key=v.parent.name, run_id=args.run_id or "") for v in volumes]  # fmt: skip
-    failed = 0
-    for job, result in extract_many(jobs, params, workers=args.workers):
-        line = {"series": job.volume.stem, "patient_key": job.patient_key}
-        if isinstance(result, RadiomicsError):
-            failed += 1
-            # the readable reason (it names the input file) goes beside the outputs (not
-            # table data: no .parquet), not to the log
-            failures = args.output / "radiomics" / "_failures" / job.patient_key
-            failures.mkdir(parents=True, exist_ok=True)
-            document = {**line, "reason_code": result.reason_code, "reason": str(result)}
-            (failures / f"{job.volume.stem}.json").write_text(json.dumps(document), "utf-8")
-            print(json.dumps({**line, "status": "failed", "reason_code": result.reason_code}))
-            continue
-        out = args.output / "radiomics" / job.patient_key / job.volume.name
-        rows = write(result.rows, out)
-        print(json.dumps({**line, "status": "extracted", "features": rows, "rois": result.rois}))
-    return 1 if failed else 0
 
 
 def _outcome(result: Any) -> str:
@@ -133,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("mode", choices=("files", "stage"))
+    parser.add_argument("mode", choices=("stage",))
     parser.add_argument("--run-id", default=None, help="stage: default yesterday's ingest run")
     parser.add_argument(
         "--series",
@@ -144,20 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--params", default=None, help="PyRadiomics parameter file (default v1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--input", type=Path, default=PROCESSING / "input")
-    parser.add_argument("--output", type=Path, default=PROCESSING / "output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if args.mode == "stage":
-        return _stage(args)
-    try:
-        return _files(args)
-    except Exception as e:  # noqa: BLE001 - the boundary: log by type, fail the job
-        from oncopipe.boundary import failure_fields, log_failure
-
-        print(json.dumps({"run_id": args.run_id, **failure_fields(e)}), flush=True)
-        log_failure(logger, "radiomics of the processing inputs", e)
-        return 1
+    return _stage(args)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,14 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from oncopipe.errors import InputError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -417,6 +420,31 @@ def _limit_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
+def in_processes(work: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[tuple[T, R]]:
+    """Run ``work`` on each item, ``workers`` processes at a time; yield in order.
+
+    The one process pool of the radiomics stage (files and object storage alike): spawned
+    processes (PyRadiomics and SimpleITK hold threads a fork would copy half-initialised),
+    each with its share of the CPUs for SimpleITK's filters. ``work`` must be picklable (a
+    module-level function or a :func:`functools.partial` of one). One item, or one worker,
+    runs here without a pool.
+    """
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, work(item)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_limit_threads, initargs=(threads,)) as pool:  # fmt: skip
+        futures = [pool.submit(work, item) for item in items]
+        for item, future in zip(items, futures, strict=True):
+            yield item, future.result()
+
+
 def extract_many(
     jobs: Sequence[Job],
     params: Params,
@@ -428,24 +456,7 @@ def extract_many(
 
     A series that fails yields its :class:`RadiomicsError` instead of stopping the rest.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            result = _run(job, params)
-            if progress:
-                progress(job, result)
-            yield job, result
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: PyRadiomics and SimpleITK hold threads a fork would copy half-initialised
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             initializer=_limit_threads, initargs=(threads,)) as pool:  # fmt: skip
-        futures = [pool.submit(_run, job, params) for job in jobs]
-        for job, future in zip(jobs, futures, strict=True):
-            result = future.result()
-            if progress:
-                progress(job, result)
-            yield job, result
+    for job, result in in_processes(partial(_run, params=params), jobs, workers):
+        if progress:
+            progress(job, result)
+        yield job, result

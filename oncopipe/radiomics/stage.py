@@ -103,7 +103,7 @@ def extract_item(
 
 
 def _extract_in_child(
-    buckets: layout.Buckets, run_id: str, item: SeriesItem, params_path: str | None
+    item: SeriesItem, *, buckets: layout.Buckets, run_id: str, params_path: str | None
 ) -> ItemResult:
     from oncopipe.storage import make_client
 
@@ -131,11 +131,9 @@ def build_series_features(
         items = [item for item in items if item.series in wanted]
     if workers <= 1 or len(items) <= 1:
         return [extract_item(store, buckets, run_id, item, params_path) for item in items]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_extract_in_child, buckets, run_id, item, params_path)
-                   for item in items]  # fmt: skip
-        return [f.result() for f in futures]
+    from oncopipe.radiomics.core import in_processes
+
+    work = partial(_extract_in_child, buckets=buckets, run_id=run_id, params_path=params_path)
+    return [result for _, result in in_processes(work, items, workers)]

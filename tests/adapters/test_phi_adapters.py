@@ -217,36 +217,6 @@ def test_aligned_and_called_sample_prints_and_curates_no_phi(
 
 
 # -- radiomics and cohort entries ------------------------------------------------------------
-def test_radiomics_files_mode_prints_the_code_and_keeps_the_reason_beside_the_outputs(
-    tmp_path: Path, captured: Any
-) -> None:
-    from processing.radiomics import main
-
-    # a path that names a patient stands for any reason text that could carry one
-    inputs = tmp_path / "moreau_aiko" / "input"
-    volume = inputs / "volumes" / "pk-aaaaaaaaaaaaaaaa" / "series-1.parquet"
-    volume.parent.mkdir(parents=True)
-    volume.write_bytes(b"PAR1")  # no masks for it: refused before it is read
-    output = tmp_path / "output"
-    captured()
-    code = main(["files", "--input", str(inputs), "--output", str(output), "--workers", "1"])
-    text = captured()
-    assert_no_phi(text)
-    assert code == 1
-    (line,) = [json.loads(x) for x in text.splitlines()
-               if x.startswith("{") and '"_aws"' not in x]  # fmt: skip
-    assert line == {"series": "series-1", "patient_key": "pk-aaaaaaaaaaaaaaaa",
-                    "status": "failed", "reason_code": "radiomics-failed"}  # fmt: skip
-    reason = output / "radiomics" / "_failures" / "pk-aaaaaaaaaaaaaaaa" / "series-1.json"
-    assert "no masks file" in json.loads(reason.read_text())["reason"]
-    # a failure of the job itself (here: no such parameter file) is reported by type
-    params = str(inputs / "params.yaml")
-    code = main(["files", "--input", str(inputs), "--output", str(output), "--params", params])
-    text = captured()
-    assert_no_phi(text)
-    assert code == 1 and '"status": "failed"' in text
-
-
 def test_radiomics_stage_prints_allow_listed_fields_and_logs_failures_by_type(
     store: ObjectStore, captured: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

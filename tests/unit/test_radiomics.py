@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -28,7 +24,6 @@ from oncopipe.radiomics.core import (
     to_hounsfield,
 )
 from oncopipe.radiomics.ibsi import phantom_dir, run_check
-from tests.conftest import REPO
 
 PHANTOM = phantom_dir()
 FEATURES_PER_ROI = 1316  # 14 shape + 93 x 14 images (params/radiomics-v1.yaml)
@@ -198,28 +193,22 @@ def test_cli_writes_the_feature_table(series: tuple[Path, Path], tmp_path: Path)
     assert result.exit_code != 0 and "--mask applies to one --volume" in result.output
 
 
-def test_processing_entry_files_mode_parallel(tmp_path: Path) -> None:
-    # /opt/ml/processing/input/{volumes,masks}/<pk>/<series>.parquet -> output/radiomics/...
-    inputs = tmp_path / "input"
-    for n, seed in enumerate((21, 22)):
-        volume, masks = _series(tmp_path, seed)
-        for kind, path in (("volumes", volume), ("masks", masks)):
-            target = inputs / kind / f"pk-{n}" / "series.parquet"
-            target.parent.mkdir(parents=True)
-            target.write_bytes(path.read_bytes())
-    broken = inputs / "volumes" / "pk-9" / "series.parquet"  # no masks: reported, job fails
-    broken.parent.mkdir(parents=True)
-    broken.write_bytes((inputs / "volumes" / "pk-0" / "series.parquet").read_bytes())
-    done = subprocess.run(
-        [sys.executable, "-m", "processing.radiomics", "files", "--input", str(inputs),
-         "--output", str(tmp_path / "output"), "--workers", "2", "--run-id", "pipe-1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    lines: list[dict[str, Any]] = [json.loads(x) for x in done.stdout.splitlines()]
-    assert done.returncode == 1  # one series failed, after the others were written
-    status = {line["patient_key"]: line["status"] for line in lines}
-    assert status == {"pk-0": "extracted", "pk-1": "extracted", "pk-9": "failed"}
-    for pk in ("pk-0", "pk-1"):
-        table = pq.read_table(tmp_path / "output" / "radiomics" / pk / "series.parquet")
-        assert table.num_rows == FEATURES_PER_ROI
-        assert set(table.column("run_id").to_pylist()) == {"pipe-1"}
+def test_series_in_two_processes_give_the_features_of_one_and_a_failure_stays_its_own(
+    tmp_path: Path,
+) -> None:
+    from oncopipe.radiomics.core import Job, RadiomicsError, extract_many, load_params
+
+    params = load_params(None)
+    jobs = [Job(*_series(tmp_path, seed), patient_key=f"pk-{seed}", run_id="r")
+            for seed in (21, 22)]  # fmt: skip
+    broken = Job(jobs[0].volume, tmp_path / "missing.masks.parquet", "pk-9", "r")
+    alone = {j.patient_key: r for j, r in extract_many(jobs, params, workers=1)}
+    together = list(extract_many([*jobs, broken], params, workers=2))
+    assert [j.patient_key for j, _ in together] == ["pk-21", "pk-22", "pk-9"]  # in order
+    for job, result in together[:2]:
+        assert not isinstance(result, RadiomicsError)
+        expected = alone[job.patient_key]
+        assert not isinstance(expected, RadiomicsError)
+        assert len(result.rows) == FEATURES_PER_ROI
+        assert result.rows == expected.rows  # the same values in a worker process
+    assert isinstance(together[2][1], RadiomicsError)

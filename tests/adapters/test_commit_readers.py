@@ -55,7 +55,7 @@ def _leftover(store: ObjectStore) -> str:
 def test_cohort_build_reads_committed_files_only_and_commits_its_dataset(
     store: ObjectStore,
 ) -> None:
-    from processing.cohort import build
+    from oncopipe.cohort.stage import build
 
     leftover = _leftover(store)
     assert leftover not in catalog.committed_files(store, CURATED, "variants")

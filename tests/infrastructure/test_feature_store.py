@@ -263,7 +263,7 @@ def curated(s3: Any, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
 def test_the_committed_build_is_published_and_a_rerun_puts_the_same_records(
     curated: ObjectStore,
 ) -> None:
-    from processing.cohort import build, publish_features
+    from oncopipe.cohort.stage import build, publish_features
 
     stats: dict[str, Any] = {}
     summary = build(CURATED, "build-1", curated, stats=stats)

@@ -42,8 +42,9 @@ ROLE = "arn:aws:iam::123456789012:role/bench"
 def _commit_cohort(store: Any, patients: int) -> None:
     """Commit synthetic feature tables (manifests + symlinks), labels and VAF histograms."""
     from oncopipe import layout
+    from oncopipe.cohort.columns import radiomic_feature_names
     from oncopipe.cohort.dataset import split_of
-    from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
+    from oncopipe.cohort.synthetic import commit_tables, generate_tables
     from oncopipe.monitor.histogram import VAF_EDGES, Histogram, Stratum, encode, to_document
 
     features = [f for f in radiomic_feature_names()

@@ -160,20 +160,25 @@ NOTE_CONCEPTS = TableSpec(
     prefix=f"{layout.CURATED_NOTES}concepts/",
     description="Concepts of scrubbed clinical notes with their context (Parquet, zstd).",
     columns=(
-        Column("patient_key", "string", "pseudonymous patient key"),
-        Column("note_id", "string", "note id (hash of the ingest key, never the key)"),
+        Column("patient_key", "string", "pseudonymous patient key", nullable=False),
         Column(
-            "concept", "string", "histology, stage, ecog, biomarker, smoking, metastasis, therapy"
+            "note_id", "string", "note id (hash of the ingest key, never the key)", nullable=False
+        ),
+        Column(
+            "concept",
+            "string",
+            "histology, stage, ecog, biomarker, smoking, metastasis, therapy",
+            nullable=False,
         ),
         Column("value", "string", "normalised value, e.g. KRAS G12C, IIIA, adenocarcinoma"),
         Column("numeric_value", "double", "ECOG, PD-L1 percent, pack-years"),
-        Column("negated", "boolean", "negated in the note (ConText)"),
-        Column("certainty", "string", "certain or uncertain"),
-        Column("temporality", "string", "current, historical or hypothetical"),
-        Column("experiencer", "string", "patient or family"),
+        Column("negated", "boolean", "negated in the note (ConText)", nullable=False),
+        Column("certainty", "string", "certain or uncertain", nullable=False),
+        Column("temporality", "string", "current, historical or hypothetical", nullable=False),
+        Column("experiencer", "string", "patient or family", nullable=False),
         Column("section", "string", "note section, e.g. assessment_plan"),
-        Column("start", "int", "character offset in the scrubbed note"),
-        Column("end", "int", "end offset (exclusive) in the scrubbed note"),
+        Column("start", "int", "character offset in the scrubbed note", nullable=False),
+        Column("end", "int", "end offset (exclusive) in the scrubbed note", nullable=False),
     ),
     serde=PARQUET_SERDE,
     input_format=PARQUET_INPUT,
@@ -195,6 +200,14 @@ NOTE_TOKENS = TableSpec(
     input_format=PARQUET_INPUT,
     output_format=PARQUET_OUTPUT,
     classification="parquet",
+)
+
+
+#: The labels table (``cohort/labels/``, Parquet): not a Glue table, the cohort step's input.
+LABEL_COLUMNS = (
+    Column("patient_key", "string", "pseudonymous patient key"),
+    Column("response", "int", "therapy response label (0/1)"),
+    Column("eligible", "int", "trial eligibility label (0/1), null when unknown"),
 )
 
 
@@ -318,3 +331,39 @@ def committed_files(store: Any, bucket: str, table: str) -> list[str]:
                 )
             keys.add(key)
     return sorted(keys)
+
+
+#: Glue type -> the pyarrow type the stages write it as.
+_ARROW_TYPES = {
+    "string": "string",
+    "int": "int32",
+    "bigint": "int64",
+    "double": "float64",
+    "float": "float32",
+    "boolean": "bool_",
+    "binary": "binary",
+}
+
+
+def _arrow_type(glue: str) -> Any:
+    import pyarrow as pa
+
+    if glue.startswith("array<") and glue.endswith(">"):
+        return pa.list_(_arrow_type(glue[len("array<") : -1]))
+    return getattr(pa, _ARROW_TYPES[glue])()
+
+
+def arrow_schema(spec: TableSpec | Iterable[Column]) -> Any:
+    """Return the pyarrow schema of a table (its columns, types and nullability, in order).
+
+    The one source of a table's schema: the stage that writes the table, the readers that
+    open it empty and the synthetic cohort all take it from here, and the Glue table from
+    the same :class:`TableSpec`.
+
+    Raises:
+        KeyError: a column's Glue type has no pyarrow equivalent here.
+    """
+    import pyarrow as pa
+
+    columns = spec.columns if isinstance(spec, TableSpec) else tuple(spec)
+    return pa.schema([pa.field(c.name, _arrow_type(c.type), nullable=c.nullable) for c in columns])

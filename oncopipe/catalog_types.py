@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Column:
+    """One column: its Glue type (``string``, ``int``, ``array<float>``...), what it holds, and
+    whether the Parquet files may hold nulls there (``nullable``)."""
+
     name: str
     type: str
     comment: str
+    nullable: bool = True

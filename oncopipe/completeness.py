@@ -150,11 +150,11 @@ def _patient_sources(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from oncopipe.cohort import synthetic
-    from oncopipe.radiomics.core import schema
+    from oncopipe import catalog
 
-    empty = {"variants": synthetic.variants_schema, "radiomics": schema,
-             "notes": synthetic.notes_schema}  # fmt: skip
+    specs = {"variants": catalog.VARIANTS, "radiomics": catalog.RADIOMICS,
+             "notes": catalog.NOTE_CONCEPTS}  # fmt: skip
+    empty = {name: catalog.arrow_schema(spec) for name, spec in specs.items()}
     tables: dict[str, Any] = {}
     inputs: list[ObjectRef] = []
     for table, part in FEATURE_TABLES:
@@ -169,7 +169,7 @@ def _patient_sources(
             parts.append(data.filter(pc.equal(data["patient_key"], patient)))
             inputs.append(ref)
         tables[part] = (pa.concat_tables(parts, promote_options="permissive") if parts
-                        else empty[part]().empty_table())  # fmt: skip
+                        else empty[part].empty_table())  # fmt: skip
     return tables, inputs
 
 

@@ -6,7 +6,23 @@ importing pyarrow or the dataset builder.
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from pathlib import Path
+
 from oncopipe.catalog_types import Column
+
+#: The radiomic features of the v1 parameter file (names in PyRadiomics' order, with the
+#: reference magnitudes the synthetic cohort scales by): the model's radiomic vector.
+RADIOMIC_FEATURES_FILE = Path(__file__).with_name("radiomic_features.json")
+
+
+@cache
+def radiomic_feature_names() -> tuple[str, ...]:
+    """Return the 1,316 radiomic feature names of the model's vector, in their order."""
+    raw = json.loads(RADIOMIC_FEATURES_FILE.read_text(encoding="utf-8"))
+    return tuple(str(f["name"]) for f in raw["features"])
+
 
 #: Columns of ``dataset.parquet`` (Glue types), for the catalog's cohort table.
 COHORT_COLUMNS: tuple[Column, ...] = (

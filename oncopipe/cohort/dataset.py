@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from oncopipe.cohort.columns import COHORT_COLUMNS  # noqa: F401  (re-exported)
+from oncopipe.cohort.columns import COHORT_COLUMNS
 from oncopipe.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -92,32 +92,10 @@ class CohortError(InputError):
 
 
 def cohort_schema() -> Any:
-    """Return the pyarrow schema of ``dataset.parquet`` (see :data:`COHORT_COLUMNS`)."""
-    import pyarrow as pa
+    """Return the pyarrow schema of ``dataset.parquet`` (:data:`COHORT_COLUMNS`)."""
+    from oncopipe import catalog
 
-    return pa.schema(
-        [
-            ("patient_key", pa.string()),
-            ("split", pa.string()),
-            ("response", pa.int32()),
-            ("eligible", pa.int32()),
-            ("has_genomics", pa.bool_()),
-            ("has_radiomics", pa.bool_()),
-            ("has_notes", pa.bool_()),
-            ("variant_genes", pa.list_(pa.string())),
-            ("variant_alterations", pa.list_(pa.string())),
-            ("variant_vafs", pa.list_(pa.float64())),
-            ("radiomic_series", pa.string()),
-            ("radiomic_roi", pa.string()),
-            ("radiomic_values", pa.list_(pa.float32())),
-            ("note_tokens", pa.list_(pa.string())),
-            ("note_numeric", pa.list_(pa.float32())),
-            ("note_flags", pa.list_(pa.int32())),
-            ("note_ids", pa.list_(pa.string())),
-            ("note_starts", pa.list_(pa.int32())),
-            ("note_ends", pa.list_(pa.int32())),
-        ]
-    )
+    return catalog.arrow_schema(COHORT_COLUMNS)
 
 
 def split_of(
@@ -380,7 +358,7 @@ def _largest_rois(radiomics: Any, keys: Sequence[str]) -> tuple[Any, list[str], 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from oncopipe.cohort.synthetic import radiomic_feature_names
+    from oncopipe.cohort.columns import radiomic_feature_names
 
     n = len(keys)
     key_array = pa.array(list(keys), pa.string())
@@ -588,20 +566,16 @@ def build_dataset(
 def _read(path: Path, name: str) -> Any:
     import pyarrow.parquet as pq
 
-    from oncopipe.cohort import synthetic
-    from oncopipe.radiomics.core import schema
+    from oncopipe import catalog
 
     if path.exists():
         return pq.read_table(str(path))
     # a modality with no file yet is a modality every patient lacks
-    empty = {
-        "variants": synthetic.variants_schema,
-        "radiomics": schema,
-        "notes": synthetic.notes_schema,
-    }
+    empty = {"variants": catalog.VARIANTS, "radiomics": catalog.RADIOMICS,
+             "notes": catalog.NOTE_CONCEPTS}  # fmt: skip
     if name not in empty:
         raise CohortError(str(path), f"no {name} file")
-    return empty[name]().empty_table()
+    return catalog.arrow_schema(empty[name]).empty_table()
 
 
 NOTE_FIELDS = ("concept", "value", "numeric_value", "negated", "certainty", "temporality",

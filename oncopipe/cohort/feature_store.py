@@ -50,15 +50,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
+from oncopipe.cohort.columns import RADIOMIC_FEATURES_FILE, radiomic_feature_names
 from oncopipe.errors import OncopipeError
 
 log = logging.getLogger(__name__)
 
 #: The radiomic feature list the model's radiomic values follow (PyRadiomics v1).
-RADIOMIC_FEATURES_FILE = Path(__file__).with_name("radiomic_features.json")
 
 INTEGRAL, FRACTIONAL, STRING = "Integral", "Fractional", "String"
 RECORD_IDENTIFIER = "patient_key"
@@ -124,13 +123,6 @@ class FeatureDefinition:
 FLAG_COLUMNS = ("has_genomics", "has_radiomics", "has_notes")
 LIST_COLUMNS = ("variant_genes", "variant_alterations", "variant_vafs",
                 "note_tokens", "note_numeric", "note_flags")  # fmt: skip
-
-
-@cache
-def radiomic_feature_names() -> tuple[str, ...]:
-    """Return the radiomic feature names of ``radiomic_features.json``, in its order."""
-    raw = json.loads(RADIOMIC_FEATURES_FILE.read_text(encoding="utf-8"))
-    return tuple(str(f["name"]) for f in raw["features"])
 
 
 @cache

@@ -53,10 +53,12 @@ from typing import Any
 
 import numpy as np
 
+from oncopipe import catalog
+from oncopipe.cohort.columns import RADIOMIC_FEATURES_FILE
 from oncopipe.genomics.variants import COLUMNS as _VARIANT_COLUMNS
 from oncopipe.notes.core import NOTES_COLUMNS
 
-FEATURES_FILE = Path(__file__).with_name("radiomic_features.json")
+FEATURES_FILE = RADIOMIC_FEATURES_FILE
 
 #: The feature population: same loadings and scales whatever the cohort's seed.
 WORLD_SEED = 20240611
@@ -180,55 +182,12 @@ class SyntheticTables:
     truth: Any
 
 
-def variants_schema() -> Any:
-    """Return the schema of the genomics stage's variant table (:data:`catalog.VARIANTS`)."""
-    from oncopipe.genomics.variants import schema
-
-    return schema()
-
-
-def notes_schema() -> Any:
-    """Return the schema of the notes stage's concept table."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("patient_key", pa.string()),
-            ("note_id", pa.string()),
-            ("concept", pa.string()),
-            ("value", pa.string()),
-            ("numeric_value", pa.float64()),
-            ("negated", pa.bool_()),
-            ("certainty", pa.string()),
-            ("temporality", pa.string()),
-            ("experiencer", pa.string()),
-            ("section", pa.string()),
-            ("start", pa.int32()),
-            ("end", pa.int32()),
-        ]
-    )
-
-
-def labels_schema() -> Any:
-    """Return the schema of the labels table (``eligible`` is nullable)."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [("patient_key", pa.string()), ("response", pa.int32()), ("eligible", pa.int32())]
-    )
-
-
 @cache
 def _reference() -> tuple[tuple[str, ...], tuple[float, ...]]:
     raw = json.loads(FEATURES_FILE.read_text(encoding="utf-8"))
     names = tuple(f["name"] for f in raw["features"])
     values = tuple(float(f["reference"]) for f in raw["features"])
     return names, values
-
-
-def radiomic_feature_names() -> list[str]:
-    """Return the 1,316 feature names of the v1 parameter file, in PyRadiomics' order."""
-    return list(_reference()[0])
 
 
 def _extract_reference() -> dict[str, float]:
@@ -585,10 +544,11 @@ def generate_tables(
                 rng, keys[i], int(ecog[i]), str(stage[i]), bool(brain[i]), str(histology[i])
             )
     radiomics = _radiomics_table(rng, keys, h, has[:, 1], world, run_id)
-    variants = pa.Table.from_pylist(variant_rows, schema=variants_schema())
-    notes = pa.Table.from_pylist(note_rows, schema=notes_schema())
+    variants = pa.Table.from_pylist(variant_rows, schema=catalog.arrow_schema(catalog.VARIANTS))
+    notes = pa.Table.from_pylist(note_rows, schema=catalog.arrow_schema(catalog.NOTE_CONCEPTS))
     labels = pa.table(
-        {"patient_key": keys, "response": response, "eligible": eligible}, schema=labels_schema()
+        {"patient_key": keys, "response": response, "eligible": eligible},
+        schema=catalog.arrow_schema(catalog.LABEL_COLUMNS),
     )
     truth = pa.table(
         {

@@ -37,20 +37,19 @@ def _curated_tables(store: Any, bucket: str) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from oncopipe import catalog
     from oncopipe.catalog import committed_files
-    from oncopipe.cohort import synthetic
-    from oncopipe.radiomics.core import schema
 
     # the Glue tables' committed files only (what Athena reads), never a prefix listing
-    sources = {"variants": ("variants", synthetic.variants_schema),
-               "radiomics": ("radiomics", schema),
-               "notes": ("note_concepts", synthetic.notes_schema)}  # fmt: skip
+    sources = {"variants": catalog.VARIANTS, "radiomics": catalog.RADIOMICS,
+               "notes": catalog.NOTE_CONCEPTS}  # fmt: skip
     tables = {}
-    for name, (table, make_schema) in sources.items():
+    for name, spec in sources.items():
+        table = spec.name
         keys = committed_files(store, bucket, table)
         parts = [pq.read_table(io.BytesIO(store.get_bytes(bucket, k))) for k in keys]
         tables[name] = (pa.concat_tables(parts, promote_options="permissive") if parts
-                        else make_schema().empty_table())  # fmt: skip
+                        else catalog.arrow_schema(spec).empty_table())  # fmt: skip
     return tables
 
 

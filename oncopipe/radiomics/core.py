@@ -342,19 +342,10 @@ def sibling_masks(volume_path: Path) -> Path | None:
 
 
 def schema() -> Any:
-    import pyarrow as pa
+    """Return the pyarrow schema of the radiomics table (:data:`oncopipe.catalog.RADIOMICS`)."""
+    from oncopipe import catalog
 
-    return pa.schema(
-        [
-            ("patient_key", pa.string()),
-            ("series_key", pa.string()),
-            ("roi", pa.string()),
-            ("feature", pa.string()),
-            ("value", pa.float64()),
-            ("params_hash", pa.string()),
-            ("run_id", pa.string()),
-        ]
-    )
+    return catalog.arrow_schema(catalog.RADIOMICS)
 
 
 def _column(values: list[Any], type_: Any) -> Any:

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from oncopipe import catalog, layout
-from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
+from oncopipe.cohort.columns import radiomic_feature_names
+from oncopipe.cohort.synthetic import generate_tables
 from oncopipe.manifest import StepContext, manifest_key, process_item, read_manifest
 from oncopipe.storage import ObjectStore
 from tests.conftest import make_bucket

@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("torch")
 
 from oncopipe import layout
-from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
+from oncopipe.cohort.columns import radiomic_feature_names
+from oncopipe.cohort.synthetic import commit_tables, generate_tables
 from oncopipe.pipeline import definition as d
 from oncopipe.pipeline.local_runner import (
     CACHED,

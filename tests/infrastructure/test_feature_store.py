@@ -16,8 +16,9 @@ from aws_cdk.assertions import Match, Template
 
 from oncopipe import catalog, layout
 from oncopipe.cohort import feature_store as fs
+from oncopipe.cohort.columns import radiomic_feature_names
 from oncopipe.cohort.dataset import build_dataset
-from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names
+from oncopipe.cohort.synthetic import generate_tables
 from oncopipe.deployment import load_config
 from oncopipe.manifest import StepContext, process_item, read_manifest
 from oncopipe.pipeline import definition as d
@@ -35,7 +36,7 @@ def test_features_are_the_model_inputs_with_valid_names_from_the_radiomic_list()
     assert names[:4] == ["patient_key", "event_time", "build_id", "split"]
     # every radiomic feature of radiomic_features.json, in its order, as Fractional
     radiomic = [f for f in features if f.column == "radiomic_values"]
-    assert [f.name for f in radiomic] == radiomic_feature_names()
+    assert tuple(f.name for f in radiomic) == radiomic_feature_names()
     assert {f.type for f in radiomic} == {fs.FRACTIONAL}
     types = {f.name: f.type for f in features}
     assert types["has_radiomics"] == fs.INTEGRAL and types["note_tokens"] == fs.STRING

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from oncopipe.catalog import VARIANTS
+from oncopipe.cohort.columns import radiomic_feature_names
 from oncopipe.cohort.dataset import (
     COHORT_COLUMNS,
     CohortError,
@@ -25,7 +26,6 @@ from oncopipe.cohort.synthetic import (
     GROUND_TRUTH,
     SyntheticTables,
     generate_tables,
-    radiomic_feature_names,
     write_tables,
 )
 from oncopipe.pseudonym import is_patient_key
@@ -65,7 +65,7 @@ def test_cached_feature_names_equal_what_pyradiomics_extracts() -> None:
     pytest.importorskip("radiomics")
     from oncopipe.cohort.synthetic import _extract_reference
 
-    assert list(_extract_reference()) == radiomic_feature_names()
+    assert tuple(_extract_reference()) == radiomic_feature_names()
 
 
 def test_tables_have_the_stage_schemas(tables: SyntheticTables) -> None:

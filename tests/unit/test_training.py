@@ -16,13 +16,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from oncopipe.cohort.columns import radiomic_feature_names  # noqa: E402
 from oncopipe.cohort.dataset import (  # noqa: E402
     build_dataset,
     patient_payloads,
     read_dataset,
     write_dataset,
 )
-from oncopipe.cohort.synthetic import generate_tables, radiomic_feature_names  # noqa: E402
+from oncopipe.cohort.synthetic import generate_tables  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from training.data import encode_rows, modality_dropout  # noqa: E402
 from training.fit import HyperParameters, fit, predict, roc_auc  # noqa: E402

@@ -1,6 +1,6 @@
 """``oncopipe model list|approve|reject|rollback``: the governed model registry.
 
-Registered into the main group by :mod:`oncopipe.cli` when first used (``_Commands``).
+Registered into the main group by :mod:`oncopipe.cli` when first used (``LAZY_COMMANDS``).
 Runs boto3 against the response model's package group: the AWS configuration decides
 the account and credentials (assume the ``ModelApprover`` role to approve), and
 ``--endpoint-url`` (or ``AWS_ENDPOINT_URL``) points it at the embedded endpoint of
@@ -10,14 +10,12 @@ local mode. Output: versions, statuses and descriptions; no principal, no PHI.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from oncopipe.cli_common import console, fail as _fail
 from oncopipe.governance import (
     APPROVED,
     REJECTED,
@@ -27,14 +25,6 @@ from oncopipe.governance import (
     rollback,
     set_status,
 )
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(error: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    sys.exit(1)
 
 
 def default_group(env: str | None) -> str:

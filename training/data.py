@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from oncopipe.cohort.dataset import NOTE_FLAG_BITS, UNK, Preprocessing, image_class
+from oncopipe.cohort.dataset import UNK
+from oncopipe.cohort.preprocess import NOTE_FLAG_BITS, Preprocessing, image_class
 
 MODALITIES = ("genomics", "radiomics", "notes")
 N_FLAGS = len(NOTE_FLAG_BITS)

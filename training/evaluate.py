@@ -425,7 +425,8 @@ def score(
     """
     import tempfile
 
-    from oncopipe.cohort.dataset import Preprocessing, read_dataset
+    from oncopipe.cohort.dataset import read_dataset
+    from oncopipe.cohort.preprocess import Preprocessing
     from training.model import load_model
 
     if tolerance < 0:

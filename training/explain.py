@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from oncopipe.cohort.dataset import NOTE_FLAG_BITS
+from oncopipe.cohort.preprocess import NOTE_FLAG_BITS
 
 METHOD = "integrated gradients on token embeddings (captum), content-free baseline"
 TOP_FEATURES = 3

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oncopipe.cohort.dataset import Preprocessing
+from oncopipe.cohort.preprocess import Preprocessing
 
 JSON = "application/json"
 MAX_PATIENTS = 1000

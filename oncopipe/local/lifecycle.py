@@ -328,7 +328,8 @@ class _World:
     # -- the cohort -------------------------------------------------------------------------
     def commit_cohort(self) -> int:
         """Commit the synthetic tables, labels and each patient's VAF histogram."""
-        from oncopipe.cohort.synthetic import commit_tables, generate_tables, radiomic_feature_names
+        from oncopipe.cohort.columns import radiomic_feature_names
+        from oncopipe.cohort.synthetic import commit_tables, generate_tables
 
         o = self.options
         features = [f for f in radiomic_feature_names() if f.startswith(FEATURE_PREFIXES)]

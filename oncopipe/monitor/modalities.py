@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from oncopipe import catalog, layout
-from oncopipe.cohort.dataset import PAD, UNK, VOLUME_FEATURE, note_token
+from oncopipe.cohort.dataset import PAD, UNK
+from oncopipe.cohort.preprocess import VOLUME_FEATURE, note_token
 from oncopipe.monitor.histogram import Histogram, HistogramError
 
 RADIOMICS, NOTES, PREDICTIONS = "radiomics", "notes", "predictions"

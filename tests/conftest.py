@@ -131,3 +131,23 @@ def app_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def stack_templates(app: Any) -> dict[str, Any]:
     """The synthesized templates of a :func:`synthesized_app`, by stack name (read only)."""
     return {stack.stack_name: stack.template for stack in app.assembly.stacks}
+
+
+def _token(value: dict[str, Any]) -> str:
+    """Name a CloudFormation intrinsic inside a definition: ``<LogicalId>`` (or ``<token>``)."""
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    if "Fn::GetAtt" in value:
+        return f"<{'.'.join(value['Fn::GetAtt'])}>"
+    return "<token>"
+
+
+def definition_text(value: Any) -> str:
+    """Return a state machine's DefinitionString as text, each intrinsic named by its logical
+    id (``<LogicalId>``, ``<LogicalId.Attribute>``): ``json.loads`` reads it state by state."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return str(separator).join(definition_text(p) for p in parts)
+    return _token(value)

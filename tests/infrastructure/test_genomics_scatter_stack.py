@@ -22,7 +22,7 @@ import pytest
 from oncopipe import layout
 from oncopipe.genomics.scatter_stage import SCRATCH
 from oncopipe.layout import plan_key
-from tests.conftest import make_bucket
+from tests.conftest import definition_text, make_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -33,25 +33,6 @@ SCATTER_STEPS = ("plan", "align-shard", "gather", "call-region", "call-gather")
 # -- reading the synthesized template ---------------------------------------------------------
 
 
-def _token(value: dict[str, Any]) -> str:
-    """Name a CloudFormation intrinsic inside the definition: ``<LogicalId>``."""
-    if "Ref" in value:
-        return f"<{value['Ref']}>"
-    if "Fn::GetAtt" in value:
-        return f"<{'.'.join(value['Fn::GetAtt'])}>"
-    return "<token>"
-
-
-def _resolve(value: Any) -> str:
-    """Return a DefinitionString's text, each intrinsic replaced by its :func:`_token`."""
-    if isinstance(value, str):
-        return value
-    if "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(_resolve(p) for p in parts)
-    return _token(value)
-
-
 @pytest.fixture(scope="module")
 def genomics(app_dev: Any) -> dict[str, Any]:
     """The genomics stack's template, the machine's definition and the job steps."""
@@ -60,7 +41,7 @@ def genomics(app_dev: Any) -> dict[str, Any]:
     resources = template["Resources"]
     machines = [r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
     assert len(machines) == 1
-    text = _resolve(machines[0]["Properties"]["DefinitionString"])
+    text = definition_text(machines[0]["Properties"]["DefinitionString"])
     # a token inside a JSON string ("<X>") or standing for one ("<X>" quoted by Fn::Join)
     definition = json.loads(text)
     jobs = {f"<{k}>": r["Properties"] for k, r in resources.items()

@@ -16,6 +16,7 @@ import pytest
 
 from oncopipe.flow import INGEST, TRANSIENT_ERRORS, Branch
 from oncopipe.local.worker import IngestFlow, Invocation
+from tests.conftest import definition_text
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +29,6 @@ LAMBDA_SERVICE_ERRORS = [
 ]
 
 
-def _text(value: Any) -> str:
-    """Return a DefinitionString's text, every intrinsic replaced by a placeholder."""
-    if isinstance(value, str):
-        return value
-    if "Fn::Join" in value:
-        separator, parts = value["Fn::Join"]
-        return str(separator).join(_text(p) for p in parts)
-    return "<token>"
-
-
 @pytest.fixture(scope="module")
 def states(app_dev: Any) -> dict[str, Any]:
     """The ingest state machine's definition (dev app), StartAt and States."""
@@ -46,7 +37,9 @@ def states(app_dev: Any) -> dict[str, Any]:
     machines = [r for r in template["Resources"].values()
                 if r["Type"] == "AWS::StepFunctions::StateMachine"]  # fmt: skip
     assert len(machines) == 1
-    definition: dict[str, Any] = json.loads(_text(machines[0]["Properties"]["DefinitionString"]))
+    definition: dict[str, Any] = json.loads(
+        definition_text(machines[0]["Properties"]["DefinitionString"])
+    )
     return definition
 
 

@@ -8,8 +8,9 @@
    SNVs at VAF >= 0.2 and depth >= 50 (goal recall and precision >= 0.99), lower-VAF SNVs,
    indels.
 3. VCF -> table rows/s: ``variants-to-parquet`` against ``bcftools query`` to TSV on the
-   same VCF, and against the two-step alternative ``bcftools query`` -> ``pyarrow.csv`` ->
-   Parquet (what a user who wants Parquet without our code would script). Goal: >= 1.0x.
+   same VCF (goal: >= 1.0x), and against the two-step alternative ``bcftools query`` ->
+   ``pyarrow.csv`` -> Parquet (what a user who wants Parquet without our code would script;
+   goal: >= 3x).
 
 Timings are printed, never asserted. Usage:
 ``python benchmarks/genomics.py [--quick] [--json PATH]`` (``--json``: the results rows).
@@ -218,13 +219,13 @@ def bench_vcf_table(work: Path, records: int) -> None:
     print(f"   bcftools query -> TSV:        {records / raw:>10.0f} rows/s ({raw:.2f}s)")
     print(f"   query -> pyarrow.csv -> Parquet: {records / two:>7.0f} rows/s ({two:.2f}s)")
     print(f"   ratio oncopipe / bcftools (rows/s): {raw / ours:.2f}x (goal >= 1.0x)")
-    print(f"   ratio oncopipe / two-step (rows/s): {two / ours:.2f}x (goal >= 1.0x)")
+    print(f"   ratio oncopipe / two-step (rows/s): {two / ours:.2f}x (goal >= 3x)")
     REPORT.add("VCF -> Parquet rows/s vs bcftools query -> TSV", records / ours, records / raw,
                goal=">= 1.0x", unit="rows/s", passed=raw / ours >= 1.0,
                note=f"{records:,} records")  # fmt: skip
     REPORT.add("VCF -> Parquet rows/s vs bcftools query -> pyarrow.csv -> Parquet",
-               records / ours, records / two, goal=">= 1.0x", unit="rows/s",
-               passed=two / ours >= 1.0, note=f"{records:,} records")  # fmt: skip
+               records / ours, records / two, goal=">= 3x", unit="rows/s",
+               passed=two / ours >= 3.0, note=f"{records:,} records")  # fmt: skip
 
 
 def main() -> int:

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from oncopipe import catalog
 from oncopipe.errors import InputError
 from oncopipe.genomics.panel import Panel
 
-COLUMNS = (
-    "patient_key", "sample", "chrom", "pos", "ref", "alt", "qual", "filter", "depth",
-    "alt_depth", "vaf", "genotype", "gene", "protein_change", "run_id",
-)  # fmt: skip
+#: The variant table's columns, in order (:data:`oncopipe.catalog.VARIANTS`).
+COLUMNS = tuple(c.name for c in catalog.VARIANTS.columns)
 FIXED = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 #: The empty BGZF block that ends every BGZF file (SAM specification, section 4.1.2).
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -149,29 +148,8 @@ class _Body:
 
 
 def schema() -> Any:
-    """Return the pyarrow schema of the variant table (:data:`COLUMNS`)."""
-
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("patient_key", pa.string()),
-            ("sample", pa.string()),
-            ("chrom", pa.string()),
-            ("pos", pa.int64()),
-            ("ref", pa.string()),
-            ("alt", pa.string()),
-            ("qual", pa.float64()),
-            ("filter", pa.string()),
-            ("depth", pa.int32()),
-            ("alt_depth", pa.int32()),
-            ("vaf", pa.float64()),
-            ("genotype", pa.string()),
-            ("gene", pa.string()),
-            ("protein_change", pa.string()),
-            ("run_id", pa.string()),
-        ]
-    )
+    """Return the pyarrow schema of the variant table (:data:`oncopipe.catalog.VARIANTS`)."""
+    return catalog.arrow_schema(catalog.VARIANTS)
 
 
 def _inflate_bgzf(raw: bytes, source: str) -> Any:

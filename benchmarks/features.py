@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import os
 import statistics
 import subprocess
@@ -169,6 +170,14 @@ def notes_throughput(count: int) -> None:
     Then the time of one long note (33 KB and 165 KB: linear means ~5x, the quadratic NLP and
     scrubber before the chunking took 2.4 s and 47 s) and the scrubber's recall on the held-out
     names of ``tests/data/notes/heldout_names.txt`` planted in every template position.
+
+    Each long note is timed three times, interleaved, after a full ``gc.collect()``, and the
+    fastest run counts: on the shared benchmark machine runs of the same note differed by up to
+    two thirds, and a full collection of the ~330k objects the loaded libraries hold (0.3-0.8 s)
+    fell into whichever note was running when it came due. The notes are 4.97-4.98x apart in
+    length (4.99x in tokens), so linear code measures about 5.0x (4.86-5.79x over ten runs,
+    5.0-5.1x in most): a 5.0x limit failed seven of those ten, so the row allows 5 % for timing
+    (5.25x). See ``benchmarks/profiles.md``.
     """
     import random
     from datetime import date
@@ -208,19 +217,29 @@ def notes_throughput(count: int) -> None:
         passed=count / whole >= 50,
         note=f"{count} generated ~1 KB notes; medspaCy alone {count / nlp:.0f}/s",
     )
-    seconds = {}
+    long_notes = {}
     for kb in (33, 165):
         text, i = "Patient-ID: MRN-1000001\n\n", 0
         while len(text) < kb * 1000:
             text += bodies[i % len(bodies)]
             i += 1
-        started = time.perf_counter()
-        process_note(text.encode(), "notes/long.txt", secret=secret, fallback_patient_id=None)
-        seconds[kb] = time.perf_counter() - started
-        print(f"  one {kb:3d} KB note       : {seconds[kb]:6.2f} s")
-    print(f"  165 KB / 33 KB time     : {seconds[165] / seconds[33]:.2f}x (linear: 5x)")
-    REPORT.add("long note time, 165 KB vs 33 KB", seconds[165], seconds[33], goal="<= 5x (linear)",
-               unit="s", passed=seconds[165] / seconds[33] <= 5.5)  # fmt: skip
+        long_notes[kb] = text.encode()
+    runs: dict[int, list[float]] = {33: [], 165: []}
+    for _ in range(3):  # interleaved, so both see the same machine load
+        for kb, data in long_notes.items():
+            gc.collect()  # no collection of earlier notes' survivors lands in this one
+            started = time.perf_counter()
+            process_note(data, "notes/long.txt", secret=secret, fallback_patient_id=None)
+            runs[kb].append(time.perf_counter() - started)
+    seconds = {kb: min(times) for kb, times in runs.items()}
+    for kb in (33, 165):
+        print(f"  one {kb:3d} KB note       : {seconds[kb]:6.2f} s (fastest of 3)")
+    ratio = seconds[165] / seconds[33]
+    length = len(long_notes[165]) / len(long_notes[33])
+    print(f"  165 KB / 33 KB time     : {ratio:.2f}x (linear: {length:.2f}x, the length ratio)")
+    REPORT.add("long note time, 165 KB vs 33 KB", seconds[165], seconds[33],
+               goal="<= 5.25x (linear: 5x, +5% timing)", unit="s", passed=ratio <= 5.25,
+               note=f"fastest of 3 runs each; the notes are {length:.2f}x apart")  # fmt: skip
     names = read_name_list(REPO / "tests" / "data" / "notes" / "heldout_names.txt")
     planted = planted_name_notes(names)
     leaked = {n for t, n in planted if leaked_name_parts(n, scrub(t, date_shift_days=None).text)}

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from oncopipe import catalog
 from oncopipe.errors import InputError, MissingPatientError
 
 if TYPE_CHECKING:
@@ -52,20 +53,8 @@ _HEADER_RE = re.compile(
 )
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: Parquet columns of :func:`concept_rows`, in order.
-NOTES_COLUMNS = (
-    "patient_key",
-    "note_id",
-    "concept",
-    "value",
-    "numeric_value",
-    "negated",
-    "certainty",
-    "temporality",
-    "experiencer",
-    "section",
-    "start",
-    "end",
-)
+#: The note-concepts table's columns, in order (:data:`oncopipe.catalog.NOTE_CONCEPTS`).
+NOTES_COLUMNS = tuple(c.name for c in catalog.NOTE_CONCEPTS.columns)
 
 
 class NoteInputError(InputError):
@@ -281,10 +270,9 @@ def process_note(
         MissingPatientError: see :func:`parse_note`.
         ValueError: the secret is shorter than 32 bytes.
     """
-    from oncopipe.imaging.deid import date_shift_days
     from oncopipe.notes.nlp import extract
     from oncopipe.notes.scrub import scrub
-    from oncopipe.pseudonym import patient_key
+    from oncopipe.pseudonym import date_shift_days, patient_key
 
     parsed = parse_note(
         data,
@@ -325,25 +313,9 @@ def concept_rows(result: NoteResult) -> list[dict[str, Any]]:
 
 
 def notes_schema() -> pa.Schema:
-    """Return the pyarrow schema of :func:`concept_rows` (pyarrow imported on first use)."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            pa.field("patient_key", pa.string(), nullable=False),
-            pa.field("note_id", pa.string(), nullable=False),
-            pa.field("concept", pa.string(), nullable=False),
-            pa.field("value", pa.string()),
-            pa.field("numeric_value", pa.float64()),
-            pa.field("negated", pa.bool_(), nullable=False),
-            pa.field("certainty", pa.string(), nullable=False),
-            pa.field("temporality", pa.string(), nullable=False),
-            pa.field("experiencer", pa.string(), nullable=False),
-            pa.field("section", pa.string()),
-            pa.field("start", pa.int32(), nullable=False),
-            pa.field("end", pa.int32(), nullable=False),
-        ]
-    )
+    """Return the pyarrow schema of :func:`concept_rows` (:data:`catalog.NOTE_CONCEPTS`)."""
+    schema: pa.Schema = catalog.arrow_schema(catalog.NOTE_CONCEPTS)
+    return schema
 
 
 def __getattr__(name: str) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,25 @@ def definition_text(value: Any) -> str:
         separator, parts = value["Fn::Join"]
         return str(separator).join(definition_text(p) for p in parts)
     return _token(value)
+
+
+def fastq_records(data: bytes) -> list[bytes]:
+    """The 4-line records of a gzipped FASTQ."""
+    lines = gzip.decompress(data).splitlines(keepends=True)
+    return [b"".join(lines[i : i + 4]) for i in range(0, len(lines), 4)]
+
+
+def with_pcr_duplicates(r1: bytes, r2: bytes, count: int, seed: int) -> tuple[bytes, bytes]:
+    """Append ``count`` PCR duplicates (the same pair under a new name) to the pair."""
+    rng = random.Random(seed)
+    one, two = fastq_records(r1), fastq_records(r2)
+    picks = rng.sample(range(len(one)), count)
+    extra_1: list[bytes] = []
+    extra_2: list[bytes] = []
+    for n, pick in enumerate(picks):
+        for source, extra in ((one, extra_1), (two, extra_2)):
+            header, rest = source[pick].split(b"\n", 1)
+            name, comment = header.split(b" ", 1)
+            extra.append(name + b"-dup" + str(n).encode() + b" " + comment + b"\n" + rest)
+    return (gzip.compress(b"".join(one + extra_1), mtime=0),
+            gzip.compress(b"".join(two + extra_2), mtime=0))  # fmt: skip

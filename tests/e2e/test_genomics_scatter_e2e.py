@@ -7,8 +7,6 @@ same input: the same reads and duplicate flags, the same VCF records.
 
 from __future__ import annotations
 
-import gzip
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from oncopipe.genomics.stage import align_sample, bam_key, call_sample
 from oncopipe.layout import Buckets
 from oncopipe.manifest import manifest_key
 from oncopipe.storage import ObjectStore
-from tests.conftest import make_bucket
+from tests.conftest import make_bucket, with_pcr_duplicates
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("bwa", "samtools", "bcftools")),
@@ -49,27 +47,6 @@ SCATTER = ScatterSettings(pairs_per_shard=700, scatter_min_fastq_bytes=1, call_r
                           scatter_min_reference_bases=1)  # fmt: skip
 
 
-def _records(data: bytes) -> list[bytes]:
-    lines = gzip.decompress(data).splitlines(keepends=True)
-    return [b"".join(lines[i : i + 4]) for i in range(0, len(lines), 4)]
-
-
-def _with_duplicates(r1: bytes, r2: bytes, count: int, seed: int) -> tuple[bytes, bytes]:
-    """Append ``count`` PCR duplicates (the same pair under a new name) to the pair."""
-    rng = random.Random(seed)
-    one, two = _records(r1), _records(r2)
-    picks = rng.sample(range(len(one)), count)
-    extra_1: list[bytes] = []
-    extra_2: list[bytes] = []
-    for n, pick in enumerate(picks):
-        for source, extra in ((one, extra_1), (two, extra_2)):
-            header, rest = source[pick].split(b"\n", 1)
-            name, comment = header.split(b" ", 1)
-            extra.append(name + b"-dup" + str(n).encode() + b" " + comment + b"\n" + rest)
-    return (gzip.compress(b"".join(one + extra_1), mtime=0),
-            gzip.compress(b"".join(two + extra_2), mtime=0))  # fmt: skip
-
-
 def _populate(store: ObjectStore, tmp: Path, *, broken: bool = False) -> None:
     for name in (BUCKETS.ingest, BUCKETS.quarantine, BUCKETS.curated, BUCKETS.artifacts):
         make_bucket(store.client, name)
@@ -82,7 +59,7 @@ def _populate(store: ObjectStore, tmp: Path, *, broken: bool = False) -> None:
     kras = changes["KRAS G12C"][0]
     planted = [Variant(kras.contig, kras.pos, kras.ref, kras.alt, 0.4, "KRAS", "G12C")]
     r1, r2 = simulate_pair(sequences, planted, sample="P1-T", depth=60, seed=5)
-    r1, r2 = _with_duplicates(r1, r2, PLANTED_DUPLICATES, seed=3)
+    r1, r2 = with_pcr_duplicates(r1, r2, PLANTED_DUPLICATES, seed=3)
     if broken:
         r2 = r2[: len(r2) // 2]
     store.client.put_object(Bucket=BUCKETS.ingest, Key=SAMPLE["fastq_1"], Body=r1)

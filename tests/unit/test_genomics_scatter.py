@@ -50,6 +50,7 @@ from oncopipe.genomics.shard import (
     split_pairs,
 )
 from oncopipe.genomics.simulate import Variant, make_panel, simulate_pair, write_fasta
+from tests.conftest import fastq_records, with_pcr_duplicates
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("bwa", "samtools", "bcftools")),
@@ -67,27 +68,6 @@ class StreamingBody:
 
     def read(self, amt: int | None = None) -> bytes:
         return self._buffer.read(-1 if amt is None else amt)
-
-
-def _records(data: bytes) -> list[bytes]:
-    lines = gzip.decompress(data).splitlines(keepends=True)
-    return [b"".join(lines[i : i + 4]) for i in range(0, len(lines), 4)]
-
-
-def _with_duplicates(r1: bytes, r2: bytes, count: int, seed: int) -> tuple[bytes, bytes]:
-    """Append ``count`` PCR duplicates (the same pair, a new name) to the end of the pair."""
-    rng = random.Random(seed)
-    one, two = _records(r1), _records(r2)
-    picks = rng.sample(range(len(one)), count)
-    extra_1: list[bytes] = []
-    extra_2: list[bytes] = []
-    for n, pick in enumerate(picks):
-        for source, extra in ((one, extra_1), (two, extra_2)):
-            header, rest = source[pick].split(b"\n", 1)
-            name, comment = header.split(b" ", 1)
-            extra.append(name + b"-dup" + str(n).encode() + b" " + comment + b"\n" + rest)
-    return (gzip.compress(b"".join(one + extra_1), mtime=0),
-            gzip.compress(b"".join(two + extra_2), mtime=0))  # fmt: skip
 
 
 def _write_pair(folder: Path, stem: str, r1: bytes, r2: bytes) -> tuple[Path, Path]:
@@ -148,7 +128,7 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         v = changes[name][0]
         planted.append(Variant(v.contig, v.pos, v.ref, v.alt, vaf, v.gene, v.protein))
     r1, r2 = simulate_pair(sequences, planted, sample="T", depth=80, seed=5)
-    r1, r2 = _with_duplicates(r1, r2, PLANTED_DUPLICATES, seed=6)
+    r1, r2 = with_pcr_duplicates(r1, r2, PLANTED_DUPLICATES, seed=6)
     f1, f2 = _write_pair(work, "T", r1, r2)
     single = work / "single.bam"
     align_pair(reference, f1, f2, single, read_group=GROUP, threads=2)
@@ -156,7 +136,7 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     call_variants(reference, single, single_vcf)
     return {"work": work, "reference": reference, "r1": r1, "r2": r2, "single": single,
             "single_vcf": single_vcf, "planted": planted,
-            "pairs": len(_records(r1))}  # fmt: skip
+            "pairs": len(fastq_records(r1))}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +193,7 @@ def test_split_streams_shards_of_n_pairs_in_order(panel: dict[str, Any], tmp_pat
     assert [s.r1 for s in shards.shards[:2]] == ["shard-00000_R1.fastq.gz",
                                                   "shard-00001_R1.fastq.gz"]  # fmt: skip
     rejoined = b"".join(gzip.decompress((tmp_path / s.r2).read_bytes()) for s in shards.shards)
-    assert rejoined == b"".join(_records(panel["r2"]))  # same records, same order
+    assert rejoined == b"".join(fastq_records(panel["r2"]))  # same records, same order
     assert ShardSet.load(tmp_path) == shards
     assert shards.lanes[0].read_group == GROUP and shards.lanes[0].pairs == pairs
 
@@ -223,7 +203,7 @@ def test_split_shard_sizes_add_up(tmp_path: Path, pairs_per_shard: int) -> None:
     sequences, _, _ = make_panel()
     small = {"KRAS": sequences["KRAS"]}
     r1, r2 = simulate_pair(small, [], sample="S", depth=10, seed=1)
-    pairs = len(_records(r1))
+    pairs = len(fastq_records(r1))
     shards = _split(tmp_path, r1, r2, pairs_per_shard)
     sizes = [s.pairs for s in shards.shards]
     assert sum(sizes) == pairs and all(0 < n <= pairs_per_shard for n in sizes)
@@ -233,7 +213,7 @@ def test_split_shard_sizes_add_up(tmp_path: Path, pairs_per_shard: int) -> None:
 def test_split_of_invalid_input_names_file_and_read_and_leaves_nothing(
     panel: dict[str, Any], tmp_path: Path
 ) -> None:
-    records = _records(panel["r2"])
+    records = fastq_records(panel["r2"])
     header, sequence, plus, quality = records[2500].split(b"\n")[:4]
     records[2500] = b"\n".join([header, sequence, plus, quality[:-5]]) + b"\n"
     bad = gzip.compress(b"".join(records), mtime=0)

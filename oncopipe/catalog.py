@@ -128,7 +128,12 @@ IMAGING_VOLUMES = TableSpec(
     columns=(
         Column("slice_index", "int", "slice number along the slice normal"),
         Column("position", "double", "slice position along the normal (mm)"),
-        Column("pixels", "binary", "stored pixel values, little-endian, rows x columns"),
+        Column(
+            "pixels",
+            "binary",
+            "stored values of the slice (rows x columns, little-endian) as byte planes: "
+            "every value's first byte, then every value's second byte, ...",
+        ),
     ),
     serde=PARQUET_SERDE,
     input_format=PARQUET_INPUT,

@@ -672,6 +672,10 @@ _PARSE_ERRORS = (
 )  # fmt: skip
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _ZERO_HEADER = bytes(8)
+#: A file up to this size is read in one call and parsed from memory (its DICOM is held
+#: in memory anyway: pydicom reads every value); measured 1.3-1.7x faster on CT slices
+#: than parsing through the buffered file. Larger files are parsed through the file.
+_READ_WHOLE_BYTES = 256 * 2**20
 
 
 class _KnownVRs(dict[int, str]):
@@ -716,6 +720,10 @@ class _BoundedReader:
     def read(self, n: int = -1) -> bytes:
         left = max(self._size - self._handle.tell(), 0)
         data = self._handle.read(left if n is None or n < 0 else min(n, left))
+        return self._checked(n, data)
+
+    def _checked(self, n: int | None, data: bytes) -> bytes:
+        """Count element headers of zeros in a row; refuse the second one."""
         if n == 8 and data == _ZERO_HEADER:
             self._zero_headers += 1
             if self._zero_headers > 1:
@@ -736,6 +744,25 @@ class _BoundedReader:
 
     def close(self) -> None:
         self._handle.close()
+
+
+class _MemoryReader(_BoundedReader):
+    """:class:`_BoundedReader` over bytes in memory, with the same zero-header bound.
+
+    ``io.BytesIO.read(n)`` never allocates more than is left, so no cap is needed, and
+    position calls go straight to the buffer (the capped reader was a tenth of a CT
+    slice's read).
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        buffer = io.BytesIO(data)
+        super().__init__(buffer, len(data), name)
+        self._read = buffer.read
+        self.seek = buffer.seek  # type: ignore[method-assign,assignment]
+        self.tell = buffer.tell  # type: ignore[method-assign]
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._checked(n, self._read(n))
 
 
 def _looks_like_raw_dataset(head: bytes) -> bool:
@@ -932,8 +959,7 @@ def read_dicom(data: bytes, *, source: str) -> Any:
             message names ``source`` and never a value).
         InvalidUIDError: the transfer syntax is not a UID.
     """
-    reader = _BoundedReader(io.BytesIO(data), len(data), source)
-    return _parse(reader, len(data), data[:132], source=source)
+    return _parse(_MemoryReader(data, source), len(data), data[:132], source=source)
 
 
 def read_dicom_file(path: Path, *, source: str | None = None) -> Any:
@@ -946,6 +972,10 @@ def read_dicom_file(path: Path, *, source: str | None = None) -> Any:
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
+            if size <= _READ_WHOLE_BYTES:  # one read, then pydicom parses from memory
+                data = handle.read(size)
+                size = len(data)  # shorter if it shrank meanwhile: parsed as it is
+                return _parse(_MemoryReader(data, name), size, data[:132], source=name)
             head = handle.read(132)
             handle.seek(0)
             ds = _parse(_BoundedReader(handle, size, name), size, head, source=name)

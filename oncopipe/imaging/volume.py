@@ -6,13 +6,19 @@ cosines), never by InstanceNumber. A series is refused with a clear error when i
 slices disagree on orientation, size or pixel spacing, or when a slice is missing (a gap
 in the spacing along the normal).
 
-Parquet layout: one row per slice (``slice_index``, ``position``, ``pixels`` as the
-stored little-endian values), zstd-compressed, with the geometry in the schema metadata
-(``oncopipe.geometry``: dimensions, spacing, origin, direction, rescale slope/intercept,
-stored dtype, series UID). Compressed transfer syntaxes are decoded by pydicom's pixel
-handlers; one without an installed decoder is refused naming the transfer syntax and
-what to install, and pixel data that is there but does not decode (truncated, wrong
-geometry) is refused as such, never with advice to install a handler.
+Parquet layout: one row per slice (``slice_index``, ``position``, ``pixels``: the stored
+little-endian values of the slice as byte planes, see :data:`BYTE_PLANES`), zstd level
+1, with the geometry in the schema metadata (``oncopipe.geometry``: dimensions, spacing,
+origin, direction, rescale slope/intercept, stored dtype, pixel layout, series UID).
+Files written before the byte-plane layout (no ``pixel_layout`` in the geometry) hold the
+values interleaved and still read.
+
+Uncompressed little-endian pixel data of one sample per pixel is taken straight from the
+element's bytes (``numpy.frombuffer``, with pydicom's correction of unused high bits);
+everything else goes through pydicom's pixel handlers. A compressed transfer syntax
+without an installed decoder is refused naming the transfer syntax and what to install,
+and pixel data that is there but does not decode (truncated, wrong geometry) is refused
+as such, never with advice to install a handler.
 
 Files are read with :func:`oncopipe.imaging.deid.read_dicom_file`: an empty, random,
 truncated or over-long file is refused naming the file, and an instance that is not an
@@ -22,6 +28,7 @@ image slice (no position, orientation, spacing or pixel data) is refused naming 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +40,17 @@ from oncopipe.imaging.uids import validate_uid
 
 GEOMETRY_KEY = b"oncopipe.geometry"
 SPACING_TOLERANCE = 1e-3  # relative
+
+#: Pixel layout of the ``pixels`` column: each slice's values split into byte planes
+#: (every value's first byte, then every value's second byte, ...), as Parquet's
+#: BYTE_STREAM_SPLIT encoding does for fixed-width columns. The high bytes of CT and MR
+#: values are nearly constant, so the planes compress to 0.31 of the DICOM at zstd level 1
+#: (interleaved values: 0.38 at level 5, 9x slower to write; benchmarks/profiles.md §3).
+#: The column stays one binary value per slice, so one Glue type holds every stored dtype.
+BYTE_PLANES = "byte-planes"
+INTERLEAVED = "interleaved"  # files written before BYTE_PLANES
+#: pydicom's UIDs of uncompressed little-endian transfer syntaxes (pixel bytes as stored)
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 
 class SeriesError(InputError):
@@ -52,6 +70,7 @@ class Geometry:
     dtype: str  # numpy dtype of the stored values, e.g. "<i2"
     series_uid: str
     modality: str
+    pixel_layout: str = BYTE_PLANES
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
@@ -69,6 +88,7 @@ class Geometry:
             dtype=raw["dtype"],
             series_uid=raw["series_uid"],
             modality=raw["modality"],
+            pixel_layout=raw.get("pixel_layout", INTERLEAVED),
         )
 
 
@@ -79,6 +99,9 @@ def _pixels(ds: Any, source: str) -> Any:
         SeriesError: no decoder is installed for the transfer syntax (naming what to
             install), pydicom has none for it, or the pixel data does not decode.
     """
+    native = _native_pixels(ds)
+    if native is not None:
+        return native
     from pydicom.pixels import get_decoder
 
     syntax = ds.file_meta.TransferSyntaxUID
@@ -106,33 +129,135 @@ def _pixels(ds: Any, source: str) -> Any:
         ) from e
 
 
+def _native_pixels(ds: Any) -> Any:
+    """Return the pixels of uncompressed little-endian, one-sample data; None otherwise.
+
+    The same values as ``ds.pixel_array`` (the unit tests compare them), without its
+    decoder set-up, which was a third of a slice's read: a (rows, columns) view on the
+    element's bytes, copied and shifted only when Bits Stored < Bits Allocated (pydicom
+    then ignores the unused high bits, sign-extending signed values). Anything else
+    (another transfer syntax, colour, several frames, short or odd pixel data) returns
+    None and takes pydicom's handlers, with their checks and errors.
+    """
+    import numpy as np
+
+    try:
+        if str(ds.file_meta.TransferSyntaxUID) not in _NATIVE_LITTLE_ENDIAN:
+            return None
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed, rows, columns = int(ds.PixelRepresentation), int(ds.Rows), int(ds.Columns)
+        if (
+            int(ds.get("SamplesPerPixel", 1) or 1) != 1
+            or int(ds.get("NumberOfFrames", 1) or 1) != 1
+            or allocated not in (8, 16, 32)
+            or not 0 < stored <= allocated
+            or signed not in (0, 1)
+            or rows <= 0
+            or columns <= 0
+        ):
+            return None
+        data = ds.PixelData
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # pydicom's handlers name what is wrong
+    if not isinstance(data, bytes) or len(data) < rows * columns * allocated // 8:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        shift = allocated - stored
+        pixels = np.right_shift(np.left_shift(pixels, shift), shift)
+    return pixels
+
+
 def _slice_source(ds: Any, default: str) -> str:
     name = getattr(ds, "filename", None)
     return name if isinstance(name, str) and name else default
 
 
-def _check_slice(ds: Any, source: str) -> None:
-    """Refuse an instance that is not an image slice with geometry.
+@dataclass(frozen=True)
+class _Slice:
+    """What the volume needs of one instance, each attribute read once."""
+
+    ds: Any
+    source: str
+    orientation: tuple[float, ...]
+    position: tuple[float, float, float]
+    spacing: tuple[float, float]
+    size: tuple[int, int]  # rows, columns
+    series_uid: str
+    rescale: tuple[float, float]  # slope, intercept
+
+
+_TAGS = {
+    "ImageOrientationPatient": 0x00200037,
+    "ImagePositionPatient": 0x00200032,
+    "PixelSpacing": 0x00280030,
+}
+
+
+def _numbers(ds: Any, keyword: str, count: int, source: str) -> tuple[float, ...]:
+    """Return the ``count`` finite numbers of a decimal-string (DS) attribute.
+
+    A value still raw from the file is parsed from its bytes: DS is ASCII numbers split by
+    backslashes, padded with spaces (PS3.5 §6.2), and pydicom's conversion of three such
+    attributes was a fifth of a slice's time. A value set in code is read through pydicom.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    tag = _TAGS[keyword]
+    item = ds.get_item(tag) if tag in ds else None
+    try:
+        if isinstance(item, RawDataElement) and item.VR in ("DS", None):
+            text = (item.value or b"").decode("ascii")
+            numbers = tuple(float(v) for v in text.split("\\")) if text.strip() else ()
+        else:
+            value = ds.get(keyword)
+            numbers = tuple(float(v) for v in value) if value is not None else ()
+    except (TypeError, ValueError, UnicodeDecodeError):
+        numbers = ()
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise SeriesError(
+            source, f"not an image slice: {keyword} is missing or not {count} numbers"
+        )
+    return numbers
+
+
+def _rescale(ds: Any, keyword: str, default: float, source: str) -> float:
+    try:
+        return float(ds.get(keyword, default) or default)
+    except (TypeError, ValueError) as e:
+        raise SeriesError(source, f"{keyword} is not a number") from e
+
+
+def _slice(ds: Any, source: str) -> _Slice:
+    """Read the geometry of an instance; refuse one that is not an image slice.
 
     Raises:
         SeriesError: naming the missing or malformed attribute (never its value).
     """
-    needed = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
-    for keyword, count in needed.items():
-        value = ds.get(keyword)
-        try:
-            ok = value is not None and len([float(v) for v in value]) == count
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise SeriesError(
-                source, f"not an image slice: {keyword} is missing or not {count} numbers"
-            )
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, source)
+    position = _numbers(ds, "ImagePositionPatient", 3, source)
+    spacing = _numbers(ds, "PixelSpacing", 2, source)
+    values = {}
     for keyword in ("Rows", "Columns", "SeriesInstanceUID"):
-        if ds.get(keyword) in (None, ""):
+        values[keyword] = ds.get(keyword)
+        if values[keyword] in (None, ""):
             raise SeriesError(source, f"not an image slice: no {keyword}")
     if "PixelData" not in ds:
         raise SeriesError(source, "not an image slice: no pixel data")
+    return _Slice(
+        ds=ds,
+        source=source,
+        orientation=orientation,
+        position=position,  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
+        size=(values["Rows"], values["Columns"]),
+        series_uid=str(values["SeriesInstanceUID"]),
+        rescale=(
+            _rescale(ds, "RescaleSlope", 1, source),
+            _rescale(ds, "RescaleIntercept", 0, source),
+        ),
+    )
 
 
 def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry]:
@@ -145,30 +270,27 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
 
     if not datasets:
         raise SeriesError(source, "no instances")
-    for ds in datasets:
-        _check_slice(ds, _slice_source(ds, source))
-    series = {str(ds.SeriesInstanceUID) for ds in datasets}
+    slices = [_slice(ds, _slice_source(ds, source)) for ds in datasets]
+    series = {s.series_uid for s in slices}
     if len(series) != 1:
         raise SeriesError(source, f"{len(series)} series mixed: convert one series at a time")
-    first = datasets[0]
-    orientation = [float(v) for v in first.ImageOrientationPatient]
-    row, col = np.array(orientation[:3]), np.array(orientation[3:])
+    first = slices[0]
+    row, col = np.array(first.orientation[:3]), np.array(first.orientation[3:])
     normal = np.cross(row, col)
-    for ds in datasets:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=1e-4):
-            raise SeriesError(source, "slices with different ImageOrientationPatient")
-        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+    orientations = np.array([s.orientation for s in slices])
+    if not np.allclose(orientations, first.orientation, atol=1e-4):
+        raise SeriesError(source, "slices with different ImageOrientationPatient")
+    for s in slices:
+        if s.size != first.size:
             raise SeriesError(source, "slices with different Rows/Columns")
-        if [float(v) for v in ds.PixelSpacing] != [float(v) for v in first.PixelSpacing]:
+        if s.spacing != first.spacing:
             raise SeriesError(source, "slices with different PixelSpacing")
-        rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
-        if rescale != (float(first.get("RescaleSlope", 1) or 1),
-                       float(first.get("RescaleIntercept", 0) or 0)):  # fmt: skip
+        if s.rescale != first.rescale:
             raise SeriesError(source, "slices with different RescaleSlope/RescaleIntercept")
-    ordered = sorted(
-        datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
-    )
-    positions = [float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in ordered]
+    along = np.array([s.position for s in slices]) @ normal
+    order = sorted(range(len(slices)), key=lambda i: float(along[i]))
+    ordered = [slices[i] for i in order]
+    positions = [float(along[i]) for i in order]
     gaps = np.diff(positions)
     if len(gaps) and (
         np.any(gaps <= 0) or np.ptp(gaps) > SPACING_TOLERANCE * max(abs(gaps.mean()), 1e-6) + 1e-4
@@ -178,18 +300,19 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
             "slice positions are not evenly spaced (a missing or duplicate slice): spacings "
             f"from {gaps.min():.3f} to {gaps.max():.3f} mm",
         )
-    volume = np.stack([_pixels(d, _slice_source(d, source)) for d in ordered])
-    spacing_z = float(gaps.mean()) if len(gaps) else float(first.get("SliceThickness", 1) or 1)
+    volume = np.stack([_pixels(s.ds, s.source) for s in ordered])
+    ds = first.ds
+    spacing_z = float(gaps.mean()) if len(gaps) else float(ds.get("SliceThickness", 1) or 1)
     geometry = Geometry(
-        dimensions=(int(first.Columns), int(first.Rows), len(ordered)),
-        spacing=(float(first.PixelSpacing[1]), float(first.PixelSpacing[0]), spacing_z),
-        origin=tuple(float(v) for v in ordered[0].ImagePositionPatient),  # type: ignore[arg-type]
+        dimensions=(int(first.size[1]), int(first.size[0]), len(ordered)),
+        spacing=(first.spacing[1], first.spacing[0], spacing_z),
+        origin=ordered[0].position,
         direction=tuple(float(v) for v in (*row, *col, *normal)),
-        rescale_slope=float(first.get("RescaleSlope", 1) or 1),
-        rescale_intercept=float(first.get("RescaleIntercept", 0) or 0),
+        rescale_slope=first.rescale[0],
+        rescale_intercept=first.rescale[1],
         dtype=volume.dtype.newbyteorder("<").str,
-        series_uid=str(first.SeriesInstanceUID),
-        modality=str(first.get("Modality", "")),
+        series_uid=first.series_uid,
+        modality=str(ds.get("Modality", "")),
     )
     return volume.astype(geometry.dtype, copy=False), geometry
 
@@ -206,19 +329,60 @@ def write_volume(volume: Any, geometry: Geometry, out: Path) -> int:
                 [_along_normal(geometry) + i * geometry.spacing[2] for i in range(volume.shape[0])],
                 pa.float64(),
             ),
-            "pixels": pa.array([s.tobytes() for s in volume], pa.binary()),
+            "pixels": _slice_bytes(volume, geometry.pixel_layout),
         }
     ).replace_schema_metadata({GEOMETRY_KEY: geometry.to_json()})
-    # zstd 5: measured on a 60-slice 512x512 CT, as small as level 9 (0.38 vs 0.39 of the
-    # DICOM) and about 3x faster to write; no dictionary or statistics on the pixel bytes.
+    # zstd 1 on byte planes: 0.31 of the DICOM, against 0.38 for interleaved values at
+    # level 5 (9x slower); higher levels gain nothing on the planes (profiles.md §3). No
+    # dictionary or statistics on the pixel bytes.
     small = ["slice_index", "position"]
+    level = 1 if geometry.pixel_layout == BYTE_PLANES else 5
     return write_atomically(
         out,
         lambda path: pq.write_table(
-            table, str(path), compression="zstd", compression_level=5,
+            table, str(path), compression="zstd", compression_level=level,
             use_dictionary=small, write_statistics=small,
         ),
     )  # fmt: skip
+
+
+def _slice_bytes(volume: Any, layout: str) -> Any:
+    """Return a binary Arrow array: each slice's values as stored bytes in ``layout``.
+
+    One copy of the volume (the planes, or the interleaved values as they are), wrapped
+    without another: the offsets are multiples of the slice size.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    slices = volume.shape[0]
+    if layout not in (INTERLEAVED, BYTE_PLANES):
+        raise ValueError(f"unknown pixel layout {layout!r}")
+    data: Any = np.ascontiguousarray(volume).reshape(slices, -1).view(np.uint8)
+    if layout == BYTE_PLANES and volume.dtype.itemsize > 1:
+        data = data.reshape(slices, -1, volume.dtype.itemsize).transpose(0, 2, 1)
+        data = np.ascontiguousarray(data)
+    step = data.size // slices if slices else 0
+    large = data.size > np.iinfo(np.int32).max
+    offsets = np.arange(slices + 1, dtype=np.int64 if large else np.int32) * step
+    return pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(), slices,
+        [None, pa.py_buffer(offsets), pa.py_buffer(data)],
+    )  # fmt: skip
+
+
+def _slice_values(data: bytes, geometry: Geometry) -> Any:
+    """Return one slice's (rows, columns) values from its stored bytes."""
+    import numpy as np
+
+    columns, rows, _ = geometry.dimensions
+    dtype = np.dtype(geometry.dtype)
+    if geometry.pixel_layout == INTERLEAVED or dtype.itemsize == 1:
+        return np.frombuffer(data, dtype=dtype).reshape(rows, columns)
+    if geometry.pixel_layout != BYTE_PLANES:
+        raise ValueError(f"unknown pixel layout {geometry.pixel_layout!r}")
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, rows * columns)
+    return np.ascontiguousarray(planes.T).view(dtype).reshape(rows, columns)
 
 
 def write_atomically(out: Path, write: Callable[[Path], object]) -> int:
@@ -251,9 +415,7 @@ def read_volume(path: Path) -> tuple[Any, Geometry]:
     if GEOMETRY_KEY not in metadata:
         raise ValueError(f"{path}: not an oncopipe volume (no {GEOMETRY_KEY.decode()} metadata)")
     geometry = Geometry.from_json(metadata[GEOMETRY_KEY])
-    columns, rows, _ = geometry.dimensions
-    slices = [np.frombuffer(b, dtype=geometry.dtype).reshape(rows, columns)
-              for b in table.column("pixels").to_pylist()]  # fmt: skip
+    slices = [_slice_values(b, geometry) for b in table.column("pixels").to_pylist()]
     return np.stack(slices), geometry
 
 

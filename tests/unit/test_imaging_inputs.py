@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 
 from oncopipe.cli import main
 from oncopipe.errors import InputError
+from oncopipe.imaging import deid
 from oncopipe.imaging.deid import (
     InvalidDicomError,
     deidentify_bytes,
@@ -74,7 +75,9 @@ BAD = bad_files()
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_bytes_are_refused_naming_the_file(name: str, tmp_path: Path) -> None:
+def test_bad_bytes_are_refused_naming_the_file(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(InvalidDicomError) as err:
         read_dicom(BAD[name], source=f"dicom/p1/{name}.dcm")
     assert str(err.value).startswith(f"dicom/p1/{name}.dcm: ")
@@ -83,7 +86,11 @@ def test_bad_bytes_are_refused_naming_the_file(name: str, tmp_path: Path) -> Non
     path = tmp_path / f"{name}.dcm"
     path.write_bytes(BAD[name])
     with pytest.raises(InvalidDicomError, match=str(path)):
-        read_dicom_file(path)
+        read_dicom_file(path)  # read whole, then parsed from memory
+    with monkeypatch.context() as patch:  # a file over the whole-read size: through the file
+        patch.setattr(deid, "_READ_WHOLE_BYTES", 0)
+        with pytest.raises(InvalidDicomError, match=str(path)):
+            read_dicom_file(path)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from oncopipe.imaging.deid import read_dicom_file
 from oncopipe.imaging.sample import write_ct_series
 from oncopipe.imaging.volume import (
+    BYTE_PLANES,
+    INTERLEAVED,
+    Geometry,
     SeriesError,
+    _native_pixels,
     build_volume,
     read_volume,
     series_to_parquet,
@@ -82,3 +91,125 @@ def test_rle_is_decoded_and_jpeg2000_without_a_decoder_is_refused(tmp_path: Path
         assert "JPEG 2000" in str(e) and "pylibjpeg" in str(e)
     else:  # a decoder is installed: lossless, so the same pixels as the plain file
         assert np.array_equal(decoded[0], plain.pixel_array)
+
+
+def _saved(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    ("allocated", "stored", "signed"),
+    [(16, 12, 1), (16, 12, 0), (16, 16, 1), (16, 16, 0), (8, 8, 0), (8, 6, 1), (32, 20, 1)],
+)
+def test_pixels_read_straight_from_the_bytes_are_what_pydicom_decodes(
+    series: list[Path], tmp_path: Path, syntax: str, allocated: int, stored: int, signed: int
+) -> None:
+    ds = pydicom.dcmread(series[0])
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    info = np.iinfo(dtype)
+    # every bit set at random: the unused high bits hold garbage that must be ignored
+    raw = np.random.default_rng(allocated + stored + signed).integers(
+        info.min, info.max, size=(ds.Rows, ds.Columns), dtype=dtype, endpoint=True
+    )
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+    ds.PixelRepresentation = signed
+    ds.PixelData = raw.tobytes()
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = _saved(ds, tmp_path / "slice.dcm")
+    checked = read_dicom_file(path)
+    assert _native_pixels(checked) is not None  # the bytes path, not pydicom's decoder
+    volume, geometry = build_volume([checked], source="ct")
+    expected = pydicom.dcmread(path).pixel_array
+    assert volume.dtype == expected.dtype and np.array_equal(volume[0], expected)
+    write_volume(volume, geometry, tmp_path / "v.parquet")
+    assert np.array_equal(read_volume(tmp_path / "v.parquet")[0], volume)
+
+
+def test_colour_multi_frame_short_and_bit_packed_pixels_go_through_pydicom(
+    series: list[Path],
+) -> None:
+    def variant(**changes: object) -> pydicom.Dataset:
+        ds = pydicom.dcmread(series[0])
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    assert _native_pixels(variant()) is not None
+    pixels = pydicom.dcmread(series[0]).PixelData
+    for ds in (
+        variant(SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0),
+        variant(NumberOfFrames=2, PixelData=pixels * 2),
+        variant(PixelData=pixels[:-2]),  # short: pydicom's handler names the problem
+        variant(BitsAllocated=1, BitsStored=1, HighBit=0),
+    ):
+        assert _native_pixels(ds) is None
+    with pytest.raises(SeriesError, match="pixel data does not decode"):
+        build_volume([variant(PixelData=pixels[:-2])], source="ct")
+
+
+def _geometry(dtype: str, slices: int, layout: str = BYTE_PLANES) -> Geometry:
+    return Geometry(
+        dimensions=(7, 5, slices), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), rescale_slope=1.0,
+        rescale_intercept=0.0, dtype=dtype, series_uid="1.2.3", modality="CT",
+        pixel_layout=layout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["<i2", "<u2", "|u1", "|i1", "<i4", "<u4", "<f4", "<f8"])
+def test_byte_planes_round_trip_every_stored_dtype(dtype: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    volume = (rng.standard_normal((3, 5, 7)) * 1000).astype(dtype)
+    geometry = _geometry(dtype, 3)
+    write_volume(volume, geometry, tmp_path / "v.parquet")
+    read, read_geometry = read_volume(tmp_path / "v.parquet")
+    assert read.dtype == volume.dtype and np.array_equal(read, volume)
+    assert read_geometry == geometry
+    stored = pq.ParquetFile(tmp_path / "v.parquet").read().column("pixels")[1].as_py()
+    size = volume.dtype.itemsize
+    # slice 1 as stored: every value's first byte, then every value's second byte, ...
+    as_bytes = volume[1].reshape(-1).view(np.uint8).reshape(-1, size)
+    assert stored == b"".join(as_bytes[:, k].tobytes() for k in range(size))
+
+
+def test_a_volume_written_before_byte_planes_reads_as_it_was(tmp_path: Path) -> None:
+    volume = np.arange(3 * 5 * 7, dtype="<i2").reshape(3, 5, 7) - 50
+    raw = json.loads(_geometry("<i2", 3).to_json())
+    del raw["pixel_layout"]  # the geometry of files written before the layout was named
+    table = pa.table({"slice_index": pa.array(range(3), pa.int32()),
+                      "pixels": pa.array([s.tobytes() for s in volume], pa.binary())})  # fmt: skip
+    table = table.replace_schema_metadata({b"oncopipe.geometry": json.dumps(raw).encode()})
+    pq.write_table(table, tmp_path / "old.parquet")
+    read, geometry = read_volume(tmp_path / "old.parquet")
+    assert np.array_equal(read, volume) and geometry.pixel_layout == INTERLEAVED
+    with pytest.raises(ValueError, match="unknown pixel layout 'planes-v9'"):
+        write_volume(volume, _geometry("<i2", 3, "planes-v9"), tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1.0\\0.z\\0.0\\0.0\\1.0\\0.0 ",  # not a number
+        b"1.0\\nan\\0.0\\0.0\\1.0\\0.0 ",  # not finite
+        b"1.0\\0.0\\0.0\\0.0\\1.000000",  # five numbers
+        b"1.0\\0.0\\0.0\\0.0\\1.0\\\xe90.0",  # not ASCII
+    ],
+)
+def test_a_malformed_orientation_in_the_file_is_refused_naming_only_the_attribute(
+    series: list[Path], tmp_path: Path, value: bytes
+) -> None:
+    data = series[0].read_bytes()
+    original = b"1.0\\0.0\\0.0\\0.0\\1.0\\0.0 "
+    assert data.count(original) == 1 and len(value) == len(original)
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / series[0].name
+    bad.write_bytes(data.replace(original, value))
+    with pytest.raises(SeriesError) as err:
+        series_to_parquet([bad, *series[1:]], tmp_path / "v.parquet")
+    message = str(err.value)
+    assert "ImageOrientationPatient is missing or not 6 numbers" in message
+    assert str(bad) in message and "0.z" not in message and "nan" not in message
+    assert not (tmp_path / "v.parquet").exists()

@@ -257,7 +257,7 @@ def main() -> None:
     size, slices = (128, 24) if args.quick else (256, 48)
     ibsi_table()
     with tempfile.TemporaryDirectory() as tmp:
-        per_scan(Path(tmp), size, slices, repeats=2 if args.quick else 3)
+        per_scan(Path(tmp), size, slices, repeats=3)
         scaling(Path(tmp), size, slices, series=4 if args.quick else 8)
     notes_throughput(50 if args.quick else 200)
     REPORT.write(args.json)

@@ -1,24 +1,20 @@
 """The ``oncopipe`` command line. Every command has ``--help``.
 
-Output goes to the terminal through rich; nothing printed carries PHI (object keys,
+Stage commands print plain lines (``cli_common.echo``: no markup, and rich is not even
+imported); tables and JSON go through rich. Nothing printed carries PHI (object keys,
 counts, pseudonymous keys and error reasons only).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from oncopipe.cli_common import console, err_console, fail as _fail
+from oncopipe.cli_common import console, echo, err_console, fail as _fail
 from oncopipe.errors import OncopipeError
 
 #: Command groups in their own modules, imported only when used (the model group's
@@ -77,7 +73,7 @@ def sample_data(out: Path, patients: int, depth: int, seed: int) -> None:  # fmt
     from oncopipe.sample_data import generate
 
     files = generate(out, patients=patients, depth=depth, seed=seed)
-    console.print(
+    echo(
         f"wrote {len(files.all_keys)} files for {files.patients} patients under {out}/ "
         f"(sample sheets: {', '.join(files.samplesheet_keys)})"
     )
@@ -127,7 +123,7 @@ def align(r1: Path, r2: Path, reference: Path, sample: str, patient_key: str | N
     except (OncopipeError, ValueError) as e:
         _fail(e)
     out.with_suffix(".qc.json").write_text(qc.to_json() + "\n", encoding="utf-8")
-    console.print(f"{out}: {stats.reads} pairs, {qc.mapped_fraction:.1%} mapped, "
+    echo(f"{out}: {stats.reads} pairs, {qc.mapped_fraction:.1%} mapped, "
                   f"mean depth {qc.mean_depth:.1f}")  # fmt: skip
 
 
@@ -167,7 +163,7 @@ def call(tumour: Path, normal: Path | None, reference: Path, out: Path, min_vaf:
                                                       min_alt_reads=min_alt_reads))  # fmt: skip
     except (OncopipeError, ValueError) as e:
         _fail(e)
-    console.print(f"{out}: {count} alleles called")
+    echo(f"{out}: {count} alleles called")
 
 
 @main.command("variants-to-parquet")
@@ -203,7 +199,7 @@ def variants_to_parquet(vcf: Path, out: Path, patient_key: str, sample: str, run
         rows = write_parquet(columns, out)
     except (OncopipeError, ValueError, OSError) as e:
         _fail(e)
-    console.print(f"{out}: {rows} rows")
+    echo(f"{out}: {rows} rows")
 
 
 # -- imaging -------------------------------------------------------------------------------
@@ -262,10 +258,10 @@ def deid(inputs: tuple[Path, ...], out: Path, no_date_shift: bool,
             write_deidentified(out, key, ds, data, source=str(path))
         except OncopipeError as e:
             refused += 1
-            err_console.print(f"refused {e}", highlight=False, markup=False)
+            echo(f"refused {e}", err=True)
             continue
         written += 1
-    console.print(f"{written} de-identified under {out}/, {refused} refused")
+    echo(f"{written} de-identified under {out}/, {refused} refused")
     if refused:
         sys.exit(1)
 
@@ -299,7 +295,7 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
     except OncopipeError as e:
         _fail(e)
     source = sum(p.stat().st_size for p in paths)
-    console.print(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
+    echo(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
                   f"{size} bytes ({size / source:.0%} of the DICOM files)")  # fmt: skip
     if rtstruct or seg:
         from oncopipe.imaging.deid import read_dicom_file
@@ -314,10 +310,35 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
             _fail(e)
         target = out.with_name(out.stem + ".masks.parquet")
         write_masks(masks, geometry, target)
-        console.print(f"{target}: masks {', '.join(masks)}")
+        echo(f"{target}: masks {', '.join(masks)}")
 
 
 # -- radiomics ----------------------------------------------------------------------------
+@contextmanager
+def _series_progress(total: int) -> Iterator[Callable[..., None]]:
+    """Yield a callback that advances a progress bar of ``total`` series.
+
+    The bar is drawn only on a terminal and for more than one series: in a job's log it
+    would be one line at the end, and rich.progress is 0.1 s of a small scan's start-up.
+    """
+    if total < 2 or not sys.stdout.isatty():
+        yield lambda *_: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console.rich())  # fmt: skip
+    with progress:
+        task = progress.add_task("radiomics (series)", total=total)
+        yield lambda *_: progress.advance(task)
+
+
 @main.command("radiomics")
 @click.option(
     "--volume",
@@ -367,22 +388,18 @@ def radiomics(volumes: tuple[Path, ...], mask: Path | None, params: Path | None,
     jobs = [Job(v, mask, patient_key, run_id) for v in volumes]
     rows: list[dict[str, object]] = []
     failed: list[str] = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)  # fmt: skip
-    with progress:
-        task = progress.add_task("radiomics (series)", total=len(jobs))
-        for _, result in extract_many(jobs, parameters, workers=workers,
-                                      progress=lambda *_: progress.advance(task)):  # fmt: skip
+    with _series_progress(len(jobs)) as advance:
+        for _, result in extract_many(jobs, parameters, workers=workers, progress=advance):
             if isinstance(result, RadiomicsError):
                 failed.append(str(result))
             else:
                 rows.extend(result.rows)
     for reason in failed:
-        err_console.print(f"error: {reason}", highlight=False, markup=False)
+        echo(f"error: {reason}", err=True)
     if rows:
         write_features(rows, out)
         rois = len({(r["series_key"], r["roi"]) for r in rows})
-        console.print(f"{out}: {len(rows)} features of {rois} ROIs "
+        echo(f"{out}: {len(rows)} features of {rois} ROIs "
                       f"(parameters {parameters.hash})")  # fmt: skip
     if failed:
         sys.exit(1)
@@ -425,19 +442,18 @@ def notes(inputs: tuple[Path, ...], out: Path, scrubbed_out: Path | None,
                                   fallback_patient_id=patient)  # fmt: skip
         except OncopipeError as e:
             refused += 1
-            err_console.print(f"refused {e}", highlight=False, markup=False)
+            echo(f"refused {e}", err=True)
             continue
         rows += concept_rows(result)
         if result.decode_replaced:
-            err_console.print(f"{path}: not UTF-8, decoded with replacement characters",
-                              highlight=False, markup=False)  # fmt: skip
+            echo(f"{path}: not UTF-8, decoded with replacement characters", err=True)  # fmt: skip
         if scrubbed_out is not None:
             target = scrubbed_out / result.patient_key / f"{result.note_id}.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(result.text, encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=notes_schema()), str(out), compression="zstd")
-    console.print(f"{out}: {len(rows)} concepts from {len(paths) - refused} notes"
+    echo(f"{out}: {len(rows)} concepts from {len(paths) - refused} notes"
                   + (f" ({refused} refused)" if refused else ""))  # fmt: skip
     if refused:
         sys.exit(1)
@@ -457,7 +473,7 @@ def synthetic_cohort(patients: int, seed: int, out: Path) -> None:
     from oncopipe.cohort.synthetic import generate_tables, write_tables
 
     written = write_tables(generate_tables(patients, seed=seed), out)
-    console.print(f"{out}: {', '.join(sorted(p.name for p in written.values()))}")
+    echo(f"{out}: {', '.join(sorted(p.name for p in written.values()))}")
 
 
 @main.command("cohort")
@@ -475,7 +491,7 @@ def cohort(input_dir: Path, out: Path, seed: int) -> None:
     except OncopipeError as e:
         _fail(e)
     write_dataset(dataset, out)
-    console.print(f"{out}: {dataset.table.num_rows} patients {dataset.counts()}")
+    echo(f"{out}: {dataset.table.num_rows} patients {dataset.counts()}")
 
 
 @main.command("train", context_settings={"ignore_unknown_options": True,
@@ -504,8 +520,8 @@ def evaluate_command(dataset: Path, out: Path) -> None:
     from training.evaluate import evaluate, format_table
 
     report = evaluate(dataset, out)
-    console.print(format_table(report), highlight=False, markup=False)
-    console.print(f"{out / 'evaluation.json'}, {out / 'roc.png'}")
+    echo(format_table(report))
+    echo(f"{out / 'evaluation.json'}, {out / 'roc.png'}")
 
 
 @main.command("predict")
@@ -564,9 +580,7 @@ def validate_samplesheet(
     except SampleSheetError as e:
         err_console.print(e.report(), highlight=False)
         sys.exit(1)
-    console.print(
-        f"{sheet}: valid, {len(parsed.rows)} samples of {len(parsed.patients())} patients"
-    )
+    echo(f"{sheet}: valid, {len(parsed.rows)} samples of {len(parsed.patients())} patients")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,54 @@
 """What every command module of the CLI shares: the consoles and how an error ends a command.
 
-Output goes to the terminal through rich; nothing printed carries PHI (object keys,
-counts, pseudonymous keys and error reasons only).
+Tables, JSON and progress bars go to the terminal through rich; the stage commands'
+one-line summaries are plain lines (:func:`echo`). Nothing printed carries PHI (object
+keys, counts, pseudonymous keys and error reasons only).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rich.console import Console
+import click
 
 from oncopipe.errors import OncopipeError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use.
+
+    Importing rich costs ~0.15 s of every command's start (a tenth of a radiomics run on
+    a small scan, ``benchmarks/profiles.md`` §1); the stage commands print with
+    :func:`echo` and never load it.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def rich(self) -> Console:
+        """The rich console itself (for ``Progress(console=...)``)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich(), name)
+
+
+console: Any = _LazyConsole(stderr=False)
+err_console: Any = _LazyConsole(stderr=True)
+
+
+def echo(text: str, *, err: bool = False) -> None:
+    """Print one plain line: no markup (a path with [brackets] stays as it is), no wrapping."""
+    click.echo(text, err=err)
 
 
 def fail(error: Exception) -> NoReturn:

@@ -125,7 +125,7 @@ def local_run(cohort: Path | None, drain: bool, run_id: str | None, patients: in
             console.print(f"generated the sample cohort under {files.root}")
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=False,
+            TimeElapsedColumn(), console=console.rich(), transient=False,
         )  # fmt: skip
         with progress:
             report = runner.run(state, files, run_id, idle_timeout=idle_timeout,

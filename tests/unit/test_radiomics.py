@@ -15,6 +15,7 @@ from oncopipe.cli import main
 from oncopipe.imaging.masks import rtstruct_masks, write_masks
 from oncopipe.imaging.sample import write_ct_series
 from oncopipe.imaging.volume import Geometry, read_volume, series_to_parquet, write_volume
+from oncopipe.radiomics import core
 from oncopipe.radiomics.core import (
     DEFAULT_PARAMS,
     RadiomicsError,
@@ -212,3 +213,53 @@ def test_series_in_two_processes_give_the_features_of_one_and_a_failure_stays_it
         assert len(result.rows) == FEATURES_PER_ROI
         assert result.rows == expected.rows  # the same values in a worker process
     assert isinstance(together[2][1], RadiomicsError)
+
+
+@pytest.mark.parametrize("name", ["min", "max"])
+def test_numpy_extremes_give_what_the_builtins_give(name: str) -> None:
+    import builtins
+
+    ours = core._array_min if name == "min" else core._array_max
+    builtin = getattr(builtins, name)
+    rng = np.random.default_rng(5)
+    floats = rng.standard_normal(1000)
+    with_nan = floats.copy()
+    with_nan[[0, 500]] = np.nan
+    cases: list[tuple[tuple[object, ...], dict[str, object]]] = [
+        ((floats,), {}),
+        ((rng.integers(-1000, 3000, 777).astype(np.int16),), {}),
+        ((rng.integers(0, 255, 50).astype(np.uint8),), {}),
+        ((np.array([True, False]),), {}),
+        ((with_nan,), {}),  # NaN: the built-in's order-dependent answer, not numpy's NaN
+        ((with_nan[1:],), {}),
+        ((np.array([2.5]),), {}),
+        (([3, 1, 2],), {}),
+        ((3, 1), {}),
+        ((floats,), {"default": 0}),
+        (([],), {"default": 7}),
+    ]
+    for args, kwargs in cases:
+        expected, got = builtin(*args, **kwargs), ours(*args, **kwargs)
+        assert type(got) is type(expected)
+        assert got == expected or (got != got and expected != expected)
+    for bad in (np.array([]), []):
+        with pytest.raises(ValueError):
+            ours(bad)
+    with pytest.raises(ValueError):  # a 2-D array: the built-in's "truth value" error
+        ours(np.ones((2, 2)))
+
+
+def test_features_are_identical_with_and_without_the_numpy_extremes(tmp_path: Path) -> None:
+    from radiomics import imageoperations
+
+    volume_path, masks_path = _series(tmp_path, 23, size=48, slices=8)
+    params = load_params()
+    core._extractor(str(params.path), params.text)  # installs them (once per process)
+    assert imageoperations.min is core._array_min  # type: ignore[attr-defined]
+    shimmed = extract_series(volume_path, masks_path, params).rows
+    del imageoperations.min, imageoperations.max  # type: ignore[attr-defined]
+    try:
+        plain = extract_series(volume_path, masks_path, params).rows
+    finally:
+        core._numpy_extremes_in_pyradiomics.__wrapped__()
+    assert len(plain) >= FEATURES_PER_ROI and shimmed == plain  # every value, bit for bit

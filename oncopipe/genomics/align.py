@@ -169,13 +169,22 @@ def write_calibration(
     """Write the first ``pairs`` read pairs of a gzip FASTQ pair (binary streams) as the
     calibration sample; return how many were written (fewer when the input is shorter).
 
+    An output named ``*.gz`` is gzip (level 1: the shards' calibration sample travels
+    through S3); any other name is plain FASTQ, for a sample bwa reads once on this disk
+    (compressing it was a fifth of a panel's alignment time).
+
     Raises:
         InvalidFastqError: those first records are invalid (names ``name_1``/``name_2``).
     """
+
+    def opened(path: Path) -> IO[bytes]:
+        if path.name.endswith(".gz"):
+            return gzip.GzipFile(path, "wb", compresslevel=1, mtime=0)
+        return path.open("wb")
+
     written = 0
     with gzip.open(r1, "rb") as g1, gzip.open(r2, "rb") as g2, \
-            gzip.GzipFile(out_r1, "wb", compresslevel=1, mtime=0) as o1, \
-            gzip.GzipFile(out_r2, "wb", compresslevel=1, mtime=0) as o2:  # fmt: skip
+            opened(out_r1) as o1, opened(out_r2) as o2:  # fmt: skip
         for pair in iter_pairs(g1, g2, name_1=name_1, name_2=name_2,
                                max_line_bytes=max_line_bytes):  # fmt: skip
             if written >= pairs:
@@ -262,13 +271,21 @@ def align_sorted(
     read_group: ReadGroup,
     threads: int | None = None,
     insert_model: InsertModel | None = None,
+    compression_level: int | None = None,
 ) -> None:
     """Align one FASTQ pair (a lane, or a shard of one) to a coordinate-sorted BAM.
 
+    ``compression_level`` (0-9) is the BAM's; None keeps samtools' default, for a BAM
+    that is kept or uploaded (a shard's). A lane BAM that only feeds
+    :func:`finish_alignment` on this disk takes 1: it is compressed again there.
+
     ``insert_model`` fixes bwa's insert-size model (``-I``); None lets bwa infer it per
-    batch. The BAM is written under a temporary name and renamed when complete, so an
-    interrupted run never leaves a BAM that looks finished. It is not indexed and has no
-    duplicates marked: that is :func:`finish_alignment`'s job.
+    batch. ``bwa mem | samtools fixmate -m | samtools sort``: bwa writes the records of a
+    pair next to each other, which is the grouping fixmate needs, so the mate tags that
+    ``markdup`` reads (MC, ms) are added here, before the one sort. The BAM is written
+    under a temporary name and renamed when complete, so an interrupted run never leaves
+    a BAM that looks finished. It is not indexed and has no duplicates marked: that is
+    :func:`finish_alignment`'s job.
 
     Raises:
         AlignmentError: bwa or samtools failed.
@@ -278,12 +295,14 @@ def align_sorted(
     ensure_index(reference)
     partial = out_bam.with_name(out_bam.name + ".partial")
     model = ["-I", insert_model.bwa_option()] if insert_model else []
+    level = [] if compression_level is None else ["-l", str(compression_level)]
     try:
         _pipeline([
             (["bwa", "mem", "-t", str(threads), "-Y", "-K", "100000000", *model,
               "-R", read_group.header_line(), str(reference), str(r1), str(r2)], "bwa mem"),
-            (["samtools", "sort", "-@", str(threads), "-m", SORT_MEMORY, "-o", str(partial),
-              "-T", str(partial) + ".tmp", "-"], "samtools sort"),
+            (["samtools", "fixmate", "-m", "-u", "-", "-"], "samtools fixmate"),
+            (["samtools", "sort", "-@", str(threads), "-m", SORT_MEMORY, *level,
+              "-o", str(partial), "-T", str(partial) + ".tmp", "-"], "samtools sort"),
         ])  # fmt: skip
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -296,9 +315,11 @@ def finish_alignment(
 ) -> AlignmentQC:
     """Merge sorted BAMs, mark duplicates, index; write ``out_bam`` (+ ``.bai``); return QC.
 
-    ``samtools merge`` (read groups kept) -> ``collate`` -> ``fixmate -m`` -> ``sort`` ->
-    ``markdup``, in one pipe. Duplicates are flagged (0x400), not removed. The BAM is
-    renamed into place only when complete.
+    The BAMs are :func:`align_sorted`'s: coordinate-sorted, with the mate tags of
+    ``fixmate -m``. ``samtools merge`` (read groups kept) -> ``markdup`` in one pipe, so
+    duplicates are found across lanes and shards without another collate and sort of the
+    whole sample. Duplicates are flagged (0x400), not
+    removed. The BAM is renamed into place only when complete.
 
     Raises:
         AlignmentError: samtools failed, or no BAMs were given.
@@ -313,15 +334,12 @@ def finish_alignment(
         t = str(threads)
         try:
             # -c -p: shards of one lane carry the same @RG and @PG lines; without them
-            # merge renames each shard's copy (RG:Z:L1-7A720788) and splits the group
+            # merge renames each shard's copy (RG:Z:L1-7A720788) and splits the group.
+            # One BAM goes through merge too: merge moves the RG tag of each record to
+            # its end, and sharded and single-job BAMs are to be the same record for record
             _pipeline([
                 (["samtools", "merge", "-u", "-c", "-p", "-@", t, "-o", "-",
                   *map(str, sorted_bams)], "samtools merge"),
-                (["samtools", "collate", "-u", "-O", "-@", t, "-", str(work / "collate")],
-                 "samtools collate"),
-                (["samtools", "fixmate", "-m", "-u", "-@", t, "-", "-"], "samtools fixmate"),
-                (["samtools", "sort", "-u", "-@", t, "-m", SORT_MEMORY,
-                  "-T", str(work / "sort"), "-"], "samtools sort"),
                 (["samtools", "markdup", "-S", "-@", t, "-T", str(work / "markdup"), "-",
                   str(partial)], "samtools markdup"),
             ])  # fmt: skip
@@ -385,7 +403,7 @@ def align_lanes(
         for n, (r1, r2, group) in enumerate(lanes):
             model = None
             if calibration_pairs > 0:
-                c1, c2 = work / f"cal{n}_R1.fastq.gz", work / f"cal{n}_R2.fastq.gz"
+                c1, c2 = work / f"cal{n}_R1.fastq", work / f"cal{n}_R2.fastq"
                 try:
                     with r1.open("rb") as h1, r2.open("rb") as h2:
                         write_calibration(h1, h2, c1, c2, name_1=r1.name, name_2=r2.name,
@@ -396,7 +414,7 @@ def align_lanes(
                 model = estimate_insert_model(reference, c1, c2, threads=threads)
             lane_bam = work / f"lane{n}.bam"
             align_sorted(reference, r1, r2, lane_bam, read_group=group, threads=threads,
-                         insert_model=model)  # fmt: skip
+                         insert_model=model, compression_level=1)  # fmt: skip
             sorted_bams.append(lane_bam)
         return finish_alignment(reference, sorted_bams, out_bam, threads=threads)
 

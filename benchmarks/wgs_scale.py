@@ -11,7 +11,8 @@ Measured here (real bwa 0.7.17, samtools, bcftools through the scatter/gather co
    so seeds have multiple hits as in a mammalian genome, and an FM index larger than the
    CPU caches), and ``bwa mem`` alone on the same shard, so the bwa share and the
    reference-independent rest (sort, index, read count, checksums) separate;
-2. ``gather_alignment`` (merge, collate, fixmate, sort, markdup, index, QC) of the shards;
+2. ``gather_alignment`` (merge | markdup, index, QC) of the shards (fixmate ran in each
+   shard's alignment);
 3. ``call_region_part`` on a 30x BAM of a 150 kb contig (per base of a region at 30x).
 
 Model (printed with its assumptions):
@@ -33,7 +34,7 @@ Model (printed with its assumptions):
   ``concurrency``; wall = ceil(shards / concurrency) x per-shard + gather + call.
 - Gather: scaled linearly in pairs from the measured gather (which includes its fixed
   start-up cost, so it errs high), with its threads scaling perfectly from the measured
-  ones to ``align_vcpus`` (optimistic: markdup and collate are mostly single-threaded);
+  ones to ``align_vcpus`` (optimistic: markdup is mostly single-threaded);
   the upper bound without thread scaling is printed beside it.
 - Calling: 64 regions (``ScatterSettings.call_regions``), time linear in bases x depth;
   regions run in waves of ``min(64, concurrency)``.
@@ -289,8 +290,8 @@ def model(measured: Measured, report: Report) -> None:
           f"{'wall':>8}{'spot $':>8}  vs goal {GOAL_MINUTES:.0f} min")  # fmt: skip
     for scenario in scenarios:
         shards = math.ceil(scenario.pairs / settings.pairs_per_shard)
-        # optimistic: the gather's threads scale to the job's vCPUs (markdup and collate
-        # are mostly single-threaded, so the measured-threads figure is the upper bound)
+        # optimistic: the gather's threads scale to the job's vCPUs (markdup is mostly
+        # single-threaded, so the measured-threads figure is the upper bound)
         gather_max = scenario.pairs * measured.gather_seconds_per_pair
         gather_s = gather_max * THREADS / align_vcpus
         region_s = (HUMAN_BASES / regions) * measured.call_seconds_per_base_30x \

@@ -15,7 +15,7 @@ local folder; this module moves their files through the curated bucket's scratch
   then its marker. A child whose marker is there and valid does nothing (a retried array
   job redoes only the failed shards).
 - :func:`gather_sample`: :func:`oncopipe.genomics.stage.align_sample`'s commit, with the
-  BAM from the gathered shards (merge, fixmate/markdup, index, QC): the same curated
+  BAM from the gathered shards (merge, markdup, index, QC): the same curated
   outputs and manifest as the single job.
 - :func:`call_region_job` / :func:`call_gather_sample`: the same for calling by region.
 

@@ -32,10 +32,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from oncopipe.errors import OncopipeError
-from oncopipe.genomics.fastq import MAX_LINE_BYTES, iter_pairs
+from oncopipe.genomics.fastq import MAX_LINE_BYTES, iter_pairs, open_decompressed
 
 INDEX_SUFFIXES = (".amb", ".ann", ".bwt", ".pac", ".sa")
 _RG_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -177,13 +177,13 @@ def write_calibration(
         InvalidFastqError: those first records are invalid (names ``name_1``/``name_2``).
     """
 
-    def opened(path: Path) -> IO[bytes]:
+    def opened(path: Path) -> Any:
         if path.name.endswith(".gz"):
             return gzip.GzipFile(path, "wb", compresslevel=1, mtime=0)
         return path.open("wb")
 
     written = 0
-    with gzip.open(r1, "rb") as g1, gzip.open(r2, "rb") as g2, \
+    with open_decompressed(r1) as g1, open_decompressed(r2) as g2, \
             opened(out_r1) as o1, opened(out_r2) as o2:  # fmt: skip
         for pair in iter_pairs(g1, g2, name_1=name_1, name_2=name_2,
                                max_line_bytes=max_line_bytes):  # fmt: skip

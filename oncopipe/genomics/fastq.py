@@ -17,8 +17,9 @@ import gzip
 import io
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from oncopipe.errors import InputError
 
@@ -44,6 +45,23 @@ class FastqStats:
     bases: int  # both mates
     min_length: int
     max_length: int
+
+
+#: Read-ahead of :func:`open_decompressed` (decompressed bytes).
+_READ_BUFFER = 1 << 20
+
+
+@contextmanager
+def open_decompressed(source: Any) -> Iterator[io.BufferedReader]:
+    """Open a gzip file (a path or a binary stream) for reading lines, decompressed.
+
+    ``gzip.GzipFile.readline`` runs in Python for every line; a ``BufferedReader`` over
+    it reads a megabyte at a time and splits lines in C, which took the FASTQ checks of
+    the shard split from 49 to ~25 us a pair. Decompression errors surface from
+    ``readline`` as they did (EOFError, zlib.error, BadGzipFile).
+    """
+    with gzip.open(source, "rb") as handle:
+        yield io.BufferedReader(handle, _READ_BUFFER)  # type: ignore[arg-type]
 
 
 def _mate_name(header: bytes) -> bytes:
@@ -220,7 +238,7 @@ def validate_pair(
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     reads = bases = 0
     min_length, max_length = 1 << 30, 0
-    with gzip.open(r1, "rb") as g1, gzip.open(r2, "rb") as g2:
+    with open_decompressed(r1) as g1, open_decompressed(r2) as g2:
         for pair in iter_pairs(g1, g2, name_1=name_1, name_2=name_2,
                                max_line_bytes=max_line_bytes):  # fmt: skip
             reads += 1

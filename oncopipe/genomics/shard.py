@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from oncopipe.errors import ConfigError, InputError, OncopipeError
 from oncopipe.genomics.align import CALIBRATION_PAIRS, ReadGroup
-from oncopipe.genomics.fastq import MAX_LINE_BYTES, iter_pairs
+from oncopipe.genomics.fastq import MAX_LINE_BYTES, iter_pairs, open_decompressed
 
 SHARD_MANIFEST = "shards.json"
 SCHEMA = 1
@@ -237,8 +237,18 @@ class _HashingFile:
         self._handle.close()
 
 
+#: Records buffered before one gzip write: a write per record (a Python call, a CRC and
+#: a compress call on ~300 bytes each) was a third of the split's time.
+_WRITE_BATCH = 2048
+
+
 class _GzipOut:
-    """A gzip file written under ``.partial`` and hashed; :meth:`commit` renames it."""
+    """A gzip file written under ``.partial`` and hashed; :meth:`commit` renames it.
+
+    :meth:`write` buffers records and compresses them a batch at a time; the bytes of
+    the file are the same as with one write per record (gzip's output depends only on
+    the data and the level).
+    """
 
     def __init__(self, path: Path, created: list[Path]) -> None:
         self.path = path
@@ -247,16 +257,28 @@ class _GzipOut:
         self._raw = _HashingFile(self.partial)
         self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb",  # type: ignore[arg-type]
                                    compresslevel=SHARD_COMPRESSLEVEL, mtime=0)  # fmt: skip
-        self.write = self._gzip.write
+        self._pending: list[bytes] = []
+
+    def write(self, record: bytes) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= _WRITE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._gzip.write(b"".join(self._pending))
+            self._pending.clear()
 
     def commit(self) -> str:
         """Close, rename into place; return the SHA-256 of the compressed file."""
+        self._flush()
         self._gzip.close()
         self._raw.close()
         os.replace(self.partial, self.path)
         return self._raw.digest.hexdigest()
 
     def abandon(self) -> None:
+        self._pending.clear()
         try:
             self._gzip.close()
         finally:
@@ -337,7 +359,7 @@ def _split_lane(
                             sha256_r2=sha_2))  # fmt: skip
 
     try:
-        with gzip.open(lane.r1, "rb") as g1, gzip.open(lane.r2, "rb") as g2:
+        with open_decompressed(lane.r1) as g1, open_decompressed(lane.r2) as g2:
             records: Iterator[Any] = iter_pairs(
                 g1, g2, name_1=lane.name_1, name_2=lane.name_2, max_line_bytes=max_line_bytes
             )

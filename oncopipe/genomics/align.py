@@ -271,13 +271,8 @@ def align_sorted(
     read_group: ReadGroup,
     threads: int | None = None,
     insert_model: InsertModel | None = None,
-    compression_level: int | None = None,
 ) -> None:
     """Align one FASTQ pair (a lane, or a shard of one) to a coordinate-sorted BAM.
-
-    ``compression_level`` (0-9) is the BAM's; None keeps samtools' default, for a BAM
-    that is kept or uploaded (a shard's). A lane BAM that only feeds
-    :func:`finish_alignment` on this disk takes 1: it is compressed again there.
 
     ``insert_model`` fixes bwa's insert-size model (``-I``); None lets bwa infer it per
     batch. ``bwa mem | samtools fixmate -m | samtools sort``: bwa writes the records of a
@@ -295,14 +290,13 @@ def align_sorted(
     ensure_index(reference)
     partial = out_bam.with_name(out_bam.name + ".partial")
     model = ["-I", insert_model.bwa_option()] if insert_model else []
-    level = [] if compression_level is None else ["-l", str(compression_level)]
     try:
         _pipeline([
             (["bwa", "mem", "-t", str(threads), "-Y", "-K", "100000000", *model,
               "-R", read_group.header_line(), str(reference), str(r1), str(r2)], "bwa mem"),
             (["samtools", "fixmate", "-m", "-u", "-", "-"], "samtools fixmate"),
-            (["samtools", "sort", "-@", str(threads), "-m", SORT_MEMORY, *level,
-              "-o", str(partial), "-T", str(partial) + ".tmp", "-"], "samtools sort"),
+            (["samtools", "sort", "-@", str(threads), "-m", SORT_MEMORY, "-o", str(partial),
+              "-T", str(partial) + ".tmp", "-"], "samtools sort"),
         ])  # fmt: skip
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -318,8 +312,8 @@ def finish_alignment(
     The BAMs are :func:`align_sorted`'s: coordinate-sorted, with the mate tags of
     ``fixmate -m``. ``samtools merge`` (read groups kept) -> ``markdup`` in one pipe, so
     duplicates are found across lanes and shards without another collate and sort of the
-    whole sample. Duplicates are flagged (0x400), not
-    removed. The BAM is renamed into place only when complete.
+    whole sample. Duplicates are flagged (0x400), not removed. The BAM is renamed into
+    place only when complete.
 
     Raises:
         AlignmentError: samtools failed, or no BAMs were given.
@@ -414,7 +408,7 @@ def align_lanes(
                 model = estimate_insert_model(reference, c1, c2, threads=threads)
             lane_bam = work / f"lane{n}.bam"
             align_sorted(reference, r1, r2, lane_bam, read_group=group, threads=threads,
-                         insert_model=model, compression_level=1)  # fmt: skip
+                         insert_model=model)  # fmt: skip
             sorted_bams.append(lane_bam)
         return finish_alignment(reference, sorted_bams, out_bam, threads=threads)
 

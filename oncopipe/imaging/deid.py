@@ -972,10 +972,8 @@ def read_dicom_file(path: Path, *, source: str | None = None) -> Any:
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
-            if size <= _READ_WHOLE_BYTES:  # one read, then pydicom parses from memory
-                data = handle.read(size)
-                size = len(data)  # shorter if it shrank meanwhile: parsed as it is
-                return _parse(_MemoryReader(data, name), size, data[:132], source=name)
+            if size <= _READ_WHOLE_BYTES:  # one read, then parsed from memory
+                return read_dicom(handle.read(size), source=name)
             head = handle.read(132)
             handle.seek(0)
             ds = _parse(_BoundedReader(handle, size, name), size, head, source=name)

@@ -112,7 +112,8 @@ def align(r1: Path, r2: Path, reference: Path, sample: str, patient_key: str | N
           out: Path, threads: int | None, max_line_bytes: int | None) -> None:  # fmt: skip
     """Validate a FASTQ pair and align it: BWA-MEM -> sorted, indexed BAM + QC JSON."""
     from oncopipe.genomics.align import ReadGroup, align_pair
-    from oncopipe.genomics.fastq import MAX_LINE_BYTES, validate_pair
+    from oncopipe.genomics.fastq import MAX_LINE_BYTES
+    from oncopipe.genomics.fastq_batches import validate_pair
 
     try:
         with r1.open("rb") as h1, r2.open("rb") as h2:

@@ -3,7 +3,8 @@
 Alignment scatters by read pairs. :func:`split_pairs` streams each lane's gzip FASTQ pair
 (binary streams: a local file, or an S3 ``StreamingBody`` from ``get_object()['Body']``,
 so nothing is downloaded whole), validates every record with the FASTQ validator
-(:func:`oncopipe.genomics.fastq.iter_pairs`) and writes shard ``k`` as
+(:func:`oncopipe.genomics.fastq.iter_pair_batches`, a few megabytes at a time), and
+writes shard ``k`` (ISA-L deflate at level 1) as
 ``shard-0000k_R1.fastq.gz`` / ``_R2`` of ``pairs_per_shard`` pairs (a lane's last shard may
 be shorter; shards never mix lanes, so each keeps its lane's read group). It also writes
 each lane's calibration sample (its first pairs, for the insert-size model that every
@@ -24,22 +25,26 @@ below which a sample still runs as one job).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from isal import igzip
+
 from oncopipe.errors import ConfigError, InputError, OncopipeError
 from oncopipe.genomics.align import CALIBRATION_PAIRS, ReadGroup
-from oncopipe.genomics.fastq import MAX_LINE_BYTES, iter_pairs, open_decompressed
+from oncopipe.genomics.fastq import MAX_LINE_BYTES, open_decompressed
+from oncopipe.genomics.fastq_batches import iter_pair_batches
 
 SHARD_MANIFEST = "shards.json"
 SCHEMA = 1
-#: gzip level of shard files: they live minutes, and level 1 is ~4x faster than 6.
+#: ISA-L level of shard files: they live minutes; ISA-L's level 1 deflates ~4x faster
+#: than zlib's level 1, and a little smaller.
 SHARD_COMPRESSLEVEL = 1
 
 
@@ -237,49 +242,47 @@ class _HashingFile:
         self._handle.close()
 
 
-#: Records buffered before one gzip write: a write per record (a Python call, a CRC and
-#: a compress call on ~300 bytes each) was a third of the split's time.
-_WRITE_BATCH = 2048
-
-
 class _GzipOut:
     """A gzip file written under ``.partial`` and hashed; :meth:`commit` renames it.
 
-    :meth:`write` buffers records and compresses them a batch at a time; the bytes of
-    the file are the same as with one write per record (gzip's output depends only on
-    the data and the level).
+    Written a batch of records at a time (:class:`oncopipe.genomics.fastq.PairBatch`);
+    each batch is deflated and hashed in a worker of ``pool`` (ISA-L and hashlib release
+    the GIL) while the next batch is read. A file has at most one write in flight, so
+    its bytes are in order.
     """
 
-    def __init__(self, path: Path, created: list[Path]) -> None:
+    def __init__(self, path: Path, created: list[Path], pool: ThreadPoolExecutor) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         created.extend([self.partial, path])
+        self._pool = pool
+        self._pending: Future[int] | None = None
         self._raw = _HashingFile(self.partial)
-        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb",  # type: ignore[arg-type]
-                                   compresslevel=SHARD_COMPRESSLEVEL, mtime=0)  # fmt: skip
-        self._pending: list[bytes] = []
+        self._gzip = igzip.IGzipFile(fileobj=self._raw, mode="wb",  # type: ignore[arg-type]
+                                     compresslevel=SHARD_COMPRESSLEVEL, mtime=0)  # fmt: skip
 
-    def write(self, record: bytes) -> None:
-        self._pending.append(record)
-        if len(self._pending) >= _WRITE_BATCH:
-            self._flush()
+    def write(self, records: bytes) -> None:
+        if records:
+            self._wait()
+            self._pending = self._pool.submit(self._gzip.write, records)
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._gzip.write(b"".join(self._pending))
-            self._pending.clear()
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # a failed write (a full disk) raises here
 
     def commit(self) -> str:
         """Close, rename into place; return the SHA-256 of the compressed file."""
-        self._flush()
+        self._wait()
         self._gzip.close()
         self._raw.close()
         os.replace(self.partial, self.path)
         return self._raw.digest.hexdigest()
 
     def abandon(self) -> None:
-        self._pending.clear()
         try:
+            if self._pending is not None:
+                wait([self._pending])
             self._gzip.close()
         finally:
             self._raw.close()
@@ -316,11 +319,12 @@ def split_pairs(
     shards: list[Shard] = []
     done_lanes: list[Lane] = []
     try:
-        for number, lane in enumerate(lanes):
-            done_lanes.append(_split_lane(number, lane, out_dir, shards, created,
-                                          pairs_per_shard=pairs_per_shard,
-                                          calibration_pairs=calibration_pairs,
-                                          max_line_bytes=max_line_bytes))  # fmt: skip
+        with ThreadPoolExecutor(2, thread_name_prefix="shard-deflate") as pool:
+            for number, lane in enumerate(lanes):
+                done_lanes.append(_split_lane(number, lane, out_dir, shards, created, pool,
+                                              pairs_per_shard=pairs_per_shard,
+                                              calibration_pairs=calibration_pairs,
+                                              max_line_bytes=max_line_bytes))  # fmt: skip
         shard_set = ShardSet(pairs_per_shard=pairs_per_shard, lanes=tuple(done_lanes),
                              shards=tuple(shards))  # fmt: skip
         write_json_atomic(out_dir / SHARD_MANIFEST, asdict(shard_set))
@@ -337,6 +341,7 @@ def _split_lane(
     out_dir: Path,
     shards: list[Shard],
     created: list[Path],
+    pool: ThreadPoolExecutor,
     *,
     pairs_per_shard: int,
     calibration_pairs: int,
@@ -344,8 +349,8 @@ def _split_lane(
 ) -> Lane:
     """Split one lane, appending its shards to ``shards``; return the lane's record."""
     lane.read_group.header_line()  # a bad read group fails before any work
-    cal_1 = _GzipOut(out_dir / f"calibration-{number:03d}_R1.fastq.gz", created)
-    cal_2 = _GzipOut(out_dir / f"calibration-{number:03d}_R2.fastq.gz", created)
+    cal_1 = _GzipOut(out_dir / f"calibration-{number:03d}_R1.fastq.gz", created, pool)
+    cal_2 = _GzipOut(out_dir / f"calibration-{number:03d}_R2.fastq.gz", created, pool)
     current: tuple[_GzipOut, _GzipOut] | None = None
     in_shard = pairs = bases = calibrated = 0
     cal_digest = ""
@@ -360,26 +365,32 @@ def _split_lane(
 
     try:
         with open_decompressed(lane.r1) as g1, open_decompressed(lane.r2) as g2:
-            records: Iterator[Any] = iter_pairs(
-                g1, g2, name_1=lane.name_1, name_2=lane.name_2, max_line_bytes=max_line_bytes
-            )
-            for pair in records:
-                if current is None:
-                    stem = shard_name(len(shards))
-                    current = (_GzipOut(out_dir / f"{stem}_R1.fastq.gz", created),
-                               _GzipOut(out_dir / f"{stem}_R2.fastq.gz", created))  # fmt: skip
-                current[0].write(pair.record_1)
-                current[1].write(pair.record_2)
+            for batch in iter_pair_batches(g1, g2, name_1=lane.name_1, name_2=lane.name_2,
+                                           max_line_bytes=max_line_bytes):  # fmt: skip
                 if calibrated < calibration_pairs:
-                    cal_1.write(pair.record_1)
-                    cal_2.write(pair.record_2)
-                    calibrated += 1
-                in_shard += 1
-                pairs += 1
-                bases += pair.length_1 + pair.length_2
-                if in_shard == pairs_per_shard:
-                    close_shard()
-                    current, in_shard = None, 0
+                    take = min(batch.pairs, calibration_pairs - calibrated)
+                    records_1, records_2 = batch.records(0, take)
+                    cal_1.write(records_1)
+                    cal_2.write(records_2)
+                    calibrated += take
+                done = 0
+                while done < batch.pairs:
+                    if current is None:
+                        stem = out_dir / shard_name(len(shards))
+                        name_1, name_2 = Path(f"{stem}_R1.fastq.gz"), Path(f"{stem}_R2.fastq.gz")
+                        current = (_GzipOut(name_1, created, pool),
+                                   _GzipOut(name_2, created, pool))  # fmt: skip
+                    take = min(batch.pairs - done, pairs_per_shard - in_shard)
+                    records_1, records_2 = batch.records(done, done + take)
+                    current[0].write(records_1)
+                    current[1].write(records_2)
+                    done += take
+                    in_shard += take
+                    if in_shard == pairs_per_shard:
+                        close_shard()
+                        current, in_shard = None, 0
+                pairs += batch.pairs
+                bases += batch.bases
         if current is not None:
             close_shard()
             current = None

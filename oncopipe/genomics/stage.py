@@ -31,7 +31,7 @@ from oncopipe.genomics.align import (
     qc_metrics,
 )
 from oncopipe.genomics.call import CallerSettings, call_variants
-from oncopipe.genomics.fastq import validate_pair
+from oncopipe.genomics.fastq_batches import validate_pair
 from oncopipe.genomics.reference import fetch_reference
 from oncopipe.genomics.variants import variant_rows, write_parquet
 from oncopipe.manifest import ItemResult, ItemWriter, StepContext, process_item, retract_item

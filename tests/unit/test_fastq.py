@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from oncopipe.genomics.fastq import InvalidFastqError, validate_pair
+from oncopipe.genomics.fastq import InvalidFastqError
+from oncopipe.genomics.fastq_batches import validate_pair
 
 
 def record(name: str, seq: str = "ACGTACGTAC", qual: str | None = None, mate: int = 1) -> str:

@@ -419,7 +419,8 @@ def test_huge_line_memory_is_bounded(tmp_path: Path) -> None:
     r1.write_bytes(_one_huge_line())
     probe = (
         "import resource, sys\n"
-        "from oncopipe.genomics.fastq import InvalidFastqError, validate_pair\n"
+        "from oncopipe.genomics.fastq import InvalidFastqError\n"
+        "from oncopipe.genomics.fastq_batches import validate_pair\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    with open(sys.argv[1], 'rb') as a, open(sys.argv[1], 'rb') as b:\n"
@@ -441,7 +442,8 @@ def test_huge_line_memory_is_bounded(tmp_path: Path) -> None:
 
 
 def test_long_reads_fit_with_a_higher_limit() -> None:
-    from oncopipe.genomics.fastq import InvalidFastqError, validate_pair
+    from oncopipe.genomics.fastq import InvalidFastqError
+    from oncopipe.genomics.fastq_batches import validate_pair
 
     def pair(length: int) -> tuple[io.BytesIO, io.BytesIO]:
         text = [f"@r {m}\n{'A' * length}\n+\n{'I' * length}\n".encode() for m in (1, 2)]

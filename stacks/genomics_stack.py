@@ -50,8 +50,9 @@ _SAMPLE_COMMAND = ["--run-id", "Ref::run_id", "--sample-table", "Ref::sample_tab
 _REGIONS_COMMAND = ["--regions", "Ref::regions"]
 #: The image's build context: only oncopipe/ and batch_jobs/ (Docker ignore syntax).
 IMAGE_EXCLUDES = ["*", "!oncopipe", "!batch_jobs", "**/__pycache__", "oncopipe/local"]
-#: The plan job streams the FASTQ pair once and splits it (gzip, one thread per file):
-#: it needs neither the aligner's vCPUs nor its memory.
+#: The plan job streams the FASTQ pair once and splits it (the checks in one thread,
+#: ISA-L inflate and deflate in worker threads beside it): it needs neither the
+#: aligner's vCPUs nor its memory.
 PLAN_VCPUS = 2
 PLAN_MEMORY_MIB = 4096
 #: Batch jobs one sample can run in turn (plan, align-shard, gather, call-region,

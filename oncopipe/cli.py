@@ -299,7 +299,7 @@ def dicom_to_parquet(series_dir: Path, out: Path, rtstruct: Path | None,
     echo(f"{out}: {geometry.dimensions} voxels, spacing {geometry.spacing} mm, "
                   f"{size} bytes ({size / source:.0%} of the DICOM files)")  # fmt: skip
     if rtstruct or seg:
-        from oncopipe.imaging.deid import read_dicom_file
+        from oncopipe.imaging.dicom_read import read_dicom_file
         from oncopipe.imaging.masks import rtstruct_masks, seg_masks, write_masks
 
         segmentation = rtstruct or seg

@@ -269,7 +269,7 @@ def _write_structure_masks(
         The ROI names written, and the structure sets on this series that could not be
         used (object key, reason code, reason): those are skipped, the volume stands.
     """
-    from oncopipe.imaging.deid import read_dicom_file
+    from oncopipe.imaging.dicom_read import read_dicom_file
     from oncopipe.imaging.masks import OtherSeriesError, rtstruct_masks, seg_masks, write_masks
 
     masks: dict[str, Any] = {}

@@ -16,7 +16,7 @@ without an installed decoder is refused naming the transfer syntax and what to i
 and pixel data that is there but does not decode (truncated, wrong geometry) is refused
 as such, never with advice to install a handler.
 
-Files are read with :func:`oncopipe.imaging.deid.read_dicom_file`: an empty, random,
+Files are read with :func:`oncopipe.imaging.dicom_read.read_dicom_file`: an empty, random,
 truncated or over-long file is refused naming the file, and an instance that is not an
 image slice (no position, orientation, spacing or pixel data) is refused naming it.
 """
@@ -308,7 +308,7 @@ def series_to_parquet(
         InputError: a file is not readable DICOM (naming it).
         SeriesError: the files do not form one volume, or one is not an image slice.
     """
-    from oncopipe.imaging.deid import read_dicom_file
+    from oncopipe.imaging.dicom_read import read_dicom_file
 
     if names is not None and len(names) != len(paths):
         raise ValueError("names must name every path")

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 from oncopipe.cli import main
 from oncopipe.errors import InputError
-from oncopipe.imaging import deid
+from oncopipe.imaging import dicom_read
 from oncopipe.imaging.deid import (
     InvalidDicomError,
     deidentify_bytes,
@@ -88,7 +88,7 @@ def test_bad_bytes_are_refused_naming_the_file(
     with pytest.raises(InvalidDicomError, match=str(path)):
         read_dicom_file(path)  # read whole, then parsed from memory
     with monkeypatch.context() as patch:  # a file over the whole-read size: through the file
-        patch.setattr(deid, "_READ_WHOLE_BYTES", 0)
+        patch.setattr(dicom_read, "_READ_WHOLE_BYTES", 0)
         with pytest.raises(InvalidDicomError, match=str(path)):
             read_dicom_file(path)
 

@@ -21,8 +21,6 @@ from typing import Any, NoReturn
 from oncopipe.errors import InputError
 
 FIXED = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
-
-
 #: The empty BGZF block that ends every BGZF file (SAM specification, section 4.1.2).
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 

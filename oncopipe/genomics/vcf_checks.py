@@ -16,14 +16,8 @@ from oncopipe.genomics.vcf_body import Body, InvalidVcfError, describe
 
 # Value patterns, VCF 4.3 section 1.6 (AD and DP: see is_count, at most 9 digits: int32).
 _CHROM = r"^[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*$"
-
-
 _REF = r"^[ACGTNacgtn]+$"
-
-
 _BASES = "[ACGTNacgtn]"
-
-
 _ALT = (
     rf"^(?:{_BASES}+|\*|\.|<[^<>,\s]+>|{_BASES}*[\[\]][^\[\]\s]+[\[\]]{_BASES}*"
     rf"|\.{_BASES}+|{_BASES}+\.)$"
@@ -31,8 +25,6 @@ _ALT = (
 
 
 _QUAL = r"^(?:\.|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)$"
-
-
 GT = r"^(?:\.|[0-9]+)(?:[/|](?:\.|[0-9]+))*$"
 
 
@@ -145,11 +137,7 @@ def validate_records(body: Body, table: Any, flat: Any, parents: Any) -> tuple[A
 
 
 _DIGITS = b"0123456789"
-
-
 NON_SPACE = re.compile(rb"\S")
-
-
 _BASE_BYTES = b"ACGTNacgtn"
 
 

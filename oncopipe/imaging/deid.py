@@ -74,27 +74,15 @@ from oncopipe.pseudonym import date_shift_days, patient_key
 
 #: Modalities that carry burned-in text and for which no pixel cleaning rule exists.
 BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC", "OT"})
-
-
 #: Encapsulated PDF, CDA, STL, OBJ, MTL (PS3.4 B.5): documents, refused as a whole.
 ENCAPSULATED_DOCUMENT_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
-
-
 ENCAPSULATED_DOCUMENT_TAG = 0x00420011
-
-
 METHOD_CODE_SEQUENCE_TAG = 0x00120064  # Deidentification Method Code Sequence
-
-
 #: DICOM's own UIDs (SOP classes, transfer syntaxes, coding schemes): kept as they are.
 DICOM_UID_ROOT = "1.2.840.10008."
-
-
 #: Part 10 file meta elements that survive; the implementation UID and version name are
 #: the writer's (pydicom fills them in), AE titles and private information go.
 KEPT_META = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010})
-
-
 SECONDARY_CAPTURE_CLASSES = frozenset(
     {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
      "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"}

@@ -3,5 +3,6 @@
 - :mod:`oncopipe.pipeline.definition`: the definition JSON (no SageMaker SDK, no AWS call).
 - :mod:`oncopipe.pipeline.validate`: checks against botocore's SageMaker service model and a
   hand-written schema of the top level.
-- :mod:`oncopipe.pipeline.local_runner`: runs the same definition step by step on this machine.
+- :mod:`oncopipe.pipeline.local_runner`: runs the same definition step by step on this machine
+  (its expressions and conditions resolved by :mod:`oncopipe.pipeline.expressions`).
 """

@@ -54,7 +54,7 @@ import tarfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,19 @@ from oncopipe.pipeline.definition import (
     DefinitionError,
     check_references,
     referenced_steps,
+)
+from oncopipe.pipeline.expressions import (
+    CACHED as CACHED,
+    FAILED as FAILED,
+    NOT_EXECUTED as NOT_EXECUTED,
+    SUCCEEDED as SUCCEEDED,
+    Context,
+    LocalRunError as LocalRunError,
+    StepRun as StepRun,
+    as_text,
+    evaluate_condition as evaluate_condition,
+    property_path as property_path,
+    resolve as resolve,
 )
 from oncopipe.storage import TAG_RUN_ID, TAG_STEP
 
@@ -74,15 +87,6 @@ LOCAL_ACCOUNT = "000000000000"
 #: Objects of a step's input downloaded at a time, and the size read with a single GET.
 DOWNLOAD_THREADS = 8
 SMALL_OBJECT_BYTES = 8 * 1024 * 1024
-
-SUCCEEDED = "Succeeded"
-CACHED = "Cached"
-NOT_EXECUTED = "NotExecuted"
-FAILED = "Failed"
-
-
-class LocalRunError(ValueError):
-    """The definition cannot run here (an unsupported feature, a missing property...)."""
 
 
 class StepFailed(RuntimeError):
@@ -100,16 +104,6 @@ class PipelineFailed(RuntimeError):
 
 
 @dataclass
-class StepRun:
-    """What happened to one step: status and the properties later steps may read."""
-
-    name: str
-    type: str
-    status: str
-    properties: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class ExecutionResult:
     """One execution: its id, parameter values, and every step's outcome."""
 
@@ -123,148 +117,6 @@ class ExecutionResult:
         """Return a step's status (``NotExecuted`` for a step that never ran)."""
         run = self.steps.get(step)
         return run.status if run else NOT_EXECUTED
-
-
-# -- expressions ----------------------------------------------------------------------------
-_PATH_TOKEN = re.compile(r"\.?([A-Za-z0-9_]+)|\[(?:'([^']*)'|\"([^\"]*)\"|(\d+))\]")
-_LIST_KEYS = ("OutputName", "InputName", "ChannelName", "MetricName", "Name")
-
-
-def property_path(obj: Any, path: str, *, where: str) -> Any:
-    """Return the value at ``path`` (``A.B['name'].C[0]``) of ``obj``.
-
-    A string index into a list picks the item whose ``OutputName`` (``InputName``,
-    ``ChannelName``...) is that string, as SageMaker's property paths do.
-
-    Raises:
-        LocalRunError: the path does not exist (the message names ``where`` and the path).
-    """
-    pos = 0
-    value = obj
-    while pos < len(path):
-        m = _PATH_TOKEN.match(path, pos)
-        if not m or m.end() == pos:
-            raise LocalRunError(f"{where}: cannot parse property path {path!r} at {pos}")
-        pos = m.end()
-        name, quoted, dquoted, index = m.groups()
-        key = name if name is not None else (quoted if quoted is not None else dquoted)
-        try:
-            if index is not None:
-                value = value[int(index)]
-            elif isinstance(value, list):
-                value = next(v for v in value if any(v.get(k) == key for k in _LIST_KEYS))
-            else:
-                value = value[key]
-        except (KeyError, IndexError, TypeError, StopIteration, AttributeError):
-            raise LocalRunError(f"{where}: no {path!r} (missing at {path[: m.end()]!r})") from None
-    return value
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-@dataclass
-class _Context:
-    parameters: dict[str, Any]
-    execution: dict[str, str]
-    steps: dict[str, StepRun]
-    property_files: dict[tuple[str, str], Any]
-
-
-def resolve(value: Any, ctx: _Context, *, where: str, symbolic_execution: bool = False) -> Any:
-    """Return ``value`` with every expression replaced by its value.
-
-    With ``symbolic_execution`` the execution variables stay as ``{"Get": ...}`` (the
-    cache key leaves them out).
-
-    Raises:
-        LocalRunError: a step property read before that step ran, or a missing property.
-    """
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict) and len(v) == 1:
-            ((key, inner),) = v.items()
-            if key == "Get":
-                return get(str(inner))
-            if key == "Std:Join":
-                return str(inner.get("On", "")).join(_as_text(walk(x)) for x in inner["Values"])
-            if key == "Std:JsonGet":
-                return json_value(inner)
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
-
-    def get(path: str) -> Any:
-        head, _, rest = path.partition(".")
-        if head == "Parameters":
-            if rest not in ctx.parameters:
-                raise LocalRunError(f"{where}: unknown parameter {path}")
-            return ctx.parameters[rest]
-        if head == "Execution":
-            if symbolic_execution:
-                return {"Get": path}
-            if rest not in ctx.execution:
-                raise LocalRunError(f"{where}: unknown execution variable {path}")
-            return ctx.execution[rest]
-        if head == "Steps":
-            step, _, prop = rest.partition(".")
-            run = ctx.steps.get(step)
-            if run is None or run.status not in (SUCCEEDED, CACHED):
-                raise LocalRunError(f"{where} reads {path}, but step {step} has not run")
-            return property_path(run.properties, prop, where=f"{where} ({path})")
-        raise LocalRunError(f"{where}: {path!r} is not a Parameters/Steps/Execution reference")
-
-    def json_value(spec: Mapping[str, Any]) -> Any:
-        ref = str(spec["PropertyFile"]["Get"])
-        m = re.match(r"^Steps\.([^.]+)\.PropertyFiles\.(.+)$", ref)
-        if not m:
-            raise LocalRunError(f"{where}: Std:JsonGet needs Steps.<step>.PropertyFiles.<file>")
-        step, name = m.groups()
-        if (step, name) not in ctx.property_files:
-            raise LocalRunError(f"{where} reads property file {name} of {step}, not available")
-        document = ctx.property_files[(step, name)]
-        return property_path(document, str(spec["Path"]), where=f"{where} ({name})")
-
-    return walk(value)
-
-
-def evaluate_condition(cond: Mapping[str, Any], resolved: Callable[[Any], Any]) -> bool:
-    """Return the truth of one condition (``resolved`` turns an operand into its value).
-
-    Raises:
-        LocalRunError: an unknown condition type, or operands that cannot be compared.
-    """
-    kind = cond.get("Type")
-    if kind == "Not":
-        return not evaluate_condition(cond["Expression"], resolved)
-    if kind == "Or":
-        return any(evaluate_condition(c, resolved) for c in cond["Conditions"])
-    if kind == "In":
-        query = resolved(cond["QueryValue"])
-        return any(query == resolved(v) for v in cond["Values"])
-    ops: dict[str, Callable[[Any, Any], bool]] = {
-        "Equals": lambda a, b: bool(a == b),
-        "GreaterThan": lambda a, b: bool(a > b),
-        "GreaterThanOrEqualTo": lambda a, b: bool(a >= b),
-        "LessThan": lambda a, b: bool(a < b),
-        "LessThanOrEqualTo": lambda a, b: bool(a <= b),
-    }
-    if kind not in ops:
-        raise LocalRunError(f"unknown condition type {kind!r}")
-    left, right = resolved(cond["LeftValue"]), resolved(cond["RightValue"])
-
-    def number(x: Any) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
-
-    if kind != "Equals" and not (number(left) and number(right)):
-        if type(left) is not type(right) or left is None:
-            raise LocalRunError(f"condition {kind}: cannot compare {left!r} with {right!r}")
-    return ops[str(kind)](left, right)
 
 
 #: How the local runner searches a Tuning step's ranges (SageMaker: the step's Strategy).
@@ -471,7 +323,7 @@ class LocalPipelineRunner:
         """
         exec_id = execution_id or f"local-{uuid.uuid4().hex[:12]}"
         now = dt.datetime.now(dt.UTC)
-        ctx = _Context(
+        ctx = Context(
             parameters=self._parameters(parameters),
             execution={
                 "PipelineExecutionId": exec_id,
@@ -511,7 +363,7 @@ class LocalPipelineRunner:
         self._record(result)
         return result
 
-    def _runnable(self, name: str, ctx: _Context, branch: Mapping[str, bool]) -> bool:
+    def _runnable(self, name: str, ctx: Context, branch: Mapping[str, bool]) -> bool:
         if name in self._parent:
             cond, if_branch = self._parent[name]
             if cond not in branch or branch[cond] != if_branch:
@@ -522,7 +374,7 @@ class LocalPipelineRunner:
         )
 
     def _run_step(
-        self, name: str, step: Mapping[str, Any], ctx: _Context, branch: dict[str, bool]
+        self, name: str, step: Mapping[str, Any], ctx: Context, branch: dict[str, bool]
     ) -> None:
         kind = str(step["Type"])
         where = f"step {name}"
@@ -539,7 +391,7 @@ class LocalPipelineRunner:
             )
             return
         if kind == "Fail":
-            message = _as_text(resolve(step["Arguments"].get("ErrorMessage", ""), ctx, where=where))
+            message = as_text(resolve(step["Arguments"].get("ErrorMessage", ""), ctx, where=where))
             ctx.steps[name] = StepRun(name, kind, FAILED, {"ErrorMessage": message})
             self.echo(f"{name}: failed: {message}")
             raise PipelineFailed(
@@ -587,7 +439,7 @@ class LocalPipelineRunner:
         self.echo(f"{name}: succeeded")
 
     # -- cache ----------------------------------------------------------------------------
-    def _cache_key(self, name: str, step: Mapping[str, Any], ctx: _Context) -> str:
+    def _cache_key(self, name: str, step: Mapping[str, Any], ctx: Context) -> str:
         body = {
             "Type": step["Type"],
             "Arguments": resolve(
@@ -619,7 +471,7 @@ class LocalPipelineRunner:
         self,
         name: str,
         key: str,
-        ctx: _Context,
+        ctx: Context,
         properties: dict[str, Any],
         files: dict[str, Any],
     ) -> None:
@@ -658,7 +510,7 @@ class LocalPipelineRunner:
             )
 
     # -- S3 folders -------------------------------------------------------------------------
-    def _tags(self, ctx: _Context, step: str) -> dict[str, str]:
+    def _tags(self, ctx: Context, step: str) -> dict[str, str]:
         return {TAG_RUN_ID: ctx.execution["PipelineExecutionId"], TAG_STEP: step}
 
     def _download(self, uri: str, target: Path, where: str) -> int:
@@ -699,7 +551,7 @@ class LocalPipelineRunner:
             list(pool.map(fetch, paths))
         return len(paths)
 
-    def _upload(self, folder: Path, uri: str, ctx: _Context, step: str) -> int:
+    def _upload(self, folder: Path, uri: str, ctx: Context, step: str) -> int:
         bucket, prefix = _split_s3(uri, f"step {step} output")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -717,7 +569,7 @@ class LocalPipelineRunner:
     def _map_args(self, job_dir: Path, args: Sequence[Any]) -> list[str]:
         out = []
         for a in args:
-            text = _as_text(a)
+            text = as_text(a)
             out.append(str(self._local(job_dir, text)) if text.startswith("/opt/ml/") else text)
         return out
 
@@ -728,7 +580,7 @@ class LocalPipelineRunner:
         step: Mapping[str, Any],
         args: dict[str, Any],
         job_dir: Path,
-        ctx: _Context,
+        ctx: Context,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         where = f"step {name}"
         app = args["AppSpecification"]
@@ -752,7 +604,7 @@ class LocalPipelineRunner:
             self._local(job_dir, item["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
         env = {
             **self.environment,
-            **{k: _as_text(v) for k, v in args.get("Environment", {}).items()},
+            **{k: as_text(v) for k, v in args.get("Environment", {}).items()},
         }
         with set_environment(env):
             _call_main(module, argv, where)
@@ -788,18 +640,18 @@ class LocalPipelineRunner:
         step: Mapping[str, Any],
         args: dict[str, Any],
         job_dir: Path,
-        ctx: _Context,
+        ctx: Context,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         job = f"pipelines-{ctx.execution['PipelineExecutionId']}-{name}".lower()
         return self._training_job(name, job, args, job_dir, ctx), {}
 
     def _training_job(
-        self, name: str, job: str, args: dict[str, Any], job_dir: Path, ctx: _Context
+        self, name: str, job: str, args: dict[str, Any], job_dir: Path, ctx: Context
     ) -> dict[str, Any]:
         """Run one script-mode training job ``job`` of ``args``; return its properties."""
         where = f"step {name}" if job_dir.name == name else f"step {name} job {job}"
-        env_args = {k: _as_text(v) for k, v in args.get("Environment", {}).items()}
-        hps = {k: _as_text(v) for k, v in args.get("HyperParameters", {}).items()}
+        env_args = {k: as_text(v) for k, v in args.get("Environment", {}).items()}
+        hps = {k: as_text(v) for k, v in args.get("HyperParameters", {}).items()}
         program = env_args.get("SAGEMAKER_PROGRAM") or hps.pop("sagemaker_program", "")
         if not program.endswith(".py"):
             raise LocalRunError(f"{where}: no SAGEMAKER_PROGRAM script (training/train.py)")
@@ -873,7 +725,7 @@ class LocalPipelineRunner:
         step: Mapping[str, Any],
         args: dict[str, Any],
         job_dir: Path,
-        ctx: _Context,
+        ctx: Context,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run a Tuning step's trials one after another; the best one's job is the result.
 
@@ -946,7 +798,7 @@ class LocalPipelineRunner:
         step: Mapping[str, Any],
         args: dict[str, Any],
         job_dir: Path,
-        ctx: _Context,
+        ctx: Context,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         group = str(args.get("ModelPackageGroupName") or "")
         if not group:

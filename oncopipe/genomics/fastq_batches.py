@@ -42,7 +42,7 @@ _BATCH_BYTES = 4 << 20
 _EXACT_BATCH_PAIRS = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: no element-wise ==
 class PairBatch:
     """Consecutive validated read pairs of a lane, as each mate's records.
 
@@ -203,7 +203,7 @@ _CLASSES = _byte_classes()
 _CLASS_TABLE = _CLASSES.tobytes()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: no element-wise ==
 class _Scanned:
     """One mate's part of a batch that passed every check."""
 

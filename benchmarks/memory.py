@@ -6,16 +6,18 @@ the largest single process including the tools it started) at two input sizes, a
 ``peak ~= a + b x input`` is fitted through them:
 
 1. DICOM series -> Parquet (:func:`oncopipe.imaging.volume.series_to_parquet`) on synthetic
-   CT series (:func:`oncopipe.imaging.sample.write_ct_series`) of 250 and 1,000 slices of
-   128 x 128: 512 x 512 slices are 16x the bytes and too slow to write here, so the fit is
-   per MB of DICOM and scaled to a 1,000-slice 512 x 512 series (~525 MB) in the output.
+   CT series (:func:`oncopipe.imaging.sample.write_ct_series`) of 100 and 400 slices of
+   256 x 256 (quick: 60 and 180): 512 x 512 slices are 4x the bytes and too slow to write
+   here, so the fit is per MB of DICOM and scaled to a 1,000-slice 512 x 512 series
+   (~500 MB) in the output. (128 x 128 slices overstated it: a data set's own Python
+   objects, ~0.1 MB, are as large as such a slice.)
 2. De-identification of one 512 x 512 CT slice and of a 128 x 128 one (per-file stage).
 3. The notes core (:func:`oncopipe.notes.core.process_note`) on a 250 KB and a 1 MB note
    (the stage's default size limit), built from generated notes.
 
 The alignment shard's memory is measured by ``benchmarks/wgs_scale.py`` (it needs the
 reference). Usage: ``python benchmarks/memory.py [--quick] [--json PATH]`` (quick: series of
-100 and 300 slices, notes of 50 and 200 KB; the fits extrapolate to the figures above).
+60 and 180 slices, notes of 50 and 200 KB; the fits extrapolate to the figures above).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (a PyPI packa
 from _bench import Memory, Report, linear_fit, run_child
 
 SERIES_512_MB = 1000 * (512 * 512 * 2 + 2000) / 2**20  # 1,000 slices of int16 + headers
+SERIES_SIZE = 256  # the measured series' slices (pixels square)
 
 
 def _series(tmp: Path, slices: int, size: int, seed: int) -> tuple[Path, float]:
@@ -47,13 +50,14 @@ def series_memory(report: Report, tmp: Path, sizes: tuple[int, ...]) -> tuple[fl
     """Measure series -> Parquet at each slice count; return the fit (a MB, b MB per MB)."""
     points = []
     for slices in sizes:
-        folder, megabytes = _series(tmp, slices, 128, slices)
+        folder, megabytes = _series(tmp, slices, SERIES_SIZE, slices)
         run = run_child(
             "from pathlib import Path\nfrom oncopipe.imaging.volume import series_to_parquet\n"
             f"paths = sorted(Path({str(folder)!r}).glob('*.dcm'))\n"
             f"series_to_parquet(paths, Path({str(folder)!r} + '.parquet'))\n"
         )
-        report.memory.append(Memory("series-to-parquet", f"{slices} slices of 128x128",
+        report.memory.append(Memory("series-to-parquet",
+                                    f"{slices} slices of {SERIES_SIZE}x{SERIES_SIZE}",
                                     megabytes, run.peak_rss_mb, run.seconds))  # fmt: skip
         points.append((megabytes, run.peak_rss_mb))
     return linear_fit(points)
@@ -117,7 +121,7 @@ def main() -> int:
     report = Report("memory", quick=args.quick)
     with tempfile.TemporaryDirectory(prefix="oncopipe-mem-") as tmp:
         work = Path(tmp)
-        sa, sb = series_memory(report, work, (100, 300) if args.quick else (250, 1000))
+        sa, sb = series_memory(report, work, (60, 180) if args.quick else (100, 400))
         deid_memory(report, work)
         na, nb = note_memory(report, work, (50, 200) if args.quick else (250, 1000))
     print(f"{'stage':<20} {'input':<34} {'input MB':>9} {'peak RSS MB':>12} {'s':>6}")
@@ -137,7 +141,7 @@ def main() -> int:
         series_512,
         None,
         unit="MB",
-        note=f"{sa:.0f} MB + {sb:.2f} x DICOM MB, fit on 128x128 series",
+        note=f"{sa:.0f} MB + {sb:.2f} x DICOM MB, fit on {SERIES_SIZE}x{SERIES_SIZE} series",
     )
     report.add("notes peak RSS, 1 MB note (fit)", na + nb, None, unit="MB",
                note=f"{na:.0f} MB + {nb:.1f} x note MB")  # fmt: skip

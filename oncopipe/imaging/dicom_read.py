@@ -242,6 +242,10 @@ def _parse(handle: Any, size: int, head: bytes, *, source: str) -> Any:
             source, "the TransferSyntaxUID is not a transfer syntax pydicom can read"
         ) from e
     _check_pixel_length(ds, source)
+    # pydicom keeps the reader for deferred values; nothing is deferred here, and the
+    # reader holds the whole file: a series held as datasets would take twice its size
+    if hasattr(ds, "buffer"):
+        ds.buffer = None
     return ds
 
 

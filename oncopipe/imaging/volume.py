@@ -40,6 +40,7 @@ from oncopipe.imaging.volume_file import (
     to_sitk,
     write_atomically,
     write_volume,
+    write_volume_slices,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "to_sitk",
     "write_atomically",
     "write_volume",
+    "write_volume_slices",
 ]
 
 SPACING_TOLERANCE = 1e-3  # relative
@@ -243,6 +245,22 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
     """
     import numpy as np
 
+    ordered, geometry_for = _ordered(datasets, source=source)
+    volume = np.stack([_pixels(s.ds, s.source) for s in ordered])
+    geometry = geometry_for(volume.dtype)
+    return volume.astype(geometry.dtype, copy=False), geometry
+
+
+def _ordered(datasets: Sequence[Any], *, source: str) -> tuple[list[_Slice], Any]:
+    """Check that the instances form one volume; return its slices in order along the
+    normal and ``geometry_for(dtype)``, the volume's geometry once its pixels' dtype is
+    known.
+
+    Raises:
+        SeriesError: mixed series, orientation, size or spacing, or a missing slice.
+    """
+    import numpy as np
+
     if not datasets:
         raise SeriesError(source, "no instances")
     slices = [_slice(ds, _slice_source(ds, source)) for ds in datasets]
@@ -275,21 +293,34 @@ def build_volume(datasets: Sequence[Any], *, source: str) -> tuple[Any, Geometry
             "slice positions are not evenly spaced (a missing or duplicate slice): spacings "
             f"from {gaps.min():.3f} to {gaps.max():.3f} mm",
         )
-    volume = np.stack([_pixels(s.ds, s.source) for s in ordered])
     ds = first.ds
     spacing_z = float(gaps.mean()) if len(gaps) else float(ds.get("SliceThickness", 1) or 1)
-    geometry = Geometry(
-        dimensions=(int(first.size[1]), int(first.size[0]), len(ordered)),
-        spacing=(first.spacing[1], first.spacing[0], spacing_z),
-        origin=ordered[0].position,
-        direction=tuple(float(v) for v in (*row, *col, *normal)),
-        rescale_slope=first.rescale[0],
-        rescale_intercept=first.rescale[1],
-        dtype=volume.dtype.newbyteorder("<").str,
-        series_uid=first.series_uid,
-        modality=str(ds.get("Modality", "")),
-    )
-    return volume.astype(geometry.dtype, copy=False), geometry
+
+    def geometry_for(dtype: Any) -> Geometry:
+        return Geometry(
+            dimensions=(int(first.size[1]), int(first.size[0]), len(ordered)),
+            spacing=(first.spacing[1], first.spacing[0], spacing_z),
+            origin=ordered[0].position,
+            direction=tuple(float(v) for v in (*row, *col, *normal)),
+            rescale_slope=first.rescale[0],
+            rescale_intercept=first.rescale[1],
+            dtype=np.dtype(dtype).newbyteorder("<").str,
+            series_uid=first.series_uid,
+            modality=str(ds.get("Modality", "")),
+        )
+
+    return ordered, geometry_for
+
+
+#: What decides the dtype pydicom decodes a slice to: slices that agree on all of these
+#: decode alike, so a series can be written a row group at a time.
+_PIXEL_FORMAT = ("BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
+                 "PhotometricInterpretation", "NumberOfFrames")  # fmt: skip
+
+
+def _pixel_format(s: _Slice) -> tuple[Any, ...]:
+    return (str(s.ds.file_meta.TransferSyntaxUID),
+            *(str(s.ds.get(keyword, "")) for keyword in _PIXEL_FORMAT))  # fmt: skip
 
 
 def series_to_parquet(
@@ -319,6 +350,27 @@ def series_to_parquet(
         ds = read_dicom_file(path, source=name)
         ds.filename = name  # errors about a slice name it
         datasets.append(ds)
-    volume, geometry = build_volume(datasets, source=label)
+    ordered, geometry_for = _ordered(datasets, source=label)
+    del datasets
+    if len({_pixel_format(s) for s in ordered}) > 1:  # mixed: numpy promotes, as it did
+        volume, geometry = build_volume([s.ds for s in ordered], source=label)
+        validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
+        return geometry, write_volume(volume, geometry, out)
+    first = _pixels(ordered[0].ds, ordered[0].source)
+    geometry = geometry_for(first.dtype)
     validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
-    return geometry, write_volume(volume, geometry, out)
+    return geometry, write_volume_slices(_decoded(ordered, first, geometry.dtype), geometry,
+                                         out, count=len(ordered))  # fmt: skip
+
+
+def _decoded(ordered: list[_Slice], first: Any, dtype: str) -> Any:
+    """Yield each slice's pixels as ``dtype``, in order, dropping each instance's pixel
+    data once it is taken (the writer holds one row group, not the volume twice)."""
+    for index, s in enumerate(ordered):
+        pixels = first if index == 0 else _pixels(s.ds, s.source)
+        if pixels.dtype != first.dtype or pixels.shape != first.shape:
+            raise SeriesError(s.source, f"slice decodes to {pixels.dtype} {pixels.shape}, the "
+                              f"first slice to {first.dtype} {first.shape}")  # fmt: skip
+        if "PixelData" in s.ds:
+            del s.ds.PixelData
+        yield pixels.astype(dtype, copy=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,39 +63,91 @@ class Geometry:
         )
 
 
+#: Slices gathered into one Parquet row group (by their bytes): the writer holds one
+#: group at a time, so a series' peak memory does not grow with a copy of the volume.
+ROW_GROUP_BYTES = 8 * 2**20
+
+
 def write_volume(volume: Any, geometry: Geometry, out: Path) -> int:
     """Write the volume as zstd Parquet (one row per slice); return the file size."""
+    return write_volume_slices(iter(volume), geometry, out, count=int(volume.shape[0]))
+
+
+def write_volume_slices(slices: Iterator[Any], geometry: Geometry, out: Path, *, count: int) -> int:
+    """Write ``count`` (rows, columns) slices, in order, as the Parquet volume; return
+    the file size.
+
+    Slices are taken from the iterator a row group at a time (:data:`ROW_GROUP_BYTES`),
+    so a caller that decodes them as they are asked for holds one group, not the volume.
+
+    Raises:
+        ValueError: the iterator gives another number of slices, or a slice of another
+            shape or dtype than the geometry's (nothing is left at ``out``).
+    """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table(
-        {
-            "slice_index": pa.array(range(volume.shape[0]), pa.int32()),
-            "position": pa.array(  # along the slice normal (mm), also for oblique slices
-                [_along_normal(geometry) + i * geometry.spacing[2] for i in range(volume.shape[0])],
-                pa.float64(),
-            ),
-            "pixels": _slice_bytes(volume, geometry.pixel_layout),
-        }
-    ).replace_schema_metadata({GEOMETRY_KEY: geometry.to_json()})
-    # zstd 1 on byte planes: 0.31 of the DICOM, against 0.38 for interleaved values at
-    # level 5 (9x slower); higher levels gain nothing on the planes (profiles.md §3). No
-    # dictionary or statistics on the pixel bytes.
-    small = ["slice_index", "position"]
-    level = 1 if geometry.pixel_layout == BYTE_PLANES else 5
-    return write_atomically(
-        out,
-        lambda path: pq.write_table(
-            table, str(path), compression="zstd", compression_level=level,
-            use_dictionary=small, write_statistics=small,
-        ),
+    columns, rows, _ = geometry.dimensions
+    dtype = np.dtype(geometry.dtype)
+    slice_bytes = rows * columns * dtype.itemsize
+    large = count * slice_bytes > np.iinfo(np.int32).max
+    schema = pa.schema(
+        [("slice_index", pa.int32()), ("position", pa.float64()),
+         ("pixels", pa.large_binary() if large else pa.binary())],
+        metadata={GEOMETRY_KEY: geometry.to_json()},
     )  # fmt: skip
+    per_group = max(1, ROW_GROUP_BYTES // max(slice_bytes, 1))
+    start = _along_normal(geometry)
+
+    def group(first: int, block: list[Any]) -> Any:
+        volume = np.stack(block)
+        if volume.shape[1:] != (rows, columns) or volume.dtype != dtype:
+            raise ValueError(f"{out}: slices {first}..{first + len(block) - 1} are "
+                             f"{volume.dtype} {volume.shape[1:]}, the geometry says "
+                             f"{dtype} {(rows, columns)}")  # fmt: skip
+        indices = range(first, first + len(block))
+        # positions along the slice normal (mm), also for oblique slices
+        positions = [start + i * geometry.spacing[2] for i in indices]
+        return pa.table(
+            {
+                "slice_index": pa.array(indices, pa.int32()),
+                "position": pa.array(positions, pa.float64()),
+                "pixels": _slice_bytes(volume, geometry.pixel_layout, large=large),
+            },
+            schema=schema,
+        )
+
+    def write(path: Path) -> None:
+        # zstd 1 on byte planes: 0.31 of the DICOM, against 0.38 for interleaved values at
+        # level 5 (9x slower); higher levels gain nothing on the planes (profiles.md §3).
+        # No dictionary or statistics on the pixel bytes.
+        small = ["slice_index", "position"]
+        level = 1 if geometry.pixel_layout == BYTE_PLANES else 5
+        written = 0
+        with pq.ParquetWriter(str(path), schema, compression="zstd", compression_level=level,
+                              use_dictionary=small, write_statistics=small) as writer:  # fmt: skip
+            block: list[Any] = []
+            for pixels in slices:
+                block.append(pixels)
+                if len(block) == per_group:
+                    writer.write_table(group(written, block))
+                    written += len(block)
+                    block = []
+            if block:
+                writer.write_table(group(written, block))
+                written += len(block)
+            if written != count:
+                raise ValueError(f"{out}: {written} slices written, {count} expected")
+
+    return write_atomically(out, write)
 
 
-def _slice_bytes(volume: Any, layout: str) -> Any:
-    """Return a binary Arrow array: each slice's values as stored bytes in ``layout``.
+def _slice_bytes(volume: Any, layout: str, *, large: bool) -> Any:
+    """Return a binary Arrow array (``large_binary`` if ``large``): each slice's values
+    as stored bytes in ``layout``.
 
-    One copy of the volume (the planes, or the interleaved values as they are), wrapped
+    One copy of the slices (the planes, or the interleaved values as they are), wrapped
     without another: the offsets are multiples of the slice size.
     """
     import numpy as np
@@ -109,7 +161,6 @@ def _slice_bytes(volume: Any, layout: str) -> Any:
         data = data.reshape(slices, -1, volume.dtype.itemsize).transpose(0, 2, 1)
         data = np.ascontiguousarray(data)
     step = data.size // slices if slices else 0
-    large = data.size > np.iinfo(np.int32).max
     offsets = np.arange(slices + 1, dtype=np.int64 if large else np.int32) * step
     return pa.Array.from_buffers(
         pa.large_binary() if large else pa.binary(), slices,

@@ -213,3 +213,52 @@ def test_a_malformed_orientation_in_the_file_is_refused_naming_only_the_attribut
     assert "ImageOrientationPatient is missing or not 6 numbers" in message
     assert str(bad) in message and "0.z" not in message and "nan" not in message
     assert not (tmp_path / "v.parquet").exists()
+
+
+def test_a_series_is_written_a_row_group_at_a_time_and_reads_back_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer holds a few slices at a time; the file reads back as one volume."""
+    from oncopipe.imaging import volume_file
+
+    paths = write_ct_series(tmp_path / "ct", random.Random(8), mrn="MRN-8", name="A B",
+                            slices=9, size=16)  # fmt: skip
+    monkeypatch.setattr(volume_file, "ROW_GROUP_BYTES", 2 * 16 * 16 * 2)  # two slices a group
+    geometry, _ = series_to_parquet(paths, tmp_path / "v.parquet")
+    assert pq.ParquetFile(tmp_path / "v.parquet").num_row_groups == 5
+    volume, read_geometry = read_volume(tmp_path / "v.parquet")
+    expected, built = build_volume([pydicom.dcmread(p) for p in paths], source="ct")
+    assert read_geometry == geometry == built
+    assert volume.dtype == expected.dtype and np.array_equal(volume, expected)
+    positions = pq.ParquetFile(tmp_path / "v.parquet").read().column("position").to_pylist()
+    assert positions == pytest.approx([geometry.origin[2] + 2.5 * i for i in range(9)])
+
+
+def test_a_slice_count_that_does_not_match_leaves_no_file(tmp_path: Path) -> None:
+    from oncopipe.imaging.volume import write_volume_slices
+
+    geometry = Geometry((4, 4, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                        (1, 0, 0, 0, 1, 0, 0, 0, 1), 1.0, 0.0, "<i2", "1.2.3", "CT")  # fmt: skip
+    slices = iter([np.zeros((4, 4), np.int16)] * 2)
+    with pytest.raises(ValueError, match="2 slices written, 3 expected"):
+        write_volume_slices(slices, geometry, tmp_path / "v.parquet", count=3)
+    with pytest.raises(ValueError, match="the geometry says int16"):
+        write_volume_slices(iter([np.zeros((4, 4), np.uint8)] * 3), geometry,
+                            tmp_path / "v.parquet", count=3)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slices_of_different_pixel_formats_are_promoted_as_numpy_stacks_them(
+    series: list[Path], tmp_path: Path
+) -> None:
+    """A series whose slices disagree on the pixel format keeps the stacked dtype."""
+    datasets = [pydicom.dcmread(p) for p in series]
+    datasets[2].PixelRepresentation = 0  # this slice's values read as unsigned
+    for i, ds in enumerate(datasets):
+        ds.save_as(tmp_path / f"s{i}.dcm")
+    paths = sorted(tmp_path.glob("s*.dcm"))
+    expected, _ = build_volume([pydicom.dcmread(p) for p in paths], source="ct")
+    geometry, _ = series_to_parquet(paths, tmp_path / "v.parquet")
+    volume, _ = read_volume(tmp_path / "v.parquet")
+    assert expected.dtype == np.int32 and geometry.dtype == "<i4"
+    assert np.array_equal(volume, expected)

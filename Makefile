@@ -51,11 +51,12 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a process: the
-# session's synthesized apps are built once per process. TEST_WORKERS=0 runs it in this one.
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a process, and
+# every file that uses the session's synthesized apps on one of them (tests/conftest.py
+# groups them), so each app is synthesized once. TEST_WORKERS=0 runs it in this one.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 test: setup
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

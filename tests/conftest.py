@@ -28,14 +28,27 @@ os.environ["COLUMNS"] = "200"
 LAYERS = ("e2e", "infrastructure", "adapters", "unit")
 
 
+#: The session fixtures of the synthesized apps (see :func:`synthesized_app`).
+APP_FIXTURES = frozenset({"app_dev", "app_prod", "app_env"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the tests by layer (see :data:`LAYERS`), keeping the file order within one."""
+    """Order the tests by layer (see :data:`LAYERS`), keeping the file order within one,
+    and give each a worker group (``make test``'s ``--dist loadgroup``): its file, or
+    ``synthesized-apps`` for every file whose tests use the session's synthesized apps, so
+    one worker synthesizes each environment once (two workers did it twice: ~30 s)."""
 
     def layer(item: pytest.Item) -> int:
         folder = item.path.parent.name
         return LAYERS.index(folder) if folder in LAYERS else len(LAYERS)
 
     items.sort(key=layer)
+    uses_apps = {item.path for item in items
+                 if APP_FIXTURES & set(getattr(item, "fixturenames", ()))}  # fmt: skip
+    for item in items:
+        group = "synthesized-apps" if item.path in uses_apps else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

@@ -52,11 +52,11 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a process, and
-# every file that uses the session's synthesized apps on one of them (tests/conftest.py
-# groups them), so each app is synthesized once. TEST_WORKERS=0 runs it in this one.
+# every file that uses the session's synthesized apps on one of them (tests/conftest.py's
+# scheduler), so each app is synthesized once. TEST_WORKERS=0 runs it in this one.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 test: setup
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

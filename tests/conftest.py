@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import functools
 import json
 import os
 import random
@@ -29,26 +30,44 @@ LAYERS = ("e2e", "infrastructure", "adapters", "unit")
 
 
 #: The session fixtures of the synthesized apps (see :func:`synthesized_app`).
-APP_FIXTURES = frozenset({"app_dev", "app_prod", "app_env"})
+APP_FIXTURES = ("app_dev", "app_prod", "app_env")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the tests by layer (see :data:`LAYERS`), keeping the file order within one,
-    and give each a worker group (``make test``'s ``--dist loadgroup``): its file, or
-    ``synthesized-apps`` for every file whose tests use the session's synthesized apps, so
-    one worker synthesizes each environment once (two workers did it twice: ~30 s)."""
+    """Order the tests by layer (see :data:`LAYERS`), keeping the file order within one."""
 
     def layer(item: pytest.Item) -> int:
         folder = item.path.parent.name
         return LAYERS.index(folder) if folder in LAYERS else len(LAYERS)
 
     items.sort(key=layer)
-    uses_apps = {item.path for item in items
-                 if APP_FIXTURES & set(getattr(item, "fixturenames", ()))}  # fmt: skip
-    for item in items:
-        group = "synthesized-apps" if item.path in uses_apps else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@functools.cache
+def _uses_apps(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(name in text for name in APP_FIXTURES)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test``'s ``--dist loadfile``, with one change: every file that uses the
+    session's synthesized apps is one unit of work, so one worker synthesizes each
+    environment once (two workers did it twice: ~30 s of the suite). (pytest-xdist's own
+    ``loadgroup`` marks do not reach its scheduler under pytest 9: it renames items
+    through an attribute pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SynthesizedAppsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "synthesized-apps" if _uses_apps(REPO / path) else path
+
+    return SynthesizedAppsTogether(config, log)
 
 
 @pytest.fixture

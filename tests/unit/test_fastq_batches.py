@@ -26,7 +26,8 @@ def _records(rng: random.Random, count: int, mate: int) -> list[list[str]]:
     out = []
     for i in range(count):
         length = rng.choice([5, 30, 150])
-        suffix = rng.choice(["", f" {mate}:N:0:ACGT", f"/{mate}", f"/{mate} x"])
+        suffix = rng.choice(["", f" {mate}:N:0:ACGT", f"/{mate}", f"/{mate} x", f"\tBC:{mate}",
+                             f"/{mate}\x0bx"])  # fmt: skip
         out.append([f"@read{i}{suffix}", "".join(rng.choices("ACGTN", k=length)), "+",
                     "".join(rng.choices([chr(c) for c in range(33, 75)], k=length))])  # fmt: skip
     return out

@@ -4,9 +4,9 @@ The expressions of the documented format (:func:`get`, :func:`param`, :func:`exe
 :func:`join`, :func:`json_get` and the step properties), the definition's parts
 (:class:`Parameter`, :class:`PropertyFile`, :class:`Step`, :func:`condition_step`), the
 reference check (:func:`check_references`: unique step names, and no expression naming an
-unknown step, parameter or property file) and :func:`build_definition`. No SageMaker SDK and no AWS call:
-the model pipeline (:mod:`oncopipe.pipeline.definition`) is built from these, and
-:mod:`oncopipe.pipeline.local_runner` runs the same JSON.
+unknown step, parameter or property file) and :func:`build_definition`. No SageMaker SDK
+and no AWS call: the model pipeline (:mod:`oncopipe.pipeline.definition`) is built from
+these, and :mod:`oncopipe.pipeline.local_runner` runs the same JSON.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Alignment scatters by read pairs. :func:`split_pairs` streams each lane's gzip FASTQ pair
 (binary streams: a local file, or an S3 ``StreamingBody`` from ``get_object()['Body']``,
 so nothing is downloaded whole), validates every record with the FASTQ validator
-(:func:`oncopipe.genomics.fastq.iter_pair_batches`, a few megabytes at a time), and
+(:func:`oncopipe.genomics.fastq_batches.iter_pair_batches`, a few megabytes at a time), and
 writes shard ``k`` (ISA-L deflate at level 1) as
 ``shard-0000k_R1.fastq.gz`` / ``_R2`` of ``pairs_per_shard`` pairs (a lane's last shard may
 be shorter; shards never mix lanes, so each keeps its lane's read group). It also writes
@@ -25,6 +25,7 @@ below which a sample still runs as one job).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -245,7 +246,7 @@ class _HashingFile:
 class _GzipOut:
     """A gzip file written under ``.partial`` and hashed; :meth:`commit` renames it.
 
-    Written a batch of records at a time (:class:`oncopipe.genomics.fastq.PairBatch`);
+    Written a batch of records at a time (:class:`oncopipe.genomics.fastq_batches.PairBatch`);
     each batch is deflated and hashed in a worker of ``pool`` (ISA-L and hashlib release
     the GIL) while the next batch is read. A file has at most one write in flight, so
     its bytes are in order.
@@ -280,12 +281,14 @@ class _GzipOut:
         return self._raw.digest.hexdigest()
 
     def abandon(self) -> None:
-        try:
-            if self._pending is not None:
-                wait([self._pending])
-            self._gzip.close()
-        finally:
-            self._raw.close()
+        """Stop writing (the caller removes the partial file). Nothing is raised: the
+        error that stopped the split is the one to report, not a second one (a full disk
+        fails the close too)."""
+        if self._pending is not None:
+            wait([self._pending])
+        for close in (self._gzip.close, self._raw.close):
+            with contextlib.suppress(Exception):
+                close()
 
 
 def split_pairs(

@@ -97,7 +97,8 @@ class _RawReader(io.RawIOBase):
 
 def _mate_name(header: bytes) -> bytes:
     """Return the read name without '@', the comment, and a /1 or /2 suffix."""
-    name = header[1:].split(None, 1)[0] if len(header) > 1 else b""
+    parts = header[1:].split(None, 1)
+    name = parts[0] if parts else b""  # "@" alone, or only whitespace after it
     if name.endswith((b"/1", b"/2")):
         name = name[:-2]
     return name

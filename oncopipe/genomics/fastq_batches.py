@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -143,10 +144,16 @@ class _Mate:
         return blocks
 
     def settle(self) -> None:
-        """Wait for the read in flight and keep what it read (before the exact path, or
-        before the stream is closed)."""
+        """Wait for the read in flight and keep what it read (before the exact path)."""
         if self.pending is not None:
             self.buffer += b"".join(self._take())
+
+    def drop(self) -> None:
+        """Wait for the read in flight and discard it, raising nothing (before the
+        stream is closed: the error that ended the reading is the one to report)."""
+        if self.pending is not None:
+            wait([self.pending])
+            self.pending = None
 
     def rest(self) -> io.BufferedReader:
         """The stream from the start of the buffer on (for the exact path)."""
@@ -292,7 +299,7 @@ def iter_pair_batches(
     name_1: str,
     name_2: str,
     max_line_bytes: int = MAX_LINE_BYTES,
-) -> Iterator[PairBatch]:
+) -> Generator[PairBatch, None, None]:
     """Yield the read pairs of two *decompressed* FASTQ streams in validated batches.
 
     The same pairs, the same records and the same first error as :func:`iter_pairs`
@@ -313,7 +320,7 @@ def iter_pair_batches(
             rest = (mates[0].rest(), mates[1].rest())
         finally:
             for mate in mates:  # no read may be left running on a stream being closed
-                mate.settle()
+                mate.drop()
     yield from _exact_batches(*rest, name_1=name_1, name_2=name_2,
                               max_line_bytes=max_line_bytes, start=pairs)  # fmt: skip
 
@@ -393,9 +400,10 @@ def validate_pair(
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     reads = bases = 0
     min_length, max_length = 1 << 30, 0
-    with open_decompressed(r1) as g1, open_decompressed(r2) as g2:
-        for batch in iter_pair_batches(g1, g2, name_1=name_1, name_2=name_2,
-                                       max_line_bytes=max_line_bytes):  # fmt: skip
+    with open_decompressed(r1) as g1, open_decompressed(r2) as g2, \
+            closing(iter_pair_batches(g1, g2, name_1=name_1, name_2=name_2,
+                                      max_line_bytes=max_line_bytes)) as batches:  # fmt: skip
+        for batch in batches:
             reads += batch.pairs
             bases += batch.bases
             min_length = min(min_length, batch.min_length)

@@ -367,9 +367,11 @@ def _split_lane(
                             sha256_r2=sha_2))  # fmt: skip
 
     try:
-        with open_decompressed(lane.r1) as g1, open_decompressed(lane.r2) as g2:
-            for batch in iter_pair_batches(g1, g2, name_1=lane.name_1, name_2=lane.name_2,
-                                           max_line_bytes=max_line_bytes):  # fmt: skip
+        with open_decompressed(lane.r1) as g1, open_decompressed(lane.r2) as g2, \
+                contextlib.closing(iter_pair_batches(  # closed before the streams are
+                    g1, g2, name_1=lane.name_1, name_2=lane.name_2,
+                    max_line_bytes=max_line_bytes)) as batches:  # fmt: skip
+            for batch in batches:
                 if calibrated < calibration_pairs:
                     take = min(batch.pairs, calibration_pairs - calibrated)
                     records_1, records_2 = batch.records(0, take)

@@ -354,6 +354,7 @@ def series_to_parquet(
     del datasets
     if len({_pixel_format(s) for s in ordered}) > 1:  # mixed: numpy promotes, as it did
         volume, geometry = build_volume([s.ds for s in ordered], source=label)
+        _check_greyscale(volume[0], label)
         validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
         return geometry, write_volume(volume, geometry, out)
     first = _pixels(ordered[0].ds, ordered[0].source)
@@ -363,11 +364,24 @@ def series_to_parquet(
                                          out, count=len(ordered))  # fmt: skip
 
 
+def _check_greyscale(pixels: Any, source: str) -> None:
+    """Refuse a slice that is not one (rows, columns) plane of one sample per pixel.
+
+    Raises:
+        SeriesError: colour (several samples per pixel) or several frames.
+    """
+    if pixels.ndim != 2:
+        raise SeriesError(source, f"the pixel data decodes to {pixels.ndim} dimensions "
+                          f"{tuple(pixels.shape)}: colour or several frames are not a "
+                          "greyscale slice of a volume")  # fmt: skip
+
+
 def _decoded(ordered: list[_Slice], first: Any, dtype: str) -> Any:
     """Yield each slice's pixels as ``dtype``, in order, dropping each instance's pixel
     data once it is taken (the writer holds one row group, not the volume twice)."""
     for index, s in enumerate(ordered):
         pixels = first if index == 0 else _pixels(s.ds, s.source)
+        _check_greyscale(pixels, s.source)
         if pixels.dtype != first.dtype or pixels.shape != first.shape:
             raise SeriesError(s.source, f"slice decodes to {pixels.dtype} {pixels.shape}, the "
                               f"first slice to {first.dtype} {first.shape}")  # fmt: skip

@@ -262,3 +262,17 @@ def test_slices_of_different_pixel_formats_are_promoted_as_numpy_stacks_them(
     volume, _ = read_volume(tmp_path / "v.parquet")
     assert expected.dtype == np.int32 and geometry.dtype == "<i4"
     assert np.array_equal(volume, expected)
+
+
+def test_a_colour_series_is_refused_as_not_greyscale(series: list[Path], tmp_path: Path) -> None:
+    """An RGB instance is not a slice of a volume: refused as an input error, no file."""
+    datasets = [pydicom.dcmread(p) for p in series]
+    for i, ds in enumerate(datasets):
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = bytes(int(ds.Rows) * int(ds.Columns) * 3)
+        ds.save_as(tmp_path / f"c{i}.dcm")
+    with pytest.raises(SeriesError, match="not a greyscale slice"):
+        series_to_parquet(sorted(tmp_path.glob("c*.dcm")), tmp_path / "v.parquet")
+    assert not (tmp_path / "v.parquet").exists()

@@ -352,16 +352,20 @@ def series_to_parquet(
         datasets.append(ds)
     ordered, geometry_for = _ordered(datasets, source=label)
     del datasets
+    slices: Any
     if len({_pixel_format(s) for s in ordered}) > 1:  # mixed: numpy promotes, as it did
-        volume, geometry = build_volume([s.ds for s in ordered], source=label)
-        _check_greyscale(volume[0], label)
-        validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
-        return geometry, write_volume(volume, geometry, out)
-    first = _pixels(ordered[0].ds, ordered[0].source)
-    geometry = geometry_for(first.dtype)
+        import numpy as np
+
+        stacked = np.stack([_pixels(s.ds, s.source) for s in ordered])
+        _check_greyscale(stacked[0], label)
+        geometry = geometry_for(stacked.dtype)
+        slices = iter(stacked.astype(geometry.dtype, copy=False))
+    else:
+        first = _pixels(ordered[0].ds, ordered[0].source)
+        geometry = geometry_for(first.dtype)
+        slices = _decoded(ordered, first, geometry.dtype)
     validate_uid(geometry.series_uid, source=label, attribute="SeriesInstanceUID")
-    return geometry, write_volume_slices(_decoded(ordered, first, geometry.dtype), geometry,
-                                         out, count=len(ordered))  # fmt: skip
+    return geometry, write_volume_slices(slices, geometry, out, count=len(ordered))
 
 
 def _check_greyscale(pixels: Any, source: str) -> None:
